@@ -1,0 +1,26 @@
+"""batchal: batch active learning at scale (Cluster-Margin and its baselines)."""
+from ._validation import BatchalInputError
+from .api import select
+from .clustering import AverageLinkage, cluster
+from .scores import entropy, least_confidence, margin, multilabel_margin, softmax, uncertainty
+from .selectors import Pool, Selector, available_strategies, get_selector, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AverageLinkage",
+    "BatchalInputError",
+    "Pool",
+    "Selector",
+    "available_strategies",
+    "cluster",
+    "entropy",
+    "get_selector",
+    "least_confidence",
+    "margin",
+    "multilabel_margin",
+    "register",
+    "select",
+    "softmax",
+    "uncertainty",
+]

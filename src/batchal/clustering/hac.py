@@ -1,0 +1,152 @@
+"""The clustering interface: average-linkage HAC over a whole pool, exact or graph-based."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import BatchalInputError, check_2d, check_finite
+from . import flat as _cut
+from .exact import check_exact_fits, exact_linkage
+
+#: ``method="auto"`` takes exact HAC up to this many rows (seconds there), the graph above.
+AUTO_EXACT_MAX_ROWS = 10_000
+
+METRICS = ("cosine", "euclidean", "sqeuclidean")
+
+
+def choose_method(n: int, method: str = "auto") -> tuple[str, str]:
+    """Resolve ``method`` for ``n`` rows; returns ``(method, reason)``."""
+    if method == "exact":
+        return "exact", "asked for"
+    if method == "graph":
+        return "graph", "asked for"
+    if method != "auto":
+        raise BatchalInputError(f"unknown clustering method {method!r}; use auto, exact or graph")
+    if n <= AUTO_EXACT_MAX_ROWS:
+        return "exact", f"n={n:,} <= {AUTO_EXACT_MAX_ROWS:,}: exact HAC is fast and needs {n * (n - 1) * 8 / 2**30:.2f} GiB"
+    return "graph", f"n={n:,} > {AUTO_EXACT_MAX_ROWS:,}: exact HAC is O(n^2) in memory and time"
+
+
+class AverageLinkage:
+    """Average-linkage HAC of a pool, cut into flat clusters.
+
+    Parameters
+    ----------
+    threshold : float, optional
+        Distance at which to cut the tree. Mutually exclusive with ``mean_cluster_size``.
+    mean_cluster_size : float, default 10
+        Cut where the clusters average this many rows (used when ``threshold`` is None).
+    metric : {"cosine", "euclidean", "sqeuclidean"}
+    method : {"auto", "exact", "graph"}
+        ``exact``: fastcluster on all pairs (O(n^2) memory). ``graph``: exact
+        average linkage restricted to a k-nearest-neighbour graph. ``auto`` picks by size.
+    knn : int, default 50
+        Neighbours per row for the graph method.
+    progress : bool
+        Show progress bars for long steps.
+    random_state : int or None
+        Seed for the approximate index (graph method).
+
+    Attributes
+    ----------
+    labels_ : int64 array (n,)
+    linkage_ : ndarray (n - 1, 4)
+        Merge tree in scipy linkage format; cut it again with :meth:`recut`.
+    threshold_ : float
+    n_clusters_ : int
+    method_ : str
+    method_reason_ : str
+    timings_ : dict
+    """
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        mean_cluster_size: float | None = 10.0,
+        metric: str = "cosine",
+        method: str = "auto",
+        knn: int = 50,
+        progress: bool = False,
+        random_state=0,
+    ):
+        self.threshold = threshold
+        self.mean_cluster_size = mean_cluster_size
+        self.metric = metric
+        self.method = method
+        self.knn = knn
+        self.progress = progress
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        """Cluster the rows of ``X`` (n, d); a memmap is read in chunks where possible."""
+        import time
+
+        X = check_2d(X, "embeddings")
+        if not np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float32)
+        if self.metric not in METRICS:
+            raise BatchalInputError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if self.threshold is None and self.mean_cluster_size is None:
+            raise BatchalInputError("give a threshold or a mean_cluster_size")
+        if self.threshold is not None and (not np.isfinite(self.threshold) or self.threshold < 0):
+            raise BatchalInputError(f"threshold must be a finite number >= 0; got {self.threshold}")
+        if self.mean_cluster_size is not None and self.threshold is None and self.mean_cluster_size < 1:
+            raise BatchalInputError(f"mean_cluster_size must be >= 1; got {self.mean_cluster_size}")
+        check_finite(X, "embeddings")
+        n = X.shape[0]
+        self.method_, self.method_reason_ = choose_method(n, self.method)
+        t0 = time.perf_counter()
+        if self.method_ == "exact":
+            check_exact_fits(n)
+            self.linkage_ = exact_linkage(X, self.metric)
+            self.timings_ = {"hac": time.perf_counter() - t0}
+        else:
+            from .graph import graph_linkage
+
+            self.linkage_, self.timings_ = graph_linkage(
+                X,
+                metric=self.metric,
+                knn=self.knn,
+                progress=self.progress,
+                random_state=self.random_state,
+            )
+        self._n = n
+        self.recut(threshold=self.threshold, mean_cluster_size=None if self.threshold is not None else self.mean_cluster_size)
+        return self
+
+    def recut(self, *, threshold: float | None = None, mean_cluster_size: float | None = None):
+        """Cut the stored tree again (no re-clustering); updates ``labels_`` and ``threshold_``."""
+        self.labels_, self.threshold_ = _cut.cut(
+            self.linkage_, self._n, threshold=threshold, mean_cluster_size=mean_cluster_size
+        )
+        self.n_clusters_ = int(self.labels_.max()) + 1
+        return self
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        return self.fit(X).labels_
+
+
+def cluster(
+    X,
+    *,
+    threshold: float | None = None,
+    mean_cluster_size: float | None = 10.0,
+    metric: str = "cosine",
+    method: str = "auto",
+    knn: int = 50,
+    progress: bool = False,
+    random_state=0,
+) -> np.ndarray:
+    """Average-linkage cluster ids, one per row of ``X``.
+
+    See :class:`AverageLinkage` for the parameters. Returns an int64 array of
+    cluster ids ``0..K-1``.
+    """
+    return AverageLinkage(
+        threshold=threshold,
+        mean_cluster_size=mean_cluster_size,
+        metric=metric,
+        method=method,
+        knn=knn,
+        progress=progress,
+        random_state=random_state,
+    ).fit_predict(X)

@@ -1,0 +1,28 @@
+"""Batch selectors, registered by name.
+
+Importing this package registers every built-in strategy: ``random``,
+``margin``, ``entropy``, ``least-confidence``, ``coreset``, ``badge`` and
+``cluster-margin``.
+"""
+from .base import REGISTRY, Pool, Selector, available_strategies, get_selector, register
+from .uncertainty import EntropySelector, LeastConfidenceSelector, MarginSelector, RandomSelector
+from .coreset import CoresetSelector
+from .badge import BadgeSelector
+from .cluster_margin import ClusterMarginSelector, round_robin
+
+__all__ = [
+    "REGISTRY",
+    "Pool",
+    "Selector",
+    "available_strategies",
+    "get_selector",
+    "register",
+    "RandomSelector",
+    "MarginSelector",
+    "EntropySelector",
+    "LeastConfidenceSelector",
+    "CoresetSelector",
+    "BadgeSelector",
+    "ClusterMarginSelector",
+    "round_robin",
+]

@@ -1,0 +1,203 @@
+"""The shared selector interface, the pool it reads, and the name registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from .._validation import (
+    BatchalInputError,
+    check_2d,
+    check_batch_size,
+    check_clusters,
+    check_finite,
+    labeled_mask,
+)
+from .. import scores as _scores
+
+__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY"]
+
+
+@dataclass
+class Pool:
+    """What a selector may read about the pool; arrays are kept as given (memmaps stay memmaps).
+
+    Parameters
+    ----------
+    probs, logits : array of shape (n, C), optional
+        Predicted class probabilities, or logits. At most one.
+    embeddings : array of shape (n, d), optional
+    clusters : int array of shape (n,), optional
+        One cluster id per row from a one-time clustering of the whole pool.
+    labeled : int indices or bool mask, optional
+        Rows already labeled; never selected.
+    multilabel : bool
+        Columns of ``probs``/``logits`` are independent binary problems.
+    aggregate : {"min", "mean"}
+        Multi-label margin aggregation over classes.
+    """
+
+    probs: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    clusters: np.ndarray | None = None
+    labeled: np.ndarray | None = None
+    multilabel: bool = False
+    aggregate: str = "min"
+    n: int = field(init=False)
+    labeled_mask: np.ndarray = field(init=False, repr=False)
+    _cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self):
+        if self.probs is not None and self.logits is not None:
+            raise BatchalInputError("give probs or logits, not both")
+        sizes = {}
+        if self.probs is not None:
+            self.probs = check_2d(self.probs, "probs")
+            sizes["probs"] = self.probs.shape[0]
+        if self.logits is not None:
+            self.logits = check_2d(self.logits, "logits")
+            sizes["logits"] = self.logits.shape[0]
+        if self.embeddings is not None:
+            self.embeddings = check_2d(self.embeddings, "embeddings")
+            sizes["embeddings"] = self.embeddings.shape[0]
+        if self.clusters is not None:
+            c = np.asarray(self.clusters)
+            if c.ndim != 1:
+                raise BatchalInputError(f"clusters must be a 1-d array of ints; got shape {c.shape}")
+            sizes["clusters"] = c.shape[0]
+        if not sizes:
+            raise BatchalInputError("the pool is empty: give probs/logits, embeddings or clusters")
+        if len(set(sizes.values())) > 1:
+            desc = ", ".join(f"{k} has {v} rows" for k, v in sizes.items())
+            raise BatchalInputError(f"inputs disagree on the number of rows: {desc}")
+        self.n = next(iter(sizes.values()))
+        if self.clusters is not None:
+            self.clusters = check_clusters(self.clusters, self.n)
+        self.labeled_mask = labeled_mask(self.labeled, self.n)
+
+    @property
+    def has_predictions(self) -> bool:
+        return self.probs is not None or self.logits is not None
+
+    @property
+    def n_unlabeled(self) -> int:
+        return int(self.n - self.labeled_mask.sum())
+
+    def uncertainty(self, kind: str = "margin") -> np.ndarray:
+        """Cached per-row uncertainty (larger = more uncertain); see :func:`batchal.scores.uncertainty`."""
+        if kind not in self._cache:
+            self._cache[kind] = _scores.uncertainty(
+                kind, self.probs, logits=self.logits, multilabel=self.multilabel, aggregate=self.aggregate
+            )
+        return self._cache[kind]
+
+    def checked_embeddings(self) -> np.ndarray:
+        if "emb_ok" not in self._cache:
+            check_finite(self.embeddings, "embeddings")
+            self._cache["emb_ok"] = True
+        return self.embeddings
+
+
+REGISTRY: dict[str, type["Selector"]] = {}
+
+
+def register(cls: type["Selector"]) -> type["Selector"]:
+    """Class decorator: make a selector available by its ``name``."""
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"strategy {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_strategies() -> list[str]:
+    """Names accepted by :func:`get_selector` and ``batchal select --strategy``."""
+    return sorted(REGISTRY)
+
+
+def get_selector(name: str, **params) -> "Selector":
+    """Instantiate a registered selector by name."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise BatchalInputError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(available_strategies())}"
+        ) from None
+    return cls(**params)
+
+
+class Selector:
+    """Base class of all batch selectors.
+
+    ``__init__`` only stores parameters; :meth:`select` validates the pool,
+    picks ``batch_size`` unlabeled rows and returns their indices in selection
+    order (int64). Subclasses implement :meth:`_select` and declare what they
+    read in ``requires`` (``"predictions"`` means probs or logits).
+
+    Parameters
+    ----------
+    random_state : int, numpy Generator or None
+        Seed for every random choice; the same seed gives the same batch.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, random_state=None):
+        self.random_state = random_state
+
+    def select(self, pool: Pool, batch_size: int) -> np.ndarray:
+        """Pick ``batch_size`` unlabeled rows of ``pool``.
+
+        Returns
+        -------
+        ndarray of int64, shape (batch_size,)
+            Row indices in the order they were selected.
+        """
+        if not isinstance(pool, Pool):
+            raise TypeError("select expects a batchal.Pool; build one with Pool(probs=..., ...)")
+        for req in self.requires:
+            if req == "predictions":
+                if not pool.has_predictions:
+                    raise BatchalInputError(f"strategy {self.name!r} needs predicted probabilities or logits")
+            elif getattr(pool, req) is None:
+                raise BatchalInputError(f"strategy {self.name!r} needs {req}")
+        k = check_batch_size(batch_size, pool.n_unlabeled)
+        rng = np.random.default_rng(self.random_state)
+        idx = np.asarray(self._select(pool, k, rng), dtype=np.int64)
+        # cheap post-condition guards: a wrong batch must never leave the library
+        if idx.shape != (k,) or np.unique(idx).shape[0] != k or pool.labeled_mask[idx].any():
+            raise RuntimeError(f"internal error in strategy {self.name!r}: invalid batch")
+        self.selected_ = idx
+        return idx
+
+    def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def get_params(self) -> dict:
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def top_k(score: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``score`` among rows not in ``exclude``, largest first.
+
+    O(n) with ``argpartition`` plus O(k log k) to order the winners; ties are
+    broken by row index so the result is deterministic.
+    """
+    s = np.array(score, dtype=np.float32, copy=True)
+    s[exclude] = -np.inf
+    n = s.shape[0]
+    if k < n:
+        part = np.argpartition(-s, k - 1)[:k]
+    else:
+        part = np.arange(n)
+    order = np.lexsort((part, -s[part]))
+    return part[order]
