@@ -1,0 +1,261 @@
+"""Simulation outputs: results.csv, curves.png, diagnostics.png, cluster_sizes.png and summary.md."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write
+
+COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "select_seconds",
+           "batch_mean_margin", "batch_label_entropy", "batch_clusters"]
+
+
+def _by(rows, strategy):
+    """(rounds, trials) accuracy matrix and the labels axis for one strategy."""
+    rs = [r for r in rows if r["strategy"] == strategy]
+    trials = sorted({r["trial"] for r in rs})
+    rounds = sorted({r["round"] for r in rs})
+    acc = np.full((len(rounds), len(trials)), np.nan)
+    lab = np.zeros(len(rounds))
+    for r in rs:
+        i, j = rounds.index(r["round"]), trials.index(r["trial"])
+        acc[i, j] = r["accuracy"]
+        lab[i] = r["n_labeled"]
+    return lab, acc
+
+
+def _sem(a, axis=None):
+    a = np.asarray(a, dtype=float)
+    k = np.sum(np.isfinite(a), axis=axis)
+    sd = np.nanstd(a, axis=axis, ddof=1) if np.all(k > 1) else np.zeros_like(np.nanmean(a, axis=axis))
+    return sd / np.sqrt(np.maximum(k, 1))
+
+
+def labels_to_reach(labels: np.ndarray, acc: np.ndarray, target: float) -> float:
+    """Labels at which a learning curve first reaches ``target`` (linear interpolation); NaN if never."""
+    hit = np.flatnonzero(acc >= target)
+    if hit.size == 0:
+        return float("nan")
+    i = int(hit[0])
+    if i == 0:
+        return float(labels[0])
+    a0, a1 = acc[i - 1], acc[i]
+    frac = (target - a0) / (a1 - a0) if a1 > a0 else 1.0
+    return float(labels[i - 1] + frac * (labels[i] - labels[i - 1]))
+
+
+def savings_table(rows, strategies, target: float):
+    """Per strategy: labels to reach ``target`` per trial, and the saving against random and margin.
+
+    Saving against a baseline is ``1 - labels / baseline_labels`` per trial (the
+    trials share seed sets), then mean and standard error over trials. When a
+    curve never reaches the target its labels count as "more than the last
+    round": the saving is then reported as a bound.
+    """
+    per = {}
+    for s in strategies:
+        lab, acc = _by(rows, s)
+        per[s] = (lab, [labels_to_reach(lab, acc[:, j], target) for j in range(acc.shape[1])])
+    out = {}
+    for s in strategies:
+        lab, L = per[s]
+        entry = {"labels": L, "reached": int(np.sum(np.isfinite(L))), "trials": len(L)}
+        for base in ("random", "margin"):
+            if base not in per or base == s:
+                continue
+            blab, B = per[base]
+            sv, bound = [], False
+            for a, b in zip(L, B):
+                if np.isfinite(a) and np.isfinite(b):
+                    sv.append(1 - a / b)
+                elif np.isfinite(a):  # baseline never got there: saving at least this much
+                    sv.append(1 - a / blab[-1])
+                    bound = True
+            entry[f"vs_{base}"] = (float(np.mean(sv)) if sv else float("nan"),
+                                   float(_sem(sv)) if len(sv) > 1 else 0.0, bound, len(sv))
+        out[s] = entry
+    return out
+
+
+def _fmt_labels(L):
+    L = np.asarray(L, dtype=float)
+    if not np.isfinite(L).any():
+        return "not reached"
+    m = np.nanmean(L)
+    s = _sem(L[np.isfinite(L)]) if np.isfinite(L).sum() > 1 else 0.0
+    miss = int(np.sum(~np.isfinite(L)))
+    return f"{m:,.0f} ± {s:,.0f}" + (f" ({miss} trial(s) never)" if miss else "")
+
+
+def _fmt_saving(v):
+    if v is None:
+        return "—"
+    m, s, bound, k = v
+    if not np.isfinite(m):
+        return "n/a"
+    return f"{'≥ ' if bound else ''}{100 * m:+.1f}% ± {100 * s:.1f}"
+
+
+def write_outputs(res, out_dir) -> Path:
+    """Write every output of a simulation to ``out_dir``; returns the summary path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def _csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in res.rows:
+                w.writerow({k: r.get(k, "") for k in COLUMNS})
+
+    atomic_write(out / "results.csv", _csv)
+    diags = [{k: v for k, v in d.items() if k != "cluster_sizes"} for d in res.diagnostics]
+    meta = {"dataset": res.dataset, "config": {k: v for k, v in vars(res.config).items()},
+            "full_pool_score": res.full_score, "metric": res.metric_name, "seconds": res.seconds,
+            "diagnostics": diags}
+    atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+    _plot_curves(res, out / "curves.png")
+    _plot_diagnostics(res, out / "diagnostics.png")
+    sizes = [d["cluster_sizes"] for d in res.diagnostics if "cluster_sizes" in d]
+    if sizes:
+        _plot_cluster_sizes(np.asarray(sizes[0]), out / "cluster_sizes.png", res)
+    text = summary_markdown(res)
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+    return out / "summary.md"
+
+
+def summary_markdown(res) -> str:
+    cfg = res.config
+    strategies = cfg.strategies
+    target = cfg.target if cfg.target is not None else 0.98 * res.full_score
+    metric = res.metric_name
+    lines = [f"# Simulation: {res.dataset}", ""]
+    lines.append(
+        f"model `{cfg.model}`, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
+        f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, mean cluster size "
+        f"{cfg.mean_cluster_size:g} ({cfg.metric}); wall time {res.seconds:,.0f} s."
+    )
+    lines.append(f"\nSame model trained on the whole pool: {metric} {res.full_score:.4f}.")
+    # per-round table
+    lines += ["", f"## {metric} per round (mean ± standard error over trials)", ""]
+    curves = {s: _by(res.rows, s) for s in strategies}
+    lab0 = next(iter(curves.values()))[0]
+    lines.append("| labels | " + " | ".join(strategies) + " |")
+    lines.append("|---:|" + "---:|" * len(strategies))
+    for i, L in enumerate(lab0):
+        cells = []
+        for s in strategies:
+            lab, acc = curves[s]
+            cells.append(f"{np.nanmean(acc[i]):.4f} ± {_sem(acc[i]):.4f}" if i < acc.shape[0] else "")
+        lines.append(f"| {int(L):,} | " + " | ".join(cells) + " |")
+    targets = [(f"{100 * (target / res.full_score):.0f}% of the full-pool {metric}" if cfg.target is None
+                else "the given target", target)]
+    if "random" in strategies:
+        _, racc = curves["random"]
+        targets.append(("random's final mean " + metric, float(np.nanmean(racc[-1]))))
+    for label, tval in targets:
+        tab = savings_table(res.rows, strategies, tval)
+        lines += ["", f"## Labels to reach {metric} {tval:.4f} ({label})", ""]
+        lines.append("| strategy | labels needed | saving vs random | saving vs margin |")
+        lines.append("|---|---:|---:|---:|")
+        for s in strategies:
+            e = tab[s]
+            lines.append(f"| {s} | {_fmt_labels(e['labels'])} | {_fmt_saving(e.get('vs_random'))} | "
+                         f"{_fmt_saving(e.get('vs_margin'))} |")
+    if "cluster-margin" in strategies and "margin" in strategies:
+        lab, cm = curves["cluster-margin"]
+        _, mg = curves["margin"]
+        diff = cm - mg
+        lines += ["", "## Cluster-margin minus margin, per round (paired by trial)", ""]
+        lines.append("| labels | difference | verdict |")
+        lines.append("|---:|---:|---|")
+        for i in range(1, diff.shape[0]):
+            m, s = np.nanmean(diff[i]), _sem(diff[i])
+            verdict = "above" if m > 2 * s and m > 0 else ("below" if m < -2 * s and m < 0 else "within spread")
+            lines.append(f"| {int(lab[i]):,} | {m:+.4f} ± {s:.4f} | {verdict} |")
+    cms = [d for d in res.diagnostics if "n_clusters" in d]
+    if cms:
+        lines += ["", "## Clustering (one per trial, on the seed model's embedding)", ""]
+        lines.append("| trial | method | clusters | threshold | singleton share | seconds |")
+        lines.append("|---:|---|---:|---:|---:|---:|")
+        for d in cms:
+            lines.append(f"| {d['trial']} | {d['cluster_method']} | {d['n_clusters']:,} | {d['threshold']:.4g} | "
+                         f"{d['singleton_share']:.3f} | {d['cluster_seconds']:.1f} |")
+    diag_cols = ["batch_mean_margin", "batch_label_entropy", "batch_clusters"]
+    lines += ["", "## Batch diagnostics (mean over rounds and trials)", ""]
+    lines.append("| strategy | mean margin of batch | label entropy of batch | clusters hit | select seconds |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for s in strategies:
+        rs = [r for r in res.rows if r["strategy"] == s and r["round"] > 0]
+        vals = [np.mean([r[c] for r in rs if c in r]) if any(c in r for r in rs) else float("nan") for c in diag_cols]
+        sel = np.median([r["select_seconds"] for r in rs]) if rs else float("nan")
+        lines.append(f"| {s} | {vals[0]:.4f} | {vals[1]:.3f} | {vals[2]:,.0f} | {sel:.3f} |".replace("nan", "—"))
+    lines += ["", "Outputs: `results.csv` (one row per strategy, trial and round), `curves.png`, "
+              "`diagnostics.png`, `cluster_sizes.png`, `run.json`.", ""]
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_curves(res, path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in res.config.strategies:
+        lab, acc = _by(res.rows, s)
+        m, e = np.nanmean(acc, 1), _sem(acc, 1)
+        ax.plot(lab, m, marker="o", ms=3, label=s, lw=2 if s == "cluster-margin" else 1.2)
+        ax.fill_between(lab, m - e, m + e, alpha=0.2)
+    ax.axhline(res.full_score, color="gray", ls=":", lw=1, label="whole pool")
+    ax.set_xlabel("labels")
+    ax.set_ylabel(f"test {res.metric_name}")
+    ax.set_title(f"{res.dataset}: batches of {res.config.batch_size:,} ({res.config.trials} trials, mean ± s.e.)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _plot_diagnostics(res, path):
+    plt = _plt()
+    cols = [("batch_mean_margin", "mean margin of the batch"), ("batch_label_entropy", "label entropy of the batch")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (c, title) in zip(axes, cols):
+        for s in res.config.strategies:
+            rs = [r for r in res.rows if r["strategy"] == s and c in r]
+            if not rs:
+                continue
+            rounds = sorted({r["n_labeled"] for r in rs})
+            ax.plot(rounds, [np.mean([r[c] for r in rs if r["n_labeled"] == L]) for L in rounds], marker="o", ms=3, label=s)
+        ax.set_title(title)
+        ax.set_xlabel("labels after the round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def _plot_cluster_sizes(sizes, path, res):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bins = np.unique(np.logspace(0, np.log10(max(2, sizes.max()) + 1), 30).astype(int))
+    ax.hist(sizes, bins=bins)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("cluster size")
+    ax.set_ylabel("clusters")
+    ax.set_title(f"{res.dataset}: {sizes.shape[0]:,} clusters, {100 * (sizes == 1).mean():.0f}% singletons (trial 0)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
