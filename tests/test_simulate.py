@@ -1,0 +1,130 @@
+"""The simulator end to end on small data: outputs, savings arithmetic, multi-label, user npz files."""
+import csv
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from batchal import BatchalInputError
+from batchal.cli import app
+from batchal.simulate import SimulationConfig, labels_to_reach, load_dataset, load_npz, savings_table, simulate
+
+
+def small_cfg(**kw):
+    base = dict(strategies=["cluster-margin", "margin", "random"], seed_size=20, batch_size=20, rounds=3,
+                trials=2, n_jobs=1, progress=False, margin_factor=3.0)
+    base.update(kw)
+    return SimulationConfig(**base)
+
+
+def test_simulate_digits_writes_outputs(tmp_path):
+    ds = load_dataset("digits")
+    res = simulate(ds, small_cfg(), out_dir=tmp_path)
+    for f in ("results.csv", "curves.png", "summary.md", "diagnostics.png", "cluster_sizes.png", "run.json"):
+        assert (tmp_path / f).exists(), f
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 3 * 2 * 4  # strategies x trials x (rounds + 1)
+    assert {"strategy", "trial", "round", "n_labeled", "accuracy", "select_seconds"} <= set(rows[0])
+    # round 0 is the shared seed model: identical across strategies of a trial
+    r0 = {(r["strategy"], r["trial"]): r["accuracy"] for r in rows if r["round"] == "0"}
+    assert r0[("margin", "0")] == r0[("random", "0")] == r0[("cluster-margin", "0")]
+    assert [int(r["n_labeled"]) for r in rows[:4]] == [20, 40, 60, 80]
+    text = (tmp_path / "summary.md").read_text()
+    assert "saving vs random" in text and "cluster-margin" in text
+    assert 0.5 < res.full_score <= 1.0
+
+
+def test_simulation_is_reproducible():
+    ds = load_dataset("digits")
+    a = simulate(ds, small_cfg(trials=1, rounds=2))
+    b = simulate(ds, small_cfg(trials=1, rounds=2))
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in b.rows]
+
+
+def test_parallel_trials_match_serial():
+    ds = load_dataset("blobs", size=1500)
+    cfg = dict(strategies=["margin", "random"], trials=2, rounds=2)
+    a = simulate(ds, small_cfg(**cfg))
+    b = simulate(ds, small_cfg(n_jobs=2, **cfg))
+    np.testing.assert_allclose([r["accuracy"] for r in a.rows], [r["accuracy"] for r in b.rows], atol=1e-9)
+
+
+def test_multilabel_end_to_end(tmp_path):
+    ds = load_dataset("multilabel", size=1200)
+    assert ds.multilabel
+    res = simulate(ds, small_cfg(strategies=["cluster-margin", "margin", "random", "badge"], trials=1),
+                   out_dir=tmp_path)
+    assert res.metric_name == "mAP"
+    assert all(0 < r["accuracy"] <= 1 for r in res.rows)
+    assert "mAP" in (tmp_path / "summary.md").read_text()
+
+
+def test_user_npz_with_and_without_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    np.savez(tmp_path / "a.npz", X=X, y=y)
+    ds = load_npz(tmp_path / "a.npz")
+    assert ds.X.shape[0] == 480 and ds.X_test.shape[0] == 120
+    np.savez(tmp_path / "b.npz", X=X[:500], y=y[:500], X_test=X[500:], y_test=y[500:])
+    assert load_npz(tmp_path / "b.npz").X_test.shape == (100, 5)
+    r = CliRunner().invoke(app, ["simulate", "--data", str(tmp_path / "b.npz"), "--strategies", "margin,random",
+                                 "--seed-size", "20", "--batch-size", "20", "--rounds", "2", "--trials", "2",
+                                 "--jobs", "1", "--out", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "summary.md").exists() and (tmp_path / "o" / "curves.png").exists()
+
+
+def test_bad_npz_and_config(tmp_path):
+    np.savez(tmp_path / "c.npz", X=np.zeros((10, 2)))
+    with pytest.raises(BatchalInputError, match="lacks"):
+        load_npz(tmp_path / "c.npz")
+    np.savez(tmp_path / "d.npz", X=np.zeros((10, 2)), y=np.zeros(9))
+    with pytest.raises(BatchalInputError, match="rows"):
+        load_npz(tmp_path / "d.npz")
+    ds = load_dataset("digits")
+    with pytest.raises(BatchalInputError, match="more than the pool"):
+        simulate(ds, small_cfg(batch_size=1000))
+    with pytest.raises(BatchalInputError, match="unknown strategy"):
+        simulate(ds, small_cfg(strategies=["margin", "magic"]))
+    with pytest.raises(BatchalInputError, match="dataset"):
+        load_dataset("cifar")
+
+
+def test_labels_to_reach_interpolates():
+    lab = np.array([100, 200, 300])
+    assert labels_to_reach(lab, np.array([0.5, 0.7, 0.9]), 0.8) == pytest.approx(250)
+    assert labels_to_reach(lab, np.array([0.5, 0.7, 0.9]), 0.4) == 100
+    assert np.isnan(labels_to_reach(lab, np.array([0.5, 0.7, 0.9]), 0.95))
+
+
+def test_savings_table_arithmetic():
+    rows = []
+    for s, accs in {"random": [0.5, 0.6, 0.7], "margin": [0.5, 0.7, 0.8]}.items():
+        for t in range(2):
+            for r, a in enumerate(accs):
+                rows.append(dict(strategy=s, trial=t, round=r, n_labeled=100 * (r + 1), accuracy=a))
+    tab = savings_table(rows, ["random", "margin"], 0.7)
+    assert tab["random"]["labels"] == [300, 300]
+    assert tab["margin"]["labels"] == [200, 200]
+    assert tab["margin"]["vs_random"][0] == pytest.approx(1 / 3)
+
+
+def test_fashion_mnist_missing_message(tmp_path):
+    from batchal.simulate.datasets import load_fashion_mnist
+
+    with pytest.raises(BatchalInputError, match="apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+
+
+def test_mlp_model_if_torch_available():
+    pytest.importorskip("torch")
+    from batchal.simulate.models import MLPModel
+
+    ds = load_dataset("digits")
+    m = MLPModel(10, hidden=(32, 16), epochs=100, max_steps=300, seed=0, threads=1).set_pool(ds.X)
+    m.fit(ds.X[:300], ds.y[:300])
+    P = m.predict_proba(ds.X_test)
+    np.testing.assert_allclose(P.sum(1), 1, atol=1e-5)
+    assert (P.argmax(1) == ds.y_test).mean() > 0.7
+    assert m.embed(ds.X).shape == (ds.X.shape[0], 16)
