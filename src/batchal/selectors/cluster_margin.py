@@ -59,9 +59,15 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     np.cumsum(counts[order][:-1], out=starts[1:])
     rank = np.empty(m, dtype=np.int64)
     rank[by_cluster] = np.arange(m) - starts[pos[by_cluster]]
-    # pass number first, then cluster position within the pass
-    visit = np.lexsort((pos, rank))
-    return cand[visit[:k]].astype(np.int64)
+    # visiting order = pass number first, then cluster position: one unique int64 key,
+    # so the first k visits come from an O(m) partition plus an O(k log k) sort
+    key = rank * order.shape[0] + pos
+    if k < m:
+        first = np.argpartition(key, k - 1)[:k]
+        visit = first[np.argsort(key[first])]
+    else:
+        visit = np.argsort(key)
+    return cand[visit].astype(np.int64)
 
 
 @register
