@@ -164,6 +164,22 @@ def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None
     return _metric(dataset, model.predict_proba(dataset.X_test))
 
 
+_WORKER_DATASET: Dataset | None = None
+
+
+def _init_worker(dataset: Dataset) -> None:
+    global _WORKER_DATASET
+    _WORKER_DATASET = dataset
+
+
+def _worker_run(cfg, trial, strategy):
+    return run_one(_WORKER_DATASET, cfg, trial, strategy, threads=1)
+
+
+def _worker_full(cfg):
+    return full_pool_score(_WORKER_DATASET, cfg, threads=1)
+
+
 @dataclass
 class SimulationResult:
     """Rows of per-round results plus per-run diagnostics."""
@@ -204,10 +220,12 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
     else:
         import multiprocessing as mp
 
-        # spawn: numba's and torch's thread pools are not fork-safe once started
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn")) as ex:
-            fut_full = ex.submit(full_pool_score, dataset, cfg, 1)
-            futs = [ex.submit(run_one, dataset, cfg, t, s, 1) for t, s in jobs]
+        # spawn: numba's and torch's thread pools are not fork-safe once started;
+        # the dataset travels once per worker (initializer), not once per job
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(dataset,)) as ex:
+            fut_full = ex.submit(_worker_full, cfg)
+            futs = [ex.submit(_worker_run, cfg, t, s) for t, s in jobs]
             for f in as_completed(futs + [fut_full]):
                 if f is not fut_full:
                     r, d = f.result()
