@@ -23,7 +23,17 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import BatchalInputError
+from . import _round_robin
 from .base import Pool, Selector, register, top_k
+
+
+def _dense_cluster_ids(cluster_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cluster ids usable as array indices: as given when small and non-negative, else renumbered."""
+    lo, hi = int(cluster_ids.min()), int(cluster_ids.max())
+    if lo >= 0 and hi < max(4 * cluster_ids.shape[0], 1 << 20):
+        return cluster_ids, hi + 1
+    uniq, inv = np.unique(cluster_ids, return_inverse=True)
+    return inv.astype(np.int32), uniq.shape[0]
 
 
 def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,32 +52,45 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     Returns
     -------
     int64 array of shape (k,), in selection order.
+
+    Notes
+    -----
+    Pass ``R`` is the last, partial pass: all members with pass number below
+    ``R`` are taken (``taken(R) = sum_c min(size_c, R)``), plus the first
+    ``k - taken(R)`` clusters still alive in pass ``R``. Finding ``R`` is a
+    binary search over sizes; the members are then found in one O(m) scan and
+    only the ``k`` winners are sorted. Extra memory: O(m) int64 for the
+    permutation plus O(number of cluster ids) int32.
     """
     m = candidates.shape[0]
     perm = rng.permutation(m)
-    cand = candidates[perm]
-    cid = cluster_ids[perm]
-    uniq, inv, counts = np.unique(cid, return_inverse=True, return_counts=True)
-    # position of each cluster in the visiting order: by size, then by cluster id
-    order = np.lexsort((uniq, counts))
-    position = np.empty_like(order)
-    position[order] = np.arange(order.shape[0])
-    pos = position[inv]
-    # rank of each member within its cluster, in permuted order (stable sort keeps it)
-    by_cluster = np.argsort(pos, kind="stable")
-    starts = np.zeros(order.shape[0], dtype=np.int64)
-    np.cumsum(counts[order][:-1], out=starts[1:])
-    rank = np.empty(m, dtype=np.int64)
-    rank[by_cluster] = np.arange(m) - starts[pos[by_cluster]]
-    # visiting order = pass number first, then cluster position: one unique int64 key,
-    # so the first k visits come from an O(m) partition plus an O(k log k) sort
-    key = rank * order.shape[0] + pos
-    if k < m:
-        first = np.argpartition(key, k - 1)[:k]
-        visit = first[np.argsort(key[first])]
-    else:
-        visit = np.argsort(key)
-    return cand[visit].astype(np.int64)
+    cids, n_ids = _dense_cluster_ids(np.asarray(cluster_ids))
+    counts = np.bincount(cids, minlength=n_ids)
+    nonempty = np.flatnonzero(counts)
+    # visiting order: by size, ties by cluster id (nonempty is ascending in id; stable sort keeps it)
+    order = nonempty[np.argsort(counts[nonempty], kind="stable")]
+    sizes = counts[order]
+    del counts, nonempty
+    pos = np.full(n_ids, -1, dtype=np.int32)
+    pos[order] = np.arange(order.shape[0], dtype=np.int32)
+    csum = np.concatenate(([0], np.cumsum(sizes)))
+
+    def taken_before(r):  # members taken in passes 0..r-1
+        j = np.searchsorted(sizes, r, side="left")  # clusters with size < r contribute all members
+        return int(csum[j]) + r * (sizes.shape[0] - j)
+
+    lo, hi = 0, int(sizes[-1])  # smallest R with taken_before(R + 1) >= k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if taken_before(mid + 1) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    last_pass = lo
+    alive = int(np.searchsorted(sizes, last_pass, side="right"))  # first position with size > R
+    last_pos = alive + (k - taken_before(last_pass))
+    idx, keys = _round_robin.take_in_passes(cids, perm, pos, order.shape[0], last_pass, last_pos, k)
+    return candidates[idx[np.argsort(keys)]].astype(np.int64)
 
 
 @register
