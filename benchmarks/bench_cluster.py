@@ -1,0 +1,252 @@
+"""Benchmark: exact vs graph average-linkage HAC, and graph HAC at scale.
+
+Every measured case runs in its own subprocess so its peak RSS (``ru_maxrss``)
+is its own. Data are generated once and cached under ``/tmp/batchal_bench``
+(never committed).
+
+Usage::
+
+    python benchmarks/bench_cluster.py compare --sizes 10000 20000 40000 --d 128
+    python benchmarks/bench_cluster.py real --n 20000
+    python benchmarks/bench_cluster.py scale --n 1000000 --d 128 --repeats 3
+    python benchmarks/bench_cluster.py scale --n 10000000 --d 64 --repeats 1
+
+Data. ``blobs``: a Gaussian mixture with n/200 centres ~ N(0, 4 I) and
+per-centre noise sd uniform in [0.5, 1.5] (so mean cluster size 10 cuts
+*inside* the mixture components, the hard regime for a kNN approximation).
+``fmnist``: Fashion-MNIST train+test pixels, standardised, PCA-50.
+``digits-mlp``: hidden layer (64 units) of an sklearn MLP trained on digits.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(os.environ.get("BATCHAL_BENCH_CACHE", "/tmp/batchal_bench"))
+SIZES = (4, 10, 50)
+
+
+# ---------------------------------------------------------------- data
+def blobs_path(n: int, d: int, seed: int = 0) -> Path:
+    """Cached float32 blobs (written in chunks so 10M x 64 never sits twice in memory)."""
+    p = CACHE / f"blobs_{n}_{d}_{seed}.npy"
+    if p.exists():
+        return p
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    c = max(10, n // 200)
+    centers = (rng.standard_normal((c, d)) * 2).astype(np.float32)
+    sd = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    tmp = p.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+    step = 1 << 18
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        lab = rng.integers(0, c, b - a)
+        out[a:b] = centers[lab] + rng.standard_normal((b - a, d), dtype=np.float32) * sd[lab, None]
+    out.flush()
+    del out
+    tmp.rename(p)
+    return p
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fmnist_path(n: int) -> Path:
+    """First n rows of Fashion-MNIST (train then test), standardised pixels, PCA-50."""
+    p = CACHE / f"fmnist_pca50_{n}.npy"
+    if p.exists():
+        return p
+    from sklearn.decomposition import PCA
+
+    root = Path("/usr/share/datasets/fashion-mnist")
+    files = sorted(root.glob("*images*.gz"))
+    if not files:
+        raise SystemExit("Fashion-MNIST not found: apt-get install -y dataset-fashion-mnist")
+    train = [f for f in files if "train" in f.name] + [f for f in files if "t10k" in f.name]
+    X = np.concatenate([_read_idx(f).reshape(-1, 784) for f in train]).astype(np.float32)[:n]
+    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    Z = PCA(50, random_state=0).fit_transform(X).astype(np.float32)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(p, Z)
+    return p
+
+
+def digits_mlp_path() -> Path:
+    """Hidden-layer embeddings (ReLU, 64 units) of an MLP trained on sklearn digits."""
+    p = CACHE / "digits_mlp64.npy"
+    if p.exists():
+        return p
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    mlp = MLPClassifier((64,), max_iter=300, random_state=0).fit(X, y)
+    H = np.maximum(X @ mlp.coefs_[0] + mlp.intercepts_[0], 0).astype(np.float32)
+    H += 1e-3  # no all-zero rows (cosine)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(p, H)
+    return p
+
+
+# ---------------------------------------------------------------- one case (subprocess)
+def _case(args) -> None:
+    X = np.load(args.data, mmap_mode="r")
+    if args.rows:
+        X = X[: args.rows]
+    t0 = time.perf_counter()
+    if args.method == "exact":
+        from batchal.clustering.exact import exact_linkage
+
+        Z = exact_linkage(np.asarray(X), args.metric)
+        timings = {"hac": time.perf_counter() - t0}
+    else:
+        from batchal.clustering.graph import graph_linkage
+
+        Z, timings = graph_linkage(
+            X, metric=args.metric, knn=args.k, nprobe=args.nprobe, progress=False,
+        )
+    wall = time.perf_counter() - t0
+    if args.save_z:
+        np.save(args.save_z, Z)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"wall": wall, "peak_bytes": peak, "timings": timings}))
+
+
+def run_case(data: Path, method: str, metric: str = "cosine", k: int = 50, nprobe: int | None = None,
+             rows: int = 0, save_z: Path | None = None) -> dict:
+    cmd = [sys.executable, __file__, "_case", "--data", str(data), "--method", method,
+           "--metric", metric, "--k", str(k), "--rows", str(rows)]
+    if nprobe:
+        cmd += ["--nprobe", str(nprobe)]
+    if save_z:
+        cmd += ["--save-z", str(save_z)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr or "")[-2000:], "returncode": out.returncode}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _aris(Ze, Zg, n) -> dict:
+    from sklearn.metrics import adjusted_rand_score
+
+    from batchal.clustering.flat import cut
+
+    res = {}
+    for m in SIZES:
+        a, _ = cut(Ze, n, mean_cluster_size=m)
+        b, _ = cut(Zg, n, mean_cluster_size=m)
+        res[m] = adjusted_rand_score(a, b)
+    return res
+
+
+def _gb(b) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def cmd_compare(args, datasets=None) -> list[dict]:
+    rows = []
+    items = datasets or [(f"blobs d={args.d}", blobs_path(max(args.sizes), args.d), n) for n in args.sizes]
+    print(f"| data | n | exact s | exact GB | graph s (kNN + merge) | graph GB | ARI@4 | ARI@10 | ARI@50 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, path, n in items:
+        ze, zg = CACHE / f"Z_exact_{path.stem}_{n}.npy", CACHE / f"Z_graph_{path.stem}_{n}.npy"
+        e = run_case(path, "exact", args.metric, rows=n, save_z=ze)
+        g = run_case(path, "graph", args.metric, k=args.k, rows=n, save_z=zg)
+        if "error" in e or "error" in g:
+            print(name, n, e.get("error", ""), g.get("error", ""))
+            continue
+        ari = _aris(np.load(ze), np.load(zg), n)
+        t = g["timings"]
+        print(f"| {name} | {n:,} | {e['wall']:.1f} | {_gb(e['peak_bytes'])} | {g['wall']:.1f} "
+              f"({t['knn']:.1f} + {t['merge'] + t['symmetrize'] + t['join_components']:.1f}) | "
+              f"{_gb(g['peak_bytes'])} | {ari[4]:.4f} | {ari[10]:.4f} | {ari[50]:.4f} |", flush=True)
+        rows.append({"data": name, "n": n, "exact": e, "graph": g, "ari": ari})
+    return rows
+
+
+def cmd_real(args) -> list[dict]:
+    items = [("fmnist PCA-50", fmnist_path(args.n), args.n), ("digits MLP-64", digits_mlp_path(), 0)]
+    items = [(a, b, c if c else int(np.load(b, mmap_mode="r").shape[0])) for a, b, c in items]
+    return cmd_compare(args, items)
+
+
+def cmd_scale(args) -> list[dict]:
+    path = blobs_path(args.n, args.d)
+    print(f"| n | d | k | run | wall s | kNN s | merge s | peak GB | edges | rounds | components |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    runs = []
+    for r in range(args.repeats):
+        g = run_case(path, "graph", args.metric, k=args.k, nprobe=args.nprobe)
+        if "error" in g:
+            print("ERROR", g["returncode"], g["error"])
+            runs.append(g)
+            continue
+        t = g["timings"]
+        merge = t["symmetrize"] + t["merge"] + t["join_components"]
+        print(f"| {args.n:,} | {args.d} | {args.k} | {r} | {g['wall']:.1f} | {t['knn']:.1f} | {merge:.1f} | "
+              f"{_gb(g['peak_bytes'])} | {t['edges']:,} | {t['rounds']} | {t['components']} |", flush=True)
+        runs.append(g)
+    ok = [g for g in runs if "error" not in g]
+    if ok:
+        med = lambda f: float(np.median([f(g) for g in ok]))  # noqa: E731
+        print(f"median of {len(ok)}: wall {med(lambda g: g['wall']):.1f} s, kNN "
+              f"{med(lambda g: g['timings']['knn']):.1f} s, peak {_gb(med(lambda g: g['peak_bytes']))} GB")
+    return runs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 40_000])
+    c.add_argument("--d", type=int, default=128)
+    r = sub.add_parser("real")
+    r.add_argument("--n", type=int, default=20_000)
+    s = sub.add_parser("scale")
+    s.add_argument("--n", type=int, default=1_000_000)
+    s.add_argument("--d", type=int, default=128)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--nprobe", type=int, default=None)
+    for p in (c, r, s):
+        p.add_argument("--metric", default="cosine")
+        p.add_argument("--k", type=int, default=50)
+        p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    x = sub.add_parser("_case")
+    x.add_argument("--data", required=True)
+    x.add_argument("--method", required=True)
+    x.add_argument("--metric", default="cosine")
+    x.add_argument("--k", type=int, default=50)
+    x.add_argument("--nprobe", type=int, default=None)
+    x.add_argument("--rows", type=int, default=0)
+    x.add_argument("--save-z", default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "_case":
+        if args.nprobe is None:
+            from batchal.clustering.knn import DEFAULT_NPROBE
+
+            args.nprobe = DEFAULT_NPROBE
+        return _case(args)
+    res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale}[args.cmd](args)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Graph-restricted exact average-linkage HAC against scipy/fastcluster."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import fcluster, is_monotonic, is_valid_linkage, linkage
+from scipy.spatial.distance import cdist
+from sklearn.metrics import adjusted_rand_score
+
+from batchal._validation import BatchalInputError
+from batchal.clustering import AverageLinkage, cut
+from batchal.clustering.exact import exact_linkage
+from batchal.clustering.graph import graph_linkage
+
+
+def _blobs(n, d, n_centers, seed=0, scale=2.0):
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((n_centers, d)) * scale
+    lab = rng.integers(0, n_centers, n)
+    sd = rng.uniform(0.5, 1.5, n_centers)
+    return (C[lab] + rng.standard_normal((n, d)) * sd[lab, None]).astype(np.float32)
+
+
+def _same_partition(a, b) -> bool:
+    # identical up to renaming: the pairs (a_i, b_i) define a bijection
+    pairs = np.unique(np.stack([a, b], 1), axis=0)
+    return pairs.shape[0] == np.unique(a).shape[0] == np.unique(b).shape[0]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_complete_graph_equals_scipy(metric):
+    X = _blobs(300, 8, 6, seed=1)
+    n = X.shape[0]
+    Ze = linkage(X.astype(np.float64), method="average", metric=metric)
+    Zg, _ = graph_linkage(X, metric=metric, knn=n - 1)
+    assert is_valid_linkage(Zg) and is_monotonic(Zg)
+    np.testing.assert_allclose(np.sort(Zg[:, 2]), np.sort(Ze[:, 2]), rtol=1e-9, atol=1e-12)
+    he = np.sort(Ze[:, 2])
+    # thresholds between consecutive distinct heights: no ties at the cut
+    for q in (0.2, 0.5, 0.8, 0.95, 0.99):
+        i = int(q * (n - 2))
+        t = 0.5 * (he[i] + he[i + 1])
+        a = fcluster(Ze, t, "distance")
+        b, used = cut(Zg, n, threshold=t)
+        assert used == t
+        assert _same_partition(a, b), (metric, q)
+
+
+def test_euclidean_is_root_mean_square():
+    X = _blobs(200, 5, 4, seed=2)
+    Zs, _ = graph_linkage(X, metric="sqeuclidean", knn=199)
+    Ze, _ = graph_linkage(X, metric="euclidean", knn=199)
+    np.testing.assert_array_equal(Zs[:, :2], Ze[:, :2])
+    np.testing.assert_allclose(Ze[:, 2], np.sqrt(Zs[:, 2]), rtol=1e-12)
+
+
+def test_heights_are_true_cross_pair_averages_on_knn_graph():
+    """Each height is the exact mean over all cross pairs (not the kNN edges), or a child's if raised."""
+    X = _blobs(300, 6, 5, seed=3)
+    n = X.shape[0]
+    Z, info = graph_linkage(X, metric="cosine", knn=5)
+    D = cdist(X.astype(np.float64), X.astype(np.float64), "cosine")
+    members = [[i] for i in range(n)]
+    for i, (a, b, h, size) in enumerate(Z):
+        A, B = members[int(a)], members[int(b)]
+        true = D[np.ix_(A, B)].mean()
+        child_h = max([Z[int(c) - n, 2] for c in (a, b) if c >= n], default=0.0)
+        assert h == pytest.approx(max(true, child_h), rel=1e-9, abs=1e-12)
+        assert len(A) + len(B) == size
+        members.append(A + B)
+    assert info["edges"] < n * (n - 1) // 2 / 4  # really a sparse graph
+
+
+def _ari_vs_exact(X, metric="cosine", mean_size=10, **kw):
+    n = X.shape[0]
+    Ze = exact_linkage(X, metric)
+    Zg, info = graph_linkage(X, metric=metric, **kw)
+    a, _ = cut(Ze, n, mean_cluster_size=mean_size)
+    b, _ = cut(Zg, n, mean_cluster_size=mean_size)
+    return adjusted_rand_score(a, b), info
+
+
+def test_knn_graph_blobs_ari():
+    X = _blobs(4000, 32, 20, seed=4)
+    ari, info = _ari_vs_exact(X)
+    assert info["knn_k"] == 50
+    assert ari >= 0.95, ari
+
+
+def test_knn_graph_blobs_ari_ivf_path():
+    # force the approximate kNN index on a small pool
+    X = _blobs(4000, 32, 20, seed=5)
+    ari, info = _ari_vs_exact(X, knn_method="ivf")
+    assert info["knn_method"] == "ivf"
+    assert ari >= 0.95, ari
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    mlp = MLPClassifier((64,), max_iter=200, random_state=0).fit(X, y)
+    H = np.maximum(X @ mlp.coefs_[0] + mlp.intercepts_[0], 0) + 1e-3
+    return H.astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_real_embeddings_mlp_hidden_layer_ari(digits_mlp, metric):
+    ari, _ = _ari_vs_exact(digits_mlp, metric)
+    assert ari >= 0.95, ari
+
+
+def test_real_embeddings_digits_pca_ari():
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    X = load_digits().data
+    P = PCA(20, random_state=0).fit_transform(X).astype(np.float32)
+    ari, _ = _ari_vs_exact(P, "cosine")
+    assert ari >= 0.95, ari
+
+
+def test_edge_mean_linkage_would_fail_this_check():
+    """Guard that the ARI test can fail: a deliberately wrong linkage scores low."""
+    X = _blobs(1500, 16, 10, seed=6)
+    n = X.shape[0]
+    Ze = exact_linkage(X, "cosine")
+    a, _ = cut(Ze, n, mean_cluster_size=10)
+    rng = np.random.default_rng(0)
+    wrong = rng.permutation(a)
+    assert adjusted_rand_score(a, wrong) < 0.95
+
+
+def test_forest_is_joined_with_finite_heights():
+    # two far groups, k small: the kNN graph has (at least) two components
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((150, 4)) + 50
+    B = rng.standard_normal((150, 4)) - 50
+    X = np.vstack([A, B]).astype(np.float32)
+    Z, info = graph_linkage(X, metric="sqeuclidean", knn=5)
+    assert info["components"] >= 2
+    assert np.isfinite(Z).all() and is_valid_linkage(Z) and is_monotonic(Z)
+    labels, _ = cut(Z, 300, mean_cluster_size=150)
+    assert _same_partition(labels, np.repeat([0, 1], 150))
+    # the top merge is the true average between the two groups
+    true = cdist(A, B, "sqeuclidean").mean()
+    assert Z[-1, 2] == pytest.approx(true, rel=1e-6)
+
+
+def test_estimator_graph_method_and_memmap(tmp_path):
+    X = _blobs(3000, 16, 15, seed=8)
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    Xm = np.load(path, mmap_mode="r")
+    m = AverageLinkage(mean_cluster_size=10, method="graph").fit(Xm)
+    assert m.method_ == "graph" and m.labels_.shape == (3000,)
+    assert m.n_clusters_ == 300
+    assert m.labels_.dtype == np.int64 and m.labels_.min() == 0
+    np.testing.assert_array_equal(np.load(path), X)  # the user's data untouched
+    assert {"knn", "merge"} <= set(m.timings_)
+    m.recut(mean_cluster_size=50)
+    assert m.n_clusters_ == 60
+
+
+def test_auto_picks_by_size():
+    from batchal.clustering.hac import AUTO_EXACT_MAX_ROWS, choose_method
+
+    assert choose_method(AUTO_EXACT_MAX_ROWS)[0] == "exact"
+    method, reason = choose_method(AUTO_EXACT_MAX_ROWS + 1)
+    assert method == "graph" and reason
+
+
+def test_bad_inputs():
+    X = _blobs(100, 4, 3)
+    X[5] = 0
+    with pytest.raises(BatchalInputError, match="all zeros"):
+        graph_linkage(X, metric="cosine", knn=10)
+    with pytest.raises(BatchalInputError, match="metric"):
+        graph_linkage(X, metric="manhattan", knn=10)
+    with pytest.raises(BatchalInputError, match="knn"):
+        graph_linkage(_blobs(100, 4, 3), metric="sqeuclidean", knn=0)
+
+
+def test_report(tmp_path):
+    from batchal.clustering.report import format_report, write_report
+
+    X = _blobs(2000, 8, 10, seed=9)
+    m = AverageLinkage(mean_cluster_size=10, method="graph").fit(X)
+    out = tmp_path / "C.npy"
+    rep = write_report(m, out)
+    assert (tmp_path / "C.report.json").exists() and (tmp_path / "C.sizes.png").exists()
+    on_disk = json.loads((tmp_path / "C.report.json").read_text())
+    assert on_disk["n_clusters"] == rep["n_clusters"] == m.n_clusters_ == 200
+    sizes = np.bincount(m.labels_)
+    assert rep["max_size"] == sizes.max()
+    assert rep["singleton_share"] == pytest.approx((sizes == 1).mean())
+    assert rep["rows_in_singletons_share"] == pytest.approx((sizes == 1).sum() / 2000)
+    assert rep["method"] == "graph" and rep["threshold"] == m.threshold_
+    text = format_report(rep)
+    assert "200 over 2,000 rows" in text and "singletons" in text

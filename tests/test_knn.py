@@ -1,0 +1,89 @@
+"""kNN graph: exact path equals brute force, IVF recall, symmetrisation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from batchal._validation import BatchalInputError
+from batchal.clustering.knn import knn_graph, recall, symmetrize
+
+
+def _mixture(n, d, c, seed=0, scale=1.0):
+    """Overlapping Gaussian mixture (centres close together: IVF cells cut through clusters)."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((c, d)) * scale
+    lab = rng.integers(0, c, n)
+    return (C[lab] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+def _brute(X, k, metric):
+    D = cdist(X.astype(np.float64), X.astype(np.float64), metric)
+    np.fill_diagonal(D, np.inf)
+    idx = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(D, idx, 1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])
+def test_flat_matches_brute_force(metric):
+    X = _mixture(500, 12, 5, seed=1)
+    r = knn_graph(X, 10, metric=metric)
+    assert r.method == "flat"
+    assert r.indices.dtype == np.int32 and r.distances.dtype == np.float32
+    I, D = _brute(X, 10, metric)
+    assert recall(r.indices, I) >= 0.999
+    np.testing.assert_allclose(r.distances, D, rtol=1e-4, atol=1e-4)
+    assert (r.indices != np.arange(500)[:, None]).all()  # no self
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_ivf_recall_vs_brute_force(metric):
+    X = _mixture(20_000, 32, 40, seed=2, scale=1.5)
+    r = knn_graph(X, 20, metric=metric, method="ivf", nprobe=16)
+    assert r.method == "ivf" and r.info["nlist"] == round(2 * np.sqrt(20_000))
+    rng = np.random.default_rng(0)
+    q = rng.choice(20_000, 500, replace=False)
+    D = cdist(X[q].astype(np.float64), X.astype(np.float64), metric)
+    D[np.arange(500), q] = np.inf
+    exact = np.argsort(D, axis=1)[:, :20]
+    rec = recall(r.indices[q], exact)
+    assert rec >= 0.95, rec
+    # and nprobe matters: one probe finds clearly fewer
+    r1 = knn_graph(X, 20, metric=metric, method="ivf", nprobe=1)
+    assert recall(r1.indices[q], exact) < rec
+
+
+def test_input_not_modified_and_memmap(tmp_path):
+    X = _mixture(3000, 8, 4, seed=3) * 5
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    r = knn_graph(Xm, 8, metric="cosine", method="ivf", chunk_rows=500)
+    np.testing.assert_array_equal(np.load(tmp_path / "X.npy"), X)
+    assert r.indices.shape == (3000, 8) and (r.indices >= 0).all()
+    assert (r.distances >= 0).all() and (r.distances <= 2).all()
+
+
+def test_symmetrize():
+    X = _mixture(400, 6, 3, seed=4)
+    r = knn_graph(X, 7, metric="sqeuclidean")
+    indptr, nbrs = symmetrize(r.indices)
+    assert indptr.dtype == np.int64 and nbrs.dtype == np.int32
+    edges = set()
+    for u in range(400):
+        row = nbrs[indptr[u]:indptr[u + 1]]
+        assert (np.diff(row) > 0).all() and u not in row
+        edges.update((u, int(v)) for v in row)
+    assert all((v, u) in edges for u, v in edges)
+    directed = {(u, int(v)) for u in range(400) for v in r.indices[u]}
+    assert directed <= edges and len(edges) <= 2 * len(directed)
+
+
+def test_k_capped_and_errors():
+    X = _mixture(20, 3, 2)
+    assert knn_graph(X, 100).indices.shape == (20, 19)
+    with pytest.raises(BatchalInputError):
+        knn_graph(X, 0)
+    with pytest.raises(BatchalInputError):
+        knn_graph(X[:1], 5)
+    with pytest.raises(BatchalInputError):
+        knn_graph(X, 5, metric="hamming")
