@@ -51,6 +51,30 @@ def test_cluster_threshold_and_csv(files):
     assert (tmp / "C.csv").read_text().splitlines()[0] == "cluster"
 
 
+def test_cluster_graph_tree_and_recut(files):
+    from batchal.clustering import cut
+
+    tmp, p, a = files
+    r = run("cluster", "--embeddings", p["embeddings"], "--method", "graph", "--knn", 15,
+            "--save-tree", tmp / "T.npy", "--out", tmp / "C.npy")
+    assert r.exit_code == 0, r.output
+    assert "method: graph (asked for)" in r.output and "singletons:" in r.output
+    assert (tmp / "C.report.json").exists() and (tmp / "C.sizes.png").exists()
+    Z = np.load(tmp / "T.npy")
+    assert Z.shape == (399, 4)
+    np.testing.assert_array_equal(np.load(tmp / "C.npy"), cut(Z, 400, mean_cluster_size=10)[0])
+    # a coarser cut later, from the tree alone
+    r = run("recut", "--tree", tmp / "T.npy", "--mean-cluster-size", 50, "--out", tmp / "C50.npy")
+    assert r.exit_code == 0, r.output
+    C50 = np.load(tmp / "C50.npy")
+    np.testing.assert_array_equal(C50, cut(Z, 400, mean_cluster_size=50)[0])
+    assert C50.max() + 1 == 8 and (tmp / "C50.report.json").exists()
+    # a broken tree is refused and nothing is written
+    np.save(tmp / "bad.npy", Z[:, :3])
+    r = run("recut", "--tree", tmp / "bad.npy", "--out", tmp / "C2.npy")
+    assert r.exit_code == 2 and "merge tree" in r.output and not (tmp / "C2.npy").exists()
+
+
 def test_select_csv_and_logits(files, tmp_path):
     tmp, p, a = files
     Z = np.log(a["probs"])

@@ -49,6 +49,7 @@ def cluster(
     method: Method = typer.Option(Method.auto, "--method", help="exact: all pairs (O(n^2) memory); graph: kNN-graph restricted; auto: by size"),
     knn: int = typer.Option(50, "--knn", help="Neighbours per row for the graph method"),
     seed: int = typer.Option(0, "--seed"),
+    save_tree: Optional[Path] = typer.Option(None, "--save-tree", help="Also save the merge tree (scipy linkage format, .npy) for `batchal recut`"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or report"),
 ):
     """Cluster the pool once with average-linkage HAC; one cluster id per row."""
@@ -78,16 +79,50 @@ def cluster(
             n = X.shape[0] if X.ndim == 2 else 0
             chosen, why = choose_method(n, method.value)
             err.print(f"method: {chosen} ({why})", highlight=False)
+        if save_tree is not None and save_tree.suffix.lower() != ".npy":
+            _fail(f"--save-tree must end in .npy; got {save_tree.name}")
         model.fit(X)
+        if save_tree is not None:
+            from .io import atomic_write
+
+            atomic_write(save_tree, lambda tmp: np.save(tmp, model.linkage_))
         _save_ints(out_path, model.labels_)
     except BatchalInputError as exc:
         _fail(str(exc))
+    _report(model, out_path, quiet)
+
+
+@app.command()
+def recut(
+    tree: Path = typer.Option(..., "--tree", help="Merge tree saved by `batchal cluster --save-tree`"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write one int64 cluster id per row (.npy or .csv)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Cut the tree at this distance"),
+    mean_cluster_size: Optional[float] = typer.Option(None, "--mean-cluster-size", help="Cut where clusters average this size (default 10)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No report"),
+):
+    """Cut a saved merge tree at another threshold or mean cluster size, without re-clustering."""
+    from .clustering import AverageLinkage
+
+    if threshold is not None and mean_cluster_size is not None:
+        _fail("give --threshold or --mean-cluster-size, not both")
+    if threshold is None and mean_cluster_size is None:
+        mean_cluster_size = 10.0
+    if out_path.suffix.lower() not in (".npy", ".csv"):
+        _fail(f"--out must end in .npy or .csv; got {out_path.name}")
+    if not tree.exists():
+        _fail(f"tree file not found: {tree}")
     try:
-        from .clustering.report import format_report, write_report
-    except ImportError:  # report module arrives with the scalable clustering work
-        if not quiet:
-            out.print(f"{model.n_clusters_} clusters, threshold {model.threshold_:.6g} -> {out_path}")
-        return
+        Z = np.load(tree, allow_pickle=False)
+        model = AverageLinkage.from_linkage(Z, threshold=threshold, mean_cluster_size=mean_cluster_size)
+        _save_ints(out_path, model.labels_)
+    except (BatchalInputError, ValueError) as exc:
+        _fail(str(exc))
+    _report(model, out_path, quiet)
+
+
+def _report(model, out_path: Path, quiet: bool) -> None:
+    from .clustering.report import format_report, write_report
+
     report = write_report(model, out_path)
     if not quiet:
         out.print(format_report(report), highlight=False)

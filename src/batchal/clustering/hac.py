@@ -124,6 +124,36 @@ class AverageLinkage:
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_
 
+    @classmethod
+    def from_linkage(cls, Z, *, threshold: float | None = None, mean_cluster_size: float | None = 10.0,
+                     metric: str | None = None) -> "AverageLinkage":
+        """A fitted model from a saved merge tree (scipy linkage format), cut without re-clustering.
+
+        Parameters
+        ----------
+        Z : ndarray (n - 1, 4)
+            A tree saved from ``linkage_`` (e.g. ``batchal cluster --save-tree``).
+        threshold, mean_cluster_size : as in :class:`AverageLinkage`.
+        metric : str, optional
+            Only recorded (for the report); the heights in ``Z`` are in that metric.
+        """
+        from scipy.cluster.hierarchy import is_valid_linkage
+
+        Z = np.asarray(Z)
+        if Z.ndim != 2 or Z.shape[1] != 4 or Z.shape[0] < 1 or not np.issubdtype(Z.dtype, np.floating):
+            raise BatchalInputError(f"a merge tree must be a float (n - 1, 4) array in scipy linkage format; got "
+                                    f"{Z.dtype} {Z.shape}")
+        if not is_valid_linkage(Z):
+            raise BatchalInputError("the merge tree is not a valid scipy linkage matrix (wrong ids, sizes or heights)")
+        if threshold is None and mean_cluster_size is None:
+            raise BatchalInputError("give a threshold or a mean_cluster_size")
+        model = cls(threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric)
+        model.linkage_ = np.ascontiguousarray(Z, dtype=np.float64)
+        model._n = Z.shape[0] + 1
+        model.method_, model.method_reason_ = "tree", "cut of a saved merge tree"
+        model.timings_ = {}
+        return model.recut(threshold=threshold, mean_cluster_size=None if threshold is not None else mean_cluster_size)
+
 
 def cluster(
     X,
