@@ -81,3 +81,16 @@ def test_badge_partitions_split_the_quota():
     a = make_pool(n=600, n_labeled=0)
     idx = select("badge", 10, probs=a["probs"], embeddings=a["embeddings"], partitions=3, seed=0)
     assert idx.shape == (10,) and np.unique(idx).shape[0] == 10
+
+
+def test_blocked_kernels_with_progress_equal_one_pass(capsys):
+    """Many picks run in resumable blocks (progress bar between them) give the brute-force answer."""
+    a = make_pool(n=400, d=6, n_labeled=20, seed=4)
+    k = 157  # not a multiple of the block size
+    got = select("coreset", k, embeddings=a["embeddings"], labeled=a["labeled"], seed=1, progress=True)
+    np.testing.assert_array_equal(got, brute_kcenter(a["embeddings"], a["labeled"], k))
+    got = select("badge", k, probs=a["probs"], embeddings=a["embeddings"], labeled=a["labeled"], seed=2,
+                 progress=True)
+    want = brute_badge(a["probs"], a["embeddings"], a["labeled"], k, np.random.default_rng(2).random(k))
+    np.testing.assert_array_equal(got, want)
+    assert "badge" in capsys.readouterr().err

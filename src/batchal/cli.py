@@ -172,6 +172,8 @@ def select(
         params["margin_factor"] = margin_factor
     if strategy == "badge":
         params["partitions"] = partitions
+    if strategy in ("coreset", "badge"):
+        params["progress"] = not quiet
     t0 = time.perf_counter()
     try:
         arrays = dict(

@@ -94,18 +94,20 @@ def grad_sqdist_update(A, H, gn, c, D2):
 
 
 @njit(cache=True)
-def kmeanspp_grad(A, H, gn, first, uniforms):
-    """k-means++ seeding on factorised gradient embeddings.
+def kmeanspp_grad(A, H, gn, c, D2, uniforms, out, start, stop):
+    """k-means++ seeding on factorised gradient embeddings, picks ``start..stop-1``.
 
-    ``uniforms`` (k,) in [0, 1) drive the D^2 draws so results follow the caller's seed.
-    If every remaining distance is 0 (duplicates), the draw is uniform over the rest.
+    Resumable so the caller can report progress between blocks: ``c`` is the
+    next center, ``D2`` (n,) the running squared distances (``inf`` at first,
+    ``-1`` once chosen), ``out`` (k,) receives the picks. ``uniforms`` (k,) in
+    [0, 1) drive the D^2 draws (``uniforms[t]`` draws pick ``t``; ``uniforms[0]``
+    is unused because the first center is given), so results follow the
+    caller's seed. If every remaining distance is 0 (duplicates), the draw is
+    uniform over the rest. Returns the next center.
     """
     n = A.shape[0]
-    k = uniforms.shape[0]
-    D2 = np.full(n, np.inf)
-    out = np.empty(k, dtype=np.int64)
-    c = first
-    for t in range(k):
+    k = out.shape[0]
+    for t in range(start, stop):
         out[t] = c
         D2[c] = -1.0
         if t == k - 1:
@@ -138,4 +140,4 @@ def kmeanspp_grad(A, H, gn, first, uniforms):
                         c = i
                         break
                     seen += 1
-    return out
+    return c

@@ -5,7 +5,7 @@ import numpy as np
 
 from .._validation import as_float32_c, iter_chunks
 from . import _kernels
-from .base import Pool, Selector, register
+from .base import Pool, Selector, progress_blocks, register
 from .. import scores as _scores
 
 
@@ -50,15 +50,18 @@ class BadgeSelector(Selector):
         The paper's large-pool option: split the unlabeled rows uniformly at
         random into this many parts and take ``k / partitions`` from each,
         dividing the work by ``partitions``.
+    progress : bool, default False
+        Show a progress bar over the picks.
     random_state : int, Generator or None
     """
 
     name = "badge"
     requires = ("predictions", "embeddings")
 
-    def __init__(self, partitions: int = 1, random_state=None):
+    def __init__(self, partitions: int = 1, progress: bool = False, random_state=None):
         super().__init__(random_state=random_state)
         self.partitions = partitions
+        self.progress = progress
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         from .._validation import BatchalInputError
@@ -74,10 +77,15 @@ class BadgeSelector(Selector):
         parts = np.array_split(unlabeled, m)
         quotas = [k // m + (1 if i < k % m else 0) for i in range(m)]
         out = []
-        for rows, q in zip(parts, quotas):
+        for i, (rows, q) in enumerate(zip(parts, quotas)):
             rows = np.sort(rows)
             A, H, gn = gradient_factors(pool, rows)
-            first = int(np.argmax(gn))
-            picks = _kernels.kmeanspp_grad(A, H, gn, first, rng.random(q))
+            c = int(np.argmax(gn))
+            uniforms = rng.random(q)
+            D2 = np.full(rows.shape[0], np.inf)
+            picks = np.empty(q, dtype=np.int64)
+            desc = "badge" if m == 1 else f"badge part {i + 1}/{m}"
+            for a, b in progress_blocks(q, desc, self.progress and (m == 1 or i == 0)):
+                c = _kernels.kmeanspp_grad(A, H, gn, c, D2, uniforms, picks, a, b)
             out.append(rows[picks])
         return np.concatenate(out)

@@ -186,6 +186,22 @@ class Selector:
         return f"{type(self).__name__}({args})"
 
 
+def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
+    """Split ``k`` sequential picks into about ``n_blocks`` ``(start, stop)`` blocks, with a progress bar.
+
+    The greedy kernels are resumable, so calling them block by block gives the
+    same picks as one call while the bar advances between blocks.
+    """
+    from tqdm.auto import tqdm
+
+    step = max(1, -(-k // n_blocks))
+    with tqdm(total=k, desc=desc, unit="picks", disable=not enabled, leave=False, mininterval=0.5) as bar:
+        for a in range(0, k, step):
+            b = min(k, a + step)
+            yield a, b
+            bar.update(b - a)
+
+
 def top_k(score: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``score`` among rows not in ``exclude``, largest first.
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from .._validation import as_float32_c, iter_chunks
 from . import _kernels
-from .base import Pool, Selector, register
+from .base import Pool, Selector, progress_blocks, register
 
 
 def nearest_sqdist(X: np.ndarray, centers: np.ndarray, chunk_rows: int = 1 << 15) -> np.ndarray:
@@ -32,10 +32,20 @@ class CoresetSelector(Selector):
     Memory O(n) beyond the embeddings: one float64 nearest-center distance per row,
     updated by a fused numba pass per pick (O(n d) time per pick, O(n d k) in all).
     When nothing is labeled the first center is a uniformly random row.
+
+    Parameters
+    ----------
+    progress : bool, default False
+        Show a progress bar over the picks.
+    random_state : int, Generator or None
     """
 
     name = "coreset"
     requires = ("embeddings",)
+
+    def __init__(self, progress: bool = False, random_state=None):
+        super().__init__(random_state=random_state)
+        self.progress = progress
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         X = as_float32_c(pool.checked_embeddings())
@@ -47,4 +57,8 @@ class CoresetSelector(Selector):
         else:
             min_d = np.full(X.shape[0], np.inf)
             first = int(rng.integers(X.shape[0]))
-        return _kernels.kcenter_greedy(X, min_d, first, k)
+        out = []
+        for a, b in progress_blocks(k, "coreset", self.progress):
+            # after the first block the next pick is argmax(min_d): the same as one long call
+            out.append(_kernels.kcenter_greedy(X, min_d, first if a == 0 else -1, b - a))
+        return np.concatenate(out)
