@@ -10,6 +10,7 @@ Usage::
     python benchmarks/bench_cluster.py real --n 20000
     python benchmarks/bench_cluster.py scale --n 1000000 --d 128 --repeats 3
     python benchmarks/bench_cluster.py scale --n 10000000 --d 64 --repeats 1
+    python benchmarks/bench_cluster.py recall --sizes 100000 1000000 --d 128
 
 Data. ``blobs``: a Gaussian mixture with n/200 centres ~ N(0, 4 I) and
 per-centre noise sd uniform in [0.5, 1.5] (so mean cluster size 10 cuts
@@ -211,6 +212,37 @@ def cmd_scale(args) -> list[dict]:
     return runs
 
 
+def cmd_recall(args) -> list[dict]:
+    """Recall of the approximate kNN lists against brute force on a random sample of query rows."""
+    import faiss
+
+    from batchal.clustering.knn import knn_graph, recall
+
+    rows = []
+    print("| n | d | k | nprobe | kNN s | recall@k (sample) |")
+    print("|---|---|---|---|---|---|")
+    for n in args.sizes:
+        X = np.load(blobs_path(n, args.d), mmap_mode="r")
+        t0 = time.perf_counter()
+        r = knn_graph(X, args.k, metric=args.metric, nprobe=args.nprobe or 12, method="ivf")
+        dt = time.perf_counter() - t0
+        q = np.random.default_rng(1).choice(n, size=min(n, args.queries), replace=False)
+        Xn = np.ascontiguousarray(X, dtype=np.float32)
+        if args.metric == "cosine":
+            Xn /= np.linalg.norm(Xn, axis=1, keepdims=True)
+            index = faiss.IndexFlatIP(Xn.shape[1])
+        else:
+            index = faiss.IndexFlatL2(Xn.shape[1])
+        index.add(Xn)
+        _, I = index.search(Xn[q], args.k + 1)
+        exact = np.stack([row[row != qi][: args.k] for row, qi in zip(I, q)])
+        rec = recall(r.indices[q], exact)
+        print(f"| {n:,} | {args.d} | {args.k} | {r.info['nprobe']} | {dt:.1f} | {rec:.4f} |", flush=True)
+        rows.append({"n": n, "d": args.d, "k": args.k, "knn_s": dt, "recall": rec, "info": r.info})
+        del Xn, index
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -224,7 +256,12 @@ def main(argv=None):
     s.add_argument("--d", type=int, default=128)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--nprobe", type=int, default=None)
-    for p in (c, r, s):
+    rc = sub.add_parser("recall")
+    rc.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    rc.add_argument("--d", type=int, default=128)
+    rc.add_argument("--queries", type=int, default=2000)
+    rc.add_argument("--nprobe", type=int, default=None)
+    for p in (c, r, s, rc):
         p.add_argument("--metric", default="cosine")
         p.add_argument("--k", type=int, default=50)
         p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
@@ -243,7 +280,7 @@ def main(argv=None):
 
             args.nprobe = DEFAULT_NPROBE
         return _case(args)
-    res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale}[args.cmd](args)
+    res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale, "recall": cmd_recall}[args.cmd](args)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
 

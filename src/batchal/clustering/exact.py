@@ -43,9 +43,14 @@ def check_exact_fits(n: int, budget: int | None = None) -> None:
 def exact_linkage(X: np.ndarray, metric: str = "cosine") -> np.ndarray:
     """Average-linkage merge tree of ``X`` in scipy's linkage format.
 
-    ``metric="cosine"`` uses 1 - cosine similarity, ``"euclidean"`` the mean
-    euclidean distance and ``"sqeuclidean"`` the mean squared euclidean
-    distance between the members of two clusters (scipy's definitions).
+    ``metric="cosine"`` uses the mean of 1 - cosine similarity and
+    ``"sqeuclidean"`` the mean squared euclidean distance between the members
+    of two clusters (scipy's definitions). ``"euclidean"`` is the root of the
+    mean squared distance (the sqeuclidean tree with square-rooted heights),
+    the form the graph method can keep exactly from cluster statistics; using
+    it here too means a ``threshold`` keeps its meaning whichever method
+    ``auto`` picks. (scipy's ``average`` + ``euclidean`` averages unsquared
+    distances, a slightly different tree.)
     """
     import fastcluster
 
@@ -59,4 +64,8 @@ def exact_linkage(X: np.ndarray, metric: str = "cosine") -> np.ndarray:
             )
     if metric not in ("cosine", "euclidean", "sqeuclidean"):
         raise BatchalInputError(f"unknown metric {metric!r}; use cosine, euclidean or sqeuclidean")
+    if metric == "euclidean":
+        Z = fastcluster.linkage(X, method="average", metric="sqeuclidean")
+        Z[:, 2] = np.sqrt(np.maximum(Z[:, 2], 0.0))
+        return Z
     return fastcluster.linkage(X, method="average", metric=metric)

@@ -36,6 +36,9 @@ class AverageLinkage:
     mean_cluster_size : float, default 10
         Cut where the clusters average this many rows (used when ``threshold`` is None).
     metric : {"cosine", "euclidean", "sqeuclidean"}
+        Linkage = mean over all cross pairs of ``1 - cos`` (cosine) or of the
+        squared distance (sqeuclidean); ``euclidean`` is the root of that mean
+        (RMS), the same in both methods so a threshold means the same thing.
     method : {"auto", "exact", "graph"}
         ``exact``: fastcluster on all pairs (O(n^2) memory). ``graph``: exact
         average linkage restricted to a k-nearest-neighbour graph. ``auto`` picks by size.
