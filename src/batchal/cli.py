@@ -56,12 +56,7 @@ def cluster(
     from .clustering import AverageLinkage
     from .io import load_array
 
-    if threshold is not None and mean_cluster_size is not None:
-        _fail("give --threshold or --mean-cluster-size, not both")
-    if threshold is None and mean_cluster_size is None:
-        mean_cluster_size = 10.0
-    if out_path.suffix.lower() not in (".npy", ".csv"):
-        _fail(f"--out must end in .npy or .csv; got {out_path.name}")
+    mean_cluster_size = _cut_options(threshold, mean_cluster_size, out_path)
     try:
         X = load_array(embeddings, name="embeddings")
         model = AverageLinkage(
@@ -103,12 +98,7 @@ def recut(
     """Cut a saved merge tree at another threshold or mean cluster size, without re-clustering."""
     from .clustering import AverageLinkage
 
-    if threshold is not None and mean_cluster_size is not None:
-        _fail("give --threshold or --mean-cluster-size, not both")
-    if threshold is None and mean_cluster_size is None:
-        mean_cluster_size = 10.0
-    if out_path.suffix.lower() not in (".npy", ".csv"):
-        _fail(f"--out must end in .npy or .csv; got {out_path.name}")
+    mean_cluster_size = _cut_options(threshold, mean_cluster_size, out_path)
     if not tree.exists():
         _fail(f"tree file not found: {tree}")
     try:
@@ -118,6 +108,15 @@ def recut(
     except (BatchalInputError, ValueError) as exc:
         _fail(str(exc))
     _report(model, out_path, quiet)
+
+
+def _cut_options(threshold, mean_cluster_size, out_path: Path):
+    """Check the cut and output options shared by cluster and recut; returns the mean size to use."""
+    if threshold is not None and mean_cluster_size is not None:
+        _fail("give --threshold or --mean-cluster-size, not both")
+    if out_path.suffix.lower() not in (".npy", ".csv"):
+        _fail(f"--out must end in .npy or .csv; got {out_path.name}")
+    return 10.0 if threshold is None and mean_cluster_size is None else mean_cluster_size
 
 
 def _report(model, out_path: Path, quiet: bool) -> None:
