@@ -16,6 +16,8 @@ Data. ``blobs``: a Gaussian mixture with n/200 centres ~ N(0, 4 I) and
 per-centre noise sd uniform in [0.5, 1.5] (so mean cluster size 10 cuts
 *inside* the mixture components, the hard regime for a kNN approximation).
 ``fmnist``: Fashion-MNIST train+test pixels, standardised, PCA-50.
+``fmnist-mlp``: hidden layer (128 ReLU units) of the simulator's MLP trained on 1,000
+Fashion-MNIST labels (the embedding cluster-margin clusters in the simulator).
 ``digits-mlp``: hidden layer (64 units) of an sklearn MLP trained on digits.
 """
 from __future__ import annotations
@@ -85,6 +87,30 @@ def fmnist_path(n: int) -> Path:
     Z = PCA(50, random_state=0).fit_transform(X).astype(np.float32)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(p, Z)
+    return p
+
+
+def fmnist_mlp_path(n: int) -> Path:
+    """Hidden layer (128 ReLU units) of batchal's simulator MLP trained on 1,000 Fashion-MNIST labels.
+
+    The embedding Cluster-Margin clusters in ``batchal simulate --dataset fashion-mnist --model mlp``;
+    the first n pool rows.
+    """
+    p = CACHE / f"fmnist_mlp128_{n}.npy"
+    if p.exists():
+        return p
+    from batchal.simulate.datasets import load_dataset
+    from batchal.simulate.models import make_model
+
+    ds = load_dataset("fashion-mnist")
+    rng = np.random.default_rng(0)
+    seed_rows = rng.choice(ds.X.shape[0], 1000, replace=False)
+    model = make_model("mlp", ds.n_classes, False, seed=0)
+    model.set_pool(ds.X)
+    model.fit(ds.X[seed_rows], ds.y[seed_rows])
+    H = model.embed(ds.X[:n]) + 1e-4  # no all-zero ReLU rows (cosine)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(p, H.astype(np.float32))
     return p
 
 
@@ -183,7 +209,9 @@ def cmd_compare(args, datasets=None) -> list[dict]:
 
 
 def cmd_real(args) -> list[dict]:
-    items = [("fmnist PCA-50", fmnist_path(args.n), args.n), ("digits MLP-64", digits_mlp_path(), 0)]
+    items = [("fmnist PCA-50", fmnist_path(args.n), args.n),
+             ("fmnist MLP-128 hidden", fmnist_mlp_path(args.n), args.n),
+             ("digits MLP-64", digits_mlp_path(), 0)]
     items = [(a, b, c if c else int(np.load(b, mmap_mode="r").shape[0])) for a, b, c in items]
     return cmd_compare(args, items)
 
