@@ -8,7 +8,9 @@ main run.
 
 Usage::
 
-    python benchmarks/ablation_table.py MAIN/results.csv F=2=ABL2/results.csv F=3=ABL3/results.csv
+    python benchmarks/ablation_table.py "F=10=MAIN/results.csv" "F=2=ABL2/results.csv" "F=3=ABL3/results.csv"
+
+Each argument is LABEL=PATH; the first run also provides the margin and random curves.
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ def table(main_csv: str, variants: list[tuple[str, str]], main_label: str = "F=1
     for label, path in variants:
         rows += read_rows(path, rename=f"cluster-margin ({label})")
     names = [f"cluster-margin ({main_label})"] + [f"cluster-margin ({lab})" for lab, _ in variants]
-    names = sorted(names, key=lambda s: float(s.split("=")[1].rstrip(")")) if "=" in s else 0)
     base = [s for s in ("margin", "random") if any(r["strategy"] == s for r in rows)]
     _, racc = _by(rows, "random")
     target = float(np.nanmean(racc[-1]))
@@ -70,5 +71,5 @@ def table(main_csv: str, variants: list[tuple[str, str]], main_label: str = "F=1
 
 
 if __name__ == "__main__":
-    main, *rest = sys.argv[1:]
-    print(table(main, [tuple(a.rsplit("=", 1)) for a in rest]))
+    (main_label, main), *rest = [tuple(a.rsplit("=", 1)) for a in sys.argv[1:]]
+    print(table(main, rest, main_label))

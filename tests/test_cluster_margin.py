@@ -7,7 +7,7 @@ from batchal.selectors import ClusterMarginSelector, round_robin
 from conftest import make_pool
 
 
-def reference_cluster_margin(P, clusters, labeled, k, margin_factor, seed):
+def reference_cluster_margin(P, clusters, labeled, k, margin_factor, seed, share=None):
     """Straight from the paper, with lists; the random member draws follow the same permutation of M."""
     n = len(P)
     labeled = set(int(i) for i in labeled)
@@ -17,7 +17,10 @@ def reference_cluster_margin(P, clusters, labeled, k, margin_factor, seed):
             continue
         top = sorted(P[i], reverse=True)
         margins[i] = top[0] - top[1]
-    km = min(int(np.ceil(margin_factor * k)), len(margins))
+    km = margin_factor * k
+    if share is not None:  # batchal's cap: at most `share` of the unlabeled rows, never below 2 k
+        km = min(km, max(min(2, margin_factor) * k, share * len(margins)))
+    km = min(int(np.ceil(km)), len(margins))
     # k_m smallest margins (ties by index, matching the library's documented tie-break)
     M = sorted(margins, key=lambda i: (np.float32(margins[i]), i))[:km]
     rng = np.random.default_rng(seed)
@@ -40,12 +43,30 @@ def reference_cluster_margin(P, clusters, labeled, k, margin_factor, seed):
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("factor", [1.0, 2.5, 10.0])
-def test_matches_plain_python_reference(seed, factor):
+@pytest.mark.parametrize("share", [None, 0.1, 0.3])
+def test_matches_plain_python_reference(seed, factor, share):
     arrays = make_pool(n=400, n_clusters=37, n_labeled=30, seed=seed)
-    k = 40
-    got = select("cluster-margin", k, seed=seed, margin_factor=factor, **arrays)
-    want = reference_cluster_margin(arrays["probs"], arrays["clusters"], arrays["labeled"], k, factor, seed)
+    k = 40 if share != 0.3 else 15
+    got = select("cluster-margin", k, seed=seed, margin_factor=factor, max_candidate_share=share, **arrays)
+    want = reference_cluster_margin(arrays["probs"], arrays["clusters"], arrays["labeled"], k, factor, seed, share)
     np.testing.assert_array_equal(got, np.array(want))
+
+
+def test_candidate_count_rule():
+    from batchal.selectors import candidate_count
+
+    # the paper's regime (batch = 1% of the pool): the cap changes nothing
+    assert candidate_count(100_000, 10_000_000) == 1_000_000
+    # a batch that is 8% of the pool: 10 k would be 85% of it; capped, but never below 2 k
+    assert candidate_count(5_000, 59_000) == 10_000
+    assert candidate_count(1_000, 59_000) == 5_900
+    assert candidate_count(5_000, 59_000, max_candidate_share=None) == 50_000
+    assert candidate_count(5_000, 59_000, max_candidate_share=1.0) == 50_000
+    assert candidate_count(100, 1_000, margin_factor=1.5) == 150
+    assert candidate_count(10, 30) == 20 and candidate_count(10, 15) == 15  # 2 k, at most the unlabeled rows
+    sel = ClusterMarginSelector(random_state=0)
+    sel.select(Pool(**make_pool(n=2000, n_labeled=100)), 50)
+    assert sel.candidates_.shape == (190,)  # 10% of 1,900 unlabeled, between 2 k = 100 and 10 k = 500
 
 
 def test_one_from_each_of_the_smallest_clusters_when_k_le_clusters():
@@ -55,7 +76,7 @@ def test_one_from_each_of_the_smallest_clusters_when_k_le_clusters():
     n = clusters.shape[0]
     P = np.tile([0.5, 0.5], (n, 1)).astype(np.float64)
     k = 8
-    idx = select("cluster-margin", k, probs=P, clusters=clusters, seed=0, margin_factor=1e6)
+    idx = select("cluster-margin", k, probs=P, clusters=clusters, seed=0, margin_factor=1e6, max_candidate_share=1.0)
     np.testing.assert_array_equal(clusters[idx], np.arange(8))  # smallest first, one each
 
 
@@ -77,7 +98,7 @@ def test_members_are_uniformly_random():
 
 def test_candidates_are_the_lowest_margins():
     arrays = make_pool(n=500, n_labeled=50)
-    sel = ClusterMarginSelector(margin_factor=3, random_state=0)
+    sel = ClusterMarginSelector(margin_factor=3, max_candidate_share=None, random_state=0)
     idx = sel.select(Pool(**arrays), 20)
     P = arrays["probs"]
     s = np.sort(P, 1)
@@ -98,5 +119,8 @@ def test_bad_margin_factor_and_clusters():
     arrays = make_pool()
     with pytest.raises(BatchalInputError, match="margin_factor"):
         select("cluster-margin", 10, margin_factor=0.5, **arrays)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(BatchalInputError, match="max_candidate_share"):
+            select("cluster-margin", 10, max_candidate_share=bad, **arrays)
     with pytest.raises(BatchalInputError, match="integer cluster ids"):
         select("cluster-margin", 10, **{**arrays, "clusters": arrays["clusters"].astype(float)})

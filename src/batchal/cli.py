@@ -148,6 +148,7 @@ def select(
     labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids; a .csv output then also lists the ids"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", help="cluster-margin: k_m = factor x batch size"),
+    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", help="cluster-margin: cap k_m at this share of the unlabeled rows (not below 2 x batch size); 1 = the paper's rule"),
     partitions: int = typer.Option(1, "--partitions", help="badge: split the pool into this many random parts"),
     multilabel: bool = typer.Option(False, "--multilabel", help="columns are independent binary problems"),
     aggregate: str = typer.Option("min", "--aggregate", help="multi-label margin over classes: min or mean"),
@@ -169,6 +170,7 @@ def select(
     params = {}
     if strategy == "cluster-margin":
         params["margin_factor"] = margin_factor
+        params["max_candidate_share"] = max_candidate_share
     if strategy == "badge":
         params["partitions"] = partitions
     if strategy in ("coreset", "badge"):
@@ -211,6 +213,7 @@ def simulate(
     trials: int = typer.Option(3, "--trials"),
     model: str = typer.Option("logreg", "--model", help="logreg or mlp (mlp needs torch)"),
     margin_factor: float = typer.Option(10.0, "--margin-factor"),
+    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", help="cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
     mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size"),
     metric: Metric = typer.Option(Metric.cosine, "--metric", help="clustering distance"),
     cluster_method: Method = typer.Option(Method.auto, "--cluster-method"),
@@ -233,7 +236,7 @@ def simulate(
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model,
-            margin_factor=margin_factor, mean_cluster_size=mean_cluster_size, metric=metric.value,
+            margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, knn=knn, badge_partitions=partitions, seed=seed,
             n_jobs=jobs, target=target, progress=not quiet,
         )

@@ -8,7 +8,7 @@ from .base import REGISTRY, Pool, Selector, available_strategies, get_selector, 
 from .uncertainty import EntropySelector, LeastConfidenceSelector, MarginSelector, RandomSelector
 from .coreset import CoresetSelector
 from .badge import BadgeSelector
-from .cluster_margin import ClusterMarginSelector, round_robin
+from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
 
 __all__ = [
     "REGISTRY",
@@ -25,4 +25,5 @@ __all__ = [
     "BadgeSelector",
     "ClusterMarginSelector",
     "round_robin",
+    "candidate_count",
 ]

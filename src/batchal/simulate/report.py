@@ -127,6 +127,10 @@ def write_outputs(res, out_dir) -> Path:
     return out / "summary.md"
 
 
+def _share(v) -> str:
+    return "100%" if v is None else f"{100 * v:g}%"
+
+
 def summary_markdown(res) -> str:
     cfg = res.config
     strategies = cfg.strategies
@@ -135,7 +139,8 @@ def summary_markdown(res) -> str:
     lines = [f"# Simulation: {res.dataset}", ""]
     lines.append(
         f"model `{cfg.model}`, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
-        f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, mean cluster size "
+        f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "
+        f"{_share(getattr(cfg, 'max_candidate_share', None))} of the unlabeled rows, mean cluster size "
         f"{cfg.mean_cluster_size:g} ({cfg.metric}); wall time {res.seconds:,.0f} s."
     )
     lines.append(f"\nSame model trained on the whole pool: {metric} {res.full_score:.4f}.")

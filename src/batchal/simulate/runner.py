@@ -33,6 +33,7 @@ class SimulationConfig:
     trials: int = 3
     model: str = "logreg"
     margin_factor: float = 10.0
+    max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
     metric: str = "cosine"
     cluster_method: str = "auto"
@@ -143,6 +144,7 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
         params = {}
         if strategy == "cluster-margin":
             params["margin_factor"] = cfg.margin_factor
+            params["max_candidate_share"] = cfg.max_candidate_share
         elif strategy == "badge":
             params["partitions"] = cfg.badge_partitions
         t0 = time.perf_counter()
