@@ -255,7 +255,7 @@ def cmd_recall(args) -> list[dict]:
         r = knn_graph(X, args.k, metric=args.metric, nprobe=args.nprobe or 12, method="ivf")
         dt = time.perf_counter() - t0
         q = np.random.default_rng(1).choice(n, size=min(n, args.queries), replace=False)
-        Xn = np.ascontiguousarray(X, dtype=np.float32)
+        Xn = np.array(X, dtype=np.float32, order="C")  # a copy: the memmap is read-only
         if args.metric == "cosine":
             Xn /= np.linalg.norm(Xn, axis=1, keepdims=True)
             index = faiss.IndexFlatIP(Xn.shape[1])

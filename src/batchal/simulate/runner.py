@@ -160,7 +160,8 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
 def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None = None) -> float:
     """Test metric of the same model trained on the whole labeled pool (the reference for targets)."""
     _limit_threads(threads)
-    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=cfg.seed, threads=threads)
+    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=cfg.seed, threads=threads,
+                       reference=True)
     model.set_pool(dataset.X)
     model.fit(dataset.X, dataset.y)
     return _metric(dataset, model.predict_proba(dataset.X_test))
@@ -206,7 +207,11 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
     Writes ``results.csv``, ``curves.png`` and ``summary.md`` to ``out_dir`` when given.
     """
     cfg.validate(dataset.X.shape[0])
-    jobs = [(t, s) for t in range(cfg.trials) for s in cfg.strategies]
+    # longest first (greedy diversity selectors, then cluster-margin's clustering), so
+    # no core idles at the end behind one long job
+    cost = {"coreset": 0, "badge": 1, "cluster-margin": 2}
+    jobs = sorted(((t, s) for t in range(cfg.trials) for s in cfg.strategies),
+                  key=lambda j: (cost.get(j[1], 3), j[0]))
     n_jobs = cfg.n_jobs or min(os.cpu_count() or 1, len(jobs) + 1)
     t_start = time.perf_counter()
     rows, diags = [], []
