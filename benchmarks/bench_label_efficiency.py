@@ -40,6 +40,9 @@ CONFIGS = {
                      "--batch-size", "1000", "--rounds", "8", "--trials", "5"],
     "mnist1d-100k": ["--dataset", "mnist1d", "--size", "100000", "--model", "mlp", "--seed-size", "5000",
                      "--batch-size", "10000", "--rounds", "5", "--trials", "3"],
+    # a small pool with a linear model: 1,437 rows, batches of 2%
+    "digits-b30": ["--dataset", "digits", "--model", "logreg", "--seed-size", "30",
+                   "--batch-size", "30", "--rounds", "8", "--trials", "5"],
 }
 
 
