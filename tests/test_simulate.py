@@ -128,3 +128,16 @@ def test_mlp_model_if_torch_available():
     np.testing.assert_allclose(P.sum(1), 1, atol=1e-5)
     assert (P.argmax(1) == ds.y_test).mean() > 0.7
     assert m.embed(ds.X).shape == (ds.X.shape[0], 16)
+
+
+def test_cluster_purity_matches_plain_python():
+    from collections import Counter
+
+    from batchal.simulate.runner import cluster_purity
+
+    rng = np.random.default_rng(3)
+    clusters = rng.integers(0, 40, size=500)
+    y = rng.integers(0, 5, size=500)
+    majority = sum(Counter(y[clusters == c].tolist()).most_common(1)[0][1] for c in np.unique(clusters))
+    assert cluster_purity(clusters, y) == pytest.approx(majority / 500)
+    assert cluster_purity(np.arange(10), y[:10]) == 1.0  # singletons are pure

@@ -184,11 +184,14 @@ def summary_markdown(res) -> str:
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
         lines += ["", "## Clustering (one per trial, on the seed model's embedding)", ""]
-        lines.append("| trial | method | clusters | threshold | singleton share | seconds |")
-        lines.append("|---:|---|---:|---:|---:|---:|")
+        lines.append("| trial | method | clusters | threshold | singleton share | label purity | seconds |")
+        lines.append("|---:|---|---:|---:|---:|---:|---:|")
         for d in cms:
+            purity = f"{d['purity']:.3f}" if d.get("purity") is not None else "—"
             lines.append(f"| {d['trial']} | {d['cluster_method']} | {d['n_clusters']:,} | {d['threshold']:.4g} | "
-                         f"{d['singleton_share']:.3f} | {d['cluster_seconds']:.1f} |")
+                         f"{d['singleton_share']:.3f} | {purity} | {d['cluster_seconds']:.1f} |")
+        lines += ["", "Label purity: share of pool rows whose true label is their cluster's majority label "
+                  "(multi-class only); a low purity means the clusters do not follow the classes."]
     diag_cols = ["batch_mean_margin", "batch_label_entropy", "batch_clusters"]
     lines += ["", "## Batch diagnostics (mean over rounds and trials)", ""]
     lines.append("| strategy | mean margin of batch | label entropy of batch | clusters hit | select seconds |")

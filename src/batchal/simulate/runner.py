@@ -88,6 +88,15 @@ def _limit_threads(n: int | None) -> None:
         pass
 
 
+def cluster_purity(clusters: np.ndarray, y: np.ndarray) -> float:
+    """Share of rows whose label is the majority label of their cluster (a diagnostic of the embedding)."""
+    pairs = np.unique(np.stack([clusters.astype(np.int64), y.astype(np.int64)], 1), axis=0, return_counts=True)
+    (cl_lab, counts) = pairs
+    best = np.zeros(int(clusters.max()) + 1, dtype=np.int64)
+    np.maximum.at(best, cl_lab[:, 0], counts)
+    return float(best.sum() / clusters.shape[0])
+
+
 def trial_seed(base: int, trial: int) -> int:
     return int(base) * 10_007 + int(trial)
 
@@ -115,7 +124,8 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
         sizes = np.bincount(clusters)
         diag.update(cluster_seconds=time.perf_counter() - t0, n_clusters=int(sizes.shape[0]),
                     threshold=float(hac.threshold_), cluster_method=hac.method_,
-                    singleton_share=float((sizes == 1).mean()), cluster_sizes=sizes.tolist())
+                    singleton_share=float((sizes == 1).mean()), cluster_sizes=sizes.tolist(),
+                    purity=None if dataset.multilabel else cluster_purity(clusters, y))
     rows = []
 
     def record(r, sel_seconds, batch=None, P=None):
