@@ -141,3 +141,18 @@ def test_cluster_purity_matches_plain_python():
     majority = sum(Counter(y[clusters == c].tolist()).most_common(1)[0][1] for c in np.unique(clusters))
     assert cluster_purity(clusters, y) == pytest.approx(majority / 500)
     assert cluster_purity(np.arange(10), y[:10]) == 1.0  # singletons are pure
+
+
+def test_training_budget_is_validated_and_passed_to_the_mlp():
+    with pytest.raises(BatchalInputError, match="epochs"):
+        SimulationConfig(epochs=0).validate(1000)
+    with pytest.raises(BatchalInputError, match="max_steps"):
+        SimulationConfig(max_steps=0).validate(1000)
+    from batchal.simulate.models import LogRegModel, make_model
+
+    assert isinstance(make_model("logreg", 3, False, seed=0, epochs=5), LogRegModel)
+    pytest.importorskip("torch")
+    m = make_model("mlp", 3, False, seed=0, epochs=7, max_steps=None)
+    assert (m.epochs, m.max_steps) == (7, None)
+    ref = make_model("mlp", 3, False, seed=0, reference=True)
+    assert (ref.epochs, ref.max_steps) == (10, None)

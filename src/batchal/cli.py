@@ -212,6 +212,8 @@ def simulate(
     rounds: int = typer.Option(5, "--rounds"),
     trials: int = typer.Option(3, "--trials"),
     model: str = typer.Option("logreg", "--model", help="logreg or mlp (mlp needs torch)"),
+    epochs: int = typer.Option(30, "--epochs", help="MLP: epochs per round, at most --max-steps steps"),
+    max_steps: int = typer.Option(1000, "--max-steps", help="MLP: gradient steps per round at most (0 = no cap)"),
     margin_factor: float = typer.Option(10.0, "--margin-factor"),
     max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", help="cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
     mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size"),
@@ -236,6 +238,7 @@ def simulate(
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model,
+            epochs=epochs, max_steps=max_steps or None,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, knn=knn, badge_partitions=partitions, seed=seed,
             n_jobs=jobs, target=target, progress=not quiet,

@@ -137,13 +137,18 @@ def summary_markdown(res) -> str:
     target = cfg.target if cfg.target is not None else 0.98 * res.full_score
     metric = res.metric_name
     lines = [f"# Simulation: {res.dataset}", ""]
+    budget = ""
+    if cfg.model == "mlp":
+        cap = getattr(cfg, "max_steps", 1000)
+        budget = f" ({getattr(cfg, 'epochs', 30)} epochs, " + (f"at most {cap:,} steps)" if cap else "no step cap)")
     lines.append(
-        f"model `{cfg.model}`, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
+        f"model `{cfg.model}`{budget}, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
         f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "
         f"{_share(getattr(cfg, 'max_candidate_share', None))} of the unlabeled rows, mean cluster size "
         f"{cfg.mean_cluster_size:g} ({cfg.metric}); wall time {res.seconds:,.0f} s."
     )
-    lines.append(f"\nSame model trained on the whole pool: {metric} {res.full_score:.4f}.")
+    ref = " (10 epochs)" if cfg.model == "mlp" else ""
+    lines.append(f"\nSame model trained on the whole pool{ref}: {metric} {res.full_score:.4f}.")
     # per-round table
     lines += ["", f"## {metric} per round (mean ± standard error over trials)", ""]
     curves = {s: _by(res.rows, s) for s in strategies}

@@ -32,6 +32,8 @@ class SimulationConfig:
     rounds: int = 5
     trials: int = 3
     model: str = "logreg"
+    epochs: int = 30
+    max_steps: int | None = 1000
     margin_factor: float = 10.0
     max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
@@ -54,7 +56,9 @@ class SimulationConfig:
             raise BatchalInputError("a strategy is listed twice")
         if self.model not in MODELS:
             raise BatchalInputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        for name in ("seed_size", "batch_size", "rounds", "trials"):
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise BatchalInputError(f"max_steps must be >= 1 (or None for no cap); got {self.max_steps}")
+        for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
             if int(getattr(self, name)) < 1:
                 raise BatchalInputError(f"{name} must be >= 1; got {getattr(self, name)}")
         need = self.seed_size + self.batch_size * self.rounds
@@ -109,7 +113,8 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
     X, y = dataset.X, dataset.y
     n = X.shape[0]
     labeled = rng.choice(n, size=cfg.seed_size, replace=False)
-    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads)
+    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
+                       epochs=cfg.epochs, max_steps=cfg.max_steps)
     model.set_pool(X)
     model.fit(X[labeled], y[labeled])
     diag = {"trial": trial, "strategy": strategy}
