@@ -156,3 +156,15 @@ def test_training_budget_is_validated_and_passed_to_the_mlp():
     assert (m.epochs, m.max_steps) == (7, None)
     ref = make_model("mlp", 3, False, seed=0, reference=True)
     assert (ref.epochs, ref.max_steps) == (10, None)
+
+
+def test_cluster_space_input(tmp_path):
+    ds = load_dataset("digits")
+    cfg = small_cfg()
+    cfg.cluster_space = "input"
+    simulate(ds, cfg, out_dir=tmp_path)
+    assert "Clustering (one per trial, on the input features)" in (tmp_path / "summary.md").read_text()
+    bad = small_cfg()
+    bad.cluster_space = "pixels"
+    with pytest.raises(BatchalInputError, match="cluster_space"):
+        simulate(ds, bad)

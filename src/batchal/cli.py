@@ -219,6 +219,7 @@ def simulate(
     mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size"),
     metric: Metric = typer.Option(Metric.cosine, "--metric", help="clustering distance"),
     cluster_method: Method = typer.Option(Method.auto, "--cluster-method"),
+    cluster_space: str = typer.Option("embedding", "--cluster-space", help="cluster the seed model's embedding (as in the paper) or the input features"),
     knn: int = typer.Option(50, "--knn"),
     partitions: int = typer.Option(1, "--badge-partitions"),
     target: Optional[float] = typer.Option(None, "--target", help="target metric (default: 98% of the whole-pool model)"),
@@ -240,7 +241,7 @@ def simulate(
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model,
             epochs=epochs, max_steps=max_steps or None,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
-            cluster_method=cluster_method.value, knn=knn, badge_partitions=partitions, seed=seed,
+            cluster_method=cluster_method.value, cluster_space=cluster_space, knn=knn, badge_partitions=partitions, seed=seed,
             n_jobs=jobs, target=target, progress=not quiet,
         )
         if not quiet:

@@ -188,7 +188,9 @@ def summary_markdown(res) -> str:
             lines.append(f"| {int(lab[i]):,} | {m:+.4f} ± {s:.4f} | {verdict} |")
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
-        lines += ["", "## Clustering (one per trial, on the seed model's embedding)", ""]
+        space = ("the seed model's embedding" if getattr(cfg, "cluster_space", "embedding") == "embedding"
+                 else "the input features")
+        lines += ["", f"## Clustering (one per trial, on {space})", ""]
         lines.append("| trial | method | clusters | threshold | singleton share | label purity | seconds |")
         lines.append("|---:|---|---:|---:|---:|---:|---:|")
         for d in cms:

@@ -38,6 +38,7 @@ class SimulationConfig:
     max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
     metric: str = "cosine"
+    cluster_space: str = "embedding"
     cluster_method: str = "auto"
     knn: int = 50
     badge_partitions: int = 1
@@ -54,6 +55,8 @@ class SimulationConfig:
             raise BatchalInputError("give at least one strategy")
         if len(set(self.strategies)) != len(self.strategies):
             raise BatchalInputError("a strategy is listed twice")
+        if self.cluster_space not in ("embedding", "input"):
+            raise BatchalInputError(f"cluster_space must be 'embedding' or 'input'; got {self.cluster_space!r}")
         if self.model not in MODELS:
             raise BatchalInputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.max_steps is not None and int(self.max_steps) < 1:
@@ -124,7 +127,8 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
 
         t0 = time.perf_counter()
         hac = AverageLinkage(mean_cluster_size=cfg.mean_cluster_size, metric=cfg.metric,
-                             method=cfg.cluster_method, knn=cfg.knn, random_state=ts).fit(model.embed(X))
+                             method=cfg.cluster_method, knn=cfg.knn, random_state=ts)
+        hac.fit(model.embed(X) if cfg.cluster_space == "embedding" else X)
         clusters = hac.labels_
         sizes = np.bincount(clusters)
         diag.update(cluster_seconds=time.perf_counter() - t0, n_clusters=int(sizes.shape[0]),
