@@ -94,3 +94,26 @@ def test_blocked_kernels_with_progress_equal_one_pass(capsys):
     want = brute_badge(a["probs"], a["embeddings"], a["labeled"], k, np.random.default_rng(2).random(k))
     np.testing.assert_array_equal(got, want)
     assert "badge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labeled_n", [0, 40])
+def test_pruned_coreset_equals_brute_force_on_a_larger_pool(labeled_n):
+    """The triangle-inequality pruning must not change a single pick (many centers, clustered data)."""
+    rng = np.random.default_rng(7)
+    X = (rng.normal(size=(20, 12)) * 4)[rng.integers(0, 20, 1500)] + rng.normal(size=(1500, 12))
+    labeled = rng.choice(1500, labeled_n, replace=False)
+    got = select("coreset", 400, embeddings=X, labeled=labeled, seed=3)
+    ref = brute_kcenter(X.astype(np.float32), labeled, 400, first=None if labeled_n else int(got[0]))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_pruned_coreset_with_duplicate_rows_and_progress_blocks():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(60, 5))
+    X = base[rng.integers(0, 60, 400)]  # every row repeated: many zero distances and ties
+    labeled = np.arange(0, 400, 37)
+    quiet = select("coreset", 120, embeddings=X, labeled=labeled, seed=0)
+    shown = select("coreset", 120, embeddings=X, labeled=labeled, seed=0, progress=True)
+    np.testing.assert_array_equal(quiet, shown)
+    assert len(set(quiet.tolist())) == 120 and not set(quiet.tolist()) & set(labeled.tolist())
+    np.testing.assert_array_equal(quiet, brute_kcenter(X.astype(np.float32), labeled, 120))
