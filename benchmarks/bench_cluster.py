@@ -26,7 +26,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -162,14 +161,9 @@ def peak_rss_bytes() -> int:
     Linux carries ``ru_maxrss`` over from the parent across fork and exec, so a
     subprocess of a large parent would report the parent's size.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from bench_select import _status  # the one /proc/self/status reader of the benchmarks
+
+    return _status("VmHWM")
 
 
 def run_case(data: Path, method: str, metric: str = "cosine", k: int = 50, nprobe: int | None = None,

@@ -185,13 +185,17 @@ class MLPModel:
         return np.ascontiguousarray(H, dtype=np.float32)
 
 
+#: Epochs of the MLP trained on the whole pool (the reference for the target accuracy).
+REFERENCE_EPOCHS = 10
+
+
 def make_model(name: str, n_classes: int, multilabel: bool, seed: int, threads: int | None = None,
                reference: bool = False, epochs: int = 30, max_steps: int | None = 1000):
     """A fresh model by name.
 
     ``epochs`` and ``max_steps`` set the MLP's training budget per round (ignored
     by ``logreg``). ``reference=True`` is the model trained on the whole pool that
-    sets the target accuracy: the MLP then trains for 10 full epochs instead of the
+    sets the target accuracy: the MLP then trains ``REFERENCE_EPOCHS`` full epochs instead of the
     step cap, since a capped reference (2 epochs of a 60K pool) would be weaker than
     models trained on a fraction of the pool and make the target meaningless.
     """
@@ -199,6 +203,6 @@ def make_model(name: str, n_classes: int, multilabel: bool, seed: int, threads: 
         return LogRegModel(n_classes, multilabel, seed=seed)
     if name == "mlp":
         if reference:
-            return MLPModel(n_classes, multilabel, epochs=10, max_steps=None, seed=seed, threads=threads)
+            return MLPModel(n_classes, multilabel, epochs=REFERENCE_EPOCHS, max_steps=None, seed=seed, threads=threads)
         return MLPModel(n_classes, multilabel, epochs=epochs, max_steps=max_steps, seed=seed, threads=threads)
     raise BatchalInputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write
+from .models import REFERENCE_EPOCHS
 
 COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "select_seconds",
            "batch_mean_margin", "batch_label_entropy", "batch_clusters"]
@@ -139,15 +140,15 @@ def summary_markdown(res) -> str:
     lines = [f"# Simulation: {res.dataset}", ""]
     budget = ""
     if cfg.model == "mlp":
-        cap = getattr(cfg, "max_steps", 1000)
-        budget = f" ({getattr(cfg, 'epochs', 30)} epochs, " + (f"at most {cap:,} steps)" if cap else "no step cap)")
+        cap = cfg.max_steps
+        budget = f" ({cfg.epochs} epochs, " + (f"at most {cap:,} steps)" if cap else "no step cap)")
     lines.append(
         f"model `{cfg.model}`{budget}, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
         f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "
-        f"{_share(getattr(cfg, 'max_candidate_share', None))} of the unlabeled rows, mean cluster size "
+        f"{_share(cfg.max_candidate_share)} of the unlabeled rows, mean cluster size "
         f"{cfg.mean_cluster_size:g} ({cfg.metric}); wall time {res.seconds:,.0f} s."
     )
-    ref = " (10 epochs)" if cfg.model == "mlp" else ""
+    ref = f" ({REFERENCE_EPOCHS} epochs)" if cfg.model == "mlp" else ""
     lines.append(f"\nSame model trained on the whole pool{ref}: {metric} {res.full_score:.4f}.")
     # per-round table
     lines += ["", f"## {metric} per round (mean ± standard error over trials)", ""]
@@ -188,7 +189,7 @@ def summary_markdown(res) -> str:
             lines.append(f"| {int(lab[i]):,} | {m:+.4f} ± {s:.4f} | {verdict} |")
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
-        space = ("the seed model's embedding" if getattr(cfg, "cluster_space", "embedding") == "embedding"
+        space = ("the seed model's embedding" if cfg.cluster_space == "embedding"
                  else "the input features")
         lines += ["", f"## Clustering (one per trial, on {space})", ""]
         lines.append("| trial | method | clusters | threshold | singleton share | label purity | seconds |")

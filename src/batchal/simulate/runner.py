@@ -97,8 +97,8 @@ def _limit_threads(n: int | None) -> None:
 
 def cluster_purity(clusters: np.ndarray, y: np.ndarray) -> float:
     """Share of rows whose label is the majority label of their cluster (a diagnostic of the embedding)."""
-    pairs = np.unique(np.stack([clusters.astype(np.int64), y.astype(np.int64)], 1), axis=0, return_counts=True)
-    (cl_lab, counts) = pairs
+    cl_lab, counts = np.unique(np.stack([clusters.astype(np.int64), y.astype(np.int64)], 1), axis=0,
+                               return_counts=True)
     best = np.zeros(int(clusters.max()) + 1, dtype=np.int64)
     np.maximum.at(best, cl_lab[:, 0], counts)
     return float(best.sum() / clusters.shape[0])
