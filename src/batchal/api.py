@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .selectors import Pool, get_selector
+from .selectors import Pool
+from .selectors.spec import parse_spec
 
 
 def select(
@@ -24,8 +25,9 @@ def select(
 
     Parameters
     ----------
-    strategy : str
-        A registered name, see :func:`batchal.available_strategies`.
+    strategy : str or StrategySpec
+        A registered name, see :func:`batchal.available_strategies`, or a spec
+        ``NAME:key=value[:key=value...]`` whose parameters override ``**params``.
     batch_size : int
     probs, logits : (n, C) arrays, optional
         Predictions (exactly one when the strategy needs them).
@@ -45,7 +47,7 @@ def select(
     -------
     int64 array of row indices, in selection order.
     """
-    selector = get_selector(strategy, random_state=seed, **params)
+    selector = parse_spec(strategy).make(random_state=seed, **params)
     pool = Pool(
         probs=probs,
         logits=logits,

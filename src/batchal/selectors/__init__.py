@@ -9,6 +9,7 @@ from .uncertainty import EntropySelector, LeastConfidenceSelector, MarginSelecto
 from .coreset import CoresetSelector
 from .badge import BadgeSelector
 from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
+from .spec import StrategySpec, parse_spec, split_specs
 
 __all__ = [
     "REGISTRY",
@@ -26,4 +27,7 @@ __all__ = [
     "ClusterMarginSelector",
     "round_robin",
     "candidate_count",
+    "StrategySpec",
+    "parse_spec",
+    "split_specs",
 ]

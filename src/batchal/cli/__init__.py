@@ -1,0 +1,13 @@
+"""The ``batchal`` command-line tool: parses options, calls the services, prints.
+
+Each command group lives in its own module; importing them registers the
+commands on the one Typer ``app``.
+"""
+from ._common import app
+from . import cluster, select, simulate  # noqa: F401  (registers the commands)
+
+__all__ = ["app", "main"]
+
+
+def main():  # pragma: no cover
+    app()

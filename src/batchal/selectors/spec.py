@@ -1,0 +1,140 @@
+"""Strategy specs: a strategy name with parameters, in one string.
+
+``NAME`` or ``NAME:key=value[:key=value...]``, e.g. ``margin`` or
+``cluster-margin:margin_factor=2:order=margin``. The same text is accepted by
+``batchal select --strategy``, ``batchal simulate --strategies`` and
+:func:`batchal.select`, and it labels a strategy in every output, so variants
+of one strategy can run side by side.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+from .._validation import BatchalInputError
+from .base import REGISTRY, Selector, available_strategies
+
+__all__ = ["StrategySpec", "parse_spec", "split_specs"]
+
+_RESERVED = ("random_state", "progress")
+
+
+def _value(text: str):
+    """``2`` -> int, ``0.5``/``1e3`` -> float, ``true``/``false`` -> bool, ``none`` -> None, else the string."""
+    low = text.lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A parsed strategy spec.
+
+    Attributes
+    ----------
+    name : str
+        The registered strategy name.
+    params : dict
+        Parameters given in the spec (they override any default passed to :meth:`make`).
+    text : str
+        The spec as written, whitespace removed: the label used in outputs.
+    """
+
+    name: str
+    params: dict = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def cls(self) -> type[Selector]:
+        return REGISTRY[self.name]
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return self.cls.requires
+
+    def accepts(self, param: str) -> bool:
+        """Whether the strategy's constructor takes ``param``."""
+        return param in inspect.signature(self.cls.__init__).parameters
+
+    def make(self, random_state=None, defaults: dict | None = None, **params) -> Selector:
+        """Instantiate the selector.
+
+        Parameters
+        ----------
+        random_state : int, Generator or None
+        defaults : dict, optional
+            Values for parameters the spec does not set; keys the strategy does
+            not take are ignored, so one dict of defaults serves every spec.
+        **params
+            Parameters the strategy must take (an unknown one is an error); the
+            spec's own values override them.
+        """
+        bad = [k for k in params if not self.accepts(k)]
+        if bad:
+            raise BatchalInputError(f"strategy {self.name!r} has no parameter {bad[0]!r}")
+        kw = {k: v for k, v in (defaults or {}).items() if self.accepts(k)}
+        kw.update(params)
+        kw.update(self.params)
+        try:
+            return self.cls(random_state=random_state, **kw)
+        except TypeError as exc:  # pragma: no cover - guarded by accepts()
+            raise BatchalInputError(f"strategy {self.text!r}: {exc}") from exc
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_spec(spec) -> StrategySpec:
+    """Parse ``NAME[:key=value...]``; unknown names or parameters raise :class:`BatchalInputError`.
+
+    A :class:`StrategySpec` is returned unchanged.
+    """
+    if isinstance(spec, StrategySpec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise BatchalInputError(f"a strategy spec must be a non-empty string like 'margin' or "
+                                f"'cluster-margin:margin_factor=2'; got {spec!r}")
+    text = "".join(spec.split())
+    name, *items = text.split(":")
+    if name not in REGISTRY:
+        raise BatchalInputError(f"unknown strategy {name!r} in spec {text!r}; choose one of: "
+                                f"{', '.join(available_strategies())}")
+    allowed = [p for p in inspect.signature(REGISTRY[name].__init__).parameters
+               if p not in ("self", *_RESERVED)]
+    params: dict = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        key = key.replace("-", "_")
+        if not sep or not key or not val:
+            raise BatchalInputError(f"strategy spec {text!r}: expected key=value after ':', got {item!r}")
+        if key not in allowed:
+            hint = f"it takes: {', '.join(allowed)}" if allowed else "it takes no parameters"
+            raise BatchalInputError(f"strategy spec {text!r}: {name} has no parameter {key!r}; {hint}")
+        if key in params:
+            raise BatchalInputError(f"strategy spec {text!r}: parameter {key!r} given twice")
+        params[key] = _value(val)
+    return StrategySpec(name, params, text)
+
+
+def split_specs(text: str) -> list[StrategySpec]:
+    """Parse a comma-separated list of specs (``simulate --strategies``); labels must be distinct."""
+    specs = [parse_spec(s) for s in text.split(",") if s.strip()]
+    if not specs:
+        raise BatchalInputError("give at least one strategy")
+    labels = [s.text for s in specs]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup is not None:
+        raise BatchalInputError(f"strategy {dup!r} is listed twice")
+    return specs
