@@ -76,10 +76,16 @@ def select(
 
 
 @app.command()
-def strategies():
-    """List the available selection strategies."""
-    from ..selectors import REGISTRY
+def strategies(
+    recommended: bool = typer.Option(False, "--recommended", help="print only the recommended strategy spec (for a pool you do not know)"),
+):
+    """List the available selection strategies, or print the recommended spec."""
+    from ..selectors import RECOMMENDED, REGISTRY
 
+    if recommended:
+        print(RECOMMENDED)
+        return
     for name in sorted(REGISTRY):
         doc = (REGISTRY[name].__doc__ or "").strip().splitlines()[0]
         out.print(f"[bold]{name}[/]: {doc}", highlight=False)
+    out.print(f"recommended when you do not know your pool: [bold]{RECOMMENDED}[/]", highlight=False)

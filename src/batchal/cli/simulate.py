@@ -16,7 +16,8 @@ def simulate(
     data: Optional[Path] = typer.Option(None, "--data", help="npz with X, y (and optionally X_test, y_test)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, mnist1d, blobs or multilabel"),
     size: Optional[int] = typer.Option(None, "--size", help="pool size of generated datasets (mnist1d, blobs, multilabel)"),
-    strategies: str = typer.Option("cluster-margin,margin,random", "--strategies", help="comma-separated strategy names"),
+    strategies: str = typer.Option("cluster-margin,margin,random", "--strategies", help="comma-separated strategy specs: NAME or NAME:key=value[:key=value...]; each labels its curve"),
+    redundancy: Optional[str] = typer.Option(None, "--redundancy", help="make the pool redundant: zipf[:a=2,cap=50,noise=0.05,shift=1] repeats each pool row m ~ Zipf(a) times (at most cap), each copy perturbed; the test split is untouched"),
     seed_size: int = typer.Option(100, "--seed-size"),
     batch_size: int = typer.Option(100, "--batch-size"),
     rounds: int = typer.Option(5, "--rounds"),
@@ -46,6 +47,10 @@ def simulate(
         _fail("give exactly one of --data FILE.npz or --dataset NAME")
     try:
         ds = load_npz(data, seed=seed) if data is not None else load_dataset(dataset, size=size, seed=seed, progress=not quiet)
+        if redundancy is not None:
+            from ..simulate import make_redundant
+
+            ds = make_redundant(ds, redundancy, seed=seed)
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model,

@@ -11,8 +11,12 @@ from .badge import BadgeSelector
 from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
 from .spec import StrategySpec, parse_spec, split_specs
 
+#: The spec the README recommends when the pool's redundancy is unknown (BENCHMARKS.md, *Label efficiency*).
+RECOMMENDED = "cluster-margin"
+
 __all__ = [
     "REGISTRY",
+    "RECOMMENDED",
     "Pool",
     "Selector",
     "available_strategies",
