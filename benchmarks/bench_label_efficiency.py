@@ -48,21 +48,74 @@ CONFIGS = {
 }
 
 
+# The redundancy suite (issue: when diversity pays). One protocol for every pool, as a new
+# user would run it: seed set and batches of 2.5% of the pool (of the redundant pool where
+# the pool is made redundant), 6 rounds. Each dataset plain and with web-like redundancy
+# (`--redundancy zipf`: each row repeated m ~ Zipf(2) times, at most 50, copies perturbed),
+# each with logistic regression and with the simulator's MLP.
+SUITE_STRATEGIES = "margin,cluster-margin,cluster-margin:order=margin,badge,random"
+SUITE_POOLS = {
+    # name: (dataset options, trials with logreg, trials with the MLP, extra MLP options)
+    "digits": (["--dataset", "digits"], 5, 3, []),
+    "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], 3, 3, []),
+    "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], 3, 3, ["--max-steps", "3000"]),
+}
+
+
+def _pool_rows(opts: list[str], redundant: bool) -> int:
+    """Pool size after loading (and making redundant), computed the way `batchal simulate` does."""
+    from batchal.simulate import load_dataset, make_redundant
+
+    kw = dict(zip(opts[::2], opts[1::2]))
+    ds = load_dataset(kw["--dataset"], size=int(kw["--size"]) if "--size" in kw else None, seed=0)
+    if redundant:
+        ds = make_redundant(ds, "zipf", seed=0)
+    return int(ds.X.shape[0])
+
+
+def suite_configs() -> dict:
+    out = {}
+    for pool, (opts, t_lr, t_mlp, mlp_extra) in SUITE_POOLS.items():
+        for redundant in (False, True):
+            b = max(10, round(0.025 * _pool_rows(opts, redundant)))
+            common = opts + (["--redundancy", "zipf"] if redundant else []) + [
+                "--seed-size", str(b), "--batch-size", str(b), "--rounds", "6"]
+            tag = f"{pool}{'-red' if redundant else ''}"
+            out[f"lr-{tag}"] = common + ["--model", "logreg", "--trials", str(t_lr)]
+            out[f"mlp-{tag}"] = common + ["--model", "mlp", "--trials", str(t_mlp)] + mlp_extra
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--only", nargs="+", default=None, help="configurations to run (default: the original four)")
+    ap.add_argument("--suite", action="store_true", help="run the redundancy suite (plain and redundant pools, "
+                    "logistic regression and MLP), then write the cross-pool table")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild the cross-pool table from results/")
     ap.add_argument("--work", type=Path, default=Path("/tmp/batchal-label-efficiency"))
     ap.add_argument("--strategies", default=STRATEGIES)
     ap.add_argument("--tag", default="", help="suffix for the output names (ablations)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="further options passed to batchal simulate")
     args = ap.parse_args(argv)
+    configs = dict(CONFIGS)
+    if args.suite or args.table_only or (args.only and any(o.startswith(("lr-", "mlp-")) for o in args.only)):
+        configs.update(suite_configs())
+    if args.table_only:
+        print(cross_pool_table(configs))
+        return 0
+    only = args.only or (list(suite_configs()) if args.suite else list(CONFIGS))
+    unknown = [o for o in only if o not in configs]
+    if unknown:
+        ap.error(f"unknown configuration(s) {unknown}; choose from {sorted(configs)}")
+    if args.suite and args.strategies == STRATEGIES:
+        args.strategies = SUITE_STRATEGIES
     (HERE / "figures").mkdir(exist_ok=True)
     (HERE / "results").mkdir(exist_ok=True)
     rc = 0
-    for base in args.only:
+    for base in only:
         name = f"{base}-{args.tag}" if args.tag else base
         out = args.work / name
-        cmd = ["batchal", "simulate", *CONFIGS[base], "--strategies", args.strategies,
+        cmd = ["batchal", "simulate", *configs[base], "--strategies", args.strategies,
                "--out", str(out), "--quiet", *[a for a in args.extra if a != "--"]]
         print("$ " + " ".join(cmd), flush=True)
         t0 = time.perf_counter()
@@ -83,7 +136,55 @@ def main(argv=None) -> int:
             fh.write(f"\nCommand: `{' '.join(cmd)}`  \nWall time: {wall / 60:.1f} min on "
                      f"{_machine()}\n")
         print((out / "summary.md").read_text(), flush=True)
+    if args.suite:
+        print(cross_pool_table(configs))
     return rc
+
+
+def cross_pool_table(configs: dict) -> str:
+    """One table over every suite pool: labels to reach random's final accuracy, as a ratio to margin's.
+
+    Written to ``results/redundancy_table.md`` and returned.
+    """
+    import csv
+
+    import numpy as np
+
+    from batchal.simulate.report import _by, fmt_ratio, ratio_to_margin, verdict
+
+    lines = ["| model | pool | margin's labels | " + " | ".join(SUITE_STRATEGIES.split(",")[1:-1]) +
+             " | rounds below margin (recommended) |", "|---|---|---:|" + "---:|" * (len(SUITE_STRATEGIES.split(",")) - 2) + "---|"]
+    from batchal.selectors import RECOMMENDED
+
+    for name in configs:
+        if not name.startswith(("lr-", "mlp-")):
+            continue
+        path = HERE / "results" / f"{name}_results.csv"
+        if not path.exists():
+            continue
+        with open(path) as fh:
+            rows = [dict(r, trial=int(r["trial"]), round=int(r["round"]), n_labeled=int(r["n_labeled"]),
+                         accuracy=float(r["accuracy"])) for r in csv.DictReader(fh)]
+        strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+        if "random" not in strategies or "margin" not in strategies:
+            continue
+        target = float(np.nanmean(_by(rows, "random")[1][-1]))
+        ratios = ratio_to_margin(rows, strategies, target)
+        from batchal.simulate.report import savings_table
+
+        mL = np.asarray(savings_table(rows, ["margin"], target)["margin"]["labels"], dtype=float)
+        m_lab = f"{np.nanmean(mL):,.0f}" if np.isfinite(mL).any() else "never"
+        cells = [fmt_ratio(ratios[s]) if s in ratios else "—" for s in SUITE_STRATEGIES.split(",")[1:-1]]
+        below = "—"
+        if RECOMMENDED in strategies:
+            mg, rc = _by(rows, "margin")[1], _by(rows, RECOMMENDED)[1]
+            vs = [verdict(rc[i] - mg[i])[2] for i in range(1, mg.shape[0])]
+            below = f"{vs.count('below')} of {len(vs)}"
+        model, _, pool = name.partition("-")
+        lines.append(f"| {'logreg' if model == 'lr' else 'MLP'} | {pool} | {m_lab} | " + " | ".join(cells) + f" | {below} |")
+    text = "\n".join(lines) + "\n"
+    (HERE / "results" / "redundancy_table.md").write_text(text)
+    return text
 
 
 def _machine() -> str:

@@ -15,9 +15,9 @@ from ._common import Method, Metric, _fail, app, err, out
 def simulate(
     data: Optional[Path] = typer.Option(None, "--data", help="npz with X, y (and optionally X_test, y_test)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, mnist1d, blobs or multilabel"),
-    size: Optional[int] = typer.Option(None, "--size", help="pool size of generated datasets (mnist1d, blobs, multilabel)"),
+    size: Optional[int] = typer.Option(None, "--size", help="pool size: generated datasets (mnist1d, blobs, multilabel) are made this size; digits and fashion-mnist get a stratified random subset"),
     strategies: str = typer.Option("cluster-margin,margin,random", "--strategies", help="comma-separated strategy specs: NAME or NAME:key=value[:key=value...]; each labels its curve"),
-    redundancy: Optional[str] = typer.Option(None, "--redundancy", help="make the pool redundant: zipf[:a=2,cap=50,noise=0.05,shift=1] repeats each pool row m ~ Zipf(a) times (at most cap), each copy perturbed; the test split is untouched"),
+    redundancy: Optional[str] = typer.Option(None, "--redundancy", help="make the pool redundant: zipf[:a=2,cap=50,noise=0.05,shift=S] repeats each pool row m ~ Zipf(a) times (at most cap), each copy perturbed; the test split is untouched"),
     seed_size: int = typer.Option(100, "--seed-size"),
     batch_size: int = typer.Option(100, "--batch-size"),
     rounds: int = typer.Option(5, "--rounds"),

@@ -118,6 +118,72 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     return candidates[idx[np.argsort(keys)]].astype(np.int64)
 
 
+def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) -> np.ndarray:
+    """Margin-ordered round-robin: one member per cluster per pass, everything in margin order.
+
+    Parameters
+    ----------
+    candidates : int array of shape (m,)
+        Row indices, **most uncertain first**.
+    cluster_ids : int array of shape (m,)
+        Cluster id of each candidate.
+    k : int
+        How many to take (``k <= m``).
+
+    Returns
+    -------
+    int64 array of shape (k,), in selection order.
+
+    Notes
+    -----
+    Pass ``r`` takes the ``r``-th most uncertain member of every cluster that
+    still has one; within a pass, clusters are visited in the order of their
+    most uncertain candidate. With one candidate per cluster this is exactly
+    margin; with many copies of one item in a cluster it takes one copy per
+    pass. Deterministic: no random draw. O(m) scan plus O(m) selection of the
+    ``k`` smallest keys and O(k log k) to order them.
+    """
+    cids, n_ids = _dense_cluster_ids(np.asarray(cluster_ids))
+    keys, _ = _round_robin.margin_order_keys(np.ascontiguousarray(cids), int(n_ids))
+    m = keys.shape[0]
+    part = np.argpartition(keys, k - 1)[:k] if k < m else np.arange(m)
+    return candidates[part[np.argsort(keys[part], kind="stable")]].astype(np.int64)
+
+
+def redundancy_diagnostics(cand_cids: np.ndarray, k: int) -> dict:
+    """How redundant the low-margin candidates are, measured on their clusters.
+
+    Parameters
+    ----------
+    cand_cids : int array of shape (k_m,)
+        Cluster ids of the candidates, **most uncertain first**.
+    k : int
+        Batch size.
+
+    Returns
+    -------
+    dict
+        ``k_m``; ``candidate_clusters`` (distinct clusters among the candidates);
+        ``candidate_repeat_share``: share of candidates whose cluster already holds a
+        more uncertain candidate; ``margin_batch_clusters`` and
+        ``margin_batch_repeat_share``: the same for the ``k`` most uncertain rows,
+        the batch plain margin would send. A high repeat share in margin's batch
+        means margin would spend labels on items of clusters it already covers:
+        that is where the diversity step pays.
+    """
+    k_m = int(cand_cids.shape[0])
+    n_c = int(np.unique(cand_cids).shape[0])
+    top = cand_cids[: min(k, k_m)]
+    n_top = int(np.unique(top).shape[0])
+    return {
+        "k_m": k_m,
+        "candidate_clusters": n_c,
+        "candidate_repeat_share": 1.0 - n_c / max(k_m, 1),
+        "margin_batch_clusters": n_top,
+        "margin_batch_repeat_share": 1.0 - n_top / max(top.shape[0], 1),
+    }
+
+
 @register
 class ClusterMarginSelector(Selector):
     """Cluster-Margin: low-margin candidates spread over a fixed clustering.
@@ -131,23 +197,33 @@ class ClusterMarginSelector(Selector):
         Also cap ``k_m`` at this share of the unlabeled rows, but not below
         ``2 k_t``; None applies the paper's rule unchanged. See
         :func:`candidate_count` for the rule and the evidence.
+    order : {"size", "margin"}, default "size"
+        ``"size"``: the paper's round-robin (clusters smallest first, a uniformly
+        random member per visit). ``"margin"``: clusters visited in the order of
+        their most uncertain candidate, members taken in margin order (see
+        :func:`margin_round_robin`): margin's list with at most one item per
+        cluster per pass.
     random_state : int, Generator or None
 
     Attributes
     ----------
     candidates_ : int64 array
-        The low-margin candidate set ``M`` of the last call.
+        The low-margin candidate set ``M`` of the last call, most uncertain first.
     n_candidate_clusters_ : int
         Number of distinct clusters among ``M`` in the last call.
+    diagnostics_ : dict
+        ``k_m`` and the redundancy of the candidates (:func:`redundancy_diagnostics`).
     """
 
     name = "cluster-margin"
     requires = ("predictions", "clusters")
 
-    def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, random_state=None):
+    def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
+                 random_state=None):
         super().__init__(random_state=random_state)
         self.margin_factor = margin_factor
         self.max_candidate_share = max_candidate_share
+        self.order = order
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         if not np.isfinite(self.margin_factor) or self.margin_factor < 1:
@@ -155,9 +231,14 @@ class ClusterMarginSelector(Selector):
         share = self.max_candidate_share
         if share is not None and not (np.isfinite(share) and 0 < share <= 1):
             raise BatchalInputError(f"max_candidate_share must be in (0, 1] or None; got {share}")
+        if self.order not in ("size", "margin"):
+            raise BatchalInputError(f"order must be 'size' (the paper) or 'margin'; got {self.order!r}")
         k_m = candidate_count(k, pool.n_unlabeled, self.margin_factor, share)
         cand = top_k(pool.uncertainty("margin"), pool.labeled_mask, k_m)
         cids = np.asarray(pool.clusters[cand])
         self.candidates_ = cand
-        self.n_candidate_clusters_ = int(np.unique(cids).shape[0])
+        self.diagnostics_ = redundancy_diagnostics(cids, k)
+        self.n_candidate_clusters_ = self.diagnostics_["candidate_clusters"]
+        if self.order == "margin":
+            return margin_round_robin(cand, cids, k)
         return round_robin(cand, cids, k, rng)

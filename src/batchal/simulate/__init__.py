@@ -2,6 +2,7 @@
 from .datasets import DATASETS, Dataset, load_dataset, load_npz
 from .models import MODELS, LogRegModel, MLPModel, make_model
 from .report import labels_to_reach, savings_table, summary_markdown, write_outputs
+from .redundancy import RedundancySpec, make_redundant, parse_redundancy
 from .runner import SimulationConfig, SimulationResult, simulate
 
 __all__ = [
@@ -20,4 +21,7 @@ __all__ = [
     "SimulationConfig",
     "SimulationResult",
     "simulate",
+    "make_redundant",
+    "parse_redundancy",
+    "RedundancySpec",
 ]

@@ -28,6 +28,12 @@ class Dataset:
     y: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    #: (height, width) when each row is an image (augmentations may shift it); None for plain vectors
+    image_shape: tuple | None = None
+    #: per pool row, the row of the original pool it copies (set by make_redundant)
+    source: np.ndarray | None = None
+    #: how the pool was made redundant, and its multiplicities (set by make_redundant)
+    redundancy: dict | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -109,7 +115,9 @@ def load_digits(seed: int = 0) -> Dataset:
     from sklearn.datasets import load_digits as _ld
 
     d = _ld()
-    return _split("digits", d.data / 16.0, d.target, 0.25, seed)
+    ds = _split("digits", d.data / 16.0, d.target, 0.25, seed)
+    ds.image_shape = (8, 8)
+    return ds
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -133,7 +141,7 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> Dataset:
     X = _read_idx(files["train-images"]).reshape(-1, 784).astype(np.float32) / 255.0
     Xt = _read_idx(files["t10k-images"]).reshape(-1, 784).astype(np.float32) / 255.0
     return Dataset("fashion-mnist", X, _read_idx(files["train-labels"]).astype(np.int64),
-                   Xt, _read_idx(files["t10k-labels"]).astype(np.int64))
+                   Xt, _read_idx(files["t10k-labels"]).astype(np.int64), image_shape=(28, 28))
 
 
 def load_mnist1d(n: int = 100_000, n_test: int = 10_000, seed: int = 0, progress: bool = False) -> Dataset:
@@ -189,15 +197,34 @@ def load_multilabel(n: int = 6_000, n_features: int = 20, n_classes: int = 8, se
     return _split("multilabel", X, Y.astype(np.int8), 0.25, seed)
 
 
+def subsample_pool(ds: Dataset, size: int | None, seed: int = 0) -> Dataset:
+    """A stratified random subset of ``size`` pool rows (test split unchanged); ``None`` keeps all."""
+    if size is None or size >= ds.X.shape[0]:
+        return ds
+    if size < 2 * ds.n_classes:
+        raise BatchalInputError(f"--size {size} is too small for {ds.n_classes} classes")
+    from sklearn.model_selection import train_test_split
+
+    idx, _ = train_test_split(np.arange(ds.X.shape[0]), train_size=int(size), random_state=seed,
+                              stratify=ds.y if ds.y.ndim == 1 else None)
+    idx = np.sort(idx)
+    import dataclasses
+
+    return dataclasses.replace(ds, name=f"{ds.name}-{size // 1000}k" if size >= 1000 else f"{ds.name}-{size}",
+                               X=ds.X[idx], y=ds.y[idx])
+
+
 def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress: bool = False) -> Dataset:
     """Load a built-in dataset by name (``digits``, ``fashion-mnist``, ``mnist1d``, ``blobs``, ``multilabel``).
 
-    ``size`` sets the pool size of generated datasets (mnist1d, blobs, multilabel).
+    ``size`` sets the pool size of generated datasets (mnist1d, blobs, multilabel)
+    and draws a stratified random subset of that many pool rows from the fixed
+    ones (digits, fashion-mnist); the test split is kept whole.
     """
     if name == "digits":
-        return load_digits(seed)
+        return subsample_pool(load_digits(seed), size, seed)
     if name == "fashion-mnist":
-        return load_fashion_mnist()
+        return subsample_pool(load_fashion_mnist(), size, seed)
     if name == "mnist1d":
         return load_mnist1d(n=size or 100_000, seed=seed, progress=progress)
     if name == "blobs":

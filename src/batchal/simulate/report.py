@@ -11,7 +11,49 @@ from ..io import atomic_write
 from .models import REFERENCE_EPOCHS
 
 COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "select_seconds",
-           "batch_mean_margin", "batch_label_entropy", "batch_clusters"]
+           "batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share",
+           "diag_k_m", "diag_candidate_clusters", "diag_candidate_repeat_share",
+           "diag_margin_batch_clusters", "diag_margin_batch_repeat_share"]
+
+
+def verdict(diff: np.ndarray) -> tuple[float, float, str]:
+    """Mean, standard error and verdict (above / within spread / below) of paired differences."""
+    m, s = float(np.nanmean(diff)), float(_sem(diff))
+    v = "above" if m > 2 * s and m > 0 else ("below" if m < -2 * s and m < 0 else "within spread")
+    return m, s, v
+
+
+def ratio_to_margin(rows, strategies, target: float) -> dict:
+    """Labels to reach ``target`` as a ratio to margin's (mean over trials of each; None if not comparable).
+
+    Returns per strategy ``(ratio, note)``: ``note`` is ``""``, ``"margin never"``
+    (the strategy reached the target, margin did not) or ``"never"``.
+    """
+    if "margin" not in strategies:
+        return {}
+    tab = savings_table(rows, strategies, target)
+    mL = np.asarray(tab["margin"]["labels"], dtype=float)
+    out = {}
+    for s in strategies:
+        L = np.asarray(tab[s]["labels"], dtype=float)
+        if not np.isfinite(L).any():
+            out[s] = (float("nan"), "never")
+        elif not np.isfinite(mL).any():
+            out[s] = (float("nan"), "margin never")
+        else:
+            # a trial that never reaches counts at the last round's labels: a lower bound on the ratio
+            last = _by(rows, s)[0][-1]
+            mlast = _by(rows, "margin")[0][-1]
+            out[s] = (float(np.mean(np.where(np.isfinite(L), L, last)) / np.mean(np.where(np.isfinite(mL), mL, mlast))),
+                      "" if np.isfinite(L).all() else "≥ (some trials never)")
+    return out
+
+
+def fmt_ratio(v) -> str:
+    r, note = v
+    if note in ("never", "margin never"):
+        return note
+    return f"{note.split(' ')[0] + ' ' if note else ''}{r:.2f}x"
 
 
 def _by(rows, strategy):
@@ -116,7 +158,7 @@ def write_outputs(res, out_dir) -> Path:
     diags = [{k: v for k, v in d.items() if k != "cluster_sizes"} for d in res.diagnostics]
     meta = {"dataset": res.dataset, "config": {k: v for k, v in vars(res.config).items()},
             "full_pool_score": res.full_score, "metric": res.metric_name, "seconds": res.seconds,
-            "diagnostics": diags}
+            "diagnostics": diags, "redundancy": getattr(res, "redundancy", None)}
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
     _plot_curves(res, out / "curves.png")
     _plot_diagnostics(res, out / "diagnostics.png")
@@ -148,6 +190,17 @@ def summary_markdown(res) -> str:
         f"{_share(cfg.max_candidate_share)} of the unlabeled rows, mean cluster size "
         f"{cfg.mean_cluster_size:g} ({cfg.metric}); wall time {res.seconds:,.0f} s."
     )
+    red = getattr(res, "redundancy", None)
+    if red:
+        mc = red["multiplicity_counts"]
+        top = ", ".join(f"{k}: {v:,}" for k, v in sorted(mc.items())[:6])
+        lines.append(
+            f"\nRedundant pool (`{red['spec']}`): {red['original_rows']:,} original rows repeated into "
+            f"{red['pool_rows']:,} (multiplicity mean {red['mean_multiplicity']:.2f}, median "
+            f"{red['median_multiplicity']:g}, max {red['max_multiplicity']}; {100 * red['share_rows_single']:.1f}% of "
+            f"pool rows are single, {100 * red['share_rows_in_groups_of_10_plus']:.1f}% in groups of 10 or more). "
+            f"Rows per multiplicity: {top}, ... The test split is untouched."
+        )
     ref = f" ({REFERENCE_EPOCHS} epochs)" if cfg.model == "mlp" else ""
     lines.append(f"\nSame model trained on the whole pool{ref}: {metric} {res.full_score:.4f}.")
     # per-round table
@@ -170,23 +223,31 @@ def summary_markdown(res) -> str:
     for label, tval in targets:
         tab = savings_table(res.rows, strategies, tval)
         lines += ["", f"## Labels to reach {metric} {tval:.4f} ({label})", ""]
-        lines.append("| strategy | labels needed | saving vs random | saving vs margin |")
-        lines.append("|---|---:|---:|---:|")
+        ratios = ratio_to_margin(res.rows, strategies, tval)
+        lines.append("| strategy | labels needed | saving vs random | saving vs margin | labels / margin's |")
+        lines.append("|---|---:|---:|---:|---:|")
         for s in strategies:
             e = tab[s]
             lines.append(f"| {s} | {_fmt_labels(e['labels'])} | {_fmt_saving(e.get('vs_random'))} | "
-                         f"{_fmt_saving(e.get('vs_margin'))} |")
-    if "cluster-margin" in strategies and "margin" in strategies:
-        lab, cm = curves["cluster-margin"]
+                         f"{_fmt_saving(e.get('vs_margin'))} | {fmt_ratio(ratios[s]) if s in ratios else '—'} |")
+    others = [s for s in strategies if s not in ("margin", "random")]
+    if "margin" in strategies and others:
         _, mg = curves["margin"]
-        diff = cm - mg
-        lines += ["", "## Cluster-margin minus margin, per round (paired by trial)", ""]
-        lines.append("| labels | difference | verdict |")
-        lines.append("|---:|---:|---|")
-        for i in range(1, diff.shape[0]):
-            m, s = np.nanmean(diff[i]), _sem(diff[i])
-            verdict = "above" if m > 2 * s and m > 0 else ("below" if m < -2 * s and m < 0 else "within spread")
-            lines.append(f"| {int(lab[i]):,} | {m:+.4f} ± {s:.4f} | {verdict} |")
+        lines += ["", "## Minus margin, per round (paired by trial; verdict at 2 standard errors)", ""]
+        lines.append("| labels | " + " | ".join(others) + " |")
+        lines.append("|---:|" + "---|" * len(others))
+        for i in range(1, mg.shape[0]):
+            cells = []
+            for s in others:
+                m, se, v = verdict(curves[s][1][i] - mg[i])
+                cells.append(f"{m:+.4f} ± {se:.4f} {v}")
+            lines.append(f"| {int(lab0[i]):,} | " + " | ".join(cells) + " |")
+        lines.append("")
+        counts = []
+        for s in others:
+            vs = [verdict(curves[s][1][i] - mg[i])[2] for i in range(1, mg.shape[0])]
+            counts.append(f"{s}: {vs.count('above')} above / {vs.count('within spread')} within / {vs.count('below')} below")
+        lines.append("Rounds vs margin: " + "; ".join(counts) + ".")
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
         space = ("the seed model's embedding" if cfg.cluster_space == "embedding"
@@ -200,15 +261,34 @@ def summary_markdown(res) -> str:
                          f"{d['singleton_share']:.3f} | {purity} | {d['cluster_seconds']:.1f} |")
         lines += ["", "Label purity: share of pool rows whose true label is their cluster's majority label "
                   "(multi-class only); a low purity means the clusters do not follow the classes."]
-    diag_cols = ["batch_mean_margin", "batch_label_entropy", "batch_clusters"]
+    diag_cols = ["batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share"]
     lines += ["", "## Batch diagnostics (mean over rounds and trials)", ""]
-    lines.append("| strategy | mean margin of batch | label entropy of batch | clusters hit | select seconds |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("| strategy | mean margin of batch | label entropy of batch | clusters hit | copies in batch | select seconds |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
     for s in strategies:
         rs = [r for r in res.rows if r["strategy"] == s and r["round"] > 0]
         vals = [np.mean([r[c] for r in rs if c in r]) if any(c in r for r in rs) else float("nan") for c in diag_cols]
         sel = np.median([r["select_seconds"] for r in rs]) if rs else float("nan")
-        lines.append(f"| {s} | {vals[0]:.4f} | {vals[1]:.3f} | {vals[2]:,.0f} | {sel:.3f} |".replace("nan", "—"))
+        lines.append(f"| {s} | {vals[0]:.4f} | {vals[1]:.3f} | {vals[2]:,.0f} | {100 * vals[3]:.1f}% | {sel:.3f} |"
+                     .replace("nan%", "—").replace("nan", "—"))
+    lines.append("")
+    lines.append("Copies in batch: share of the batch that copies an item already labeled or already in the batch "
+                 "(redundant pools only).")
+    red = [s for s in strategies if any("diag_k_m" in r for r in res.rows if r["strategy"] == s)]
+    if red:
+        lines += ["", "## Redundancy of the uncertain candidates (strategies that read clusters)", ""]
+        lines.append("| strategy | k_m | clusters among candidates | candidates repeating a cluster | "
+                     "margin's batch: clusters | margin's batch repeating a cluster |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for s in red:
+            rs = [r for r in res.rows if r["strategy"] == s and "diag_k_m" in r]
+            mean = lambda c: float(np.mean([r[c] for r in rs]))  # noqa: E731
+            lines.append(f"| {s} | {mean('diag_k_m'):,.0f} | {mean('diag_candidate_clusters'):,.0f} | "
+                         f"{100 * mean('diag_candidate_repeat_share'):.1f}% | {mean('diag_margin_batch_clusters'):,.0f} | "
+                         f"{100 * mean('diag_margin_batch_repeat_share'):.1f}% |")
+        lines += ["", "A candidate *repeats a cluster* when its cluster already holds a more uncertain candidate. "
+                  "When much of margin's own batch repeats clusters, margin spends labels on near-duplicates "
+                  "and the diversity step pays; when little does, diversity only trades away uncertainty."]
     lines += ["", "Outputs: `results.csv` (one row per strategy, trial and round), `curves.png`, "
               "`diagnostics.png`, `cluster_sizes.png`, `run.json`.", ""]
     return "\n".join(lines)
@@ -229,7 +309,7 @@ def _plot_curves(res, path):
     for s in res.config.strategies:
         lab, acc = _by(res.rows, s)
         m, e = np.nanmean(acc, 1), _sem(acc, 1)
-        ax.plot(lab, m, marker="o", ms=3, label=s, lw=2 if s == "cluster-margin" else 1.2)
+        ax.plot(lab, m, marker="o", ms=3, label=s, lw=2 if s.startswith("cluster-margin") else 1.2)
         ax.fill_between(lab, m - e, m + e, alpha=0.2)
     ax.axhline(res.full_score, color="gray", ls=":", lw=1, label="whole pool")
     ax.set_xlabel("labels")

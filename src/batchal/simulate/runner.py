@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .._validation import BatchalInputError
-from ..api import select
-from ..selectors import available_strategies
+from ..selectors import Pool
+from ..selectors.spec import parse_spec, split_specs
 from .datasets import Dataset
 from .models import MODELS, make_model
 
@@ -48,13 +48,10 @@ class SimulationConfig:
     progress: bool = True
 
     def validate(self, n_pool: int) -> None:
-        unknown = [s for s in self.strategies if s not in available_strategies()]
-        if unknown:
-            raise BatchalInputError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(available_strategies())}")
-        if not self.strategies:
-            raise BatchalInputError("give at least one strategy")
-        if len(set(self.strategies)) != len(self.strategies):
-            raise BatchalInputError("a strategy is listed twice")
+        if isinstance(self.strategies, str):
+            self.strategies = [s.text for s in split_specs(self.strategies)]
+        # every spec parses, and labels (the specs as written, whitespace removed) are distinct
+        self.strategies = [s.text for s in split_specs(",".join(str(s) for s in self.strategies))]
         if self.cluster_space not in ("embedding", "input"):
             raise BatchalInputError(f"cluster_space must be 'embedding' or 'input'; got {self.cluster_space!r}")
         if self.model not in MODELS:
@@ -108,9 +105,26 @@ def trial_seed(base: int, trial: int) -> int:
     return int(base) * 10_007 + int(trial)
 
 
+def selector_defaults(cfg: SimulationConfig) -> dict:
+    """Configuration values a strategy spec falls back to for parameters it does not set."""
+    return {"margin_factor": cfg.margin_factor, "max_candidate_share": cfg.max_candidate_share,
+            "partitions": cfg.badge_partitions, "progress": False}
+
+
+def copy_share(source: np.ndarray, labeled_before: np.ndarray, batch: np.ndarray) -> float:
+    """Share of a batch that copies an item already labeled or already in the batch (redundant pools)."""
+    seen = set(source[labeled_before].tolist())
+    dup = 0
+    for s in source[batch].tolist():
+        dup += s in seen
+        seen.add(s)
+    return dup / max(batch.shape[0], 1)
+
+
 def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, threads: int | None = None):
-    """One strategy over all rounds of one trial; returns (rows, diagnostics)."""
+    """One strategy (a spec) over all rounds of one trial; returns (rows, diagnostics)."""
     _limit_threads(threads)
+    spec = parse_spec(strategy)
     ts = trial_seed(cfg.seed, trial)
     rng = np.random.default_rng(ts)
     X, y = dataset.X, dataset.y
@@ -122,7 +136,7 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
     model.fit(X[labeled], y[labeled])
     diag = {"trial": trial, "strategy": strategy}
     clusters = None
-    if strategy == "cluster-margin":
+    if "clusters" in spec.requires:
         from ..clustering import AverageLinkage
 
         t0 = time.perf_counter()
@@ -154,22 +168,22 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
                 row["batch_label_entropy"] = float(-(nz * np.log(nz)).sum())
             if clusters is not None:
                 row["batch_clusters"] = int(np.unique(clusters[batch]).shape[0])
+            if dataset.source is not None:
+                row["batch_copy_share"] = copy_share(dataset.source, labeled[: labeled.shape[0] - batch.shape[0]], batch)
+            row.update({f"diag_{k}": v for k, v in sel_diag.items()})
         rows.append(row)
 
+    sel_diag: dict = {}
     record(0, 0.0)
     for r in range(1, cfg.rounds + 1):
         P = model.predict_proba(X)
-        E = model.embed(X) if strategy in ("coreset", "badge") else None
-        params = {}
-        if strategy == "cluster-margin":
-            params["margin_factor"] = cfg.margin_factor
-            params["max_candidate_share"] = cfg.max_candidate_share
-        elif strategy == "badge":
-            params["partitions"] = cfg.badge_partitions
+        E = model.embed(X) if "embeddings" in spec.requires else None
         t0 = time.perf_counter()
-        batch = select(strategy, cfg.batch_size, probs=P, embeddings=E, clusters=clusters,
-                       labeled=labeled, multilabel=dataset.multilabel, seed=ts * 100 + r, **params)
+        selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
+        batch = selector.select(Pool(probs=P, embeddings=E, clusters=clusters, labeled=labeled,
+                                     multilabel=dataset.multilabel), cfg.batch_size)
         dt = time.perf_counter() - t0
+        sel_diag = dict(getattr(selector, "diagnostics_", {}))
         labeled = np.concatenate([labeled, batch])
         model.fit(X[labeled], y[labeled])
         record(r, dt, batch, P)
@@ -213,6 +227,7 @@ class SimulationResult:
     full_score: float
     metric_name: str
     seconds: float
+    redundancy: dict | None = None
 
     def to_frame(self):
         import pandas as pd  # optional; only for users who want a DataFrame
@@ -230,7 +245,7 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
     # no core idles at the end behind one long job
     cost = {"coreset": 0, "badge": 1, "cluster-margin": 2}
     jobs = sorted(((t, s) for t in range(cfg.trials) for s in cfg.strategies),
-                  key=lambda j: (cost.get(j[1], 3), j[0]))
+                  key=lambda j: (cost.get(parse_spec(j[1]).name, 3), j[0]))
     n_jobs = cfg.n_jobs or min(os.cpu_count() or 1, len(jobs) + 1)
     t_start = time.perf_counter()
     rows, diags = [], []
@@ -263,7 +278,8 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
     rows.sort(key=lambda r: (cfg.strategies.index(r["strategy"]), r["trial"], r["round"]))
     diags.sort(key=lambda d: (cfg.strategies.index(d["strategy"]), d["trial"]))
     res = SimulationResult(cfg, dataset.name, rows, diags, full,
-                           "mAP" if dataset.multilabel else "accuracy", time.perf_counter() - t_start)
+                           "mAP" if dataset.multilabel else "accuracy", time.perf_counter() - t_start,
+                           redundancy=dataset.redundancy)
     if out_dir is not None:
         from .report import write_outputs
 
