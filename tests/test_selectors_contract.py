@@ -197,3 +197,14 @@ def test_multilabel_margin_selection(rng):
     # multi-label probabilities do not need to sum to 1, multi-class ones do
     with pytest.raises(BatchalInputError, match="sum to 1"):
         select("margin", 10, probs=P)
+
+
+class TestClusterMarginOrderMargin(SelectorContract):
+    strategy = "cluster-margin"
+    params = {"order": "margin"}
+
+
+class TestRecommendedSpec(SelectorContract):
+    """The spec `batchal strategies --recommended` prints keeps the contract as written."""
+
+    from batchal.selectors import RECOMMENDED as strategy

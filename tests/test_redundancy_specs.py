@@ -1,0 +1,191 @@
+"""Strategy specs, the margin-ordered round-robin, the redundancy diagnostic and redundant pools."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from batchal import BatchalInputError, select
+from batchal.cli import app
+from batchal.selectors import RECOMMENDED, parse_spec, split_specs
+from batchal.selectors.cluster_margin import margin_round_robin, redundancy_diagnostics
+from batchal.simulate import SimulationConfig, load_dataset, make_redundant, parse_redundancy, simulate
+from conftest import make_pool
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+def test_spec_parses_name_and_typed_values():
+    s = parse_spec("cluster-margin:margin_factor=2:order=margin:max_candidate_share=none")
+    assert s.name == "cluster-margin"
+    assert s.params == {"margin_factor": 2, "order": "margin", "max_candidate_share": None}
+    assert s.text == "cluster-margin:margin_factor=2:order=margin:max_candidate_share=none"
+    assert parse_spec(" margin ").text == "margin" and parse_spec("margin").params == {}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("nope", "unknown strategy 'nope'"),
+    ("cluster-margin:factor=2", "has no parameter 'factor'.*margin_factor"),
+    ("cluster-margin:margin_factor", "expected key=value"),
+    ("cluster-margin:margin_factor=2:margin_factor=3", "given twice"),
+    ("margin:random_state=3", "no parameter 'random_state'"),
+    ("", "non-empty"),
+])
+def test_bad_specs_named(bad, match):
+    with pytest.raises(BatchalInputError, match=match):
+        parse_spec(bad)
+
+
+def test_split_specs_refuses_duplicates():
+    assert [s.text for s in split_specs("margin, cluster-margin:order=margin")] == ["margin", "cluster-margin:order=margin"]
+    with pytest.raises(BatchalInputError, match="listed twice"):
+        split_specs("margin,margin")
+
+
+def test_spec_values_override_keyword_params():
+    arrays = make_pool()
+    a = select("cluster-margin:margin_factor=2", 30, seed=0, **arrays, margin_factor=10)
+    b = select("cluster-margin", 30, seed=0, **arrays, margin_factor=2)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(BatchalInputError, match="no parameter 'margin_factor'"):
+        select("margin", 5, **arrays, margin_factor=2)
+
+
+# --- margin-ordered round-robin against a plain Python reference ------------------------------
+
+def reference_margin_round_robin(cand, cids, k):
+    """Passes over clusters ordered by their most uncertain candidate; members in margin order."""
+    clusters = {}
+    for c, cid in zip(cand, cids):  # cand is most uncertain first
+        clusters.setdefault(cid, []).append(c)
+    order = list(clusters)  # insertion order = order of each cluster's first (most uncertain) member
+    out = []
+    r = 0
+    while len(out) < k:
+        for cid in order:
+            if r < len(clusters[cid]) and len(out) < k:
+                out.append(clusters[cid][r])
+        r += 1
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_margin_round_robin_matches_reference(seed):
+    r = np.random.default_rng(seed)
+    m = int(r.integers(1, 400))
+    cand = r.permutation(10_000)[:m]
+    cids = r.integers(0, int(r.integers(1, 60)), m) * 7 + 3  # sparse, non-dense ids
+    for k in {1, m // 3 + 1, m}:
+        np.testing.assert_array_equal(margin_round_robin(cand, cids, k), reference_margin_round_robin(cand, cids, k))
+
+
+def test_order_margin_is_margin_when_clusters_are_singletons():
+    arrays = make_pool(n=500, n_labeled=30)
+    arrays["clusters"] = np.arange(500)
+    a = select("cluster-margin:order=margin", 40, **arrays)
+    b = select("margin", 40, **{k: v for k, v in arrays.items() if k != "clusters"})
+    np.testing.assert_array_equal(a, b)
+
+
+def test_order_margin_takes_one_copy_per_cluster_first():
+    # 10 clusters of 10 copies with near-identical margins: margin takes one cluster's copies,
+    # the margin-ordered round-robin takes the head of every cluster first
+    n = 100
+    cl = np.repeat(np.arange(10), 10)
+    m = 0.01 * cl + 1e-4 * np.tile(np.arange(10), 10)
+    P = np.stack([0.5 + m / 2, 0.5 - m / 2], 1)
+    idx = select("cluster-margin:order=margin:margin_factor=10:max_candidate_share=1", 10, probs=P, clusters=cl)
+    assert sorted(cl[idx].tolist()) == list(range(10))
+    assert sorted(cl[select("margin", 10, probs=P)].tolist()) == [0] * 10
+
+
+def test_redundancy_diagnostics():
+    d = redundancy_diagnostics(np.array([5, 5, 2, 5, 7, 2]), k=3)
+    assert d == {"k_m": 6, "candidate_clusters": 3, "candidate_repeat_share": 0.5,
+                 "margin_batch_clusters": 2, "margin_batch_repeat_share": pytest.approx(1 / 3)}
+
+
+# --- redundant pools -------------------------------------------------------------------------
+
+def test_make_redundant_repeats_and_perturbs_rows_test_untouched():
+    ds = load_dataset("digits")
+    red = make_redundant(ds, "zipf:a=2,cap=20,noise=0.05", seed=1)
+    mult = np.bincount(red.source, minlength=ds.X.shape[0])
+    assert mult.min() >= 1 and mult.max() <= 20 and red.X.shape[0] == mult.sum()
+    assert red.redundancy["pool_rows"] == red.X.shape[0] and red.redundancy["max_multiplicity"] == mult.max()
+    np.testing.assert_array_equal(red.y, ds.y[red.source])
+    assert red.X_test is ds.X_test and red.y_test is ds.y_test
+    # exactly one exact copy of each original; the other copies differ, but only a little
+    exact = np.all(red.X == ds.X[red.source], axis=1)
+    assert np.bincount(red.source[exact], minlength=ds.X.shape[0]).tolist() == [1] * ds.X.shape[0]
+    diff = np.abs(red.X[~exact] - ds.X[red.source[~exact]]).mean()
+    assert 0 < diff < 0.1
+    again = make_redundant(ds, "zipf:a=2,cap=20,noise=0.05", seed=1)
+    np.testing.assert_array_equal(again.X, red.X)
+
+
+def test_make_redundant_shifts_large_images():
+    from batchal.simulate.datasets import Dataset
+
+    r = np.random.default_rng(0)
+    X = np.zeros((50, 256), dtype=np.float32)
+    X[:, 7 * 16 + 7] = 1.0  # one bright pixel in the middle of a 16 x 16 image
+    ds = Dataset("dots", X, r.integers(0, 2, 50), X[:5], np.array([0, 1, 0, 1, 0]), image_shape=(16, 16))
+    red = make_redundant(ds, "zipf:noise=0", seed=0)
+    moved = (red.X.argmax(1) != 7 * 16 + 7).sum()
+    assert moved > 0 and red.redundancy["spec"].endswith("shift=1")
+    assert np.allclose(red.X.sum(1), 1.0)  # shifted, not smeared
+
+
+@pytest.mark.parametrize("bad", ["pareto", "zipf:a=1", "zipf:cap=0", "zipf:noise=-1", "zipf:b=2", "zipf:a=x"])
+def test_bad_redundancy_named(bad):
+    with pytest.raises(BatchalInputError, match="redundancy"):
+        parse_redundancy(bad)
+
+
+def test_simulate_specs_side_by_side_with_redundancy(tmp_path):
+    ds = make_redundant(load_dataset("digits"), "zipf", seed=0)
+    specs = ["margin", "cluster-margin:order=margin", "cluster-margin:margin_factor=2", "random"]
+    cfg = SimulationConfig(strategies=specs, seed_size=40, batch_size=40, rounds=2, trials=1, n_jobs=1,
+                           progress=False)
+    res = simulate(ds, cfg, out_dir=tmp_path)
+    assert {r["strategy"] for r in res.rows} == set(specs)
+    # every strategy that reads clusters clustered the pool, and reports candidate redundancy
+    assert sorted(d["strategy"] for d in res.diagnostics if "n_clusters" in d) == sorted(specs[1:3])
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    cm = [r for r in rows if r["strategy"] == "cluster-margin:margin_factor=2" and r["round"] == "1"]
+    assert int(cm[0]["diag_k_m"]) == 80  # k_m = 2 x 40, the spec's value
+    assert all(r["batch_copy_share"] != "" for r in rows if r["round"] != "0")
+    text = (tmp_path / "summary.md").read_text()
+    assert "Redundant pool" in text and "labels / margin's" in text and "repeating a cluster" in text
+    assert "cluster-margin:order=margin" in text
+
+
+def test_recommended_spec_is_accepted_as_printed(tmp_path):
+    printed = CliRunner().invoke(app, ["strategies", "--recommended"]).output.strip()
+    assert printed == RECOMMENDED and parse_spec(printed).name in ("cluster-margin", "margin")
+    arrays = make_pool()
+    for k, v in arrays.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    res = CliRunner().invoke(app, ["select", "--strategy", printed, "-k", "20", "--probs", str(tmp_path / "probs.npy"),
+                                   "--clusters", str(tmp_path / "clusters.npy"), "--labeled",
+                                   str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy"), "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "b.npy").shape == (20,)
+    res = CliRunner().invoke(app, ["simulate", "--dataset", "digits", "--strategies", f"{printed},margin",
+                                   "--seed-size", "20", "--batch-size", "20", "--rounds", "1", "--trials", "1",
+                                   "--jobs", "1", "--out", str(tmp_path / "sim"), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_simulate_redundancy_option(tmp_path):
+    res = CliRunner().invoke(app, ["simulate", "--dataset", "digits", "--redundancy", "zipf:cap=5",
+                                   "--strategies", "margin,random", "--seed-size", "20", "--batch-size", "20",
+                                   "--rounds", "1", "--trials", "1", "--jobs", "1", "--out", str(tmp_path / "s"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "zipf:a=2,cap=5" in (tmp_path / "s" / "summary.md").read_text()
+    res = CliRunner().invoke(app, ["simulate", "--dataset", "digits", "--redundancy", "zipf:a=0.5",
+                                   "--out", str(tmp_path / "t"), "--quiet"])
+    assert res.exit_code == 2 and "a must be > 1" in res.output
