@@ -355,3 +355,37 @@ def _plot_cluster_sizes(sizes, path, res):
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def comparison_table(res, title: str):
+    """A rich table of the mean metric per round for each strategy (the demo's view of a run)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("labels", justify="right")
+    curves = {s: _by(res.rows, s) for s in res.config.strategies}
+    for s in res.config.strategies:
+        table.add_column(s, justify="right")
+    lab = next(iter(curves.values()))[0]
+    for i, L in enumerate(lab):
+        table.add_row(f"{int(L):,}", *[f"{np.nanmean(curves[s][1][i]):.3f}" for s in res.config.strategies])
+    return table
+
+
+def comparison_lines(res) -> list[str]:
+    """Plain sentences: labels each strategy needs to reach random's final accuracy, against margin."""
+    strategies = res.config.strategies
+    if "random" not in strategies or "margin" not in strategies:
+        return []
+    target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
+    tab = savings_table(res.rows, strategies, target)
+    ratios = ratio_to_margin(res.rows, strategies, target)
+    lines = [f"labels to reach random's final {res.metric_name} ({target:.3f}):"]
+    for s in strategies:
+        if s == "random":
+            continue
+        L = np.asarray(tab[s]["labels"], dtype=float)
+        got = f"{np.nanmean(L):,.0f}" if np.isfinite(L).any() else "not reached"
+        rel = "" if s == "margin" else f"  ({fmt_ratio(ratios[s])} margin's)"
+        lines.append(f"  {s}: {got}{rel}")
+    return lines
