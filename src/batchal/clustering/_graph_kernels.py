@@ -13,17 +13,19 @@ average linkage of clusters A and B over all |A||B| cross pairs is then exact:
 * squared euclidean: ``sq_A/|A| + sq_B/|B| - 2 S_A . S_B / (|A| |B|)``
 
 The graph only decides which clusters may merge: each slot keeps an adjacency
-list (ids into an arena, with the cached linkage as weight). A round finds
+list (ids into an arena; no linkage is stored per entry, see ``_rebuild``). A round finds
 every reciprocal-nearest-neighbour pair (RAC, Sumengen et al. 2021) and merges
 them all. Lists are rebuilt lazily: a list entry pointing to a merged-away
 slot is resolved through ``parent`` (always one hop, because every neighbour
 of a merged pair is rebuilt in the very next round), duplicates are dropped,
-and only weights whose endpoints changed since the last rebuild are
-recomputed, so the cost per merge is O(degree * d).
+and only linkages whose endpoints changed since the last rebuild are
+recomputed (unless the slot's nearest neighbour itself merged), so the cost per
+merge is O(degree * d).
 
 Contract: ``S`` float32 or float64 C-contiguous (n, d); ``size``/``sq``
-float64; ids int32; ``start`` int64; ``length`` int64; ``wt`` float32 or
-float64 (weights), heights written to ``Z`` are recomputed in float64.
+float64; ids int32; ``start`` int64; ``length`` int64. Every linkage is a
+float64 dot product of the stored sums (accumulated in float64), compared
+exactly; heights written to ``Z`` are the same float64 values.
 """
 from __future__ import annotations
 
@@ -37,74 +39,156 @@ SQEUCLIDEAN = 1
 def symmetrize_knn(I, n, slack):
     """Undirected CSR of a directed kNN list ``I`` (n, k) int32 (-1 = none).
 
-    Returns ``(indptr, nbrs, cap)``: ``nbrs`` has capacity for
-    ``max(nnz * slack, 2 n k)`` entries (the HAC arena), rows sorted and unique.
-    (A Python driver: numba cannot cache a serial function calling a parallel one.)
+    Returns ``(indptr, nbrs, cap)``: ``nbrs`` has capacity for at least
+    ``nnz * slack`` entries, rows sorted and unique. ``I`` is not modified (it is
+    copied into the arena first); :func:`symmetrize_inplace` avoids that copy.
     """
     I = np.ascontiguousarray(I, dtype=np.int32)
-    tmp_ptr, nbrs = _sym_fill(I, n)
-    uniq = np.zeros(n, dtype=np.int64)
-    _sort_unique_rows(nbrs, tmp_ptr, uniq)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(uniq, out=indptr[1:])
-    _sym_compact(nbrs, tmp_ptr, indptr, uniq)
-    want = int(indptr[n] * slack) + 1
-    if want > nbrs.shape[0]:
-        out = np.empty(want, dtype=np.int32)
-        out[: indptr[n]] = nbrs[: indptr[n]]
-        return indptr, out, want
-    return indptr, nbrs, nbrs.shape[0]
-
-
-@njit(cache=True)
-def _sym_fill(I, n):
     m, k = I.shape
-    deg = np.zeros(n + 1, dtype=np.int64)
-    for u in range(m):
-        for j in range(k):
-            v = I[u, j]
-            if v >= 0 and v != u:
-                deg[u + 1] += 1
-                deg[v + 1] += 1
-    tmp_ptr = np.cumsum(deg)
-    nbrs = np.empty(max(tmp_ptr[n], 1), dtype=np.int32)
-    fill = tmp_ptr[:n].copy()
-    for u in range(m):
-        for j in range(k):
-            v = I[u, j]
-            if v >= 0 and v != u:
-                nbrs[fill[u]] = v
-                fill[u] += 1
-                nbrs[fill[v]] = u
-                fill[v] += 1
-    return tmp_ptr, nbrs
+    arena = np.empty(max(2 * m * k, 1), dtype=np.int32)
+    arena[: m * k] = I.reshape(-1)
+    indptr = symmetrize_inplace(arena, m, k, n)
+    want = int(indptr[n] * slack) + 1
+    if want > arena.shape[0]:
+        out = np.empty(want, dtype=np.int32)
+        out[: indptr[n]] = arena[: indptr[n]]
+        return indptr, out, want
+    return indptr, arena, arena.shape[0]
 
 
-@njit(cache=True)
-def _sym_compact(nbrs, tmp_ptr, indptr, uniq):
-    # leftwards in place: the destination never passes the source
-    for u in range(uniq.shape[0]):
-        s = tmp_ptr[u]
-        d = indptr[u]
-        for j in range(uniq[u]):
-            nbrs[d + j] = nbrs[s + j]
+def symmetrize_inplace(arena, m, k, n):
+    """Symmetrise directed kNN lists held in ``arena[:m * k]`` (row-major, -1 = none) in place.
+
+    On return ``arena[:indptr[n]]`` holds the undirected adjacency (CSR): ``u ~ v``
+    if either lists the other; each row sorted, unique, without self loops.
+    ``arena`` must have room for ``2 m k`` entries (the most an undirected graph
+    of ``m k`` directed edges can need); only the first ``nnz`` are ever
+    written, so the untouched tail of a fresh ``np.empty`` costs no memory.
+
+    Memory: besides the arena, 8 bytes per row (x3) and one byte per directed
+    edge (the mutual flags); the directed lists and the symmetric graph are
+    never held in two buffers.
+
+    Steps: (1) sort and dedupe each directed row in place (parallel); (2) flag
+    every directed edge ``v -> u`` whose reverse ``u -> v`` is also listed
+    (binary search in the sorted row of ``u``, parallel); (3) count, per row,
+    its out-edges plus the in-edges that are not mutual: the exact final
+    degree; (4) move the rows to their final offsets, left-packed first, then
+    right-to-left so no row overwrites one not yet moved; (5) append the
+    non-mutual in-edges; (6) sort each row (parallel).
+    """
+    outdeg = np.zeros(m, dtype=np.int64)
+    if m * k > 0:
+        _sort_dedupe_rows(arena, m, k, outdeg)
+    flags = np.zeros(max(m * k, 1), dtype=np.uint8)
+    if m * k > 0:
+        _mutual_flags(arena, m, k, outdeg, flags)
+    deg = outdeg.copy() if n == m else np.concatenate([outdeg, np.zeros(n - m, np.int64)])
+    _count_in(arena, m, k, outdeg, flags, deg)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:])
+    del deg
+    if indptr[n] > arena.shape[0]:
+        raise ValueError("arena too small for the symmetric graph")
+    _move_rows(arena, m, k, outdeg, indptr)
+    _fill_in(arena, m, k, outdeg, flags, indptr)
+    del flags
+    _sort_rows(arena, indptr)
+    return indptr
 
 
 @njit(parallel=True, cache=True)
-def _sort_unique_rows(nbrs, ptr, uniq):
-    n = uniq.shape[0]
-    for u in prange(n):
-        a = ptr[u]
-        b = ptr[u + 1]
-        if b == a:
-            continue
-        row = np.sort(nbrs[a:b])
+def _sort_dedupe_rows(arena, m, k, outdeg):
+    for u in prange(m):
+        a = u * k
+        row = np.sort(arena[a:a + k])
         w = 0
-        for j in range(row.shape[0]):
-            if j == 0 or row[j] != row[j - 1]:
-                nbrs[a + w] = row[j]
-                w += 1
-        uniq[u] = w
+        for j in range(k):
+            v = row[j]
+            if v < 0 or v == u or (w > 0 and arena[a + w - 1] == v):
+                continue
+            arena[a + w] = v
+            w += 1
+        outdeg[u] = w
+
+
+@njit(inline="always")
+def _has(arena, a, L, v):
+    lo = a
+    hi = a + L
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arena[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < a + L and arena[lo] == v
+
+
+@njit(parallel=True, cache=True)
+def _mutual_flags(arena, m, k, outdeg, flags):
+    for v in prange(m):
+        a = v * k
+        for j in range(outdeg[v]):
+            u = arena[a + j]
+            if u < m and _has(arena, u * k, outdeg[u], v):
+                flags[a + j] = 1
+
+
+@njit(cache=True)
+def _count_in(arena, m, k, outdeg, flags, deg):
+    for v in range(m):
+        a = v * k
+        for j in range(outdeg[v]):
+            if flags[a + j] == 0:
+                deg[arena[a + j]] += 1
+
+
+@njit(cache=True)
+def _move_rows(arena, m, k, outdeg, indptr):
+    # left-pack (destinations never pass their sources) ...
+    pos = 0
+    for u in range(m):
+        a = u * k
+        L = outdeg[u]
+        if a != pos:
+            for j in range(L):
+                arena[pos + j] = arena[a + j]
+        pos += L
+    # ... then spread right to left to the final offsets (indptr[u] >= packed offset)
+    for u in range(m - 1, -1, -1):
+        L = outdeg[u]
+        pos -= L
+        d = indptr[u]
+        if d != pos:
+            for j in range(L - 1, -1, -1):
+                arena[d + j] = arena[pos + j]
+
+
+@njit(cache=True)
+def _fill_in(arena, m, k, outdeg, flags, indptr):
+    n = indptr.shape[0] - 1
+    fill = np.empty(n, dtype=np.int64)
+    for u in range(n):
+        fill[u] = indptr[u] + (outdeg[u] if u < m else 0)
+    for v in range(m):
+        a = indptr[v]
+        f = v * k
+        for j in range(outdeg[v]):
+            if flags[f + j] == 0:
+                u = arena[a + j]
+                arena[fill[u]] = v
+                fill[u] += 1
+
+
+@njit(parallel=True, cache=True)
+def _sort_rows(arena, indptr):
+    n = indptr.shape[0] - 1
+    for u in prange(n):
+        a = indptr[u]
+        b = indptr[u + 1]
+        if b - a > 1:
+            arena[a:b] = np.sort(arena[a:b])
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -121,9 +205,20 @@ def _link(S, size, sq, a, b, metric):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr, wt,
+def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
              nn, nnw, marks, it, metric):
-    """Resolve, dedupe and re-weight the lists of the dirty slots; pick their nearest neighbour."""
+    """Resolve and dedupe the lists of the dirty slots; find each one's nearest neighbour.
+
+    No linkage is stored per list entry; the nearest neighbour is kept exactly
+    by this rule: if neither ``x`` nor its previous nearest neighbour ``p`` was
+    merged since ``x``'s last rebuild, every entry that did not change still
+    has the linkage it had then, which was ``>=`` ``x``'s best, so the new best
+    is the better of ``(p, nnw[x])`` and the entries that changed (merged
+    clusters, or entries resolved to a new slot): only those are recomputed.
+    Otherwise (``x`` merged, ``p`` merged, first build) all entries are.
+    Ties go to the smaller slot id either way, so the result equals a full
+    recomputation of every entry.
+    """
     nt = marks.shape[0]
     n = parent.shape[0]
     for t in prange(nt):
@@ -134,10 +229,17 @@ def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nb
             s = start[x]
             L = length[x]
             bx = built[x]
-            xchanged = stamp[x] >= bx
-            w = 0
+            full = stamp[x] >= bx
             best = -1
             bestw = np.inf
+            if not full:
+                p = nn[x]
+                if p < 0 or parent[p] != p or stamp[p] >= bx:
+                    full = True
+                else:
+                    best = p
+                    bestw = nnw[x]
+            w = 0
             for e in range(s, s + L):
                 y0 = nbr[e]
                 y = y0
@@ -146,16 +248,12 @@ def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nb
                 if y == x or mark[y] == key:
                     continue
                 mark[y] = key
-                if xchanged or y != y0 or stamp[y] >= bx:
+                if full or y != y0 or stamp[y] >= bx:
                     v = _link(S, size, sq, x, y, metric)
-                    wt[s + w] = v
-                else:
-                    wt[s + w] = wt[e]
+                    if v < bestw or (v == bestw and y < best):
+                        best = y
+                        bestw = v
                 nbr[s + w] = y
-                v = wt[s + w]
-                if v < bestw or (v == bestw and y < best):
-                    best = y
-                    bestw = v
                 w += 1
             length[x] = w
             built[x] = it
@@ -164,7 +262,7 @@ def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nb
 
 
 @njit(cache=True)
-def _compact(start, length, nbr, wt):
+def _compact(start, length, nbr):
     """Move all non-empty lists to the front of the arena (in place); returns the new end."""
     idx = np.flatnonzero(length > 0).astype(np.int64)
     order = np.argsort(start[idx])
@@ -176,22 +274,21 @@ def _compact(start, length, nbr, wt):
         if s != end:
             for j in range(L):
                 nbr[end + j] = nbr[s + j]
-                wt[end + j] = wt[s + j]
             start[x] = end
         end += L
     return end
 
 
-def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, wt, end,
+def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
         dirty0, Z, zc, n_leaves, metric, it):
     """Run RAC rounds until no reciprocal pair is left (then no edges remain).
 
     Parameters are the persistent state; ``dirty0`` lists the slots to examine
     first (every slot with a non-empty list); ``built[x] = -1`` forces all of
-    x's weights to be computed. A Python loop over rounds, because numba cannot
+    x's linkages to be computed. A Python loop over rounds, because numba cannot
     cache a serial function that calls a parallel one.
 
-    Returns ``(nbr, wt, end, zc, it, rounds)`` (the arena may have been regrown).
+    Returns ``(nbr, end, zc, it, rounds, compactions)`` (the arena may have been regrown).
     """
     n = parent.shape[0]
     nt = get_num_threads()
@@ -206,20 +303,21 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, w
     pa = np.empty(n // 2 + 1, dtype=np.int32)
     pb = np.empty(n // 2 + 1, dtype=np.int32)
     rounds = 0
+    ncomp = np.zeros(1, dtype=np.int64)
     while ndirty > 0:
         rounds += 1
-        _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr, wt,
+        _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
                  nn, nnw, marks, it, metric)
-        ndirty, end, zc, nbr, wt = _merge_round(
+        ndirty, end, zc, nbr = _merge_round(
             dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id, stamp,
-            start, length, nbr, wt, end, Z, zc, n_leaves, metric, it)
+            start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp)
         it += 1
-    return nbr, wt, end, zc, it, rounds
+    return nbr, end, zc, it, rounds, int(ncomp[0])
 
 
 @njit(cache=True)
 def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id,
-                 stamp, start, length, nbr, wt, end, Z, zc, n_leaves, metric, it):
+                 stamp, start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp):
     """Merge every reciprocal-nearest pair among the dirty slots; collect the next dirty set."""
     npairs = 0
     for i in range(ndirty):
@@ -261,23 +359,19 @@ def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive,
         Lb = length[b]
         need = La + Lb
         if end + need > nbr.shape[0]:
-            end = _compact(start, length, nbr, wt)
+            end = _compact(start, length, nbr)
+            ncomp[0] += 1
             if end + need > nbr.shape[0]:
-                newcap = max(2 * nbr.shape[0], end + need + 1)
+                newcap = max(nbr.shape[0] + nbr.shape[0] // 4, end + need + 1)
                 nbr2 = np.empty(newcap, dtype=nbr.dtype)
-                wt2 = np.empty(newcap, dtype=wt.dtype)
                 nbr2[:end] = nbr[:end]
-                wt2[:end] = wt[:end]
                 nbr = nbr2
-                wt = wt2
         sa = start[a]
         sb = start[b]
         for j in range(La):
             nbr[end + j] = nbr[sa + j]
-            wt[end + j] = wt[sa + j]
         for j in range(Lb):
             nbr[end + La + j] = nbr[sb + j]
-            wt[end + La + j] = wt[sb + j]
         start[a] = end
         length[a] = need
         length[b] = 0
@@ -298,7 +392,7 @@ def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive,
                 isdirty[y] = 1
                 dirty[ndirty] = y
                 ndirty += 1
-    return ndirty, end, zc, nbr, wt
+    return ndirty, end, zc, nbr
 
 
 @njit(cache=True)

@@ -39,11 +39,14 @@ import numpy as np
 from .._validation import BatchalInputError, iter_chunks
 from . import _graph_kernels as K
 from .knn import DEFAULT_NPROBE, EXACT_MAX_ROWS, knn_graph, knn_permuted
+from .knn import _check as _check_knn
 
 #: Statistics are kept in float64 up to this many bytes (n * d * 8), float32 above.
 STATS_F64_MAX_BYTES = 512 << 20
 #: Components are joined over a complete graph up to this many, a kNN graph above.
 COMPLETE_JOIN_MAX = 3000
+#: Capacity of the merge lists' arena, as a multiple of the symmetric graph's entries.
+MERGE_SLACK = 1.15
 
 
 def _metric_code(metric: str) -> int:
@@ -117,27 +120,41 @@ def graph_linkage(
     code = _metric_code(metric)
     n, d = X.shape
     timings: dict = {}
+    steps: list = []  # (name, start, end) in time.perf_counter() seconds, for per-step memory reports
+    timings["steps"] = steps
     if n == 1:
-        return np.zeros((0, 4)), {"knn": 0.0, "merge": 0.0}
+        return np.zeros((0, 4)), {"knn": 0.0, "merge": 0.0, "steps": steps}
+    k_eff = _check_knn(X, knn, metric)
+    # One int32 arena holds the directed kNN lists (its first n k entries), is
+    # symmetrised in place and then serves as the merge lists' arena. It is sized
+    # for the worst case (2 n k, no mutual edges), but pages never written are
+    # never resident, so only what the graph needs costs memory.
+    arena = np.empty(max(2 * n * k_eff, 1), dtype=np.int32)
     t0 = time.perf_counter()
-    Xp, order, I, D, kmethod, info = knn_permuted(
+    Xp, order, I, _, kmethod, info = knn_permuted(
         X, knn, metric=metric, method=knn_method, nprobe=nprobe,
         exact_max_rows=exact_max_rows, random_state=random_state, progress=progress,
+        out_indices=arena, return_distances=False,
     )
-    del D
     t1 = time.perf_counter()
+    steps.append(("knn_prepare", t0, t0 + info["prepare_s"]))
+    steps.append(("knn_search", t0 + info["prepare_s"], t1))
     timings["knn"] = t1 - t0
     timings["knn_prepare"] = info["prepare_s"]
     timings["knn_search"] = info["search_s"]
     timings["knn_method"] = kmethod
     timings["knn_k"] = info["k"]
-    if info.get("nlist"):
-        timings["knn_nlist"] = info["nlist"]
-        timings["knn_nprobe"] = info["nprobe"]
+    for key in ("nlist", "nprobe", "train_s", "assign_s", "copy_s"):
+        if info.get(key) is not None:
+            timings["knn_" + key] = info[key]
 
-    indptr, nbr, cap = K.symmetrize_knn(I, n, 1.3)
+    k = I.shape[1]
     del I
+    indptr = K.symmetrize_inplace(arena, n, k, n)
+    nbr = arena
+    del arena
     t2 = time.perf_counter()
+    steps.append(("symmetrize", t1, t2))
     timings["symmetrize"] = t2 - t1
     timings["edges"] = int(indptr[-1] // 2)
 
@@ -168,11 +185,21 @@ def graph_linkage(
         for a, b in iter_chunks(n):
             blk = S[a:b].astype(np.float64)
             sq[a:b] = np.einsum("ij,ij->i", blk, blk)
-    wt = np.empty(nbr.shape[0], dtype=np.float64 if S.dtype == np.float64 else np.float32)
     start = indptr[:-1].copy()
     length = np.diff(indptr)
     end = int(indptr[-1])
     del indptr
+    # The merge lists grow by appending a merged pair's two lists at the end of
+    # the arena; when the end is reached the live lists are compacted. A slack of
+    # MERGE_SLACK x the edges keeps compactions rare; the arena's pages beyond
+    # that are never touched.
+    cap = min(nbr.shape[0], int(end * MERGE_SLACK) + n + 1)
+    if cap < end + 1:
+        grown = np.empty(int(end * MERGE_SLACK) + n + 1, dtype=np.int32)
+        grown[:end] = nbr[:end]
+        nbr = grown
+        cap = nbr.shape[0]
+    nbr = nbr[:cap]
     parent = np.arange(n, dtype=np.int32)
     alive = np.ones(n, dtype=np.uint8)
     node_id = np.arange(n, dtype=np.int64)
@@ -180,13 +207,17 @@ def graph_linkage(
     built = np.full(n, -1, dtype=np.int32)
     Z = np.empty((n - 1, 4), dtype=np.float64)
     dirty = np.flatnonzero(length > 0).astype(np.int32)
-    nbr, wt, end, zc, it, rounds = K.rac(
-        S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, wt, end,
+    t2b = time.perf_counter()
+    timings["stats"] = t2b - t2
+    nbr, end, zc, it, rounds, ncomp = K.rac(
+        S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
         dirty, Z, 0, n, code, 0,
     )
     t3 = time.perf_counter()
+    steps.append(("merge", t2, t3))
     timings["merge"] = t3 - t2
     timings["rounds"] = int(rounds)
+    timings["compactions"] = int(ncomp)
 
     # Join what the graph left apart (components) with the same exact linkage.
     roots = np.flatnonzero(alive).astype(np.int32)
@@ -205,7 +236,6 @@ def graph_linkage(
         total = sum(len(x) for x in lists)
         if total > nbr.shape[0]:
             nbr = np.empty(total, dtype=np.int32)
-            wt = np.empty(total, dtype=wt.dtype)
         length[:] = 0
         off = 0
         for r, lst in zip(roots, lists):
@@ -214,8 +244,8 @@ def graph_linkage(
             nbr[off:off + len(lst)] = lst
             off += len(lst)
         built[roots] = -1
-        nbr, wt, end, zc, it, r2 = K.rac(
-            S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, wt, off,
+        nbr, end, zc, it, r2, _ = K.rac(
+            S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, off,
             roots, Z, zc, n, code, it,
         )
         rounds += r2
@@ -224,7 +254,11 @@ def graph_linkage(
         raise RuntimeError(f"graph HAC produced {zc} merges for {n} rows")
     timings["join_components"] = time.perf_counter() - t3
     timings["join_passes"] = passes
+    steps.append(("join_components", t3, time.perf_counter()))
+    del nbr, S, size, sq, parent, alive, node_id, stamp, built, start, length
+    t4 = time.perf_counter()
     Z, raised = _finish_tree(Z, n, order, metric)
+    steps.append(("finish_tree", t4, time.perf_counter()))
     timings["inversions"] = raised
     timings["total"] = time.perf_counter() - t0
     return Z, timings

@@ -120,11 +120,19 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="rows", leave=False, mininterval=0.5)
 
 
-def _knn_flat(Xp: np.ndarray, k: int, metric: str, progress: bool):
+def _out_indices(out, n: int, k: int) -> np.ndarray:
+    if out is None:
+        return np.empty((n, k), dtype=np.int32)
+    if out.dtype != np.int32 or out.ndim != 1 or out.shape[0] < n * k:
+        raise ValueError("out_indices must be a 1-d int32 buffer of at least n * k entries")
+    return out[: n * k].reshape(n, k)
+
+
+def _knn_flat(Xp: np.ndarray, k: int, metric: str, progress: bool, out=None):
     import faiss
 
     n = Xp.shape[0]
-    I = np.empty((n, k), dtype=np.int32)
+    I = _out_indices(out, n, k)
     D = np.empty((n, k), dtype=np.float32)
     fm = _faiss_metric(metric)
     step = 4096
@@ -206,7 +214,7 @@ def prepare_rows(X, metric: str, *, method: str = "auto", nlist: int | None = No
     return Xp, order, cell_ptr, C, "ivf"
 
 
-def _knn_cells(Xp, cell_ptr, C, k: int, metric: str, nprobe: int, progress: bool):
+def _knn_cells(Xp, cell_ptr, C, k: int, metric: str, nprobe: int, progress: bool, out=None):
     """Blocked IVF search: each cell's rows against its ``nprobe`` nearest cells."""
     import faiss
 
@@ -215,7 +223,8 @@ def _knn_cells(Xp, cell_ptr, C, k: int, metric: str, nprobe: int, progress: bool
     nprobe = max(1, min(int(nprobe), nlist))
     fm = _faiss_metric(metric)
     _, probe = faiss.knn(C, C, nprobe, metric=fm)
-    I = np.full((n, k), -1, dtype=np.int32)
+    I = _out_indices(out, n, k)
+    I.fill(-1)
     D = np.full((n, k), np.inf, dtype=np.float32)
     with _progress(n, "kNN (IVF)", progress) as bar:
         for c in range(nlist):
@@ -253,11 +262,14 @@ def _knn_cells(Xp, cell_ptr, C, k: int, metric: str, nprobe: int, progress: bool
 def knn_permuted(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
                  nprobe: int = DEFAULT_NPROBE, nlist: int | None = None,
                  exact_max_rows: int = EXACT_MAX_ROWS, chunk_rows: int = CHUNK_ROWS,
-                 random_state=0, progress: bool = False):
+                 random_state=0, progress: bool = False, out_indices=None,
+                 return_distances: bool = True):
     """kNN in the cell order (used by the graph HAC, which keeps that order for locality).
 
     Returns ``(Xp, order, I, D, method, info)``: rows ``Xp[i] = X[order[i]]``
     (float32, unit rows for cosine) and kNN ids ``I`` that index ``Xp``.
+    ``out_indices``: an int32 buffer whose first ``n k`` entries receive ``I``.
+    ``return_distances=False``: ``D`` is None.
     """
     import time
 
@@ -269,12 +281,15 @@ def knn_permuted(X, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     )
     t1 = time.perf_counter()
     if method == "flat":
-        I, D = _knn_flat(Xp, k, metric, progress)
+        I, D = _knn_flat(Xp, k, metric, progress, out_indices)
         info = {"nlist": None, "nprobe": None}
     else:
-        I, D = _knn_cells(Xp, cell_ptr, C, k, metric, nprobe, progress)
+        I, D = _knn_cells(Xp, cell_ptr, C, k, metric, nprobe, progress, out_indices)
         info = {"nlist": int(cell_ptr.shape[0] - 1), "nprobe": int(min(nprobe, cell_ptr.shape[0] - 1))}
-    _to_distance(D, metric)
+    if return_distances:
+        _to_distance(D, metric)
+    else:
+        D = None
     info.update({"k": k, "prepare_s": t1 - t0, "search_s": time.perf_counter() - t1})
     return Xp, order, I, D, method, info
 
