@@ -132,10 +132,61 @@ def digits_mlp_path() -> Path:
 
 
 # ---------------------------------------------------------------- one case (subprocess)
+class RssSampler:
+    """Samples this process's VmRSS (and RssAnon, RssFile) from /proc/self/status in a thread.
+
+    ``peak_between(t0, t1)`` is the largest VmRSS sampled in ``[t0, t1]``
+    (``time.perf_counter`` seconds), so a step's peak is read off its
+    timestamps. The sampling period (20 ms) can miss a spike shorter than that;
+    the process's ``VmHWM`` bounds the overall peak exactly.
+    """
+
+    def __init__(self, period: float = 0.02):
+        import threading
+
+        self.period = period
+        self.samples: list[tuple[float, int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read() -> tuple[int, int, int]:
+        vals = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    vals[key] = int(line.split()[1]) * 1024
+        return vals.get("VmRSS", -1), vals.get("RssAnon", -1), vals.get("RssFile", -1)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), *self.read()))
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.perf_counter(), *self.read()))
+
+    def peak_between(self, t0: float, t1: float) -> dict:
+        s = [x for x in self.samples if t0 <= x[0] <= t1]
+        if not s:  # a step shorter than one period: the nearest sample after its start
+            s = [min((x for x in self.samples if x[0] >= t0), key=lambda x: x[0], default=self.samples[-1])]
+        i = max(range(len(s)), key=lambda j: s[j][1])
+        return {"rss": s[i][1], "anon": s[i][2], "file": s[i][3]}
+
+
 def _case(args) -> None:
     X = np.load(args.data, mmap_mode="r")
     if args.rows:
         X = X[: args.rows]
+    sampler = RssSampler().__enter__()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if args.method == "exact":
         from batchal.clustering.exact import exact_linkage
@@ -149,9 +200,17 @@ def _case(args) -> None:
             X, metric=args.metric, knn=args.k, nprobe=args.nprobe, progress=False,
         )
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    t_end = time.perf_counter()
+    sampler.__exit__(None, None, None)
+    steps = {}
+    for name, a, b in timings.pop("steps", []):
+        steps[name] = {"s": b - a, **sampler.peak_between(a, b)}
+    steps["total"] = {"s": wall, **sampler.peak_between(t0, t_end)}
     if args.save_z:
         np.save(args.save_z, Z)
-    print(json.dumps({"wall": wall, "peak_bytes": peak_rss_bytes(), "timings": timings}))
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_bytes": peak_rss_bytes(), "steps": steps,
+                      "load": os.getloadavg(), "timings": timings}))
 
 
 def peak_rss_bytes() -> int:
@@ -226,10 +285,16 @@ def cmd_real(args) -> list[dict]:
     return cmd_compare(args, items)
 
 
+STEPS = ("knn_prepare", "knn_search", "symmetrize", "merge", "join_components", "finish_tree")
+
+
 def cmd_scale(args) -> list[dict]:
+    """Graph HAC at scale: wall, CPU, and the peak RSS of every step (sampled in the child)."""
     path = blobs_path(args.n, args.d)
-    print(f"| n | d | k | run | wall s | kNN s | merge s | peak GB | edges | rounds | components |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"data {path}; load before: {os.getloadavg()}")
+    print("| n | d | k | run | wall s | CPU s | load (1 min) | kNN s | symmetrise s | merge s | peak GB (VmHWM) | "
+          "edges | rounds | components |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs = []
     for r in range(args.repeats):
         g = run_case(path, "graph", args.metric, k=args.k, nprobe=args.nprobe)
@@ -238,10 +303,22 @@ def cmd_scale(args) -> list[dict]:
             runs.append(g)
             continue
         t = g["timings"]
-        merge = t["symmetrize"] + t["merge"] + t["join_components"]
-        print(f"| {args.n:,} | {args.d} | {args.k} | {r} | {g['wall']:.1f} | {t['knn']:.1f} | {merge:.1f} | "
-              f"{_gb(g['peak_bytes'])} | {t['edges']:,} | {t['rounds']} | {t['components']} |", flush=True)
+        merge = t["merge"] + t["join_components"]
+        print(f"| {args.n:,} | {args.d} | {args.k} | {r} | {g['wall']:.1f} | {g['cpu']:.1f} | {g['load'][0]:.1f} | "
+              f"{t['knn']:.1f} | {t['symmetrize']:.1f} | {merge:.1f} | {_gb(g['peak_bytes'])} | {t['edges']:,} | "
+              f"{t['rounds']} | {t['components']} |", flush=True)
         runs.append(g)
+    print()
+    print("Peak RSS per step (sampled every 20 ms; GB = 2^30 bytes; anon = heap, file = mapped file pages):")
+    print("| run | step | s | peak RSS GB | of which anon GB | file GB |")
+    print("|---|---|---|---|---|---|")
+    for r, g in enumerate(runs):
+        if "error" in g:
+            continue
+        for name in STEPS + ("total",):
+            st = g["steps"].get(name)
+            if st:
+                print(f"| {r} | {name} | {st['s']:.1f} | {_gb(st['rss'])} | {_gb(st['anon'])} | {_gb(st['file'])} |")
     ok = [g for g in runs if "error" not in g]
     if ok:
         med = lambda f: float(np.median([f(g) for g in ok]))  # noqa: E731

@@ -40,7 +40,7 @@ def test_flat_matches_brute_force(metric):
 def test_ivf_recall_vs_brute_force(metric):
     X = _mixture(20_000, 32, 40, seed=2, scale=1.5)
     r = knn_graph(X, 20, metric=metric, method="ivf", nprobe=16)
-    assert r.method == "ivf" and r.info["nlist"] == round(2 * np.sqrt(20_000))
+    assert r.method == "ivf" and r.info["nlist"] == round(2 * np.sqrt(20_000)) and r.info["nprobe"] == 16
     rng = np.random.default_rng(0)
     q = rng.choice(20_000, 500, replace=False)
     D = cdist(X[q].astype(np.float64), X.astype(np.float64), metric)
@@ -87,3 +87,62 @@ def test_k_capped_and_errors():
         knn_graph(X[:1], 5)
     with pytest.raises(BatchalInputError):
         knn_graph(X, 5, metric="hamming")
+
+
+def _sym_reference(I, n):
+    """u ~ v iff either lists the other (scipy sparse), self loops and -1 dropped."""
+    from scipy.sparse import coo_matrix
+
+    m, k = I.shape
+    u = np.repeat(np.arange(m), k)
+    v = I.reshape(-1).astype(np.int64)
+    ok = (v >= 0) & (v != u)
+    A = coo_matrix((np.ones(ok.sum()), (u[ok], v[ok])), shape=(n, n)).tocsr()
+    A = ((A + A.T) > 0).tocsr()
+    A.sort_indices()
+    return A.indptr.astype(np.int64), A.indices.astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_symmetrize_in_place_equals_reference_on_random_graphs(seed):
+    """The counting-pass, in-place symmetrisation equals the plain set union, incl. padding,
+    duplicates, self loops and many mutual pairs."""
+    from batchal.clustering._graph_kernels import symmetrize_inplace
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(2, 400)), int(rng.integers(1, 12))
+    I = rng.integers(-1, n, size=(n, k)).astype(np.int32)
+    if seed % 2:  # many mutual edges: i lists i+1 and i+1 lists i
+        I[:-1, 0] = np.arange(1, n)
+        I[1:, -1] = np.arange(n - 1)
+    ref_ptr, ref_nbr = _sym_reference(I, n)
+    arena = np.full(2 * n * k, -7, dtype=np.int32)
+    arena[: n * k] = I.reshape(-1)
+    ptr = symmetrize_inplace(arena, n, k, n)
+    np.testing.assert_array_equal(ptr, ref_ptr)
+    np.testing.assert_array_equal(arena[: ptr[-1]], ref_nbr)
+    # and the public wrapper agrees
+    p2, nb2 = symmetrize(I)
+    np.testing.assert_array_equal(p2, ref_ptr)
+    np.testing.assert_array_equal(nb2, ref_nbr)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])
+def test_ivf_default_settings_reach_recall_098(metric):
+    """The default IVF settings (exact cell assignment, per-row probes, nprobe="auto") vs brute force."""
+    rng = np.random.default_rng(11)
+    n, d, c = 30_000, 32, 150
+    C = rng.standard_normal((c, d)) * 2
+    lab = rng.integers(0, c, n)
+    X = (C[lab] + rng.standard_normal((n, d)) * rng.uniform(0.5, 1.5, c)[lab, None]).astype(np.float32)
+    r = knn_graph(X, 20, metric=metric, method="ivf")
+    assert r.info["nprobe_estimated_recall"] >= 0.99 and 1 <= r.info["nprobe"] <= 24
+    q = rng.choice(n, 400, replace=False)
+    D = cdist(X[q].astype(np.float64), X.astype(np.float64), metric)
+    D[np.arange(400), q] = np.inf
+    exact = np.argsort(D, axis=1)[:, :20]
+    assert recall(r.indices[q], exact) >= 0.98
+    # the returned distances are the true distances of the returned ids
+    got = np.take_along_axis(D, r.indices[q].astype(np.int64), 1)
+    np.testing.assert_allclose(r.distances[q], got, rtol=1e-3, atol=1e-3)
+    assert (np.diff(r.distances[q], axis=1) >= -1e-6).all()  # nearest first

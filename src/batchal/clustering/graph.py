@@ -86,7 +86,7 @@ def graph_linkage(
     knn: int = 50,
     progress: bool = False,
     random_state=0,
-    nprobe: int = DEFAULT_NPROBE,
+    nprobe: int | str = DEFAULT_NPROBE,
     knn_method: str = "auto",
     exact_max_rows: int = EXACT_MAX_ROWS,
     stats_dtype: str = "auto",

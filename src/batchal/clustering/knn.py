@@ -29,8 +29,18 @@ from .._validation import BatchalInputError, iter_chunks
 
 #: Below this many rows the exact (flat) search is used by ``method="auto"``.
 EXACT_MAX_ROWS = 20_000
-#: Default number of cells probed per query cell.
-DEFAULT_NPROBE = 12
+#: Default number of IVF cells each row scans (its own nearest cells): "auto" measures it
+#: (:func:`estimate_nprobe`): the fewest reaching an estimated recall@k of AUTO_TARGET_RECALL.
+DEFAULT_NPROBE = "auto"
+AUTO_TARGET_RECALL = 0.99
+AUTO_MAX_NPROBE = 24
+#: IVF cells per sqrt(n) rows.
+NLIST_PER_SQRT_N = 2.0
+#: Candidate buffer per query in the search, in multiples of k.
+BUFFER_PER_K = 4
+#: k-means training rows per cell, and iterations.
+TRAIN_PER_CELL = 32
+KMEANS_ITERS = 12
 #: Rows read per chunk from the (possibly memory-mapped) input.
 CHUNK_ROWS = 1 << 16
 METRICS = ("cosine", "euclidean", "sqeuclidean")
@@ -146,35 +156,172 @@ def _knn_flat(Xp: np.ndarray, k: int, metric: str, progress: bool, out=None):
     return I, D
 
 
-def _train_cells(X, metric: str, nlist: int, rng: np.random.Generator, progress: bool):
-    """k-means centroids (spherical for cosine) on a row sample."""
+def _kmeans(sample: np.ndarray, k: int, metric: str, seed: int, niter: int) -> np.ndarray:
     import faiss
 
-    n, d = X.shape
-    n_train = min(n, max(nlist * 32, 10_000))
-    rows = np.sort(rng.choice(n, size=n_train, replace=False))
-    sample = _prep_chunk(np.asarray(X[rows]), metric, 0)
+    k = max(1, min(int(k), sample.shape[0]))
     km = faiss.Kmeans(
-        d, nlist, niter=12, seed=int(rng.integers(2**31 - 1)), spherical=(metric == "cosine"),
-        max_points_per_centroid=n_train, min_points_per_centroid=1, verbose=False,
+        sample.shape[1], k, niter=niter, seed=seed, spherical=(metric == "cosine"),
+        max_points_per_centroid=sample.shape[0], min_points_per_centroid=1, verbose=False,
     )
-    km.train(sample)
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool) -> np.ndarray:
-    import faiss
-
+def _sample_rows(X, metric: str, n_train: int, rng) -> np.ndarray:
     n = X.shape[0]
+    rows = np.sort(rng.choice(n, size=min(n, n_train), replace=False))
+    out = np.empty((rows.shape[0], X.shape[1]), dtype=np.float32)
+    for a, b in iter_chunks(rows.shape[0], CHUNK_ROWS):
+        out[a:b] = _prep_chunk(np.asarray(X[rows[a:b]]), metric, 0)
+    _release_pages(X)
+    return out
+
+
+def _train_cells(X, metric: str, nlist: int, rng: np.random.Generator, progress: bool):
+    """k-means centroids (spherical for cosine) on a row sample of TRAIN_PER_CELL rows per cell."""
+    n, d = X.shape
+    n_train = min(n, max(nlist * TRAIN_PER_CELL, 10_000))
+    sample = _sample_rows(X, metric, n_train, rng)
+    return _kmeans(sample, nlist, metric, int(rng.integers(2**31 - 1)), KMEANS_ITERS)
+
+
+def _release_pages(X, a: int = 0, b: int | None = None) -> None:
+    """Drop the process's mapping of rows ``a:b`` of a read-only memory map.
+
+    The pages stay in the page cache (re-read from there on the next touch); they
+    just stop counting in this process's resident set, so reading a large
+    memory-mapped pool does not add the pool's size to the peak RSS. A no-op for
+    anything that is not a read-only ``np.memmap`` of a file.
+    """
+    import mmap
+
+    if not isinstance(X, np.memmap) or getattr(X, "mode", None) != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    base = X
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mm = base if isinstance(base, mmap.mmap) else getattr(X, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not X.flags.c_contiguous:
+        return
+    try:
+        start_addr = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    except (TypeError, ValueError):
+        return
+    b = X.shape[0] if b is None else b
+    row = X.strides[0]
+    lo = X.ctypes.data - start_addr + a * row
+    hi = X.ctypes.data - start_addr + b * row
+    page = mmap.PAGESIZE
+    lo = (lo + page - 1) // page * page  # whole pages inside the range only
+    hi = min(hi // page * page, len(mm))
+    if hi > lo:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass
+
+
+def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1):
+    """Nearest cell of every row, and its next ``nprobe - 1`` nearest cells (its probes).
+
+    Exact: one BLAS product of a block of rows against all centroids, then the
+    top cells per row. Exactness matters on the benchmark mixture: a two-level
+    assignment (coarse groups, then cells) put 10-20% of the rows in a cell other
+    than their nearest and recall@50 fell to 0.79, and probing the cells nearest
+    to a cell's *centroid* rather than to the query capped recall near 0.984 (in
+    64-128 dimensions with thousands of random cluster directions, centroids
+    say little about each other).
+    Returns ``(cell int32 (n,), probes int32 (n, nprobe - 1) or None)``.
+    """
+    n = X.shape[0]
+    nc = C.shape[0]
+    p = max(1, min(int(nprobe), nc))
     cell = np.empty(n, dtype=np.int32)
-    fm = _faiss_metric(metric)
-    with _progress(n, "kNN: assign cells", progress) as bar:
+    probes = np.empty((n, p - 1), dtype=np.int32) if p > 1 else None
+    l2 = metric != "cosine"
+    half = (0.5 * np.einsum("ij,ij->i", C, C)).astype(np.float32) if l2 else np.zeros(1, np.float32)
+    from ._knn_kernels import top_cells
+
+    pr = probes if probes is not None else np.empty((n, 0), dtype=np.int32)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    nt = _n_threads()
+    step = max(256, min(4096, (16 << 20) // (4 * max(1, nc))))  # <= 16 MB of scores per thread
+
+    def part(args):
+        blk, off, s0, s1 = args
+        top_cells(blk[s0:s1] @ C.T, half, l2, cell, pr, off + s0)
+
+    # threads over row blocks, BLAS single-threaded in each: steadier than BLAS's own
+    # threads on a shared machine, and the selection runs in the same threads
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(nt) as ex, \
+            _progress(n, "kNN: assign cells", progress) as bar:
         for a, b in iter_chunks(n, chunk_rows):
             blk = _prep_chunk(np.asarray(X[a:b]), metric, a)
-            _, i_ = faiss.knn(blk, C, 1, metric=fm)
-            cell[a:b] = i_[:, 0]
+            _release_pages(X, a, b)
+            list(ex.map(part, [(blk, a, s0, min(b - a, s0 + step)) for s0 in range(0, b - a, step)]))
             bar.update(b - a)
-    return cell
+    return cell, probes
+
+
+def estimate_nprobe(X, C: np.ndarray, metric: str, k: int, rng, *, target: float = AUTO_TARGET_RECALL,
+                    max_nprobe: int = AUTO_MAX_NPROBE, n_queries: int = 1000) -> tuple[int, dict]:
+    """The fewest probes whose estimated recall@k reaches ``target``, measured on the data.
+
+    A random tenth of the rows (at least 20,000) stands in for the pool: the exact
+    ``k' = k m / n`` nearest neighbours of ``n_queries`` random rows among those m
+    rows are about as near as their k nearest in the whole pool, and the share of
+    them that lie in the query's first p cells (ranked by the query's own scores,
+    as the search does) estimates recall@k with p probes. Costs about a tenth of
+    the cell assignment.
+    """
+    n = X.shape[0]
+    nc = C.shape[0]
+    m = min(n, max(20_000, n // 10))
+    rows = np.sort(rng.choice(n, size=m, replace=False))
+    S = np.empty((m, X.shape[1]), dtype=np.float32)
+    for a, b in iter_chunks(m, CHUNK_ROWS):
+        S[a:b] = _prep_chunk(np.asarray(X[rows[a:b]]), metric, 0)
+    _release_pages(X)
+    l2 = metric != "cosine"
+    half = (0.5 * np.einsum("ij,ij->i", C, C)).astype(np.float32) if l2 else np.zeros(1, np.float32)
+    from ._knn_kernels import top_cells
+
+    cell = np.empty(m, dtype=np.int32)
+    step = max(256, min(8192, (64 << 20) // (4 * max(1, nc))))
+    for a in range(0, m, step):
+        b = min(m, a + step)
+        top_cells(S[a:b] @ C.T, half, l2, cell, np.empty((m, 0), dtype=np.int32), a)
+    q = rng.choice(m, size=min(n_queries, m), replace=False)
+    kk = max(1, min(m - 1, int(round(k * m / n))))
+    Sq = S[q]
+    sq = Sq @ C.T
+    if l2:
+        sq -= half[None, :]
+    rank = np.empty_like(sq, dtype=np.int32)  # rank of every cell in each query's own order
+    np.put_along_axis(rank, np.argsort(-sq, axis=1, kind="stable"), np.arange(nc, dtype=np.int32)[None, :], 1)
+    hsq = 0.5 * np.einsum("ij,ij->i", S, S) if l2 else None
+    ranks = []
+    for a in range(0, q.shape[0], 250):
+        b = min(q.shape[0], a + 250)
+        sc = Sq[a:b] @ S.T
+        if l2:
+            sc -= hsq[None, :]
+        sc[np.arange(b - a), q[a:b]] = -np.inf  # not itself
+        nb = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+        ranks.append(np.take_along_axis(rank[a:b], cell[nb], 1))
+    ranks = np.concatenate(ranks).reshape(-1)
+    est = {p: float((ranks < p).mean()) for p in range(1, min(max_nprobe, nc) + 1)}
+    chosen = next((p for p, r in est.items() if r >= target), min(max_nprobe, nc))
+    return chosen, {"nprobe_estimated_recall": est[chosen], "nprobe_sample_rows": m, "nprobe_sample_k": kk}
+
+
+def default_nlist(n: int) -> int:
+    """Number of IVF cells for ``n`` rows (measured in BENCHMARKS.md, *kNN recall*)."""
+    return int(round(NLIST_PER_SQRT_N * math.sqrt(n)))
 
 
 def prepare_rows(X, metric: str, *, method: str = "auto", nlist: int | None = None,
@@ -185,6 +332,19 @@ def prepare_rows(X, metric: str, *, method: str = "auto", nlist: int | None = No
     Returns ``(Xp, order, cell_ptr, centroids, method)`` with ``Xp[i] = X[order[i]]``
     (normalised); ``cell_ptr`` delimits the cells in ``Xp`` (None for flat).
     """
+    return _prepare(X, metric, method=method, nlist=nlist, exact_max_rows=exact_max_rows,
+                    chunk_rows=chunk_rows, random_state=random_state, progress=progress)[:5]
+
+
+def _prepare(X, metric: str, *, method: str = "auto", nlist: int | None = None,
+             exact_max_rows: int = EXACT_MAX_ROWS, chunk_rows: int = CHUNK_ROWS,
+             random_state=0, progress: bool = False, nprobe=1, k: int = 50):
+    """:func:`prepare_rows`, plus a dict with each row's further probes (``Xp`` order) and timings.
+    A read-only memory map's pages are released as they are read (see
+    :func:`_release_pages`), so the input does not count in the peak RSS.
+    """
+    import time
+
     n, d = X.shape
     if method == "auto":
         method = "flat" if n <= exact_max_rows else "ivf"
@@ -194,73 +354,154 @@ def prepare_rows(X, metric: str, *, method: str = "auto", nlist: int | None = No
         Xp = np.empty((n, d), dtype=np.float32)
         for a, b in iter_chunks(n, chunk_rows):
             Xp[a:b] = _prep_chunk(np.asarray(X[a:b]), metric, a)
-        return Xp, np.arange(n, dtype=np.int64), None, None, "flat"
+            _release_pages(X, a, b)
+        return Xp, np.arange(n, dtype=np.int64), None, None, "flat", {}
     rng = np.random.default_rng(random_state)
     if nlist is None:
-        nlist = int(round(2 * math.sqrt(n)))
+        nlist = default_nlist(n)
     nlist = max(1, min(int(nlist), n // 4 if n >= 8 else 1))
+    t0 = time.perf_counter()
     C = _train_cells(X, metric, nlist, rng, progress)
-    cell = _assign(X, C, metric, chunk_rows, progress)
+    extra = {}
+    if nprobe == "auto":
+        nprobe, extra = estimate_nprobe(X, C, metric, k, rng)
+    elif isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
+    extra["nprobe"] = int(min(nprobe, C.shape[0]))
+    t1 = time.perf_counter()
+    cell, probes = _assign(X, C, metric, chunk_rows, progress, nprobe)
+    t2 = time.perf_counter()
+    nlist = C.shape[0]
     counts = np.bincount(cell, minlength=nlist)
     cell_ptr = np.zeros(nlist + 1, dtype=np.int64)
     np.cumsum(counts, out=cell_ptr[1:])
     order = np.argsort(cell, kind="stable").astype(np.int64)
+    del cell
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n, dtype=np.int64)
-    del cell
     Xp = np.empty((n, d), dtype=np.float32)
     for a, b in iter_chunks(n, chunk_rows):
         Xp[pos[a:b]] = _prep_chunk(np.asarray(X[a:b]), metric, a)
-    return Xp, order, cell_ptr, C, "ivf"
+        _release_pages(X, a, b)
+    del pos
+    if probes is not None:
+        probes = probes[order]
+    extra.update({"probes": probes, "train_s": t1 - t0, "assign_s": t2 - t1, "copy_s": time.perf_counter() - t2})
+    return Xp, order, cell_ptr, C, "ivf", extra
 
 
-def _knn_cells(Xp, cell_ptr, C, k: int, metric: str, nprobe: int, progress: bool, out=None):
-    """Blocked IVF search: each cell's rows against its ``nprobe`` nearest cells."""
-    import faiss
+def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=None,
+               want_d: bool = True, n_threads: int | None = None):
+    """Blocked IVF search: every row scans its own cell and its ``probes`` (its next nearest cells).
 
-    n = Xp.shape[0]
+    Batched by cell, so every distance is part of a dense BLAS product:
+    pass 0 multiplies each cell by itself; pass r (r = 1 .. nprobe - 1) groups
+    the rows by their r-th probe and multiplies each group by that cell. Each
+    block is folded into its rows' running top-k (numba, ``_knn_kernels``).
+    Within a pass every row is in exactly one group, so groups run in parallel
+    threads (BLAS single-threaded inside) without locks.
+    Returns ``(I, D)``; D (distances) only with ``want_d``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from . import _knn_kernels as KK
+
+    n, d = Xp.shape
     nlist = cell_ptr.shape[0] - 1
-    nprobe = max(1, min(int(nprobe), nlist))
-    fm = _faiss_metric(metric)
-    _, probe = faiss.knn(C, C, nprobe, metric=fm)
+    l2 = metric != "cosine"
+    half = np.zeros(1, dtype=np.float32)
+    if l2:
+        half = np.empty(n, dtype=np.float32)
+        for a, b in iter_chunks(n, CHUNK_ROWS):
+            half[a:b] = 0.5 * np.einsum("ij,ij->i", Xp[a:b], Xp[a:b])
     I = _out_indices(out, n, k)
-    I.fill(-1)
-    D = np.full((n, k), np.inf, dtype=np.float32)
-    with _progress(n, "kNN (IVF)", progress) as bar:
-        for c in range(nlist):
-            a, b = int(cell_ptr[c]), int(cell_ptr[c + 1])
-            if b == a:
-                continue
-            cells = probe[c]
-            if c not in cells:  # a cell always searches itself
-                cells = np.concatenate([[c], cells[:-1]])
-            cand = np.concatenate([np.arange(cell_ptr[j], cell_ptr[j + 1]) for j in cells if j >= 0])
-            kk = min(k + 1, cand.shape[0])
-            d_, i_ = faiss.knn(Xp[a:b], Xp[cand], kk, metric=fm)
-            valid = i_ >= 0
-            gi = np.where(valid, cand[np.maximum(i_, 0)], -1)
-            if kk == k + 1:
-                gi, d_ = _drop_self(gi, d_, np.arange(a, b), k)
-            else:  # fewer candidates than k + 1: drop self, pad
-                keep = gi != np.arange(a, b)[:, None]
-                for r in range(b - a):
-                    g = gi[r][keep[r]]
-                    dd = d_[r][keep[r]]
-                    m = min(k, g.shape[0])
-                    I[a + r, :m] = g[:m]
-                    D[a + r, :m] = dd[:m]
-                bar.update(b - a)
-                continue
-            I[a:b] = gi
-            D[a:b] = d_
-            bar.update(b - a)
-    if metric == "cosine":
-        D[I < 0] = -np.inf  # becomes +inf below via 1 - (-inf)
+    Kk = np.empty((n, k), dtype=np.float32)  # keys of the current best k (larger = nearer)
+    cap = BUFFER_PER_K * k
+    sizes = np.diff(cell_ptr)
+
+    def block(rows, Q, j, Bk, Bi, cnt, thr):
+        ja, jb = int(cell_ptr[j]), int(cell_ptr[j + 1])
+        if jb > ja:
+            blk = Q @ Xp[ja:jb].T
+            KK.heap_update(blk, np.arange(rows.shape[0]), rows, ja, half, l2, Bk, Bi, cnt, thr, k)
+
+    def own_cell(c):
+        a, b = int(cell_ptr[c]), int(cell_ptr[c + 1])
+        m = b - a
+        if m == 0:
+            return 0
+        rows = np.arange(a, b, dtype=np.int64)
+        Bk = np.empty((m, cap), dtype=np.float32)
+        Bi = np.empty((m, cap), dtype=np.int32)
+        cnt = np.zeros(m, dtype=np.int64)
+        thr = np.full(m, -np.inf, dtype=np.float32)
+        block(rows, Xp[a:b], c, Bk, Bi, cnt, thr)
+        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk)
+        return m
+
+    def probe_group(args):
+        j, rows = args
+        m = rows.shape[0]
+        Bk = np.empty((m, cap), dtype=np.float32)
+        Bi = np.empty((m, cap), dtype=np.int32)
+        cnt = np.zeros(m, dtype=np.int64)
+        thr = np.empty(m, dtype=np.float32)
+        KK.buf_init(Bk, Bi, cnt, thr, rows, I, Kk)
+        block(rows, Xp[rows], j, Bk, Bi, cnt, thr)
+        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk)
+        return m
+
+    nt = n_threads or _n_threads()
+    npass = 1 + (probes.shape[1] if probes is not None else 0)
+
+    def run(fn, items, bar):
+        if nt <= 1:
+            for it in items:
+                bar.update(fn(it))
+        else:
+            with ThreadPoolExecutor(nt) as ex:
+                for done in ex.map(fn, items, chunksize=4):
+                    bar.update(done)
+
+    with threadpool_limits(1, user_api="blas"), _progress(n * npass, "kNN (IVF)", progress) as bar:
+        # biggest cells first, so the threads finish together
+        run(own_cell, np.argsort(-sizes, kind="stable").tolist(), bar)
+        for r in range(npass - 1):
+            pr = probes[:, r]
+            o = np.argsort(pr, kind="stable")
+            bounds = np.searchsorted(pr[o], np.arange(nlist + 1))
+            groups = [(j, o[bounds[j]:bounds[j + 1]]) for j in range(nlist) if bounds[j + 1] > bounds[j]]
+            groups.sort(key=lambda g: -g[1].shape[0] * sizes[g[0]])
+            run(probe_group, groups, bar)
+            del o, groups
+    D = None
+    if want_d:
+        D = Kk
+        if metric == "cosine":
+            np.subtract(1.0, D, out=D)
+        else:
+            np.multiply(D, -2.0, out=D)
+            D += 2.0 * half[:, None]
+        np.maximum(D, 0.0, out=D)
+        if metric == "euclidean":
+            np.sqrt(D, out=D)
+        D[I < 0] = np.inf
     return I, D
 
 
+def _n_threads() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def knn_permuted(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
-                 nprobe: int = DEFAULT_NPROBE, nlist: int | None = None,
+                 nprobe: int | str = DEFAULT_NPROBE, nlist: int | None = None,
                  exact_max_rows: int = EXACT_MAX_ROWS, chunk_rows: int = CHUNK_ROWS,
                  random_state=0, progress: bool = False, out_indices=None,
                  return_distances: bool = True):
@@ -275,27 +516,32 @@ def knn_permuted(X, k: int = 50, *, metric: str = "cosine", method: str = "auto"
 
     k = _check(X, k, metric)
     t0 = time.perf_counter()
-    Xp, order, cell_ptr, C, method = prepare_rows(
+    Xp, order, cell_ptr, C, method, extra = _prepare(
         X, metric, method=method, nlist=nlist, exact_max_rows=exact_max_rows,
-        chunk_rows=chunk_rows, random_state=random_state, progress=progress,
+        chunk_rows=chunk_rows, random_state=random_state, progress=progress, nprobe=nprobe, k=k,
     )
     t1 = time.perf_counter()
     if method == "flat":
         I, D = _knn_flat(Xp, k, metric, progress, out_indices)
         info = {"nlist": None, "nprobe": None}
     else:
-        I, D = _knn_cells(Xp, cell_ptr, C, k, metric, nprobe, progress, out_indices)
-        info = {"nlist": int(cell_ptr.shape[0] - 1), "nprobe": int(min(nprobe, cell_ptr.shape[0] - 1))}
-    if return_distances:
-        _to_distance(D, metric)
-    else:
-        D = None
+        probes = extra.pop("probes")
+        I, D = _knn_cells(Xp, cell_ptr, probes, k, metric, progress, out_indices,
+                          want_d=return_distances)
+        del probes
+        info = {"nlist": int(cell_ptr.shape[0] - 1)}
+        info.update(extra)
+    if method == "flat":
+        if return_distances:
+            _to_distance(D, metric)
+        else:
+            D = None
     info.update({"k": k, "prepare_s": t1 - t0, "search_s": time.perf_counter() - t1})
     return Xp, order, I, D, method, info
 
 
 def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
-              nprobe: int = DEFAULT_NPROBE, nlist: int | None = None,
+              nprobe: int | str = DEFAULT_NPROBE, nlist: int | None = None,
               exact_max_rows: int = EXACT_MAX_ROWS, chunk_rows: int = CHUNK_ROWS,
               random_state=0, progress: bool = False) -> KNNResult:
     """Directed k-nearest-neighbour lists of the rows of ``X`` (self excluded).
@@ -309,8 +555,12 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
     metric : {"cosine", "euclidean", "sqeuclidean"}
     method : {"auto", "flat", "ivf"}
         ``auto``: exact below ``exact_max_rows`` rows, IVF above.
-    nprobe, nlist : int
-        IVF cells probed per query cell, and number of cells (default ``2 sqrt(n)``).
+    nprobe : int or "auto"
+        IVF cells each row scans (its own nearest cells). ``"auto"`` (default)
+        measures the fewest that reach an estimated recall@k of 0.99 on a sample
+        (:func:`estimate_nprobe`), at most 24.
+    nlist : int
+        Number of cells (default ``2 sqrt(n)``).
     progress : bool
         tqdm progress bars.
 
