@@ -225,7 +225,7 @@ def peak_rss_bytes() -> int:
     return _status("VmHWM")
 
 
-def run_case(data: Path, method: str, metric: str = "cosine", k: int = 50, nprobe: int | None = None,
+def run_case(data: Path, method: str, metric: str = "cosine", k: int = 50, nprobe=None,
              rows: int = 0, save_z: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "_case", "--data", str(data), "--method", method,
            "--metric", metric, "--k", str(k), "--rows", str(rows)]
@@ -292,9 +292,9 @@ def cmd_scale(args) -> list[dict]:
     """Graph HAC at scale: wall, CPU, and the peak RSS of every step (sampled in the child)."""
     path = blobs_path(args.n, args.d)
     print(f"data {path}; load before: {os.getloadavg()}")
-    print("| n | d | k | run | wall s | CPU s | load (1 min) | kNN s | symmetrise s | merge s | peak GB (VmHWM) | "
-          "edges | rounds | components |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| n | d | k | run | wall s | CPU s | load (1 min) | kNN s | nlist / nprobe | symmetrise s | merge s | "
+          "peak GB (VmHWM) | edges | rounds | components |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs = []
     for r in range(args.repeats):
         g = run_case(path, "graph", args.metric, k=args.k, nprobe=args.nprobe)
@@ -305,7 +305,7 @@ def cmd_scale(args) -> list[dict]:
         t = g["timings"]
         merge = t["merge"] + t["join_components"]
         print(f"| {args.n:,} | {args.d} | {args.k} | {r} | {g['wall']:.1f} | {g['cpu']:.1f} | {g['load'][0]:.1f} | "
-              f"{t['knn']:.1f} | {t['symmetrize']:.1f} | {merge:.1f} | {_gb(g['peak_bytes'])} | {t['edges']:,} | "
+              f"{t['knn']:.1f} | {t.get('knn_nlist', '-')} / {t.get('knn_nprobe', '-')} | {t['symmetrize']:.1f} | {merge:.1f} | {_gb(g['peak_bytes'])} | {t['edges']:,} | "
               f"{t['rounds']} | {t['components']} |", flush=True)
         runs.append(g)
     print()
@@ -327,6 +327,15 @@ def cmd_scale(args) -> list[dict]:
     return runs
 
 
+def _nprobe(v):
+    """--nprobe: an int, "auto", or None for the library default."""
+    if v is None:
+        from batchal.clustering.knn import DEFAULT_NPROBE
+
+        return DEFAULT_NPROBE
+    return v if v == "auto" else int(v)
+
+
 def cmd_recall(args) -> list[dict]:
     """Recall of the approximate kNN lists against brute force on a random sample of query rows."""
     import faiss
@@ -334,13 +343,16 @@ def cmd_recall(args) -> list[dict]:
     from batchal.clustering.knn import knn_graph, recall
 
     rows = []
-    print("| n | d | k | nprobe | kNN s | recall@k (sample) |")
-    print("|---|---|---|---|---|---|")
+    print("| n | d | k | nlist | nprobe | estimated recall (auto) | kNN s | CPU s | load | recall@k (sample) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         X = np.load(blobs_path(n, args.d), mmap_mode="r")
         t0 = time.perf_counter()
-        r = knn_graph(X, args.k, metric=args.metric, nprobe=args.nprobe or 12, method="ivf")
+        c0 = time.process_time()
+        r = knn_graph(X, args.k, metric=args.metric, nprobe=_nprobe(args.nprobe), method="ivf")
         dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        load = os.getloadavg()[0]
         q = np.random.default_rng(1).choice(n, size=min(n, args.queries), replace=False)
         Xn = np.array(X, dtype=np.float32, order="C")  # a copy: the memmap is read-only
         if args.metric == "cosine":
@@ -352,7 +364,9 @@ def cmd_recall(args) -> list[dict]:
         _, I = index.search(Xn[q], args.k + 1)
         exact = np.stack([row[row != qi][: args.k] for row, qi in zip(I, q)])
         rec = recall(r.indices[q], exact)
-        print(f"| {n:,} | {args.d} | {args.k} | {r.info['nprobe']} | {dt:.1f} | {rec:.4f} |", flush=True)
+        est = r.info.get("nprobe_estimated_recall")
+        print(f"| {n:,} | {args.d} | {args.k} | {r.info['nlist']} | {r.info['nprobe']} | "
+              f"{'' if est is None else f'{est:.4f}'} | {dt:.1f} | {cpu:.1f} | {load:.1f} | {rec:.4f} |", flush=True)
         rows.append({"n": n, "d": args.d, "k": args.k, "knn_s": dt, "recall": rec, "info": r.info})
         del Xn, index
     return rows
@@ -370,12 +384,12 @@ def main(argv=None):
     s.add_argument("--n", type=int, default=1_000_000)
     s.add_argument("--d", type=int, default=128)
     s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--nprobe", type=int, default=None)
+    s.add_argument("--nprobe", default=None, help="an int or auto (default: the library's)")
     rc = sub.add_parser("recall")
     rc.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     rc.add_argument("--d", type=int, default=128)
     rc.add_argument("--queries", type=int, default=2000)
-    rc.add_argument("--nprobe", type=int, default=None)
+    rc.add_argument("--nprobe", default=None, help="an int or auto (default: the library's)")
     for p in (c, r, s, rc):
         p.add_argument("--metric", default="cosine")
         p.add_argument("--k", type=int, default=50)
@@ -385,15 +399,12 @@ def main(argv=None):
     x.add_argument("--method", required=True)
     x.add_argument("--metric", default="cosine")
     x.add_argument("--k", type=int, default=50)
-    x.add_argument("--nprobe", type=int, default=None)
+    x.add_argument("--nprobe", default=None)
     x.add_argument("--rows", type=int, default=0)
     x.add_argument("--save-z", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "_case":
-        if args.nprobe is None:
-            from batchal.clustering.knn import DEFAULT_NPROBE
-
-            args.nprobe = DEFAULT_NPROBE
+        args.nprobe = _nprobe(args.nprobe)
         return _case(args)
     res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale, "recall": cmd_recall}[args.cmd](args)
     if args.json:

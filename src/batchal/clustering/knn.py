@@ -33,7 +33,7 @@ EXACT_MAX_ROWS = 20_000
 #: (:func:`estimate_nprobe`): the fewest reaching an estimated recall@k of AUTO_TARGET_RECALL.
 DEFAULT_NPROBE = "auto"
 AUTO_TARGET_RECALL = 0.99
-AUTO_MAX_NPROBE = 24
+AUTO_MAX_NPROBE = 16
 #: IVF cells per sqrt(n) rows.
 NLIST_PER_SQRT_N = 2.0
 #: Candidate buffer per query in the search, in multiples of k.
@@ -268,19 +268,19 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
 
 
 def estimate_nprobe(X, C: np.ndarray, metric: str, k: int, rng, *, target: float = AUTO_TARGET_RECALL,
-                    max_nprobe: int = AUTO_MAX_NPROBE, n_queries: int = 1000) -> tuple[int, dict]:
+                    max_nprobe: int = AUTO_MAX_NPROBE, n_queries: int = 2000) -> tuple[int, dict]:
     """The fewest probes whose estimated recall@k reaches ``target``, measured on the data.
 
-    A random tenth of the rows (at least 20,000) stands in for the pool: the exact
+    A random tenth of the rows (at least 20,000, at most 250,000) stands in for the pool: the exact
     ``k' = k m / n`` nearest neighbours of ``n_queries`` random rows among those m
     rows are about as near as their k nearest in the whole pool, and the share of
     them that lie in the query's first p cells (ranked by the query's own scores,
-    as the search does) estimates recall@k with p probes. Costs about a tenth of
+    as the search does) estimates recall@k with p probes. Costs at most a tenth of
     the cell assignment.
     """
     n = X.shape[0]
     nc = C.shape[0]
-    m = min(n, max(20_000, n // 10))
+    m = min(n, max(20_000, min(n // 10, 250_000)))
     rows = np.sort(rng.choice(n, size=m, replace=False))
     S = np.empty((m, X.shape[1]), dtype=np.float32)
     for a, b in iter_chunks(m, CHUNK_ROWS):
@@ -558,7 +558,7 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
     nprobe : int or "auto"
         IVF cells each row scans (its own nearest cells). ``"auto"`` (default)
         measures the fewest that reach an estimated recall@k of 0.99 on a sample
-        (:func:`estimate_nprobe`), at most 24.
+        (:func:`estimate_nprobe`), at most 16.
     nlist : int
         Number of cells (default ``2 sqrt(n)``).
     progress : bool
