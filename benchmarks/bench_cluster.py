@@ -233,7 +233,11 @@ def run_case(data: Path, method: str, metric: str = "cosine", k: int = 50, nprob
         cmd += ["--nprobe", str(nprobe)]
     if save_z:
         cmd += ["--save-z", str(save_z)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    # OpenMP threads (faiss's k-means, numba's parallel loops) sleep rather than spin
+    # while waiting: on a shared, oversubscribed machine spinning threads cost
+    # several times their work (set OMP_WAIT_POLICY to override).
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": (out.stderr or "")[-2000:], "returncode": out.returncode}
     return json.loads(out.stdout.strip().splitlines()[-1])

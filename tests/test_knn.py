@@ -146,3 +146,29 @@ def test_ivf_default_settings_reach_recall_098(metric):
     got = np.take_along_axis(D, r.indices[q].astype(np.int64), 1)
     np.testing.assert_allclose(r.distances[q], got, rtol=1e-3, atol=1e-3)
     assert (np.diff(r.distances[q], axis=1) >= -1e-6).all()  # nearest first
+
+
+def test_release_pages_drops_a_read_only_map_from_rss_not_the_data(tmp_path):
+    """Reading a memory-mapped pool must not add the pool to the resident set (issue 8)."""
+    import sys
+
+    from batchal.clustering.knn import _release_pages
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+
+    def rss_file():
+        with open("/proc/self/status") as fh:
+            return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("RssFile:"))
+
+    X = np.random.default_rng(0).standard_normal((64 * 1024, 128)).astype(np.float32)  # 32 MB
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    total = float(np.asarray(Xm).sum(dtype=np.float64))  # touch every page
+    before = rss_file()
+    _release_pages(Xm)
+    assert rss_file() < before - 24 * 2**20
+    assert float(np.asarray(Xm).sum(dtype=np.float64)) == total  # the data is still there
+    Xw = np.array(X)  # not a memory map: a no-op
+    _release_pages(Xw)
+    np.testing.assert_array_equal(Xw, X)

@@ -1,22 +1,26 @@
-"""k-nearest-neighbour graph of the embeddings with faiss-cpu.
+"""k-nearest-neighbour graph of the embeddings with faiss-cpu (k-means) and BLAS.
 
 Two routes:
 
 * ``flat``: exact brute force (BLAS) in query chunks, for small pools.
-* ``ivf``: an inverted-file partition. Rows are assigned to ``nlist`` k-means
-  cells (about ``2 sqrt(n)``) and stored *sorted by cell*; all queries of one
-  cell are searched together against the rows of the ``nprobe`` cells nearest
-  to that cell's centroid. Searching a whole cell at once turns the scan into
-  one dense matrix product per cell (faiss' BLAS path), about 3x faster on this
-  hardware than per-query IVF-Flat search at the same recall, and the cell
-  order doubles as a locality-preserving renumbering for the HAC that follows.
-  Probing by the cell's centroid rather than by each query loses a little
-  recall for rows near a cell border; ``tests/test_knn.py`` asserts the recall
-  against brute force.
+* ``ivf``: an inverted-file partition, searched in dense blocks.
+  Rows are assigned *exactly* to the nearest of ``nlist`` k-means cells
+  (``2 sqrt(n)``; one BLAS product of a block of rows against all centroids),
+  and the same product gives each row its ``nprobe - 1`` next-nearest cells:
+  its probes. Rows are stored sorted by cell. The search is batched by cell so
+  that every distance is part of a dense matrix product: each cell against
+  itself, then, per probe rank, the rows grouped by the cell they probe against
+  that cell. Blocks are folded into per-row top-k buffers by a numba kernel
+  (``_knn_kernels``); groups run in threads with single-threaded BLAS.
+  ``nprobe="auto"`` (default) measures on a sample the fewest probes reaching an
+  estimated recall@k of 0.99 (:func:`estimate_nprobe`). BENCHMARKS.md (*kNN:
+  what was measured*) gives the recall/time trade-offs behind these choices;
+  ``tests/test_knn.py`` asserts the recall against brute force. The cell order
+  doubles as a locality-preserving renumbering for the HAC that follows.
 
 The user's array is never modified and may be a memory map: it is read in row
 chunks (normalised per chunk for cosine) and copied once, as float32, into the
-cell order.
+cell order; a read-only map's pages are released after each chunk.
 """
 from __future__ import annotations
 

@@ -77,6 +77,8 @@ def write_report(model, out_path) -> dict:
     rep = cluster_summary(labels)
     timings = {}
     for k, v in getattr(model, "timings_", {}).items():
+        if isinstance(v, (list, tuple, dict)):  # e.g. the per-step timestamps
+            continue
         timings[k] = float(v) if isinstance(v, (float, np.floating)) else (int(v) if isinstance(v, (int, np.integer)) else str(v))
     rep.update({
         "threshold": float(model.threshold_),
