@@ -142,11 +142,21 @@ def _fmt_saving(v):
     return f"{'≥ ' if bound else ''}{100 * m:+.1f}% ± {100 * s:.1f}"
 
 
-def write_outputs(res, out_dir) -> Path:
-    """Write every output of a simulation to ``out_dir``; returns the summary path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def write_outputs(res, out_dir, *, name: str | None = None) -> Path:
+    """Write every output of a simulation to ``out_dir``; returns the summary path.
 
+    The files are built in a staging folder and moved in together, so a failure
+    (a plot, the summary) leaves ``out_dir`` as it was, never a partial set.
+    ``name`` is the option ``out_dir`` came from, for error messages.
+    """
+    from ..io import atomic_directory
+
+    with atomic_directory(out_dir, name=name) as stage:
+        _write_all(res, stage)
+    return Path(out_dir) / "summary.md"
+
+
+def _write_all(res, out: Path) -> None:
     def _csv(tmp):
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
@@ -158,7 +168,8 @@ def write_outputs(res, out_dir) -> Path:
     diags = [{k: v for k, v in d.items() if k != "cluster_sizes"} for d in res.diagnostics]
     meta = {"dataset": res.dataset, "config": {k: v for k, v in vars(res.config).items()},
             "full_pool_score": res.full_score, "metric": res.metric_name, "seconds": res.seconds,
-            "diagnostics": diags, "redundancy": getattr(res, "redundancy", None)}
+            "diagnostics": diags, "redundancy": getattr(res, "redundancy", None),
+            "class_names": getattr(res, "class_names", None)}
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
     _plot_curves(res, out / "curves.png")
     _plot_diagnostics(res, out / "diagnostics.png")
@@ -167,7 +178,6 @@ def write_outputs(res, out_dir) -> Path:
         _plot_cluster_sizes(np.asarray(sizes[0]), out / "cluster_sizes.png", res)
     text = summary_markdown(res)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
-    return out / "summary.md"
 
 
 def _share(v) -> str:
