@@ -192,10 +192,10 @@ def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
     The greedy kernels are resumable, so calling them block by block gives the
     same picks as one call while the bar advances between blocks.
     """
-    from tqdm.auto import tqdm
+    from .._progress import progress  # a bar on a terminal, a line per 10% in a log
 
     step = max(1, -(-k // n_blocks))
-    with tqdm(total=k, desc=desc, unit="picks", disable=not enabled, leave=False, mininterval=0.5) as bar:
+    with progress(k, desc, enabled=enabled, unit="picks") as bar:
         for a in range(0, k, step):
             b = min(k, a + step)
             yield a, b
