@@ -134,7 +134,7 @@ def test_other_bad_inputs_fail_cleanly(files):
         ({"--batch-size": 10_000}, "larger than the unlabeled pool"),
         ({"--labeled": tmp / "L_rep.npy"}, "repeated"),
         ({"--labeled": tmp / "L_oob.npy"}, "out of range"),
-        ({"--strategy": "coreset"}, "needs embeddings"),
+        ({"--strategy": "coreset"}, "needs --embeddings"),
         ({"--strategy": "coreset", "--probs": None}, "pool is empty"),
         ({"--strategy": "cluster-margin"}, "needs clusters"),
         ({"--strategy": "coreset", "--embeddings": tmp / "E_short.npy"}, "disagree"),
