@@ -187,3 +187,15 @@ def test_npz_datasets_refused_before_any_work(tmp_path, arrays, msg):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(BatchalInputError, match=f"--data: .*({msg})"):
         load_npz(tmp_path / "d.npz")
+
+
+def test_api_warns_about_unread_non_finite_inputs_and_refuses_negative_seeds():
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.ones(3), 30)
+    E = rng.normal(size=(30, 4))
+    E[4, 1] = np.inf
+    with pytest.warns(UserWarning, match=r"embeddings contains infinite values \(first at row 4\); strategy 'margin'"):
+        a = batchal.select("margin", 5, probs=P, embeddings=E, seed=0)
+    np.testing.assert_array_equal(a, batchal.select("margin", 5, probs=P, seed=0))  # the batch is unaffected
+    with pytest.raises(BatchalInputError, match="seed"):
+        batchal.select("random", 5, probs=P, seed=-1)
