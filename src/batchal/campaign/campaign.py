@@ -627,7 +627,7 @@ class Campaign:
             missing = [c for c in columns if c not in names]
             if missing:
                 raise BatchalInputError(f"--data-column {missing[0]!r} is not a column of {f} (columns: {', '.join(names)})")
-            t = pq.read_table(f, columns=[id_col, *columns])
+            t = pq.ParquetFile(f).read(columns=[id_col, *columns])
             tid = index.cast(t.column(id_col), f)
             hit = pc.is_in(tid, value_set=want)
             sub = t.filter(hit)

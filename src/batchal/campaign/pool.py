@@ -130,6 +130,15 @@ def _parquet_files(p: Path) -> list[Path]:
     return [p]
 
 
+def read_parquet(p: Path, columns=None) -> pa.Table:
+    """A Parquet file or a directory of shards, file by file (``pq.read_table`` would import
+    pyarrow.dataset and pandas: half a second for every command)."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.ParquetFile(f).read(columns=columns) for f in _parquet_files(p)]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
 def _list_values(col: pa.Array, name: str, ids: pa.Array, dim: int | None) -> np.ndarray:
     """(rows, d) float array from a fixed-size-list or list column; refuses nulls and ragged rows."""
     if isinstance(col, pa.ChunkedArray):
@@ -359,7 +368,7 @@ def read_predictions(path, index: IdIndex, *, id_column: str = "id", probs_colum
                                     "--probs-column or --logits-column")
         col, kind = found[0], found[0]
     try:
-        table = pq.read_table(p, columns=[id_column, col])
+        table = read_parquet(p, columns=[id_column, col])
     except Exception as exc:
         raise BatchalInputError(f"--predictions: cannot read {p}: {exc}") from exc
     name = f"--predictions {p.name}: column {col!r}"
@@ -466,7 +475,7 @@ def read_labels(path, *, id_column: str = "id", label_column: str = "label", fmt
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(p)
+            table = read_parquet(p)
         except Exception as exc:
             raise BatchalInputError(f"labels {p.name}: cannot read {p}: {exc}") from exc
     else:

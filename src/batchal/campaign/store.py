@@ -309,7 +309,11 @@ class Store:
     def write_file(self, conn, kind: str, suffix: str, write_fn, *, where: str = "arrays", shape=None, dtype=None) -> str:
         """Write a new file atomically (temp, fsync, rename, fsync dir) and register it."""
         name = self.new_name(kind, suffix, where)
-        atomic_write(self.path_of(name), write_fn)
+
+        def _write(tmp):
+            write_fn(tmp)
+            crash_point(f"file-tmp:{kind}")  # killed here: a temporary file for the next writer to delete
+        atomic_write(self.path_of(name), _write)
         fsync_dir(self.path_of(name).parent)
         crash_point(f"file-written:{kind}")
         return self.register(conn, name, kind, shape=shape, dtype=dtype)
