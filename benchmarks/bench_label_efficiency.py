@@ -53,12 +53,13 @@ CONFIGS = {
 # the pool is made redundant), 6 rounds. Each dataset plain and with web-like redundancy
 # (`--redundancy zipf`: each row repeated m ~ Zipf(2) times, at most 50, copies perturbed),
 # each with logistic regression and with the simulator's MLP.
-SUITE_STRATEGIES = "margin,cluster-margin,cluster-margin:order=margin,badge,random"
+SUITE_STRATEGIES = ("margin,cluster-margin,cluster-margin:order=margin,cluster-margin:order=margin:tol=0.05,"
+                    "cluster-margin:order=margin:tol=0.1,badge,random")
 SUITE_POOLS = {
     # name: (dataset options, trials with logreg, trials with the MLP, extra MLP options)
     "digits": (["--dataset", "digits"], 5, 3, []),
-    "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], 3, 3, []),
-    "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], 3, 3, ["--max-steps", "3000"]),
+    "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], 5, 3, []),
+    "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], 5, 3, ["--max-steps", "3000"]),
 }
 
 

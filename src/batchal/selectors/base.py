@@ -117,7 +117,12 @@ def available_strategies() -> list[str]:
 
 
 def get_selector(name: str, **params) -> "Selector":
-    """Instantiate a registered selector by name."""
+    """Instantiate a registered selector by name or by spec (``NAME:key=value...``)."""
+    if isinstance(name, str) and ":" in name:
+        from .spec import parse_spec
+
+        spec = parse_spec(name)
+        return spec.make(random_state=params.pop("random_state", None), **params)
     try:
         cls = REGISTRY[name]
     except KeyError:
