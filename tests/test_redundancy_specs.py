@@ -255,3 +255,14 @@ def test_tol_variant_reads_logits_like_probs(rng):
     cl = rng.integers(0, 30, 300)
     np.testing.assert_array_equal(select("cluster-margin:order=margin:tol=0.05", 30, logits=Z, clusters=cl),
                                   select("cluster-margin:order=margin:tol=0.05", 30, probs=P, clusters=cl))
+
+
+def test_select_cli_prints_the_redundancy_of_the_candidates(tmp_path):
+    arrays = make_pool()
+    for k, v in arrays.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    res = CliRunner().invoke(app, ["select", "--strategy", "cluster-margin:order=margin:tol=0.05", "-k", "30",
+                                   "--probs", str(tmp_path / "probs.npy"), "--clusters", str(tmp_path / "clusters.npy"),
+                                   "--labeled", str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy")])
+    assert res.exit_code == 0, res.output
+    assert "redundancy: margin's own batch" in res.output and "near-duplicates" in res.output

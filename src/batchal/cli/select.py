@@ -89,6 +89,10 @@ def select(
             f"load {t1 - t0:.2f}s, select {t2 - t1:.2f}s)",
             highlight=False, markup=False,
         )
+        if getattr(selector, "diagnostics_", None):
+            from ..selectors.cluster_margin import describe_redundancy
+
+            err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
 
 
 @app.command()

@@ -224,6 +224,18 @@ def redundancy_diagnostics(cand_cids: np.ndarray, k: int) -> dict:
     }
 
 
+def describe_redundancy(diag: dict) -> str:
+    """One plain sentence on how redundant the uncertain candidates are (printed by ``batchal select``)."""
+    text = (f"redundancy: margin's own batch would take {100 * diag['margin_batch_repeat_share']:.0f}% of its rows "
+            f"from clusters it already covers ({diag['margin_batch_clusters']:,} clusters); "
+            f"{diag['candidate_clusters']:,} clusters among the k_m = {diag['k_m']:,} candidates")
+    if "margin_batch_near_duplicate_share" in diag:
+        nd = diag["margin_batch_near_duplicate_share"]
+        text += (f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate"
+                 + (" (diversity pays)" if nd >= 0.1 else " (little to gain from diversity)"))
+    return text
+
+
 def _candidate_probs(pool: Pool, cand: np.ndarray) -> np.ndarray:
     """Probabilities of the candidate rows only (softmax/sigmoid of logits when logits were given)."""
     from .. import scores
