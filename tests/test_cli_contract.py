@@ -198,6 +198,7 @@ CASES = [
     ("simulate-trials-zero", (*SIM, "--trials", 0, "--out", OUT_SIM), ["--trials"]),
     ("simulate-target-nan", (*SIM, "--target", "nan", "--out", OUT_SIM), ["--target"]),
     ("simulate-data-and-dataset", (*SIM, "--dataset", "digits", "--out", OUT_SIM), ["--data", "--dataset"]),
+    ("simulate-size-too-small", ("simulate", "--dataset", "blobs", "--size", 5, "--out", OUT_SIM, "-q"), ["--size"]),
     *[(f"data-{tag}", ("simulate", "--data", f, *SIM[3:], "--out", OUT_SIM), ["--data", *extra])
       for tag, f, extra in [
           ("truncated", "d_trunc.npz", ["d_trunc.npz"]), ("text", "d_text.npz", ["d_text.npz"]),

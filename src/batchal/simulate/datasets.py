@@ -336,10 +336,14 @@ def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress:
         return subsample_pool(load_digits(seed), size, seed)
     if name == "fashion-mnist":
         return subsample_pool(load_fashion_mnist(), size, seed)
-    if name == "mnist1d":
-        return load_mnist1d(n=size or 100_000, seed=seed, progress=progress)
-    if name == "blobs":
-        return load_blobs(n=size or 20_000, seed=seed)
-    if name == "multilabel":
-        return load_multilabel(n=size or 6_000, seed=seed)
+    makers = {"mnist1d": lambda: load_mnist1d(n=size or 100_000, seed=seed, progress=progress),
+              "blobs": lambda: load_blobs(n=size or 20_000, seed=seed),
+              "multilabel": lambda: load_multilabel(n=size or 6_000, seed=seed)}
+    if name in makers:
+        try:
+            return makers[name]()
+        except BatchalInputError:
+            raise
+        except ValueError as exc:  # scikit-learn's stratified split of a pool too small for its classes
+            raise BatchalInputError(f"--size {size}: too small a pool for {name} ({exc})") from None
     raise BatchalInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or pass --data FILE.npz")
