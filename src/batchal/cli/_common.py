@@ -124,7 +124,7 @@ def finite(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 #: Every command's ``--seed``: the same default everywhere, so a run is reproducible unless asked otherwise.
 DEFAULT_SEED = 0
 SEED_HELP = "random seed: the same seed gives the same result"
-QUIET_HELP = "print nothing but errors (no progress, no report)"
+QUIET_HELP = "print only errors and warnings: no progress, no summary (files are written all the same)"
 
 
 class Metric(str, Enum):
