@@ -349,3 +349,25 @@ def test_help_has_no_bool_placeholders_and_every_option_is_described(server):
                 "--quiet"):
         line = next(x for x in out.splitlines() if opt + " " in x)
         assert len(line.split(opt, 1)[1].strip(" │")) > 25, line  # more than a type and a default
+
+
+def test_cluster_and_recut_report_once_and_say_where(server):
+    d = server.root / "out" / "cluster-report"
+    d.mkdir(parents=True)
+    rc, out, err = server.run("cluster", "-e", "E.npy", "--method", "graph", "--knn", 10, "--save-tree", d / "T.npy",
+                              "--out", d / "C.npy")
+    assert rc == 0, err
+    both = out + err
+    assert both.count("method: graph") == 1 and "seed 0" in err
+    assert f"report: {d / 'C.report.json'}" in out and f"size histogram: {d / 'C.sizes.png'}" in out
+    rc, out, err = server.run("recut", "--tree", d / "T.npy", "--mean-cluster-size", 20, "--out", d / "C20.npy")
+    assert rc == 0, err
+    assert "metric None" not in out and "in the tree's metric" in out
+    rc, _, err = server.run("recut", "--tree", d / "T.npy", "--out", d / "C30.npy", "--no-report", "-q")
+    assert rc == 0 and not (d / "C30.report.json").exists() and not (d / "C30.sizes.png").exists()
+
+
+def test_strategies_prints_plain_text(server):
+    rc, out, _ = server.run("strategies")
+    assert rc == 0 and "``" not in out and ":func:" not in out
+    assert "margin: The k unlabeled rows with the smallest margin" in out
