@@ -138,6 +138,10 @@ def test_label_rules(camp):
         assert r.exit_code == 2 and msg in r.output, (name, r.output)
         assert r.output.count("error:") == 1
         assert status(d)["labeled"] == 0, name  # nothing half-written
+    (tmp / "nolabel.csv").write_text(f"id,class\n{b[-1]},{truth(b[-1])}\n")
+    r = run("label", d, tmp / "nolabel.csv", ok=False)
+    assert r.exit_code == 2 and "no column 'label'" in r.output and "--label-column" in r.output
+    assert "1 new labels" in run("label", d, tmp / "nolabel.csv", "--label-column", "class").output
     write_label_csv(tmp / "ok.csv", b[:10] + b[:2])  # a repeated row with the same label is fine
     assert "10 new labels" in run("label", d, tmp / "ok.csv").output
     assert "0 new labels, 10 already recorded" in run("label", d, tmp / "ok.csv").output  # a no-op
@@ -161,7 +165,7 @@ def test_label_rules(camp):
     write_json(tmp / "foreign.json", ls_export(tasks, {b[17]: "cat"}))
     r = run("label", d, tmp / "foreign.json", ok=False)
     assert "another campaign" in r.output
-    assert status(d)["labeled"] == 15
+    assert status(d)["labeled"] == 16
     assert "ok" in run("check", d).output
 
 
@@ -206,6 +210,10 @@ def test_bad_pools(tmp_path):
     run("init", tmp_path / "nocol", "--pool", tmp_path / "nocol.parquet", "--id-column", "key")
     r = run("init", tmp_path / "nocol", "--pool", tmp_path / "dup.parquet", ok=False)
     assert "already a campaign" in r.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    r = run("init", tmp_path / "mine", "--pool", tmp_path / "nocol.parquet", "--id-column", "key", ok=False)
+    assert "holds other files (notes.txt)" in r.output and (tmp_path / "mine" / "notes.txt").exists()
 
 
 def test_bad_predictions(camp):

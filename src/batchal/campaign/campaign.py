@@ -324,6 +324,7 @@ class Campaign:
             index = self._index(conn)
             n = index.n
             preds = None
+            t_open = time.perf_counter()
             if predictions is not None:
                 preds = read_predictions(predictions, index, id_column=id_column or self._meta(conn, "id_column"),
                                          probs_column=probs_column, logits_column=logits_column, multilabel=multilabel)
@@ -389,7 +390,7 @@ class Campaign:
                                                  seed=seed_used))
         t3 = time.perf_counter()
         return Batch(r, item_ids, scores, labels, False, spec.text, seed_used,
-                     dict(read=t1 - t0, select=t2 - t1, record=t3 - t2))
+                     dict(open=t_open - t0, read=t1 - t_open, select=t2 - t1, record=t3 - t2))
 
     def _reuse(self, conn, opened, batch_size, strategy, seed, preds, multilabel, predictions) -> Batch:
         r, k0, strat0, seed0, sha0, seed_used, ml0 = opened
@@ -554,15 +555,19 @@ class Campaign:
         conn.execute("DELETE FROM q")
 
     # ------------------------------------------------------------------ export
-    def batch(self, round: int) -> dict:
-        """The recorded batch of a round: ids, scores, predictions, status of each item."""
+    def batch(self, round: int, *, labels: bool = True) -> dict:
+        """The recorded batch of a round: ids, scores, predictions, whether returned, labels (if asked)."""
         with self._store.read() as conn:
             if conn.execute("SELECT 1 FROM rounds WHERE round=?", (round,)).fetchone() is None:
                 known = [r[0] for r in conn.execute("SELECT round FROM rounds ORDER BY round")]
                 raise BatchalInputError(f"no round {round} (rounds: {format_ids(known, 20) if known else 'none yet'})")
-            rows = conn.execute(
-                "SELECT b.item_id, b.score, b.pred, b.returned, l.label FROM batch_items b LEFT JOIN labels l "
-                "ON l.row=b.row AND l.round=b.round WHERE b.round=? ORDER BY b.pos", (round,)).fetchall()
+            if labels:
+                rows = conn.execute(
+                    "SELECT b.item_id, b.score, b.pred, b.returned, l.label FROM batch_items b LEFT JOIN labels l "
+                    "ON l.row=b.row AND l.round=b.round WHERE b.round=? ORDER BY b.pos", (round,)).fetchall()
+            else:
+                rows = conn.execute("SELECT item_id, score, pred, returned, NULL FROM batch_items WHERE round=? "
+                                    "ORDER BY pos", (round,)).fetchall()
             meta = dict(campaign_id=self._meta(conn, "campaign_id"), id_column=self._meta(conn, "id_column"))
         return dict(round=round, ids=[r[0] for r in rows], scores=[r[1] for r in rows],
                     predictions=[r[2] for r in rows], returned=[bool(r[3]) for r in rows],
@@ -585,7 +590,7 @@ class Campaign:
                                     "(or end the file in .csv, .jsonl or .json)")
         if data_columns and fmt != "labelstudio":
             raise BatchalInputError("--data-column is for --format labelstudio")
-        b = self.batch(round)
+        b = self.batch(round, labels=False)
         if fmt == "csv":
             def _w(tmp):
                 with open(tmp, "w") as fh:
@@ -919,3 +924,4 @@ def nearest(base: np.ndarray, queries: np.ndarray, metric: str, chunk: int = 1 <
     else:
         D = np.maximum(D, 0.0)
     return I, D
+

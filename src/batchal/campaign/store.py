@@ -40,6 +40,8 @@ __all__ = ["Store", "CampaignBusyError", "crash_point", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 DB_NAME = "campaign.db"
+#: What a campaign directory holds (anything else there is the user's, never touched)
+OWN_NAMES = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", "lock", "arrays", "reports"}
 #: Default seconds a writer waits for another writer's lock (``BATCHAL_LOCK_TIMEOUT`` overrides).
 DEFAULT_LOCK_TIMEOUT = 30.0
 
@@ -72,8 +74,9 @@ CREATE TABLE batch_items(
     round INTEGER NOT NULL REFERENCES rounds(round), pos INTEGER NOT NULL, row INTEGER NOT NULL,
     item_id NOT NULL, score REAL, pred TEXT, returned INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(round, pos)) WITHOUT ROWID;
--- the database itself refuses an item in two batches (returned items may be selected again)
-CREATE UNIQUE INDEX batch_items_active ON batch_items(row) WHERE returned = 0;
+-- the database itself refuses an item in two batches (returned items may be selected again);
+-- `returned` in the key (always 0 there) makes it a covering index for the scan of active rows
+CREATE UNIQUE INDEX batch_items_active ON batch_items(row, returned) WHERE returned = 0;
 CREATE TABLE imports(
     import INTEGER PRIMARY KEY, source TEXT NOT NULL, format TEXT NOT NULL, sha256 TEXT NOT NULL,
     at TEXT NOT NULL, n_new INTEGER NOT NULL, n_same INTEGER NOT NULL, n_skipped INTEGER NOT NULL);
@@ -229,6 +232,11 @@ class Store:
         if self._in_write:
             raise RuntimeError("nested campaign write")
         if create:
+            if self.root.is_dir() and not self.db_path.exists():
+                strangers = sorted(p.name for p in self.root.iterdir() if p.name not in OWN_NAMES)
+                if strangers:
+                    raise BatchalInputError(f"{self.root} exists and holds other files ({', '.join(strangers[:3])}); "
+                                            "a campaign needs a new or empty directory")
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise BatchalInputError(f"no campaign at {self.root} (run `batchal campaign init` first)")
@@ -287,8 +295,6 @@ class Store:
                         p.unlink()
                     except FileNotFoundError:
                         pass
-        for p in self.root.glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
 
     def path_of(self, name: str) -> Path:
         return self.root / name

@@ -138,7 +138,8 @@ def select(
         else:
             t = b.timings
             err.print(f"round {b.round}: selected {len(b):,} items ({b.strategy}, seed {b.seed}){where} "
-                      f"[read predictions {t['read']:.2f}s, select {t['select']:.2f}s, record {t['record']:.2f}s]",
+                      f"[open {t['open']:.2f}s, read predictions {t['read']:.2f}s, select {t['select']:.2f}s, "
+                      f"record {t['record']:.2f}s]",
                       highlight=False, markup=False)
 
 
