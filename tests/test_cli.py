@@ -136,7 +136,7 @@ def test_other_bad_inputs_fail_cleanly(files):
         ({"--labeled": tmp / "L_oob.npy"}, "out of range"),
         ({"--strategy": "coreset"}, "needs --embeddings"),
         ({"--strategy": "coreset", "--probs": None}, "pool is empty"),
-        ({"--strategy": "cluster-margin"}, "needs clusters"),
+        ({"--strategy": "cluster-margin"}, "needs --clusters"),
         ({"--strategy": "coreset", "--embeddings": tmp / "E_short.npy"}, "disagree"),
         ({"--probs": tmp / "missing.npy"}, "no such file"),
         ({"--out": tmp / "bad.txt"}, "must end in"),

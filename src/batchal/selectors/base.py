@@ -167,8 +167,8 @@ class Selector:
                 if not pool.has_predictions:
                     raise BatchalInputError(f"strategy {self.name!r} needs predicted probabilities or logits")
             elif getattr(pool, req) is None:
-                how = (": one cluster id per pool row, made once with batchal.cluster or `batchal cluster` "
-                       "(pass the file as --clusters)" if req == "clusters" else "")
+                how = (": one cluster id per pool row, made once with batchal.cluster or `batchal cluster`"
+                       if req == "clusters" else "")
                 raise BatchalInputError(f"strategy {self.name!r} needs {req}{how}")
         k = check_batch_size(batch_size, pool.n_unlabeled)
         rng = np.random.default_rng(self.random_state)
