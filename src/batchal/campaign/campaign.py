@@ -381,10 +381,11 @@ class Campaign:
                 (r, "open", int(batch_size), spec.text, seed, seed_used, preds.source if preds else None,
                  preds.sha256 if preds else None, int(multilabel), scores_file, now()))
             item_ids = index.take(idx)
+            by_row = np.argsort(idx)  # inserted in row order: the index on row grows at one end, not at random
+            sc = [None if s != s else s for s in scores.tolist()]
             conn.executemany(
                 "INSERT INTO batch_items(round, pos, row, item_id, score, pred) VALUES (?,?,?,?,?,?)",
-                zip([r] * len(item_ids), range(len(item_ids)), idx.tolist(), item_ids,
-                    [None if s != s else s for s in scores.tolist()], labels))
+                ((r, j, int(idx[j]), item_ids[j], sc[j], labels[j]) for j in by_row.tolist()))
             crash_point("select:inserted")
             self._store.log(conn, "select", dict(round=r, batch_size=int(batch_size), strategy=spec.text,
                                                  seed=seed_used))

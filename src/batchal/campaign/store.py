@@ -238,8 +238,8 @@ class Store:
                     raise BatchalInputError(f"{self.root} exists and holds other files ({', '.join(strangers[:3])}); "
                                             "a campaign needs a new or empty directory")
             self.root.mkdir(parents=True, exist_ok=True)
-        elif not self.root.is_dir():
-            raise BatchalInputError(f"no campaign at {self.root} (run `batchal campaign init` first)")
+        elif not self.db_path.exists():  # checked before locking: no lock file left in a stranger's directory
+            raise BatchalInputError(f"{self.root} is not a campaign (run `batchal campaign init` first)")
         lock = _Lock(self.root / "lock", self.lock_timeout, command)
         lock.acquire()
         self._in_write = True
