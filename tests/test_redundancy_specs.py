@@ -32,6 +32,9 @@ def test_spec_parses_name_and_typed_values():
     ("cluster-margin:margin_factor=2:margin_factor=3", "given twice"),
     ("margin:random_state=3", "no parameter 'random_state'"),
     ("", "non-empty"),
+    ("cluster-margin:margin_factor=abc", "'margin_factor' must be a number"),
+    ("cluster-margin:order=3", "'order' must be a word"),
+    ("cluster-margin:tol=x", "'tol' must be a number"),
 ])
 def test_bad_specs_named(bad, match):
     with pytest.raises(BatchalInputError, match=match):
