@@ -333,3 +333,22 @@ def test_labelstudio_files_split(camp):
     parts = sorted(tmp.glob("t-*.json"))
     assert [p.name for p in parts] == ["t-001.json", "t-002.json", "t-003.json"]
     assert [len(json.loads(p.read_text())) for p in parts] == [10, 10, 5]
+
+
+def test_seed_round_without_predictions_and_npy_add(camp):
+    tmp, d, ids = camp
+    c = Campaign(d)
+    r = run("select", d, "-k", 5, ok=False)
+    assert "needs --predictions" in r.output
+    run("select", d, "-k", 20, "--strategy", "random", "--seed", 0, "--out", tmp / "seed.json")
+    tasks = json.loads((tmp / "seed.json").read_text())
+    assert len(tasks) == 20 and all(t["predictions"] == [] for t in tasks)  # nothing to pre-annotate
+    write_json(tmp / "ls.json", ls_export(tasks, {t["data"]["id"]: truth(t["data"]["id"]) for t in tasks}))
+    assert "20 new labels" in run("label", d, tmp / "ls.json").output
+    E = np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
+    np.save(tmp / "new.npy", E)
+    np.save(tmp / "new_ids.npy", np.array([f"x{i}" for i in range(7)]))
+    r = run("add", d, "--pool", tmp / "new.npy", ok=False)
+    assert "--pool ids are ints; this campaign's ids are strs" in r.output
+    run("add", d, "--pool", tmp / "new.npy", "--ids", tmp / "new_ids.npy")
+    assert c.status()["pool"] == 607 and c.check() == []

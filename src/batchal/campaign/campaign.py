@@ -182,8 +182,9 @@ class Campaign:
             "VALUES (?,?,?,?,?,?,?,?,?)",
             (shard, row_start, pf.rows, ids_name, emb_name, source, pf.content_sha256, now(),
              json.dumps(report) if report else None))
-        conn.executemany("INSERT INTO pool_files(shard, seq, path, bytes, rows, sha256) VALUES (?,?,?,?,?,?)",
-                         [(shard, i, m["path"], m["bytes"], m["rows"], m["sha256"]) for i, m in enumerate(pf.files)])
+        conn.executemany("INSERT INTO pool_files(shard, seq, path, bytes, rows, sha256, role) VALUES (?,?,?,?,?,?,?)",
+                         [(shard, i, m["path"], m["bytes"], m["rows"], m["sha256"], m.get("role", "pool"))
+                          for i, m in enumerate(pf.files)])
         return shard
 
     # ------------------------------------------------------------------ init
@@ -355,10 +356,14 @@ class Campaign:
                 raise BatchalInputError(f"strategy {spec.name!r} needs the clustering: run `batchal campaign cluster "
                                         f"{self.path}` first")
             emb = self._embeddings(conn) if "embeddings" in needs else None
+            pool_clusters = clusters if "clusters" in needs else None
+            if preds is None and emb is None and pool_clusters is None:
+                # a strategy that reads nothing (random seed round): the Pool still needs its size
+                pool_clusters = clusters if clusters is not None else np.zeros(n, dtype=np.int64)
             seed_used = int(seed) if seed is not None else secrets.randbits(63)
             pool = Pool(probs=preds.array if preds is not None and preds.kind == "probs" else None,
                         logits=preds.array if preds is not None and preds.kind == "logits" else None,
-                        embeddings=emb, clusters=clusters if "clusters" in needs else None,
+                        embeddings=emb, clusters=pool_clusters,
                         labeled=excluded, multilabel=multilabel, aggregate=aggregate)
             selector = spec.make(random_state=seed_used, defaults=dict(progress=False))
             idx = selector.select(pool, int(batch_size))
@@ -619,7 +624,7 @@ class Campaign:
         import pyarrow.parquet as pq
 
         with self._store.read() as conn:
-            files = [r[0] for r in conn.execute("SELECT path FROM pool_files ORDER BY shard, seq")]
+            files = [r[0] for r in conn.execute("SELECT path FROM pool_files WHERE role='pool' ORDER BY shard, seq")]
             id_col = self._meta(conn, "id_column")
             index = self._index(conn)
         want = index.cast(pa.array(ids), "batch")
@@ -807,7 +812,7 @@ class Campaign:
                     problems.append(f"shard {shard}: ids file has the wrong number of rows")
                 if self._store.load_npy(emb_file).shape != (rows, dim):
                     problems.append(f"shard {shard}: embeddings are not ({rows}, {dim})")
-                src_rows = q("SELECT coalesce(sum(rows), 0) FROM pool_files WHERE shard=?", shard)[0][0]
+                src_rows = q("SELECT coalesce(sum(rows), 0) FROM pool_files WHERE shard=? AND role='pool'", shard)[0][0]
                 if src_rows != rows:
                     problems.append(f"shard {shard}: manifest lists {src_rows} source rows, the shard has {rows}")
             if start != n:

@@ -275,7 +275,8 @@ def _read_npy_pool(p: Path, ids_path, emb_out, dim) -> PoolFiles:
             ids = pa.array(np.asarray(raw).tolist(), type=pa.large_string())
         else:
             raise BatchalInputError(f"--ids {ip.name} must hold integers or strings; got dtype {raw.dtype}")
-        manifest.append(dict(path=str(ip.resolve()), bytes=ip.stat().st_size, rows=n, sha256=sha256_file(ip)))
+        manifest.append(dict(path=str(ip.resolve()), bytes=ip.stat().st_size, rows=n, sha256=sha256_file(ip),
+                             role="ids"))
         kind = "int" if raw.dtype.kind in "iu" else "str"
     else:
         ids, kind = None, "int"

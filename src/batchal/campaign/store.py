@@ -57,7 +57,8 @@ CREATE TABLE shards(
     source TEXT NOT NULL, content_sha256 TEXT NOT NULL, added_at TEXT NOT NULL, report TEXT);
 CREATE TABLE pool_files(
     shard INTEGER NOT NULL REFERENCES shards(shard), seq INTEGER NOT NULL, path TEXT NOT NULL,
-    bytes INTEGER NOT NULL, rows INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY(shard, seq));
+    bytes INTEGER NOT NULL, rows INTEGER NOT NULL, sha256 TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'pool',
+    PRIMARY KEY(shard, seq));
 CREATE TABLE clustering(
     gen INTEGER PRIMARY KEY, params TEXT NOT NULL, metric TEXT NOT NULL, threshold REAL NOT NULL,
     n_rows INTEGER NOT NULL, tree_file TEXT REFERENCES files(name), report TEXT NOT NULL,
