@@ -112,6 +112,8 @@ def test_select_is_idempotent_while_open(camp):
     run(*args)
     run(*args[:-1], tmp / "b.csv")  # no seed given: the recorded one is used again
     assert read_ids_csv(tmp / "a.csv") == read_ids_csv(tmp / "b.csv")
+    r = run("select", d, "--predictions", tmp / "pred.parquet", "-k", 30, "--out", tmp / "b.npy", ok=False)
+    assert r.exit_code == 2 and "end it in .csv" in r.output
     r = run("select", d, "--predictions", tmp / "pred.parquet", "-k", 31, ok=False)
     assert r.exit_code == 2 and "--batch-size 30 (not 31)" in r.output
     make_predictions(tmp / "pred2.parquet", ids, seed=9)

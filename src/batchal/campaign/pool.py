@@ -473,8 +473,6 @@ def read_labels(path, *, id_column: str = "id", label_column: str = "label", fmt
         except pa.ArrowInvalid as exc:
             raise BatchalInputError(f"labels {p.name}: cannot read the CSV: {exc}") from exc
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
         try:
             table = read_parquet(p)
         except Exception as exc:

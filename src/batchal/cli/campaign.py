@@ -124,6 +124,11 @@ def select(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Open the next round and select its batch (while it is open, the same command returns the same batch)."""
+    # output options are checked before the round is opened, not after
+    if out_path is not None and out_path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        _fail(f"--out {out_path.name}: end it in .csv (ids), .jsonl or .json (Label Studio tasks)")
+    if data_column and (out_path is None or out_path.suffix.lower() != ".json"):
+        _fail("--data-column is for Label Studio tasks (--out FILE.json)")
     with _errors():
         c = _open(directory)
         b = c.select(batch_size, predictions, strategy=strategy, seed=seed, id_column=id_column,
