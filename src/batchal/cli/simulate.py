@@ -138,8 +138,6 @@ def demo(
             out.print(f"curves: {out_dir / tag / 'curves.png'}; summary: {out_dir / tag / 'summary.md'} "
                       f"({res.seconds:.0f} s)\n", highlight=False)
     if not quiet:
-        out.print(
-            f"On the plain pool margin's batches are already diverse: the paper's cluster-margin trades uncertainty "
-            f"for diversity it does not need. On the redundant pool margin spends labels on copies, and taking one "
-            f"item per cluster pays. The recommended spec ({RECOMMENDED}) is margin's list with at most one item per "
-            f"cluster per pass: right in both regimes (BENCHMARKS.md, *Label efficiency*).", highlight=False)
+        from ..simulate.report import demo_conclusion
+
+        out.print(demo_conclusion(RECOMMENDED), highlight=False)

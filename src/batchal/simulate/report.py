@@ -410,3 +410,15 @@ def comparison_lines(res) -> list[str]:
         rel = "" if s == "margin" else f"  ({fmt_ratio(ratios[s])} margin's)"
         lines.append(f"  {s}: {got}{rel}")
     return lines
+
+
+def demo_conclusion(recommended: str) -> str:
+    """What the demo's two runs show, in plain words."""
+    return (
+        "On the plain pool margin's batches are already diverse: the paper's cluster-margin trades uncertainty "
+        "for diversity it does not need. On the redundant pool margin spends labels on copies of the same "
+        f"uncertain items, and spreading the batch pays. The recommended spec ({recommended}) is margin's own "
+        "list in which a near-duplicate of a more uncertain candidate (same cluster, predictions within tol) "
+        "waits for a later pass: margin on a clean pool, one item per group of copies on a redundant one "
+        "(BENCHMARKS.md, Label efficiency where it counts)."
+    )
