@@ -96,3 +96,56 @@ def test_rac_float32_statistics(ray_mod):
     Zr, _ = ray_rac(RowSource.open(X, name="e", ray=ray_mod), [(0, res.indices)], 1500, metric="cosine",
                     n_actors=2, stats_dtype="float32")
     np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
+
+
+@pytest.mark.parametrize("metric,method,n", [("cosine", "flat", 3000), ("sqeuclidean", "ivf", 24000),
+                                             ("euclidean", "ivf", 24000)])
+def test_knn_on_ray_equals_local(ray_mod, metric, method, n):
+    from batchal.engines import get_engine
+
+    X = _blobs(n, 12, max(10, n // 200), seed=2)
+    local = knn_graph(X, 10, metric=metric, method=method)
+    res = get_engine("ray", num_actors=3).knn_graph(X, 10, metric=metric, method=method)
+    assert res.method == method and res.info.get("nprobe") == local.info.get("nprobe")
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_knn_on_ray_given_centroids_and_few_candidates(ray_mod):
+    # tiny cells and nprobe=1: many queries have fewer than k + 1 candidates (the padding rule)
+    from batchal.clustering.knn import _train_cells
+    from batchal.engines import get_engine
+
+    X = _blobs(3000, 6, 30, seed=4)
+    local = knn_graph(X, 12, metric="cosine", method="ivf", nlist=600, nprobe=1)
+    C = _train_cells(X, "cosine", 600, np.random.default_rng(0), False)
+    res = get_engine("ray").knn_graph(X, 12, metric="cosine", method="ivf", nprobe=1, centroids=C)
+    assert (local.indices < 0).any()
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_cluster_end_to_end_and_cli(ray_mod, tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal import AverageLinkage
+    from batchal.cli import app
+
+    X = _blobs(21000, 8, 100, seed=6)  # above 20,000 rows: IVF kNN, as locally
+    np.save(tmp_path / "E.npy", X)
+    local = AverageLinkage(method="graph", knn=10, mean_cluster_size=10).fit(X)
+    runner = CliRunner()
+    r = runner.invoke(app, ["cluster", "-e", str(tmp_path / "E.npy"), "--method", "graph", "--knn", "10",
+                            "--engine", "ray", "--save-tree", str(tmp_path / "T.npy"), "-o", str(tmp_path / "C.npy")])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(canonical_tree(np.load(tmp_path / "T.npy"), X.shape[0]),
+                                  canonical_tree(local.linkage_, X.shape[0]))
+    np.testing.assert_array_equal(np.load(tmp_path / "C.npy"), local.labels_)
+    bad = runner.invoke(app, ["cluster", "-e", str(tmp_path / "E.npy"), "--method", "exact", "--engine", "ray",
+                              "-o", str(tmp_path / "D.npy")])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "exact" in bad.output
+    X[5, 3] = np.nan
+    np.save(tmp_path / "N.npy", X)
+    nan = runner.invoke(app, ["cluster", "-e", str(tmp_path / "N.npy"), "--engine", "ray", "-q",
+                              "-o", str(tmp_path / "D.npy")])
+    assert nan.exit_code == 2 and "NaN (first at row 5)" in nan.output

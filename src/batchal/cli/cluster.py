@@ -8,7 +8,7 @@ import numpy as np
 import typer
 
 from .._validation import BatchalInputError
-from ._common import Method, Metric, _fail, _save_ints, app, err, out
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, Method, Metric, _engine, _fail, _save_ints, app, err, out
 
 
 @app.command()
@@ -23,12 +23,17 @@ def cluster(
     seed: int = typer.Option(0, "--seed"),
     save_tree: Optional[Path] = typer.Option(None, "--save-tree", help="Also save the merge tree (scipy linkage format, .npy) for `batchal recut`"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or report"),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Cluster the pool once with average-linkage HAC; one cluster id per row."""
     from ..clustering import AverageLinkage
     from ..io import load_array
 
     mean_cluster_size = _cut_options(threshold, mean_cluster_size, out_path)
+    if engine is EngineName.ray or ray_address is not None:
+        return _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree,
+                            quiet, engine, ray_address)
     try:
         X = load_array(embeddings, name="embeddings")
         model = AverageLinkage(
@@ -56,6 +61,36 @@ def cluster(
         _save_ints(out_path, model.labels_)
     except BatchalInputError as exc:
         _fail(str(exc))
+    _report(model, out_path, quiet)
+
+
+def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree, quiet,
+                 engine, ray_address):
+    """``cluster --engine ray``: the workers read the embeddings (.npy or Parquet) where they lie."""
+    if save_tree is not None and save_tree.suffix.lower() != ".npy":
+        _fail(f"--save-tree must end in .npy; got {save_tree.name}")
+    if not embeddings.exists():
+        _fail(f"embeddings: no such file {embeddings}")
+    eng = _engine(engine, ray_address, quiet)
+    try:
+        with eng:
+            if not quiet:
+                err.print("stages: kNN graph (IVF cells, shards in actors) -> RAC rounds (actors own clusters by hash)",
+                          highlight=False)
+            model = eng.cluster(embeddings, threshold=threshold, mean_cluster_size=mean_cluster_size,
+                                metric=metric.value, method=method.value, knn=knn, progress=not quiet,
+                                random_state=seed)
+        if save_tree is not None:
+            from ..io import atomic_write
+
+            atomic_write(save_tree, lambda tmp: np.save(tmp, model.linkage_))
+        _save_ints(out_path, model.labels_)
+    except BatchalInputError as exc:
+        _fail(str(exc))
+    if not quiet:
+        t = model.timings_
+        err.print(f"ray: kNN {t.get('knn', 0):.1f}s, HAC {t.get('merge', 0):.1f}s in {t.get('rounds', 0)} rounds "
+                  f"({t.get('actors', 0)} actors)", highlight=False)
     _report(model, out_path, quiet)
 
 

@@ -59,14 +59,17 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
     return out
 
 
-def partition_edges(I: np.ndarray, row_start: int, n_actors: int):
-    """Directed kNN lists of rows ``row_start..`` -> per actor, the ``(src, dst)`` list entries it owns.
+def partition_edges(I: np.ndarray, rows, n_actors: int):
+    """Directed kNN lists of ``rows`` (a first row id, or one id per list) -> per actor, the ``(src, dst)``
+    list entries it owns.
 
     Both directions of every edge are emitted, so the owners build the symmetric
     graph (``u ~ v`` when either lists the other); duplicates go in the actor.
     """
     m, k = I.shape
-    u = np.repeat(np.arange(row_start, row_start + m, dtype=np.int64), k)
+    if np.ndim(rows) == 0:
+        rows = np.arange(int(rows), int(rows) + m, dtype=np.int64)
+    u = np.repeat(np.asarray(rows, dtype=np.int64), k)
     v = np.asarray(I, dtype=np.int64).ravel()
     ok = (v >= 0) & (v != u)
     u, v = u[ok], v[ok]
@@ -74,6 +77,10 @@ def partition_edges(I: np.ndarray, row_start: int, n_actors: int):
     dst = np.concatenate([v, u]).astype(np.int32)
     parts = _split(owner_of(src, n_actors), n_actors, src, dst)
     return tuple(parts) if n_actors > 1 else parts[0]
+
+
+def _partition_chunk(chunk, n_actors: int):
+    return partition_edges(chunk[1], chunk[0], n_actors)
 
 
 class RacActor:
@@ -469,8 +476,10 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     ----------
     source : RowSource
         The rows (for the statistics), read by the actors.
-    knn_chunks : list of (row_start, directed kNN lists (m, k) int32 or an ObjectRef of them)
-        The graph: row ``row_start + i`` lists its neighbours (original row ids, -1 = none).
+    knn_chunks : list
+        The graph as directed kNN lists (original row ids, -1 = none): items
+        ``(row_start, lists (m, k) or an ObjectRef of them)``, or ObjectRefs of
+        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them.
     n : int
     metric : {"cosine", "euclidean", "sqeuclidean"}
     n_actors : int
@@ -496,6 +505,7 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     # (actors holding every CPU would starve the tasks that feed them).
     Actor = ray.remote(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD")(RacActor)
     part = ray.remote(num_cpus=ACTOR_CPUS)(partition_edges).options(num_returns=P)
+    part_chunk = ray.remote(num_cpus=ACTOR_CPUS)(_partition_chunk).options(num_returns=P)
     if stats_dtype not in ("auto", "float64", "float32"):
         raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
 
@@ -516,8 +526,9 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             if step == "fill":
                 ray.get([a.alloc.remote(slack) for a in actors])
             waits = []
-            for row_start, I in knn_chunks:
-                pieces = part.remote(I, row_start, P)
+            for item in knn_chunks:
+                # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
+                pieces = part_chunk.remote(item, P) if isinstance(item, ray.ObjectRef) else part.remote(item[1], item[0], P)
                 pieces = pieces if P > 1 else [pieces]
                 for q, a in enumerate(actors):
                     waits.append((a.count if step == "count" else a.fill_edges).remote(pieces[q]))
