@@ -16,6 +16,8 @@ from ..._validation import BatchalInputError
 
 #: Rows per object-store chunk when an in-memory array is handed to the ray engine.
 CHUNK_ROWS = 1 << 16
+#: Rows per block of a ``.npy`` read by the workers (a task's unit; shards are whole blocks).
+NPY_BLOCK_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class RowSource:
         except Exception as exc:
             raise BatchalInputError(f"{name}: cannot read {p}: {exc}") from None
         n = arr.shape[0]
-        step = max(CHUNK_ROWS, 1 << 20)
+        step = NPY_BLOCK_ROWS
         blocks = [Block("npy", str(p.resolve()), a, a, min(n, a + step) - a) for a in range(0, n, step)]
         return cls(blocks, n, None, name)
 

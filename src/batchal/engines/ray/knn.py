@@ -209,17 +209,23 @@ def _merge_sorted(Ds, Ks, Is, kk, ip):
     return outD, outI
 
 
-def _merge_batch(k: int, metric: str, n_shards: int, *parts_and_results):
+def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *parts_and_results):
     """Merge the shards' candidates of one batch and drop each query's own row, as the local builder does.
 
     Takes the shards' query parts (for the query ids, in search order) then their search results.
     """
-    import faiss
-
     meta = _qmeta(*parts_and_results[:n_shards])
     results = parts_and_results[n_shards:]
     if meta is None:
         return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+    qids, I, D = _merged(k, metric, meta, results)
+    return (qids, I, D) if with_distances else (qids, I)  # the HAC reads only the lists
+
+
+def _merged(k, metric, meta, results):
+    """The best k + 1 per query over the shards' sorted candidates, own row dropped: ``(qids, I, D)``."""
+    import faiss
+
     qids, qcounts = meta
 
     ip = L._faiss_metric(metric) == faiss.METRIC_INNER_PRODUCT
@@ -367,7 +373,7 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
             for lo, hi in batches:
                 qs = [a.queries.remote(lo, hi) for a in actors]
                 res = [a.search.remote(lo, hi, kk, probe_ref, off_refs[s], *qs) for s, a in enumerate(actors)]
-                pending.append(merge.remote(k, metric, P, *qs, *res))
+                pending.append(merge.remote(k, metric, P, not keep_chunks, *qs, *res))
                 if len(pending) > 2 * P:
                     collect(pending.pop(0))
             while pending:

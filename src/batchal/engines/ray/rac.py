@@ -73,7 +73,8 @@ def partition_edges(I: np.ndarray, rows, n_actors: int):
     v = np.asarray(I, dtype=np.int64).ravel()
     ok = (v >= 0) & (v != u)
     u, v = u[ok], v[ok]
-    src = np.concatenate([u, v])
+    ids = np.int32 if u.shape[0] == 0 or max(int(u.max()), int(v.max())) < (1 << 31) - 1 else np.int64
+    src = np.concatenate([u, v]).astype(ids)
     dst = np.concatenate([v, u]).astype(np.int32)
     parts = _split(owner_of(src, n_actors), n_actors, src, dst)
     return tuple(parts) if n_actors > 1 else parts[0]
@@ -195,6 +196,8 @@ class RacActor:
         self.partner = np.full(self.m, -1, dtype=np.int64)
         self.changed = np.flatnonzero(self.length > 0)  # every weight is still to compute
         self.push_at = 0
+        self.seq = 0
+        self.pending = {}
         self.merged = np.empty(0, dtype=np.int64)
         self.records = []
         return d
@@ -332,39 +335,38 @@ class RacActor:
             self.nbr, self.wt = nbr, wt
 
     def push(self, *inbox):
-        """Weigh pushed clusters against the targets here, reply; apply replies; push the next chunk.
+        """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
 
-        Inbox: ``("push", c ids, stats, targets)`` and ``("reply", c ids, targets, weights)``.
-        Returns the outboxes and the number of messages sent.
+        Inbox: ``("push", seq, sender, c ids, stats, targets)`` and ``("reply", seq, sender, weights)``;
+        a reply holds only the weights, in the order of the push's targets (the
+        pusher kept which entry each one is). Returns the outboxes and the
+        number of messages sent.
         """
-        replies = [[] for _ in range(self.P)]
+        outs = [[] for _ in range(self.P)]
         sym = self.metric == K.COSINE
         for msg in inbox:
             if msg is None:
                 continue
             for part in msg:
                 if part[0] == "reply":
-                    _, c, ys, w = part
-                    R.set_weights(self._loc(c), ys, w, self.start, self.length, self.nbr, self.wt)
+                    _, seq, sender, w = part
+                    cl, ys = self.pending.pop((seq, sender))
+                    R.set_weights(cl, ys, w, self.start, self.length, self.nbr, self.wt)
                     continue
-                _, c, Sc, size_c, sq_c, ptr, ys = part
+                _, seq, sender, c, Sc, size_c, sq_c, ptr, ys = part
                 scr = self.m
                 k = c.shape[0]
                 self.S[scr:scr + k] = Sc
                 self.size[scr:scr + k] = size_c
                 self.sq[scr:scr + k] = sq_c
-                yl = self._loc(ys)
                 reply = np.empty(ys.shape[0], dtype=self.wt.dtype)
-                R.weigh_targets(c, scr, ptr, yl, self.S, self.size, self.sq, self.metric, self.start,
+                R.weigh_targets(c, scr, ptr, self._loc(ys), self.S, self.size, self.sq, self.metric, self.start,
                                 self.length, self.nbr, self.wt, self.dirty, reply, sym)
-                cc = np.repeat(c, np.diff(ptr))
-                for q, grp in enumerate(_split(owner_of(cc, self.P), self.P, cc, ys, reply)):
-                    if grp is not None:
-                        replies[q].append(("reply", *grp))
-        outs = [list(r) for r in replies]
+                outs[sender].append(("reply", seq, self.rank, reply))
         if self.push_at < self.changed.shape[0]:
             chunk = self.changed[self.push_at:self.push_at + PUSH_ROWS]
             self.push_at += chunk.shape[0]
+            self.seq += 1
             self.dirty[chunk] = 1
             who, ys = R.gather_lists(chunk, self.start, self.length, self.nbr)
             dest = owner_of(ys, self.P)
@@ -375,11 +377,13 @@ class RacActor:
                 first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
                 cl = chunk[w[first]]
                 ptr = np.concatenate((first, [w.shape[0]]))
-                outs[q].append(("push", self.gid[cl], self.S[cl], self.size[cl], self.sq[cl], ptr, y))
+                self.pending[(self.seq, q)] = (chunk[w], y)
+                outs[q].append(("push", self.seq, self.rank, self.gid[cl], self.S[cl], self.size[cl], self.sq[cl],
+                                ptr, y.astype(self.nbr.dtype)))
         n_msgs = sum(len(o) for o in outs)
         for o in outs:
             for part in o:
-                self.bytes_sent += sum(a.nbytes for a in part[1:])
+                self.bytes_sent += sum(a.nbytes for a in part[3:])
         vals = (*[tuple(o) if o else None for o in outs], n_msgs)
         return vals[0] if len(vals) == 1 else vals
 
