@@ -133,6 +133,30 @@ class Metric(str, Enum):
     sqeuclidean = "sqeuclidean"
 
 
+class EngineName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ENGINE_HELP = "local: this process (default); ray: a Ray cluster (pip install \"batchal[ray]\")"
+RAY_ADDRESS_HELP = "Ray cluster to join (e.g. auto, ray://head:10001); default: a local Ray instance with this machine's CPUs"
+
+
+def _engine(engine: "EngineName", ray_address, quiet: bool):
+    """The engine the options ask for; errors exit 2 with one line."""
+    from .._validation import BatchalInputError
+    from ..engines import get_engine
+
+    try:
+        eng = get_engine(engine.value, address=ray_address)
+    except BatchalInputError as exc:
+        _fail(str(exc))
+    if not quiet and engine.value == "ray":
+        err.print(f"engine: ray ({'joined ' + ray_address if ray_address else 'local instance'}, "
+                  f"{eng._actors()} CPUs)", highlight=False)
+    return eng
+
+
 class Method(str, Enum):
     auto = "auto"
     exact = "exact"

@@ -10,6 +10,7 @@ import typer
 from .._validation import BatchalInputError
 from ._common import (DEFAULT_SEED, QUIET_HELP, SEED_HELP, Method, Metric, _fail, _save_ints, app, err, finite,
                       option_names, out)
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
 
 _OUT_HELP = ("where to write one int64 cluster id per row (.npy or .csv); a report <name>.report.json and a "
              "size histogram <name>.sizes.png are written beside it (--no-report: not)")
@@ -29,6 +30,8 @@ def cluster(
     save_tree: Optional[Path] = typer.Option(None, "--save-tree", help="also save the merge tree (scipy linkage format, .npy) for `batchal recut`"),
     report: bool = typer.Option(True, "--report/--no-report", help=_REPORT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Cluster the pool once with average-linkage HAC; one cluster id per row."""
     from ..clustering import AverageLinkage
@@ -37,6 +40,9 @@ def cluster(
     mean_cluster_size = _cut_options(threshold, mean_cluster_size, out_path, report)
     if save_tree is not None:
         check_output(save_tree, name="--save-tree", suffixes=(".npy",))
+    if engine is EngineName.ray or ray_address is not None:
+        return _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree,
+                            quiet, engine, ray_address, report)
     try:
         X = load_array(embeddings, name="--embeddings")
         model = AverageLinkage(
@@ -66,6 +72,34 @@ def cluster(
     except BatchalInputError as exc:
         _fail(option_names(str(exc)))
     _report(model, out_path, quiet, report, method_shown=True)
+
+
+def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree, quiet,
+                 engine, ray_address, report=True):
+    """``cluster --engine ray``: the workers read the embeddings (.npy or Parquet) where they lie."""
+    if not embeddings.exists():
+        _fail(f"--embeddings: no such file {embeddings}")
+    eng = _engine(engine, ray_address, quiet)
+    try:
+        with eng:
+            if not quiet:
+                err.print("stages: kNN graph (IVF cells, shards in actors) -> RAC rounds (actors own clusters by hash)",
+                          highlight=False)
+            model = eng.cluster(embeddings, threshold=threshold, mean_cluster_size=mean_cluster_size,
+                                metric=metric.value, method=method.value, knn=knn, progress=not quiet,
+                                random_state=seed)
+        if save_tree is not None:
+            from ..io import atomic_write
+
+            atomic_write(save_tree, lambda tmp: np.save(tmp, model.linkage_), name="--save-tree")
+        _save_ints(out_path, model.labels_)
+    except BatchalInputError as exc:
+        _fail(option_names(str(exc)))
+    if not quiet:
+        t = model.timings_
+        err.print(f"ray: kNN {t.get('knn', 0):.1f}s, HAC {t.get('merge', 0):.1f}s in {t.get('rounds', 0)} rounds "
+                  f"({t.get('actors', 0)} actors)", highlight=False)
+    _report(model, out_path, quiet, report)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from .._validation import BatchalInputError
 from ._common import DEFAULT_SEED, QUIET_HELP, SEED_HELP, _fail, app, err, finite, option_names, out
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
 
 
 class Aggregate(str, Enum):
@@ -37,6 +38,8 @@ def select(
     aggregate: Aggregate = typer.Option(Aggregate.min, "--aggregate", help="multi-label margin over classes"),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Pick the next batch of rows to label."""
     from ..io import check_output, load_array, save_indices
@@ -53,6 +56,9 @@ def select(
     # command-line options are defaults; a value in the spec wins
     defaults = dict(margin_factor=margin_factor, max_candidate_share=max_candidate_share,
                     partitions=partitions, progress=not quiet)
+    if engine is EngineName.ray or ray_address is not None:
+        return _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
+                           multilabel, aggregate, seed, quiet, engine, ray_address)
     t0 = time.perf_counter()
     try:
         arrays = dict(
@@ -93,6 +99,35 @@ def select(
             from ..selectors.cluster_margin import describe_redundancy
 
             err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
+
+
+def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
+                multilabel, aggregate, seed, quiet, engine, ray_address):
+    """``select --engine ray``: predictions are read and scored by the Ray workers where they lie."""
+    from ..io import load_array, save_indices
+    from .._validation import check_ids
+
+    if embeddings is not None:
+        _fail("--embeddings: the ray engine runs random, margin, entropy, least-confidence and cluster-margin, "
+              "which do not read embeddings; use --engine local")
+    eng = _engine(engine, ray_address, quiet)
+    t0 = time.perf_counter()
+    try:
+        with eng:
+            idx = eng.select(spec, batch_size, probs=probs, logits=logits,
+                             clusters=load_array(clusters, name="--clusters") if clusters else None,
+                             labeled=load_array(labeled, name="--labeled") if labeled else None,
+                             multilabel=multilabel, aggregate=aggregate.value, seed=seed, progress=not quiet,
+                             defaults=defaults)
+        id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
+        if id_arr is not None and id_arr.shape[0] <= int(idx.max()):
+            raise BatchalInputError(f"--ids has {id_arr.shape[0]} rows but the pool has more")
+        save_indices(out_path, idx, ids=id_arr, name="--out")
+    except BatchalInputError as exc:
+        _fail(option_names(str(exc)))
+    if not quiet:
+        err.print(f"{spec}: selected {idx.shape[0]:,} rows -> {out_path} (ray, {time.perf_counter() - t0:.2f}s)",
+                  highlight=False)
 
 
 @app.command()

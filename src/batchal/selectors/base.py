@@ -16,7 +16,7 @@ from .._validation import (
 )
 from .. import scores as _scores
 
-__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY"]
+__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
 
 
 @dataclass
@@ -92,6 +92,14 @@ class Pool:
                 kind, self.probs, logits=self.logits, multilabel=self.multilabel, aggregate=self.aggregate
             )
         return self._cache[kind]
+
+    def top_uncertain(self, kind: str, k: int) -> np.ndarray:
+        """The ``k`` most uncertain unlabeled rows, most uncertain first (ties: smaller row first).
+
+        The one place selectors rank the pool by a score; a distributed pool
+        (``batchal.engines.ray``) overrides it with a per-block top-k merged on the driver.
+        """
+        return top_k(self.uncertainty(kind), self.labeled_mask, k)
 
     def checked_embeddings(self) -> np.ndarray:
         if "emb_ok" not in self._cache:
@@ -212,15 +220,53 @@ def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
 def top_k(score: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``score`` among rows not in ``exclude``, largest first.
 
-    O(n) with ``argpartition`` plus O(k log k) to order the winners; ties are
-    broken by row index so the result is deterministic.
+    O(n) with ``argpartition`` plus O(k log k) to order the winners. The order is
+    total: equal scores go to the smaller row index, also at the cut, so the
+    result is deterministic and equals a merge of per-block top-k lists
+    (:func:`merge_top_k`), which is how the distributed engine computes it.
     """
     s = np.array(score, dtype=np.float32, copy=True)
     s[exclude] = -np.inf
     n = s.shape[0]
     if k < n:
         part = np.argpartition(-s, k - 1)[:k]
+        cut = s[part].min()
+        n_tied = int(np.count_nonzero(s == cut))
+        if n_tied != int(np.count_nonzero(s[part] == cut)):
+            # argpartition picks an arbitrary subset of the rows tied at the cut: take the smallest rows
+            above = np.flatnonzero(s > cut)
+            part = np.concatenate([above, np.flatnonzero(s == cut)[: k - above.shape[0]]])
     else:
         part = np.arange(n)
     order = np.lexsort((part, -s[part]))
     return part[order]
+
+
+def merge_top_k(score: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of candidate ``(score, row)`` pairs: largest score first, ties to the smaller row.
+
+    Parameters
+    ----------
+    score : float32 array (m,)
+    rows : int64 array (m,), distinct
+    k : int
+
+    Returns
+    -------
+    (score, rows) of the winners, in that order. Applied to the union of
+    per-block :func:`top_k` lists it gives the :func:`top_k` of the whole pool.
+    """
+    m = score.shape[0]
+    if k < m:
+        part = np.argpartition(-score, k - 1)[:k]
+        cut = score[part].min()
+        tied = np.flatnonzero(score == cut)
+        if tied.shape[0] != int(np.count_nonzero(score[part] == cut)):
+            above = np.flatnonzero(score > cut)
+            tied = tied[np.argsort(rows[tied], kind="stable")]
+            part = np.concatenate([above, tied[: k - above.shape[0]]])
+    else:
+        part = np.arange(m)
+    order = np.lexsort((rows[part], -score[part]))
+    sel = part[order]
+    return score[sel], rows[sel]

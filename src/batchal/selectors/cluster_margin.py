@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validation import BatchalInputError
 from . import _round_robin
-from .base import Pool, Selector, register, top_k
+from .base import Pool, Selector, register
 
 
 def candidate_count(k: int, n_unlabeled: int, margin_factor: float = 10.0,
@@ -302,7 +302,7 @@ class ClusterMarginSelector(Selector):
         if self.order not in ("size", "margin"):
             raise BatchalInputError(f"order must be 'size' (the paper) or 'margin'; got {self.order!r}")
         k_m = candidate_count(k, pool.n_unlabeled, self.margin_factor, share)
-        cand = top_k(pool.uncertainty("margin"), pool.labeled_mask, k_m)
+        cand = pool.top_uncertain("margin", k_m)
         cids = np.asarray(pool.clusters[cand])
         self.candidates_ = cand
         self.diagnostics_ = redundancy_diagnostics(cids, k)
