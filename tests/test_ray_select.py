@@ -16,7 +16,7 @@ from ray_util import start_ray, write_shards
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 STRATEGIES = ["margin", "entropy", "least-confidence", "cluster-margin", "cluster-margin:order=margin",
-              "cluster-margin:margin_factor=3:max_candidate_share=1", "random"]
+              "cluster-margin:margin_factor=3:max_candidate_share=1", "cluster-margin:order=margin:tol=0.1", "random"]
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,20 @@ class Pool:
         """
         return top_k(self.uncertainty(kind), self.labeled_mask, k)
 
+    def rows_probs(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted probabilities of ``rows`` only, in that order (softmax, or sigmoid when
+        multi-label, of the logits when logits were given); a distributed pool overrides it."""
+        from .. import scores
+
+        order = np.argsort(rows, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(order.shape[0])
+        src = self.probs if self.probs is not None else self.logits
+        block = np.asarray(src[rows[order]], dtype=np.float64)[back]  # sorted reads suit memory maps
+        if self.probs is not None:
+            return block.astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-block)) if self.multilabel else scores.softmax(block)).astype(np.float32)
+
     def checked_embeddings(self) -> np.ndarray:
         if "emb_ok" not in self._cache:
             check_finite(self.embeddings, "embeddings")

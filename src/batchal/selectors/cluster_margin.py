@@ -236,16 +236,6 @@ def describe_redundancy(diag: dict) -> str:
     return text
 
 
-def _candidate_probs(pool: Pool, cand: np.ndarray) -> np.ndarray:
-    """Probabilities of the candidate rows only (softmax/sigmoid of logits when logits were given)."""
-    from .. import scores
-
-    if pool.probs is not None:
-        return np.asarray(pool.probs[np.sort(cand)], dtype=np.float32)[np.argsort(np.argsort(cand))]
-    Z = np.asarray(pool.logits[np.sort(cand)], dtype=np.float64)[np.argsort(np.argsort(cand))]
-    return (1.0 / (1.0 + np.exp(-Z)) if pool.multilabel else scores.softmax(Z)).astype(np.float32)
-
-
 @register
 class ClusterMarginSelector(Selector):
     """Cluster-Margin: low-margin candidates spread over a fixed clustering.
@@ -312,7 +302,7 @@ class ClusterMarginSelector(Selector):
                 raise BatchalInputError("tol applies with order=margin only")
             if not (np.isfinite(self.tol) and 0 <= self.tol <= 1):
                 raise BatchalInputError(f"tol must be in [0, 1]; got {self.tol}")
-            probs = _candidate_probs(pool, cand)
+            probs = pool.rows_probs(cand)
             batch, passes = near_duplicate_round_robin(cand, cids, probs, k, self.tol)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())

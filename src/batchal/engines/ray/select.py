@@ -48,6 +48,12 @@ def _block_top(src: RowSource, block: Block, kind: str, is_logits: bool, multila
     return u[local], local.astype(np.int64) + block.start, x.shape[1]
 
 
+def _block_rows(source: RowSource, block, rows: np.ndarray) -> np.ndarray:
+    """The given global rows of one block (a Ray task): the candidates' predictions, where they lie."""
+    x = source.read(block)
+    return np.asarray(x[rows - block.start], dtype=np.float64)
+
+
 class RayPool(Pool):
     """A pool whose predictions stay where they are (Parquet shards, a shared ``.npy``, the object store).
 
@@ -79,6 +85,31 @@ class RayPool(Pool):
     def uncertainty(self, kind: str = "margin") -> np.ndarray:
         raise BatchalInputError("the ray engine never gathers the whole score array; this strategy needs it "
                                 "(use --engine local)")
+
+    def rows_probs(self, rows: np.ndarray) -> np.ndarray:
+        """The candidates' probabilities, gathered block by block in Ray tasks (only blocks holding one)."""
+        import ray
+
+        from ... import scores
+        from ._session import input_errors
+
+        rows = np.asarray(rows, dtype=np.int64)
+        src_ref = ray.put(self.source)
+        task = ray.remote(num_cpus=1)(_block_rows)
+        refs, where = [], []
+        with input_errors():
+            for b in self.source.blocks:
+                sel = np.flatnonzero((rows >= b.start) & (rows < b.start + b.rows))
+                if sel.size:
+                    refs.append(task.remote(src_ref, b, rows[sel]))
+                    where.append(sel)
+            parts = ray.get(refs)
+        out = np.empty((rows.shape[0], parts[0].shape[1] if parts else 0), dtype=np.float64)
+        for sel, part in zip(where, parts):
+            out[sel] = part
+        if not self.is_logits:
+            return out.astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-out)) if self.multilabel else scores.softmax(out)).astype(np.float32)
 
     def top_uncertain(self, kind: str, k: int) -> np.ndarray:
         """Per-block top-k in Ray tasks, merged on the driver as results arrive."""
