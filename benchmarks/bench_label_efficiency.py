@@ -56,7 +56,7 @@ CONFIGS = {
 SUITE_STRATEGIES = "margin,cluster-margin,cluster-margin:order=margin,cluster-margin:order=margin:tol=0.1,badge,random"
 SUITE_POOLS = {
     # name: (dataset options, trials with logreg (plain, redundant), trials with the MLP, extra MLP options)
-    "digits": (["--dataset", "digits"], (5, 5), 3, []),
+    "digits": (["--dataset", "digits"], (20, 20), 3, []),
     "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], (5, 3), 3, []),
     "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], (5, 5), 3, ["--max-steps", "3000"]),
 }
