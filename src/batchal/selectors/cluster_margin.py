@@ -233,7 +233,7 @@ def describe_redundancy(diag: dict) -> str:
         nd = diag["margin_batch_near_duplicate_share"]
         # the ranges measured on the benchmark pools (BENCHMARKS.md), not a verdict
         text += (f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate "
-                 "(benchmark pools: 4-33% when plain, 39-65% when made redundant)")
+                 "(benchmark pools: 4-33% when plain, 38-70% when made redundant)")
     return text
 
 
