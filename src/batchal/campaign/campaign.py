@@ -42,6 +42,9 @@ class Batch:
     strategy : str
     seed : int
         The seed actually used (drawn and recorded when none was given).
+    diagnostics : dict
+        The selector's diagnostics (strategies that read clusters: ``k_m`` and the
+        redundancy of the candidates); empty for a reused batch.
     """
 
     round: int
@@ -52,6 +55,7 @@ class Batch:
     strategy: str
     seed: int
     timings: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
 
     def __len__(self):
         return len(self.ids)
@@ -395,7 +399,8 @@ class Campaign:
                                                  seed=seed_used))
         t3 = time.perf_counter()
         return Batch(r, item_ids, scores, labels, False, spec.text, seed_used,
-                     dict(open=t_open - t0, read=t1 - t_open, select=t2 - t1, record=t3 - t2))
+                     dict(open=t_open - t0, read=t1 - t_open, select=t2 - t1, record=t3 - t2),
+                     dict(getattr(selector, "diagnostics_", {}) or {}))
 
     def _reuse(self, conn, opened, batch_size, strategy, seed, preds, multilabel, predictions) -> Batch:
         r, k0, strat0, seed0, sha0, seed_used, ml0 = opened

@@ -146,6 +146,10 @@ def select(
                       f"[open {t['open']:.2f}s, read predictions {t['read']:.2f}s, select {t['select']:.2f}s, "
                       f"record {t['record']:.2f}s]",
                       highlight=False, markup=False)
+            if b.diagnostics:
+                from ..selectors.cluster_margin import describe_redundancy
+
+                err.print(describe_redundancy(b.diagnostics), highlight=False, markup=False)
 
 
 @campaign_app.command("label")
