@@ -426,8 +426,7 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
     (the order of the local engine's slots). Returns the merge rows (m - 1, 4)
     numbering new nodes from ``n + zc``.
     """
-    from ...clustering.graph import COMPLETE_JOIN_MAX
-    from ...clustering.knn import knn_graph
+    from ...clustering.graph import join_lists
 
     m = S.shape[0]
     Z = np.empty((max(m - 1, 0), 4), dtype=np.float64)
@@ -446,26 +445,7 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
     roots = np.arange(m, dtype=np.int32)
     z, it = 0, 0
     while roots.shape[0] > 1:
-        mm = roots.shape[0]
-        if mm <= COMPLETE_JOIN_MAX:
-            lists = [np.delete(roots, i) for i in range(mm)]
-        else:
-            reps = S[roots].astype(np.float32) / size[roots, None].astype(np.float32)
-            res = knn_graph(reps, min(mm - 1, 32), metric=metric, random_state=random_state)
-            ptr, adj, _ = K.symmetrize_knn(np.ascontiguousarray(res.indices, dtype=np.int32), mm, 1.0)
-            lists = [roots[adj[ptr[i]:ptr[i + 1]]] for i in range(mm)]
-        total = sum(len(x) for x in lists)
-        if total > nbr.shape[0]:
-            nbr = np.empty(total, dtype=np.int32)
-            wt = np.empty(total, dtype=wt.dtype)
-        length[:] = 0
-        off = 0
-        for r, lst in zip(roots, lists):
-            start[r] = off
-            length[r] = len(lst)
-            nbr[off:off + len(lst)] = lst
-            off += len(lst)
-        built[roots] = -1
+        nbr, wt, off = join_lists(roots, S, size, metric, random_state, nbr, wt, start, length, built)
         nbr, wt, _, z, it, _ = K.rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, wt, off,
                                      roots, Z, z, n + zc, code, it)
         roots = np.flatnonzero(alive).astype(np.int32)
