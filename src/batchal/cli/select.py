@@ -110,6 +110,10 @@ def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters,
     if embeddings is not None:
         _fail("--embeddings: the ray engine runs random, margin, entropy, least-confidence and cluster-margin, "
               "which do not read embeddings; use --engine local")
+    for opt, path in (("--probs", probs), ("--logits", logits), ("--clusters", clusters), ("--labeled", labeled),
+                      ("--ids", ids)):
+        if path is not None and not path.exists():  # before starting (or joining) a Ray instance
+            _fail(f"{opt}: no such file {path}")
     eng = _engine(engine, ray_address, quiet)
     t0 = time.perf_counter()
     try:
