@@ -53,12 +53,12 @@ CONFIGS = {
 # the pool is made redundant), 6 rounds. Each dataset plain and with web-like redundancy
 # (`--redundancy zipf`: each row repeated m ~ Zipf(2) times, at most 50, copies perturbed),
 # each with logistic regression and with the simulator's MLP.
-SUITE_STRATEGIES = "margin,cluster-margin,cluster-margin:order=margin,badge,random"
+SUITE_STRATEGIES = "margin,cluster-margin,cluster-margin:order=margin,cluster-margin:order=margin:tol=0.1,badge,random"
 SUITE_POOLS = {
-    # name: (dataset options, trials with logreg, trials with the MLP, extra MLP options)
-    "digits": (["--dataset", "digits"], 5, 3, []),
-    "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], 3, 3, []),
-    "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], 3, 3, ["--max-steps", "3000"]),
+    # name: (dataset options, trials with logreg (plain, redundant), trials with the MLP, extra MLP options)
+    "digits": (["--dataset", "digits"], (20, 20), 3, []),
+    "fmnist": (["--dataset", "fashion-mnist", "--size", "10000"], (5, 3), 3, []),
+    "mnist1d": (["--dataset", "mnist1d", "--size", "10000"], (5, 5), 3, ["--max-steps", "3000"]),
 }
 
 
@@ -81,7 +81,7 @@ def suite_configs() -> dict:
             common = opts + (["--redundancy", "zipf"] if redundant else []) + [
                 "--seed-size", str(b), "--batch-size", str(b), "--rounds", "6"]
             tag = f"{pool}{'-red' if redundant else ''}"
-            out[f"lr-{tag}"] = common + ["--model", "logreg", "--trials", str(t_lr)]
+            out[f"lr-{tag}"] = common + ["--model", "logreg", "--trials", str(t_lr[redundant])]
             out[f"mlp-{tag}"] = common + ["--model", "mlp", "--trials", str(t_mlp)] + mlp_extra
     return out
 
@@ -152,10 +152,12 @@ def cross_pool_table(configs: dict) -> str:
 
     from batchal.simulate.report import _by, fmt_ratio, ratio_to_margin, verdict
 
-    lines = ["| model | pool | margin's labels | " + " | ".join(SUITE_STRATEGIES.split(",")[1:-1]) +
-             " | rounds below margin (recommended) |", "|---|---|---:|" + "---:|" * (len(SUITE_STRATEGIES.split(",")) - 2) + "---|"]
+    cols = SUITE_STRATEGIES.split(",")[1:-1]
+    lines = ["| model | pool | margin's labels | " + " | ".join(cols) +
+             " | rounds below margin (recommended) |", "|---|---|---:|" + "---:|" * len(cols) + "---|"]
     from batchal.selectors import RECOMMENDED
 
+    vrows, drows = [], []
     for name in configs:
         if not name.startswith(("lr-", "mlp-")):
             continue
@@ -174,7 +176,7 @@ def cross_pool_table(configs: dict) -> str:
 
         mL = np.asarray(savings_table(rows, ["margin"], target)["margin"]["labels"], dtype=float)
         m_lab = f"{np.nanmean(mL):,.0f}" if np.isfinite(mL).any() else "never"
-        cells = [fmt_ratio(ratios[s]) if s in ratios else "—" for s in SUITE_STRATEGIES.split(",")[1:-1]]
+        cells = [fmt_ratio(ratios[s]) if s in ratios else "—" for s in cols]
         below = "—"
         if RECOMMENDED in strategies:
             mg, rc = _by(rows, "margin")[1], _by(rows, RECOMMENDED)[1]
@@ -182,6 +184,33 @@ def cross_pool_table(configs: dict) -> str:
             below = f"{vs.count('below')} of {len(vs)}"
         model, _, pool = name.partition("-")
         lines.append(f"| {'logreg' if model == 'lr' else 'MLP'} | {pool} | {m_lab} | " + " | ".join(cells) + f" | {below} |")
+        # per-round verdicts against margin, and what the batches were made of
+        mg = _by(rows, "margin")[1]
+        vcells, dcells = [], []
+        for s in cols:
+            if s not in strategies:
+                vcells.append("—")
+                continue
+            acc = _by(rows, s)[1]
+            vs = [verdict(acc[i] - mg[i])[2] for i in range(1, mg.shape[0])]
+            vcells.append(f"{vs.count('above')} / {vs.count('within spread')} / {vs.count('below')}")
+        def mean_of(strategy, col):
+            v = [float(r[col]) for r in rows if r["strategy"] == strategy and r.get(col) not in (None, "")]
+            return float(np.mean(v)) if v else float("nan")
+        pct = lambda v: "—" if not np.isfinite(v) else f"{100 * v:.0f}%"  # noqa: E731
+        tol_spec = next((s for s in cols if "tol=" in s and s in strategies), None)
+        dcells = [pct(mean_of("margin", "batch_copy_share")), pct(mean_of(RECOMMENDED, "batch_copy_share")),
+                  pct(mean_of(tol_spec, "diag_margin_batch_repeat_share")) if tol_spec else "—",
+                  pct(mean_of(tol_spec, "diag_margin_batch_near_duplicate_share")) if tol_spec else "—",
+                  f"{mean_of('margin', 'batch_mean_margin'):.3f}", f"{mean_of(RECOMMENDED, 'batch_mean_margin'):.3f}"]
+        vrows.append(f"| {'logreg' if model == 'lr' else 'MLP'} | {pool} | " + " | ".join(vcells) + " |")
+        drows.append(f"| {'logreg' if model == 'lr' else 'MLP'} | {pool} | " + " | ".join(dcells) + " |")
+    lines += ["", "Rounds against margin (above / within spread / below, at 2 standard errors, paired by trial):", "",
+              "| model | pool | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)] + vrows
+    lines += ["", f"What the batches were made of (means over rounds and trials; recommended = `{RECOMMENDED}`):", "",
+              "| model | pool | copies in margin's batch | copies in the recommended batch | margin's batch repeating "
+              "a cluster | margin's batch: near-duplicates (tol) | mean margin of margin's batch | of the recommended "
+              "batch |", "|---|---|---:|---:|---:|---:|---:|---:|"] + drows
     text = "\n".join(lines) + "\n"
     (HERE / "results" / "redundancy_table.md").write_text(text)
     return text

@@ -134,9 +134,9 @@ def test_other_bad_inputs_fail_cleanly(files):
         ({"--batch-size": 10_000}, "larger than the unlabeled pool"),
         ({"--labeled": tmp / "L_rep.npy"}, "repeated"),
         ({"--labeled": tmp / "L_oob.npy"}, "out of range"),
-        ({"--strategy": "coreset"}, "needs embeddings"),
+        ({"--strategy": "coreset"}, "needs --embeddings"),
         ({"--strategy": "coreset", "--probs": None}, "pool is empty"),
-        ({"--strategy": "cluster-margin"}, "needs clusters"),
+        ({"--strategy": "cluster-margin"}, "needs --clusters"),
         ({"--strategy": "coreset", "--embeddings": tmp / "E_short.npy"}, "disagree"),
         ({"--probs": tmp / "missing.npy"}, "no such file"),
         ({"--out": tmp / "bad.txt"}, "must end in"),
@@ -164,7 +164,12 @@ def test_strategies_lists_all():
 
 
 def test_demo_runs(tmp_path):
-    r = run("demo", "--out", tmp_path / "demo", "--trials", 2, "-q")
+    from batchal.selectors import RECOMMENDED
+
+    r = run("demo", "--out", tmp_path / "demo", "--trials", 2)
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
-    assert "cluster-margin" in r.output
+    for regime in ("plain", "redundant"):  # both regimes, each with its curves and summary
+        assert (tmp_path / "demo" / regime / "curves.png").stat().st_size > 1000
+        assert RECOMMENDED in (tmp_path / "demo" / regime / "summary.md").read_text()
+    assert "Redundant pool" in (tmp_path / "demo" / "redundant" / "summary.md").read_text()
+    assert "margin's" in r.output and RECOMMENDED in r.output

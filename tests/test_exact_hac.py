@@ -68,3 +68,22 @@ def test_bad_inputs():
         cluster(X, method="fast")
     with pytest.raises(BatchalInputError, match="threshold"):
         cluster(X, threshold=-1.0)
+
+
+@pytest.mark.parametrize("corrupt, msg", [
+    (lambda Z: Z.__setitem__((5, 2), np.nan), "merge 5 holds NaN"),
+    (lambda Z: Z.__setitem__((0, 0), np.inf), "not an integer"),
+    (lambda Z: Z.__setitem__((0, 0), 10_000), "not formed before"),
+    (lambda Z: Z.__setitem__((1, 0), Z[0, 0]), "merged twice"),
+    (lambda Z: Z.__setitem__((3, 3), Z[3, 3] + 1), "not the sum"),
+])
+def test_corrupt_merge_trees_are_refused(corrupt, msg):
+    # scipy's is_valid_linkage lets the id cases through and fcluster then reads out of
+    # bounds (a crash); a NaN height used to drop a merge silently (19 clusters for 20)
+    from batchal.clustering import AverageLinkage
+
+    Z = AverageLinkage(mean_cluster_size=5).fit(blobs(n=100)).linkage_.copy()
+    assert AverageLinkage.from_linkage(Z, mean_cluster_size=5).n_clusters_ == 20
+    corrupt(Z)
+    with pytest.raises(BatchalInputError, match=f"--tree T.npy: .*{msg}"):
+        AverageLinkage.from_linkage(Z, mean_cluster_size=5, name="--tree T.npy")

@@ -32,6 +32,9 @@ def test_spec_parses_name_and_typed_values():
     ("cluster-margin:margin_factor=2:margin_factor=3", "given twice"),
     ("margin:random_state=3", "no parameter 'random_state'"),
     ("", "non-empty"),
+    ("cluster-margin:margin_factor=abc", "'margin_factor' must be a number"),
+    ("cluster-margin:order=3", "'order' must be a word"),
+    ("cluster-margin:tol=x", "'tol' must be a number"),
 ])
 def test_bad_specs_named(bad, match):
     with pytest.raises(BatchalInputError, match=match):
@@ -189,3 +192,80 @@ def test_cli_simulate_redundancy_option(tmp_path):
     res = CliRunner().invoke(app, ["simulate", "--dataset", "digits", "--redundancy", "zipf:a=0.5",
                                    "--out", str(tmp_path / "t"), "--quiet"])
     assert res.exit_code == 2 and "a must be > 1" in res.output
+
+
+# --- near-duplicate passes against a plain Python reference -----------------------------------
+
+def reference_near_duplicate(cand, cids, P, k, tol):
+    """Walk candidates in margin order; a candidate close (every class within tol) to an earlier
+    representative of its cluster is that representative's next copy, else a new representative."""
+    reps = {}  # cluster -> list of [row position, copies so far], most recent first
+    passes = []
+    for i, c in enumerate(cids):
+        group = reps.setdefault(c, [])
+        for rep in group:
+            if np.max(np.abs(P[i] - P[rep[0]])) <= tol:
+                rep[1] += 1
+                passes.append(rep[1])
+                break
+        else:
+            group.insert(0, [i, 0])
+            passes.append(0)
+    order = sorted(range(len(cand)), key=lambda i: (passes[i], i))
+    return np.asarray(cand)[order[:k]], np.asarray(passes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_near_duplicate_round_robin_matches_reference(seed):
+    from batchal.selectors.cluster_margin import near_duplicate_round_robin
+
+    r = np.random.default_rng(seed)
+    m, C = int(r.integers(5, 300)), int(r.integers(2, 6))
+    base = r.dirichlet(np.ones(C), size=m // 3 + 1)
+    P = base[r.integers(0, base.shape[0], m)] + r.normal(scale=0.02, size=(m, C))  # groups of near-copies
+    cand = r.permutation(5000)[:m]
+    cids = r.integers(0, 8, m) * 3
+    for tol in (0.0, 0.05, 0.3):
+        for k in {1, m // 2 + 1, m}:
+            got, passes = near_duplicate_round_robin(cand, cids, P, k, tol)
+            want, wpasses = reference_near_duplicate(cand, cids, P.astype(np.float32), k, tol)
+            np.testing.assert_array_equal(passes, wpasses)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_tol_variant_is_margin_without_near_duplicates_and_skips_copies():
+    arrays = make_pool(n=500, n_labeled=0)
+    plain = select("cluster-margin:order=margin:tol=0.001", 40, probs=arrays["probs"], clusters=arrays["clusters"])
+    np.testing.assert_array_equal(plain, select("margin", 40, probs=arrays["probs"]))
+    # every row copied 5 times with tiny noise, copies share a cluster: the batch takes one copy of each
+    P = np.repeat(arrays["probs"], 5, axis=0) + np.random.default_rng(0).normal(scale=1e-4, size=(2500, 5))
+    P = np.clip(P, 1e-6, None)
+    P /= P.sum(1, keepdims=True)
+    cl = np.repeat(arrays["clusters"], 5)
+    src = np.repeat(np.arange(500), 5)
+    idx = select("cluster-margin:order=margin:tol=0.01:max_candidate_share=1", 40, probs=P, clusters=cl)
+    assert np.unique(src[idx]).shape[0] == 40
+    assert np.unique(src[select("margin", 40, probs=P)]).shape[0] <= 10
+    with pytest.raises(BatchalInputError, match="order=margin only"):
+        select("cluster-margin:tol=0.1", 5, **arrays)
+    with pytest.raises(BatchalInputError, match="tol must be in"):
+        select("cluster-margin:order=margin:tol=2", 5, **arrays)
+
+
+def test_tol_variant_reads_logits_like_probs(rng):
+    Z = rng.normal(size=(300, 4))
+    P = np.exp(Z) / np.exp(Z).sum(1, keepdims=True)
+    cl = rng.integers(0, 30, 300)
+    np.testing.assert_array_equal(select("cluster-margin:order=margin:tol=0.05", 30, logits=Z, clusters=cl),
+                                  select("cluster-margin:order=margin:tol=0.05", 30, probs=P, clusters=cl))
+
+
+def test_select_cli_prints_the_redundancy_of_the_candidates(tmp_path):
+    arrays = make_pool()
+    for k, v in arrays.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    res = CliRunner().invoke(app, ["select", "--strategy", "cluster-margin:order=margin:tol=0.05", "-k", "30",
+                                   "--probs", str(tmp_path / "probs.npy"), "--clusters", str(tmp_path / "clusters.npy"),
+                                   "--labeled", str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy")])
+    assert res.exit_code == 0, res.output
+    assert "redundancy: margin's own batch" in res.output and "near-duplicates" in res.output

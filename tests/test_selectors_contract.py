@@ -208,3 +208,8 @@ class TestRecommendedSpec(SelectorContract):
     """The spec `batchal strategies --recommended` prints keeps the contract as written."""
 
     from batchal.selectors import RECOMMENDED as strategy
+
+
+class TestClusterMarginNearDuplicates(SelectorContract):
+    strategy = "cluster-margin"
+    params = {"order": "margin", "tol": 0.05}

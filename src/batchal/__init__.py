@@ -4,12 +4,14 @@ from .api import select
 from .clustering import AverageLinkage, cluster
 from .scores import entropy, least_confidence, margin, multilabel_margin, softmax, uncertainty
 from .selectors import Pool, Selector, available_strategies, get_selector, register
+from .campaign import Campaign
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AverageLinkage",
     "BatchalInputError",
+    "Campaign",
     "Pool",
     "Selector",
     "available_strategies",

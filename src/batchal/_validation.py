@@ -20,6 +20,13 @@ class BatchalInputError(ValueError):
     """Raised when an input array or parameter breaks the documented contract."""
 
 
+class BatchalOutputError(BatchalInputError, OSError):
+    """Raised when an output cannot be written (a directory, no permission, a full disk).
+
+    Also an ``OSError``, so code that handles file-system errors keeps working.
+    """
+
+
 def iter_chunks(n: int, chunk_rows: int = CHUNK_ROWS):
     """Yield ``(start, stop)`` row ranges covering ``range(n)``."""
     for start in range(0, n, chunk_rows):
@@ -56,6 +63,52 @@ def check_finite(x: np.ndarray, name: str) -> None:
         return
     for a, b in iter_chunks(x.shape[0]):
         check_finite_block(np.asarray(x[a:b]), name, a)
+
+
+def first_nonfinite(x) -> tuple[int, str] | None:
+    """``(row, "NaN" or "infinite values")`` of the first row of ``x`` with a non-finite value, or None.
+
+    Streams over row chunks (memmaps are not loaded whole); non-float arrays are finite.
+    """
+    x = np.asanyarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim == 0:
+        return None
+    for a, b in iter_chunks(x.shape[0]):
+        block = np.asarray(x[a:b]).reshape(b - a, -1)
+        ok = np.isfinite(block).all(axis=1)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            return a + i, "NaN" if np.isnan(block[i]).any() else "infinite values"
+    return None
+
+
+def unread_input_warnings(arrays: dict, requires, strategy: str, labels: dict | None = None) -> list[str]:
+    """Warnings for inputs a strategy does not read that hold NaN or infinity.
+
+    Such an input cannot change the batch, but it is a sign that whatever wrote it
+    is broken, and the same files are likely fed to other strategies next.
+
+    Parameters
+    ----------
+    arrays : dict
+        Pool inputs by name (``probs``, ``logits``, ``embeddings``, ``clusters``); None = not given.
+    requires : what the strategy reads (``Selector.requires``; ``"predictions"`` = probs or logits)
+    strategy : its name, for the message
+    labels : how to call each input in the message (e.g. ``{"probs": "--probs"}``)
+    """
+    read = set(requires)
+    if "predictions" in read:
+        read |= {"probs", "logits"}
+    msgs = []
+    for key, arr in arrays.items():
+        if arr is None or key in read or key == "labeled":
+            continue
+        bad = first_nonfinite(arr)
+        if bad is not None:
+            label = (labels or {}).get(key, key)
+            msgs.append(f"{label} contains {bad[1]} (first at row {bad[0]}); strategy {strategy!r} does not read "
+                        f"it, so the batch is unaffected, but whatever wrote it is suspect")
+    return msgs
 
 
 def check_proba_block(block: np.ndarray, name: str, offset: int = 0, multilabel: bool = False) -> None:

@@ -1,8 +1,11 @@
 """One-call entry points used by the CLI and by scripts."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from ._validation import BatchalInputError, unread_input_warnings
 from .selectors import Pool
 from .selectors.spec import parse_spec
 
@@ -46,8 +49,18 @@ def select(
     Returns
     -------
     int64 array of row indices, in selection order.
+
+    Warns
+    -----
+    UserWarning
+        When an input the strategy does not read holds NaN or infinity (the batch
+        is unaffected, but whatever wrote that input is suspect).
     """
-    selector = parse_spec(strategy).make(random_state=seed, **params)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed < 0:
+        raise BatchalInputError(f"seed must be a non-negative integer (or None); got {seed}")
+    spec = parse_spec(strategy)
+    selector = spec.make(random_state=seed, **params)
+    arrays = dict(probs=probs, logits=logits, embeddings=embeddings, clusters=clusters)
     pool = Pool(
         probs=probs,
         logits=logits,
@@ -57,4 +70,6 @@ def select(
         multilabel=multilabel,
         aggregate=aggregate,
     )
+    for msg in unread_input_warnings(arrays, spec.requires, spec.name):
+        warnings.warn(msg, UserWarning, stacklevel=2)
     return selector.select(pool, batch_size)

@@ -74,8 +74,12 @@ def _stream(
     *,
     multilabel: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    row_offset: int = 0,
 ) -> np.ndarray:
-    """Apply a per-block score ``fn`` (on probabilities) over row chunks."""
+    """Apply a per-block score ``fn`` (on probabilities) over row chunks.
+
+    ``row_offset`` is added to the row numbers in error messages (a block of a larger pool).
+    """
     if (probs is None) == (logits is None):
         raise BatchalInputError("give exactly one of probs or logits")
     name = "probs" if probs is not None else "logits"
@@ -86,9 +90,9 @@ def _stream(
     for a, b in iter_chunks(x.shape[0], chunk_rows):
         block = np.asarray(x[a:b], dtype=np.float64)
         if probs is not None:
-            check_proba_block(block, name, a, multilabel)
+            check_proba_block(block, name, a + row_offset, multilabel)
         else:
-            check_finite_block(block, name, a)
+            check_finite_block(block, name, a + row_offset)
             if multilabel:
                 # independent sigmoids per class; clip keeps exp finite for huge logits
                 block = 1.0 / (1.0 + np.exp(-np.clip(block, -500, 500)))
@@ -161,13 +165,15 @@ def multilabel_margin(
     -------
     ndarray of shape (n,), float32; small = uncertain.
     """
+    return _stream(_multilabel_fn(aggregate), probs, logits, multilabel=True, chunk_rows=chunk_rows)
+
+
+def _multilabel_fn(aggregate: str):
     if aggregate == "min":
-        fn = lambda p: np.abs(2.0 * p - 1.0).min(axis=1)  # noqa: E731
-    elif aggregate == "mean":
-        fn = lambda p: np.abs(2.0 * p - 1.0).mean(axis=1)  # noqa: E731
-    else:
-        raise BatchalInputError(f"unknown multi-label aggregate {aggregate!r}; use 'min' or 'mean'")
-    return _stream(fn, probs, logits, multilabel=True, chunk_rows=chunk_rows)
+        return lambda p: np.abs(2.0 * p - 1.0).min(axis=1)
+    if aggregate == "mean":
+        return lambda p: np.abs(2.0 * p - 1.0).mean(axis=1)
+    raise BatchalInputError(f"unknown multi-label aggregate {aggregate!r}; use 'min' or 'mean'")
 
 
 #: name -> (function, sign) where ``sign * score`` is larger for more uncertain items.
@@ -176,6 +182,7 @@ SCORES = {
     "entropy": (entropy, 1.0),
     "least-confidence": (least_confidence, 1.0),
 }
+_BLOCK_FNS = {"margin": _margin_block, "entropy": _entropy_block, "least-confidence": _least_conf_block}
 
 
 def uncertainty(
@@ -186,20 +193,25 @@ def uncertainty(
     multilabel: bool = False,
     aggregate: str = "min",
     chunk_rows: int = CHUNK_ROWS,
+    row_offset: int = 0,
 ) -> np.ndarray:
     """Uncertainty per row where **larger means more uncertain**.
 
     ``kind`` is one of ``"margin"``, ``"entropy"``, ``"least-confidence"``.
     With ``multilabel=True`` only ``"margin"`` is defined (the multi-label margin).
+    ``row_offset`` numbers the rows in error messages from there (one block of a
+    larger pool, as the distributed engine scores it); the scores do not depend on it.
     """
     if multilabel:
         if kind != "margin":
             raise BatchalInputError(f"only the margin score is defined for multi-label input, not {kind!r}")
-        return -multilabel_margin(probs, logits=logits, aggregate=aggregate, chunk_rows=chunk_rows)
+        s = _stream(_multilabel_fn(aggregate), probs, logits, multilabel=True, chunk_rows=chunk_rows, row_offset=row_offset)
+        np.negative(s, out=s)
+        return s
     if kind not in SCORES:
         raise BatchalInputError(f"unknown score {kind!r}; choose one of {sorted(SCORES)}")
-    fn, sign = SCORES[kind]
-    s = fn(probs, logits=logits, chunk_rows=chunk_rows)
+    _, sign = SCORES[kind]
+    s = _stream(_BLOCK_FNS[kind], probs, logits, chunk_rows=chunk_rows, row_offset=row_offset)
     if sign < 0:
         np.negative(s, out=s)
     return s

@@ -5,6 +5,7 @@ commands on the one Typer ``app``.
 """
 from ._common import app
 from . import cluster, select, simulate  # noqa: F401  (registers the commands)
+from . import campaign  # noqa: F401  (registers `batchal campaign ...`)
 
 __all__ = ["app", "main"]
 

@@ -1,51 +1,64 @@
 """``batchal select`` and ``batchal strategies``: the next batch."""
 from __future__ import annotations
 
+import re
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from .._validation import BatchalInputError
-from ._common import _fail, app, err, out
+from ._common import DEFAULT_SEED, QUIET_HELP, SEED_HELP, _fail, app, err, finite, option_names, out
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
+
+
+class Aggregate(str, Enum):
+    min = "min"
+    mean = "mean"
 
 
 @app.command()
 def select(
     strategy: str = typer.Option(..., "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 (see `batchal strategies`)"),
-    batch_size: int = typer.Option(..., "--batch-size", "-k", help="How many rows to select"),
-    out_path: Path = typer.Option(..., "--out", "-o", help="Selected row indices, int64 in selection order (.npy or .csv)"),
+    batch_size: int = typer.Option(..., "--batch-size", "-k", min=1, help="how many rows to select"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
     probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities"),
     logits: Optional[Path] = typer.Option(None, "--logits", help="(n, C) logits (softmax applied; sigmoid with --multilabel)"),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="(n, d) embeddings (coreset, badge)"),
-    clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids (cluster-margin)"),
-    labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled"),
-    ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids; a .csv output then also lists the ids"),
-    margin_factor: float = typer.Option(10.0, "--margin-factor", help="cluster-margin: k_m = factor x batch size"),
-    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", help="cluster-margin: cap k_m at this share of the unlabeled rows (not below 2 x batch size); 1 = the paper's rule"),
-    partitions: int = typer.Option(1, "--partitions", help="badge: split the pool into this many random parts"),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids from `batchal cluster` (cluster-margin)"),
+    labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled (a batch file of an earlier round works)"),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids, one per pool row; a .csv output then also lists the ids"),
+    margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
+    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (not below 2 x batch size); 1 = the paper's rule"),
+    partitions: int = typer.Option(1, "--partitions", min=1, help="badge: split the pool into this many random parts"),
     multilabel: bool = typer.Option(False, "--multilabel", help="columns are independent binary problems"),
-    aggregate: str = typer.Option("min", "--aggregate", help="multi-label margin over classes: min or mean"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same seed, same batch)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    aggregate: Aggregate = typer.Option(Aggregate.min, "--aggregate", help="multi-label margin over classes"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Pick the next batch of rows to label."""
-    from ..io import load_array, save_indices
+    from ..io import check_output, load_array, save_indices
     from ..selectors.spec import parse_spec
-    from .._validation import check_ids
+    from .._validation import check_ids, unread_input_warnings
 
     try:
         spec = parse_spec(strategy)
     except BatchalInputError as exc:
-        _fail(str(exc))
-    if out_path.suffix.lower() not in (".npy", ".csv"):
-        _fail(f"--out must end in .npy or .csv; got {out_path.name}")
+        _fail(f"--strategy: {exc}")
+    check_output(out_path, name="--out", suffixes=(".npy", ".csv"))
     if probs is not None and logits is not None:
         _fail("give --probs or --logits, not both")
     # command-line options are defaults; a value in the spec wins
     defaults = dict(margin_factor=margin_factor, max_candidate_share=max_candidate_share,
                     partitions=partitions, progress=not quiet)
+    if engine is EngineName.ray or ray_address is not None:
+        return _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
+                           multilabel, aggregate, seed, quiet, engine, ray_address)
     t0 = time.perf_counter()
     try:
         arrays = dict(
@@ -55,24 +68,70 @@ def select(
             clusters=load_array(clusters, name="--clusters") if clusters else None,
             labeled=load_array(labeled, name="--labeled") if labeled else None,
         )
-        id_arr = check_ids(load_array(ids, name="--ids")) if ids else None
+        id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         t1 = time.perf_counter()
         from ..selectors import Pool
 
         selector = spec.make(random_state=seed, defaults=defaults)
-        idx = selector.select(Pool(multilabel=multilabel, aggregate=aggregate, **arrays), batch_size)
+        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, **arrays)
+        if id_arr is not None and id_arr.shape[0] != pool.n:
+            raise BatchalInputError(f"--ids has {id_arr.shape[0]:,} rows but the pool has {pool.n:,}; "
+                                    "give one id per pool row")
+        for msg in unread_input_warnings(arrays, spec.requires, spec.name,
+                                         labels={k: f"--{k}" for k in arrays}):
+            err.print(f"[bold yellow]warning:[/] {escape(msg)}", highlight=False)
+        idx = selector.select(pool, batch_size)
         t2 = time.perf_counter()
+        save_indices(out_path, idx, ids=id_arr, name="--out")
+    except BatchalInputError as exc:
+        _fail(option_names(str(exc)))
+    if not quiet:
+        extra = ""
+        if getattr(selector, "candidates_", None) is not None:  # cluster-margin: the setting that matters most
+            extra = (f"; k_m = {selector.candidates_.shape[0]:,} low-margin candidates in "
+                     f"{selector.n_candidate_clusters_:,} clusters")
+        err.print(
+            f"{spec}: selected {idx.shape[0]:,} rows -> {out_path} (seed {seed}{extra}; "
+            f"load {t1 - t0:.2f}s, select {t2 - t1:.2f}s)",
+            highlight=False, markup=False,
+        )
+        if getattr(selector, "diagnostics_", None):
+            from ..selectors.cluster_margin import describe_redundancy
+
+            err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
+
+
+def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
+                multilabel, aggregate, seed, quiet, engine, ray_address):
+    """``select --engine ray``: predictions are read and scored by the Ray workers where they lie."""
+    from ..io import load_array, save_indices
+    from .._validation import check_ids
+
+    if embeddings is not None:
+        _fail("--embeddings: the ray engine runs random, margin, entropy, least-confidence and cluster-margin, "
+              "which do not read embeddings; use --engine local")
+    for opt, path in (("--probs", probs), ("--logits", logits), ("--clusters", clusters), ("--labeled", labeled),
+                      ("--ids", ids)):
+        if path is not None and not path.exists():  # before starting (or joining) a Ray instance
+            _fail(f"{opt}: no such file {path}")
+    eng = _engine(engine, ray_address, quiet)
+    t0 = time.perf_counter()
+    try:
+        with eng:
+            idx = eng.select(spec, batch_size, probs=probs, logits=logits,
+                             clusters=load_array(clusters, name="--clusters") if clusters else None,
+                             labeled=load_array(labeled, name="--labeled") if labeled else None,
+                             multilabel=multilabel, aggregate=aggregate.value, seed=seed, progress=not quiet,
+                             defaults=defaults)
+        id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         if id_arr is not None and id_arr.shape[0] <= int(idx.max()):
             raise BatchalInputError(f"--ids has {id_arr.shape[0]} rows but the pool has more")
-        save_indices(out_path, idx, ids=id_arr)
+        save_indices(out_path, idx, ids=id_arr, name="--out")
     except BatchalInputError as exc:
-        _fail(str(exc))
+        _fail(option_names(str(exc)))
     if not quiet:
-        err.print(
-            f"{spec}: selected {idx.shape[0]:,} rows -> {out_path} "
-            f"(load {t1 - t0:.2f}s, select {t2 - t1:.2f}s)",
-            highlight=False,
-        )
+        err.print(f"{spec}: selected {idx.shape[0]:,} rows -> {out_path} (ray, {time.perf_counter() - t0:.2f}s)",
+                  highlight=False)
 
 
 @app.command()
@@ -86,6 +145,12 @@ def strategies(
         print(RECOMMENDED)
         return
     for name in sorted(REGISTRY):
-        doc = (REGISTRY[name].__doc__ or "").strip().splitlines()[0]
-        out.print(f"[bold]{name}[/]: {doc}", highlight=False)
-    out.print(f"recommended when you do not know your pool: [bold]{RECOMMENDED}[/]", highlight=False)
+        doc = _plain((REGISTRY[name].__doc__ or "").strip().splitlines()[0])
+        out.print(f"[bold]{name}[/]: {escape(doc)}", highlight=False)
+    out.print(f"recommended when you do not know your pool: [bold]{escape(str(RECOMMENDED))}[/]", highlight=False)
+
+
+def _plain(text: str) -> str:
+    """Docstring reST as plain text: ``x`` and :role:`x` become x."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)

@@ -1,6 +1,7 @@
 """``batchal simulate`` and ``batchal demo``: replayed active learning on labeled data."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -8,43 +9,58 @@ import numpy as np
 import typer
 
 from .._validation import BatchalInputError
-from ._common import Method, Metric, _fail, app, err, out
+from ._common import DEFAULT_SEED, QUIET_HELP, SEED_HELP, Method, Metric, _fail, app, err, finite, out
+
+_DATA_HELP = ("your labeled data: an .npz with X (n, d) numbers and y (n,) class labels (ints or strings; or an "
+              "(n, C) 0/1 matrix for multi-label), optionally X_test and y_test; without them 20% is held out")
+
+
+class ClusterSpace(str, Enum):
+    embedding = "embedding"
+    input = "input"
+
+
+class Model(str, Enum):
+    logreg = "logreg"
+    mlp = "mlp"
 
 
 @app.command()
 def simulate(
-    data: Optional[Path] = typer.Option(None, "--data", help="npz with X, y (and optionally X_test, y_test)"),
+    data: Optional[Path] = typer.Option(None, "--data", help=_DATA_HELP),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, mnist1d, blobs or multilabel"),
-    size: Optional[int] = typer.Option(None, "--size", help="pool size: generated datasets (mnist1d, blobs, multilabel) are made this size; digits and fashion-mnist get a stratified random subset"),
+    size: Optional[int] = typer.Option(None, "--size", min=1, help="pool size: generated datasets (mnist1d, blobs, multilabel) are made this size; digits and fashion-mnist get a stratified random subset"),
     strategies: str = typer.Option("cluster-margin,margin,random", "--strategies", help="comma-separated strategy specs: NAME or NAME:key=value[:key=value...]; each labels its curve"),
     redundancy: Optional[str] = typer.Option(None, "--redundancy", help="make the pool redundant: zipf[:a=2,cap=50,noise=0.05,shift=S] repeats each pool row m ~ Zipf(a) times (at most cap), each copy perturbed; the test split is untouched"),
-    seed_size: int = typer.Option(100, "--seed-size"),
-    batch_size: int = typer.Option(100, "--batch-size"),
-    rounds: int = typer.Option(5, "--rounds"),
-    trials: int = typer.Option(3, "--trials"),
-    model: str = typer.Option("logreg", "--model", help="logreg or mlp (mlp needs torch)"),
-    epochs: int = typer.Option(30, "--epochs", help="MLP: epochs per round, at most --max-steps steps"),
-    max_steps: int = typer.Option(1000, "--max-steps", help="MLP: gradient steps per round at most (0 = no cap)"),
-    margin_factor: float = typer.Option(10.0, "--margin-factor"),
-    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", help="cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
-    mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size"),
+    seed_size: int = typer.Option(100, "--seed-size", min=1, help="labels drawn at random before the first round (the seed set)"),
+    batch_size: int = typer.Option(100, "--batch-size", min=1, help="labels each strategy picks per round"),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="selection rounds after the seed set"),
+    trials: int = typer.Option(3, "--trials", min=1, help="repetitions with different seed sets (for the spread)"),
+    model: Model = typer.Option(Model.logreg, "--model", help="logistic regression, or a torch MLP (needs torch)"),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round, at most --max-steps steps"),
+    max_steps: int = typer.Option(1000, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
+    margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
+    max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
+    mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size", callback=finite(1), help="cluster-margin: cut the clustering where clusters average this size"),
     metric: Metric = typer.Option(Metric.cosine, "--metric", help="clustering distance"),
-    cluster_method: Method = typer.Option(Method.auto, "--cluster-method"),
-    cluster_space: str = typer.Option("embedding", "--cluster-space", help="cluster the seed model's embedding (as in the paper) or the input features"),
-    knn: int = typer.Option(50, "--knn"),
-    partitions: int = typer.Option(1, "--badge-partitions"),
-    target: Optional[float] = typer.Option(None, "--target", help="target metric (default: 98% of the whole-pool model)"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="parallel processes (default: number of cores)"),
-    seed: int = typer.Option(0, "--seed"),
-    out_dir: Path = typer.Option(Path("sim_out"), "--out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    cluster_method: Method = typer.Option(Method.auto, "--cluster-method", help="HAC: exact (all pairs), graph (kNN graph) or auto (by size)"),
+    cluster_space: ClusterSpace = typer.Option(ClusterSpace.embedding, "--cluster-space", help="cluster the seed model's embedding (as in the paper) or the input features"),
+    knn: int = typer.Option(50, "--knn", min=1, help="neighbours per row for the graph clustering"),
+    partitions: int = typer.Option(1, "--badge-partitions", min=1, help="badge: split the pool into this many random parts"),
+    target: Optional[float] = typer.Option(None, "--target", callback=finite(0, 1, lo_open=True), help="target metric (default: 98% of the whole-pool model)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel processes (default: number of cores)"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP + "; trial t uses a seed derived from it"),
+    out_dir: Path = typer.Option(Path("sim_out"), "--out", help="folder for results.csv, curves.png, summary.md and the rest (written all at once)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Replay active learning on labeled data; write results.csv, curves.png and summary.md."""
+    from ..io import check_output
     from ..simulate import SimulationConfig, load_dataset, load_npz
     from ..simulate import simulate as _simulate
 
     if (data is None) == (dataset is None):
         _fail("give exactly one of --data FILE.npz or --dataset NAME")
+    check_output(out_dir, name="--out", directory=True)
     try:
         ds = load_npz(data, seed=seed) if data is not None else load_dataset(dataset, size=size, seed=seed, progress=not quiet)
         if redundancy is not None:
@@ -53,26 +69,40 @@ def simulate(
             ds = make_redundant(ds, redundancy, seed=seed)
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-            seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model,
+            seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
             epochs=epochs, max_steps=max_steps or None,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
-            cluster_method=cluster_method.value, cluster_space=cluster_space, knn=knn, badge_partitions=partitions, seed=seed,
+            cluster_method=cluster_method.value, cluster_space=cluster_space.value, knn=knn, badge_partitions=partitions, seed=seed,
             n_jobs=jobs, target=target, progress=not quiet,
         )
+        need = seed_size + batch_size * rounds
+        if need > ds.X.shape[0]:
+            raise BatchalInputError(f"--seed-size {seed_size:,} + --batch-size {batch_size:,} x --rounds {rounds} = "
+                                    f"{need:,} labels, more than the pool of {ds.X.shape[0]:,} rows")
+        cfg.validate(ds.X.shape[0])  # everything refused before any work
         if not quiet:
             err.print(ds.describe(), highlight=False)
-        res = _simulate(ds, cfg, out_dir=out_dir)
+            k = len(cfg.strategies)
+            err.print(f"running {k * trials} runs ({k} strateg{'ies' if k > 1 else 'y'} x {trials} "
+                      f"trial{'s' if trials > 1 else ''}) and the whole-pool reference, seed {seed}", highlight=False)
+        res = _simulate(ds, cfg)
+        res.class_names = ds.class_names  # string labels: their names go into run.json
+        from ..simulate.report import write_outputs
+
+        write_outputs(res, out_dir, name="--out")
     except BatchalInputError as exc:
         _fail(str(exc))
     if not quiet:
-        out.print((out_dir / "summary.md").read_text(), highlight=False)
+        from rich.markdown import Markdown
+
+        out.print(Markdown((out_dir / "summary.md").read_text()))  # tables, not raw markdown
         err.print(f"wrote {out_dir}/results.csv, curves.png, summary.md ({res.seconds:.0f} s)", highlight=False)
 
 
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("batchal_demo"), "--out", help="where to write the tables, summaries and learning-curve PNGs"),
-    trials: int = typer.Option(3, "--trials", help="repetitions with different seed sets"),
+    trials: int = typer.Option(3, "--trials", min=1, help="repetitions with different seed sets"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress or tables"),
 ):
     """Where diversity pays: digits as it is, then digits made redundant (web-like near-duplicates).
@@ -80,8 +110,11 @@ def demo(
     Logistic regression; seed set and batches of 2.5% of the pool, 6 rounds; the
     recommended spec, the paper's cluster-margin, margin and random side by side.
     """
+    from ..io import check_output
     from ..selectors import RECOMMENDED
     from ..simulate import SimulationConfig, load_dataset, make_redundant
+
+    check_output(out_dir, name="--out", directory=True)
     from ..simulate import simulate as _simulate
     from ..simulate.report import comparison_lines, comparison_table
 
@@ -105,8 +138,6 @@ def demo(
             out.print(f"curves: {out_dir / tag / 'curves.png'}; summary: {out_dir / tag / 'summary.md'} "
                       f"({res.seconds:.0f} s)\n", highlight=False)
     if not quiet:
-        out.print(
-            f"On the plain pool margin's batches are already diverse: the paper's cluster-margin trades uncertainty "
-            f"for diversity it does not need. On the redundant pool margin spends labels on copies, and taking one "
-            f"item per cluster pays. The recommended spec ({RECOMMENDED}) is margin's list with at most one item per "
-            f"cluster per pass: right in both regimes (BENCHMARKS.md, *Label efficiency*).", highlight=False)
+        from ..simulate.report import demo_conclusion
+
+        out.print(demo_conclusion(RECOMMENDED), highlight=False)

@@ -255,25 +255,7 @@ def graph_linkage(
     passes = 0
     while roots.shape[0] > 1:
         passes += 1
-        m = roots.shape[0]
-        if m <= COMPLETE_JOIN_MAX:
-            lists = [np.delete(roots, i) for i in range(m)]
-        else:
-            reps = S[roots].astype(np.float32) / size[roots, None].astype(np.float32)
-            res = knn_graph(reps, min(m - 1, 32), metric=metric, random_state=random_state)
-            ptr, adj = _sym(res.indices, m)
-            lists = [roots[adj[ptr[i]:ptr[i + 1]]] for i in range(m)]
-        total = sum(len(x) for x in lists)
-        if total > nbr.shape[0]:
-            nbr = np.empty(total, dtype=np.int32)
-        length[:] = 0
-        off = 0
-        for r, lst in zip(roots, lists):
-            start[r] = off
-            length[r] = len(lst)
-            nbr[off:off + len(lst)] = lst
-            off += len(lst)
-        built[roots] = -1
+        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length, built)
         nbr, end, zc, it, r2, _ = K.rac(
             S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, off,
             roots, Z, zc, n, code, it,
@@ -292,6 +274,35 @@ def graph_linkage(
     timings["inversions"] = raised
     timings["total"] = time.perf_counter() - t0
     return Z, timings
+
+
+def join_lists(roots, S, size, metric, random_state, nbr, start, length, built):
+    """Adjacency that joins the clusters a kNN graph left apart, loaded into the merge arena.
+
+    All pairs when there are at most ``COMPLETE_JOIN_MAX`` roots, else a kNN graph
+    of the cluster means; shared by the local and the Ray graph HAC so both join
+    components the same way. Returns ``(nbr, end)`` (the arena may grow).
+    """
+    m = roots.shape[0]
+    if m <= COMPLETE_JOIN_MAX:
+        lists = [np.delete(roots, i) for i in range(m)]
+    else:
+        reps = S[roots].astype(np.float32) / size[roots, None].astype(np.float32)
+        res = knn_graph(reps, min(m - 1, 32), metric=metric, random_state=random_state)
+        ptr, adj = _sym(res.indices, m)
+        lists = [roots[adj[ptr[i]:ptr[i + 1]]] for i in range(m)]
+    total = sum(len(x) for x in lists)
+    if total > nbr.shape[0]:
+        nbr = np.empty(total, dtype=np.int32)
+    length[:] = 0
+    off = 0
+    for r, lst in zip(roots, lists):
+        start[r] = off
+        length[r] = len(lst)
+        nbr[off:off + len(lst)] = lst
+        off += len(lst)
+    built[roots] = -1
+    return nbr, off
 
 
 def _sym(indices, m):

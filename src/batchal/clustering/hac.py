@@ -129,7 +129,7 @@ class AverageLinkage:
 
     @classmethod
     def from_linkage(cls, Z, *, threshold: float | None = None, mean_cluster_size: float | None = 10.0,
-                     metric: str | None = None) -> "AverageLinkage":
+                     metric: str | None = None, name: str = "the merge tree") -> "AverageLinkage":
         """A fitted model from a saved merge tree (scipy linkage format), cut without re-clustering.
 
         Parameters
@@ -139,15 +139,18 @@ class AverageLinkage:
         threshold, mean_cluster_size : as in :class:`AverageLinkage`.
         metric : str, optional
             Only recorded (for the report); the heights in ``Z`` are in that metric.
+        name : str
+            What to call ``Z`` in error messages (the CLI passes the option and file).
         """
         from scipy.cluster.hierarchy import is_valid_linkage
 
         Z = np.asarray(Z)
         if Z.ndim != 2 or Z.shape[1] != 4 or Z.shape[0] < 1 or not np.issubdtype(Z.dtype, np.floating):
-            raise BatchalInputError(f"a merge tree must be a float (n - 1, 4) array in scipy linkage format; got "
-                                    f"{Z.dtype} {Z.shape}")
+            raise BatchalInputError(f"{name}: a merge tree must be a float (n - 1, 4) array in scipy linkage "
+                                    f"format; got {Z.dtype} {Z.shape}")
+        check_linkage(Z, name)
         if not is_valid_linkage(Z):
-            raise BatchalInputError("the merge tree is not a valid scipy linkage matrix (wrong ids, sizes or heights)")
+            raise BatchalInputError(f"{name} is not a valid scipy linkage matrix (wrong ids, sizes or heights)")
         if threshold is None and mean_cluster_size is None:
             raise BatchalInputError("give a threshold or a mean_cluster_size")
         model = cls(threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric)
@@ -156,6 +159,36 @@ class AverageLinkage:
         model.method_, model.method_reason_ = "tree", "cut of a saved merge tree"
         model.timings_ = {}
         return model.recut(threshold=threshold, mean_cluster_size=None if threshold is not None else mean_cluster_size)
+
+
+def check_linkage(Z: np.ndarray, name: str = "the merge tree") -> None:
+    """Refuse a merge tree that scipy's cuts would mis-read (or crash on).
+
+    ``scipy.cluster.hierarchy.is_valid_linkage`` lets through ids that are not
+    integers, out of range or infinite, and ``fcluster`` then reads out of bounds;
+    a NaN height sorts last and silently drops a merge from a mean-size cut. Row
+    ``i`` must merge two distinct clusters formed before it (ids below ``n + i``,
+    each merged once), at a height >= 0 (``+inf`` joins a forest), with a size
+    that is the sum of theirs. Vectorised: O(n).
+    """
+    n = Z.shape[0] + 1
+    ids, heights = Z[:, :2], Z[:, 2]
+
+    def bad_row(mask, what):
+        if mask.any():
+            raise BatchalInputError(f"{name}: merge {int(np.flatnonzero(mask)[0])} {what}; the tree is corrupt")
+
+    bad_row(np.isnan(Z).any(axis=1), "holds NaN")
+    bad_row((~np.isfinite(ids) | (ids != np.floor(ids))).any(axis=1), "has a cluster id that is not an integer")
+    first = np.arange(n - 1) + n  # the id row i creates
+    bad_row(((ids < 0) | (ids >= first[:, None])).any(axis=1), "refers to a cluster not formed before it")
+    bad_row(heights < 0, "has a negative height")
+    ids = ids.astype(np.int64)
+    used, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise BatchalInputError(f"{name}: cluster {int(used[counts > 1][0])} is merged twice; the tree is corrupt")
+    size = np.concatenate([np.ones(n), Z[:, 3]])
+    bad_row(Z[:, 3] != size[ids[:, 0]] + size[ids[:, 1]], "has a size that is not the sum of its two clusters'")
 
 
 def cluster(

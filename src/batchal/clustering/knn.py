@@ -129,9 +129,9 @@ def _drop_self(I: np.ndarray, D: np.ndarray, qids: np.ndarray, k: int):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from .._progress import progress  # a bar on a terminal, a line per 10% in a log
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="rows", leave=False, mininterval=0.5)
+    return progress(total, desc, enabled=enabled, unit="rows")
 
 
 def _out_indices(out, n: int, k: int) -> np.ndarray:

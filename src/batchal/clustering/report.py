@@ -39,6 +39,11 @@ def cluster_summary(labels: np.ndarray) -> dict:
     }
 
 
+def report_paths(out_path) -> tuple[Path, Path]:
+    """The report's two files beside a cluster-id output: ``<stem>.report.json`` and ``<stem>.sizes.png``."""
+    return _stem_path(out_path, ".report.json"), _stem_path(out_path, ".sizes.png")
+
+
 def _plot_sizes(labels: np.ndarray, path: Path, title: str) -> None:
     import matplotlib
 
@@ -57,22 +62,14 @@ def _plot_sizes(labels: np.ndarray, path: Path, title: str) -> None:
     ax.set_ylabel("number of clusters")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from ..io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
-def write_report(model, out_path) -> dict:
-    """Write ``<stem>.report.json`` and ``<stem>.sizes.png`` next to ``out_path``.
-
-    Parameters
-    ----------
-    model : fitted :class:`batchal.clustering.AverageLinkage`
-    out_path : path of the cluster-id output (e.g. ``C.npy``)
-
-    Returns
-    -------
-    dict : the report (also written as JSON).
-    """
+def cluster_report(model) -> dict:
+    """The report of a fitted :class:`batchal.clustering.AverageLinkage`, without writing it."""
     labels = np.asarray(model.labels_)
     rep = cluster_summary(labels)
     timings = {}
@@ -88,31 +85,59 @@ def write_report(model, out_path) -> dict:
         "knn": getattr(model, "knn", None) if model.method_ == "graph" else None,
         "timings": timings,
     })
-    json_path = _stem_path(out_path, ".report.json")
-    png_path = _stem_path(out_path, ".sizes.png")
+    return rep
+
+
+def write_report(model, out_path) -> dict:
+    """Write ``<stem>.report.json`` and ``<stem>.sizes.png`` next to ``out_path``.
+
+    Parameters
+    ----------
+    model : fitted :class:`batchal.clustering.AverageLinkage`
+    out_path : path of the cluster-id output (e.g. ``C.npy``)
+
+    Returns
+    -------
+    dict : the report (also written as JSON).
+    """
+    from ..io import atomic_write
+
+    rep = cluster_report(model)
+    json_path, png_path = report_paths(out_path)
     rep["histogram"] = str(png_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     if rep["n_clusters"]:
-        _plot_sizes(labels, png_path, f"{rep['n_clusters']:,} clusters of {rep['n']:,} rows "
+        _plot_sizes(np.asarray(model.labels_), png_path, f"{rep['n_clusters']:,} clusters of {rep['n']:,} rows "
                     f"({model.method_}, threshold {rep['threshold']:.4g})")
-    json_path.write_text(json.dumps(rep, indent=1))
+    text = json.dumps(rep, indent=1)
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
     rep["report"] = str(json_path)
     return rep
 
 
-def format_report(d: dict) -> str:
-    """Human-readable lines for a report dict from :func:`write_report`."""
+def format_report(d: dict, method: bool = True) -> str:
+    """Human-readable lines for a report dict from :func:`write_report`.
+
+    ``method=False`` leaves out the method line (the CLI prints it before a long run).
+    """
+    # a saved tree does not record its metric: its threshold is in whatever metric built it
+    metric = f"metric {d['metric']}" if d.get("metric") else "in the tree's metric"
     lines = [
-        f"clusters: {d['n_clusters']:,} over {d['n']:,} rows (threshold {d['threshold']:.6g}, metric {d.get('metric')})",
+        f"clusters: {d['n_clusters']:,} over {d['n']:,} rows (threshold {d['threshold']:.6g}, {metric})",
         f"size: mean {d['mean_size']:.2f}, median {d['median_size']:.0f}, max {d['max_size']:,}",
         f"singletons: {d['singletons']:,} = {100 * d['singleton_share']:.1f}% of clusters, "
         f"{100 * d['rows_in_singletons_share']:.1f}% of rows",
-        f"method: {d['method']} ({d['method_reason']})" + (f", k={d['knn']}" if d.get("knn") else ""),
     ]
+    knn = f", k={d['knn']}" if d.get("knn") else ""
+    if method:
+        lines.append(f"method: {d['method']} ({d['method_reason']}){knn}")
+    elif knn:
+        lines.append(f"kNN graph: {d['knn']} neighbours per row")
     t = d.get("timings") or {}
     steps = [f"{k} {v:.1f}s" for k, v in t.items() if isinstance(v, float) and k in ("knn", "symmetrize", "merge", "join_components", "hac", "total")]
     if steps:
         lines.append("time: " + ", ".join(steps))
+    if d.get("report"):
+        lines.append(f"report: {d['report']}")
     if d.get("histogram"):
         lines.append(f"size histogram: {d['histogram']}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
 from .spec import StrategySpec, parse_spec, split_specs
 
 #: The spec the README recommends when the pool's redundancy is unknown (BENCHMARKS.md, *Label efficiency*).
-RECOMMENDED = "cluster-margin:order=margin"
+RECOMMENDED = "cluster-margin:order=margin:tol=0.1"
 
 __all__ = [
     "REGISTRY",

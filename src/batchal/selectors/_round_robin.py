@@ -69,3 +69,45 @@ def margin_order_keys(cids, n_ids):
     for i in range(m):
         keys[i] = r[i] * n_pos + p[i]
     return keys, n_pos
+
+
+@njit(cache=True)
+def near_duplicate_passes(cids, P, tol, max_reps):
+    """Pass number of each candidate (already in margin order) under near-duplicate grouping.
+
+    A candidate is a near-duplicate of an earlier *representative* of its
+    cluster when no class probability differs by more than ``tol``; its pass is
+    then that representative's running count of duplicates, else it becomes a
+    representative with pass 0. At most ``max_reps`` most recent representatives
+    of a cluster are compared, which bounds the cost at O(m * max_reps * C) even
+    for one huge cluster. Hand-written: a sequential scan whose state (the
+    representatives seen so far) changes at every step, which numpy cannot express.
+    """
+    m, C = P.shape
+    last_rep = np.full(cids.max() + 1, -1, dtype=np.int64)
+    prev_rep = np.full(m, -1, dtype=np.int64)
+    dups = np.zeros(m, dtype=np.int32)
+    passes = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        c = cids[i]
+        j = last_rep[c]
+        seen = 0
+        found = -1
+        while j >= 0 and seen < max_reps:
+            close = True
+            for q in range(C):
+                if abs(P[i, q] - P[j, q]) > tol:
+                    close = False
+                    break
+            if close:
+                found = j
+                break
+            j = prev_rep[j]
+            seen += 1
+        if found >= 0:
+            dups[found] += 1
+            passes[i] = dups[found]
+        else:
+            prev_rep[i] = last_rep[c]
+            last_rep[c] = i
+    return passes

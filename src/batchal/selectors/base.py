@@ -16,7 +16,7 @@ from .._validation import (
 )
 from .. import scores as _scores
 
-__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY"]
+__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
 
 
 @dataclass
@@ -93,6 +93,28 @@ class Pool:
             )
         return self._cache[kind]
 
+    def top_uncertain(self, kind: str, k: int) -> np.ndarray:
+        """The ``k`` most uncertain unlabeled rows, most uncertain first (ties: smaller row first).
+
+        The one place selectors rank the pool by a score; a distributed pool
+        (``batchal.engines.ray``) overrides it with a per-block top-k merged on the driver.
+        """
+        return top_k(self.uncertainty(kind), self.labeled_mask, k)
+
+    def rows_probs(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted probabilities of ``rows`` only, in that order (softmax, or sigmoid when
+        multi-label, of the logits when logits were given); a distributed pool overrides it."""
+        from .. import scores
+
+        order = np.argsort(rows, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(order.shape[0])
+        src = self.probs if self.probs is not None else self.logits
+        block = np.asarray(src[rows[order]], dtype=np.float64)[back]  # sorted reads suit memory maps
+        if self.probs is not None:
+            return block.astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-block)) if self.multilabel else scores.softmax(block)).astype(np.float32)
+
     def checked_embeddings(self) -> np.ndarray:
         if "emb_ok" not in self._cache:
             check_finite(self.embeddings, "embeddings")
@@ -117,7 +139,12 @@ def available_strategies() -> list[str]:
 
 
 def get_selector(name: str, **params) -> "Selector":
-    """Instantiate a registered selector by name."""
+    """Instantiate a registered selector by name or by spec (``NAME:key=value...``)."""
+    if isinstance(name, str) and ":" in name:
+        from .spec import parse_spec
+
+        spec = parse_spec(name)
+        return spec.make(random_state=params.pop("random_state", None), **params)
     try:
         cls = REGISTRY[name]
     except KeyError:
@@ -162,7 +189,9 @@ class Selector:
                 if not pool.has_predictions:
                     raise BatchalInputError(f"strategy {self.name!r} needs predicted probabilities or logits")
             elif getattr(pool, req) is None:
-                raise BatchalInputError(f"strategy {self.name!r} needs {req}")
+                how = (": one cluster id per pool row, made once with batchal.cluster or `batchal cluster`"
+                       if req == "clusters" else "")
+                raise BatchalInputError(f"strategy {self.name!r} needs {req}{how}")
         k = check_batch_size(batch_size, pool.n_unlabeled)
         rng = np.random.default_rng(self.random_state)
         idx = np.asarray(self._select(pool, k, rng), dtype=np.int64)
@@ -192,10 +221,10 @@ def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
     The greedy kernels are resumable, so calling them block by block gives the
     same picks as one call while the bar advances between blocks.
     """
-    from tqdm.auto import tqdm
+    from .._progress import progress  # a bar on a terminal, a line per 10% in a log
 
     step = max(1, -(-k // n_blocks))
-    with tqdm(total=k, desc=desc, unit="picks", disable=not enabled, leave=False, mininterval=0.5) as bar:
+    with progress(k, desc, enabled=enabled, unit="picks") as bar:
         for a in range(0, k, step):
             b = min(k, a + step)
             yield a, b
@@ -205,15 +234,53 @@ def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
 def top_k(score: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``score`` among rows not in ``exclude``, largest first.
 
-    O(n) with ``argpartition`` plus O(k log k) to order the winners; ties are
-    broken by row index so the result is deterministic.
+    O(n) with ``argpartition`` plus O(k log k) to order the winners. The order is
+    total: equal scores go to the smaller row index, also at the cut, so the
+    result is deterministic and equals a merge of per-block top-k lists
+    (:func:`merge_top_k`), which is how the distributed engine computes it.
     """
     s = np.array(score, dtype=np.float32, copy=True)
     s[exclude] = -np.inf
     n = s.shape[0]
     if k < n:
         part = np.argpartition(-s, k - 1)[:k]
+        cut = s[part].min()
+        n_tied = int(np.count_nonzero(s == cut))
+        if n_tied != int(np.count_nonzero(s[part] == cut)):
+            # argpartition picks an arbitrary subset of the rows tied at the cut: take the smallest rows
+            above = np.flatnonzero(s > cut)
+            part = np.concatenate([above, np.flatnonzero(s == cut)[: k - above.shape[0]]])
     else:
         part = np.arange(n)
     order = np.lexsort((part, -s[part]))
     return part[order]
+
+
+def merge_top_k(score: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of candidate ``(score, row)`` pairs: largest score first, ties to the smaller row.
+
+    Parameters
+    ----------
+    score : float32 array (m,)
+    rows : int64 array (m,), distinct
+    k : int
+
+    Returns
+    -------
+    (score, rows) of the winners, in that order. Applied to the union of
+    per-block :func:`top_k` lists it gives the :func:`top_k` of the whole pool.
+    """
+    m = score.shape[0]
+    if k < m:
+        part = np.argpartition(-score, k - 1)[:k]
+        cut = score[part].min()
+        tied = np.flatnonzero(score == cut)
+        if tied.shape[0] != int(np.count_nonzero(score[part] == cut)):
+            above = np.flatnonzero(score > cut)
+            tied = tied[np.argsort(rows[tied], kind="stable")]
+            part = np.concatenate([above, tied[: k - above.shape[0]]])
+    else:
+        part = np.arange(m)
+    order = np.lexsort((rows[part], -score[part]))
+    sel = part[order]
+    return score[sel], rows[sel]

@@ -111,8 +111,8 @@ def parse_spec(spec) -> StrategySpec:
     if name not in REGISTRY:
         raise BatchalInputError(f"unknown strategy {name!r} in spec {text!r}; choose one of: "
                                 f"{', '.join(available_strategies())}")
-    allowed = [p for p in inspect.signature(REGISTRY[name].__init__).parameters
-               if p not in ("self", *_RESERVED)]
+    sig = inspect.signature(REGISTRY[name].__init__)
+    allowed = [p for p in sig.parameters if p not in ("self", *_RESERVED)]
     params: dict = {}
     for item in items:
         key, sep, val = item.partition("=")
@@ -124,8 +124,23 @@ def parse_spec(spec) -> StrategySpec:
             raise BatchalInputError(f"strategy spec {text!r}: {name} has no parameter {key!r}; {hint}")
         if key in params:
             raise BatchalInputError(f"strategy spec {text!r}: parameter {key!r} given twice")
-        params[key] = _value(val)
+        params[key] = _checked(text, name, key, _value(val), sig.parameters[key])
     return StrategySpec(name, params, text)
+
+
+def _checked(text: str, name: str, key: str, value, param: inspect.Parameter):
+    """Refuse a value whose kind does not match the parameter's default (a number for a number...)."""
+    default = param.default
+    if value is None and "None" in str(param.annotation):
+        return value
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if default is None and "float" in str(param.annotation):
+        numeric = value is not None
+    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise BatchalInputError(f"strategy spec {text!r}: {name} parameter {key!r} must be a number; got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise BatchalInputError(f"strategy spec {text!r}: {name} parameter {key!r} must be a word; got {value!r}")
+    return value
 
 
 def split_specs(text: str) -> list[StrategySpec]:

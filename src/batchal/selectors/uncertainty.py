@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Pool, Selector, register, top_k
+from .base import Pool, Selector, register
 
 
 @register
@@ -23,7 +23,7 @@ class _TopUncertainty(Selector):
     requires = ("predictions",)
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
-        return top_k(pool.uncertainty(self.score), pool.labeled_mask, k)
+        return pool.top_uncertain(self.score, k)
 
 
 @register

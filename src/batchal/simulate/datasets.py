@@ -34,6 +34,8 @@ class Dataset:
     source: np.ndarray | None = None
     #: how the pool was made redundant, and its multiplicities (set by make_redundant)
     redundancy: dict | None = None
+    #: the name of each class code when the labels were given as strings (``--data``)
+    class_names: tuple | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -45,6 +47,9 @@ class Dataset:
 
     def describe(self) -> str:
         kind = "multi-label" if self.multilabel else "multi-class"
+        if self.class_names is not None:
+            shown = ", ".join(map(str, self.class_names[:8])) + (", ..." if len(self.class_names) > 8 else "")
+            kind += f": {shown}"
         return (
             f"{self.name}: pool {self.X.shape[0]:,} x {self.X.shape[1]}, test {self.X_test.shape[0]:,}, "
             f"{self.n_classes} classes ({kind})"
@@ -67,13 +72,16 @@ def _split(name, X, y, test_size, seed) -> Dataset:
 
 
 def check_labels(X, y, where: str) -> np.ndarray:
+    """Labels for the rows of ``X``: 1-d non-negative integer classes, or a 2-d 0/1 multi-label matrix."""
     y = np.asarray(y)
-    if y.shape[0] != X.shape[0]:
-        raise BatchalInputError(f"{where}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if y.shape[:1] != X.shape[:1]:
+        raise BatchalInputError(f"{where}: X has {X.shape[0]} rows but y has {y.shape[0] if y.ndim else 0}")
+    if y.dtype.kind not in "biuf":
+        raise BatchalInputError(f"{where}: y must hold class labels (numbers or strings); got dtype {y.dtype}")
     if y.ndim == 1:
         if not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
-            raise BatchalInputError(f"{where}: y must hold integer class labels")
-        if y.min() < 0:
+            raise BatchalInputError(f"{where}: y must hold integer class labels (or strings)")
+        if y.size and y.min() < 0:
             raise BatchalInputError(f"{where}: class labels must be >= 0")
         return y.astype(np.int64)
     if y.ndim == 2:
@@ -83,32 +91,135 @@ def check_labels(X, y, where: str) -> np.ndarray:
     raise BatchalInputError(f"{where}: y must be 1-d (classes) or 2-d (multi-label); got shape {y.shape}")
 
 
-def load_npz(path, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
-    """A user file with arrays ``X``, ``y`` and optionally ``X_test``, ``y_test``."""
+def _read_npz(p: Path, name: str) -> dict:
+    """Every array of an .npz, refusing what is not one with a message naming ``name`` and the file."""
+    import zipfile
+
+    if p.is_dir():
+        raise BatchalInputError(f"{name}: {p} is a directory, not an .npz file")
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+        kind = ("a single .npy array" if head == b"\x93NUMPY" else
+                "a damaged or truncated .npz archive" if head[:4] == b"PK\x03\x04" else "not an .npz archive")
+        raise BatchalInputError(f"{name}: {p} is {kind}; make one with numpy.savez(path, X=X, y=y)")
+    arrays = {}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for key in z.files:
+                try:
+                    arrays[key] = z[key]
+                except ValueError as exc:
+                    if "allow_pickle" in str(exc):
+                        raise BatchalInputError(f"{name}: {key} in {p} holds Python objects; store numbers "
+                                                "(or strings for labels)") from None
+                    raise
+    except BatchalInputError:
+        raise
+    except Exception as exc:  # a damaged archive: zipfile, zlib and numpy each have their own errors
+        raise BatchalInputError(f"{name}: cannot read {p}: {exc}") from None
+    return arrays
+
+
+def _features(a, key: str, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise BatchalInputError(f"{name}: {key} must hold numbers; got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise BatchalInputError(f"{name}: {key} must be 2-d (n, d); got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise BatchalInputError(f"{name}: {key} is empty (shape {a.shape})")
+    X = np.asarray(a, dtype=np.float32)
+    if not np.isfinite(X).all():  # float32 overflow turns huge values into inf: caught here too
+        row = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        raise BatchalInputError(f"{name}: {key} contains NaN or infinite values (first at row {row})")
+    return X
+
+
+def _encode(y, yt, name: str):
+    """String labels as codes 0..K-1 (sorted names); numbers unchanged. Returns ``(y, yt, names)``."""
+    text = [a is not None and np.asarray(a).dtype.kind in "US" for a in (y, yt)]
+    if not any(text):
+        return y, yt, None
+    if yt is not None and text[0] != text[1]:
+        raise BatchalInputError(f"{name}: y and y_test must both be strings or both numbers")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise BatchalInputError(f"{name}: string labels must be 1-d (one class per row); got shape {y.shape}")
+    names, codes = np.unique(y if yt is None else np.concatenate([y, np.asarray(yt).ravel()]), return_inverse=True)
+    yt_codes = None if yt is None else codes[y.shape[0]:].reshape(np.shape(yt))
+    return codes[: y.shape[0]], yt_codes, tuple(names.tolist())
+
+
+def _label_name(c, names) -> str:
+    return repr(names[c]) if names is not None else str(c)
+
+
+def load_npz(path, *, test_size: float = 0.2, seed: int = 0, name: str = "--data") -> Dataset:
+    """A user file with arrays ``X``, ``y`` and optionally ``X_test``, ``y_test``.
+
+    ``X`` holds numbers; ``y`` holds integer classes, strings (mapped to codes in
+    sorted order, the names kept in ``Dataset.class_names``) or a 0/1 multi-label
+    matrix. Without a test split, ``test_size`` of the rows is held out, stratified
+    by class. Every problem is a :class:`BatchalInputError` naming ``name``, raised
+    before any work.
+    """
     p = Path(path)
     if not p.exists():
-        raise BatchalInputError(f"--data: no such file {p}")
-    with np.load(p, allow_pickle=False) as z:
-        missing = [k for k in ("X", "y") if k not in z.files]
-        if missing:
-            raise BatchalInputError(f"--data {p.name} lacks array(s) {missing}; it holds {z.files}")
-        X = np.asarray(z["X"], dtype=np.float32)
-        if X.ndim != 2:
-            raise BatchalInputError(f"--data: X must be 2-d (n, d); got shape {X.shape}")
-        y = check_labels(X, z["y"], "--data")
-        if not np.isfinite(X).all():
-            raise BatchalInputError("--data: X contains NaN or infinite values")
-        if ("X_test" in z.files) != ("y_test" in z.files):
-            raise BatchalInputError("--data: give both X_test and y_test, or neither")
-        if "X_test" in z.files:
-            Xt = np.asarray(z["X_test"], dtype=np.float32)
-            if Xt.ndim != 2 or Xt.shape[1] != X.shape[1]:
-                raise BatchalInputError(f"--data: X_test has shape {Xt.shape}; expected (m, {X.shape[1]})")
-            yt = check_labels(Xt, z["y_test"], "--data (test)")
-            if yt.ndim != y.ndim:
-                raise BatchalInputError("--data: y and y_test disagree on multi-class vs multi-label")
-            return Dataset(p.stem, X, y, Xt, yt)
-    return _split(p.stem, X, y, test_size, seed)
+        raise BatchalInputError(f"{name}: no such file {p}")
+    z = _read_npz(p, name)
+    missing = [k for k in ("X", "y") if k not in z]
+    if missing:
+        raise BatchalInputError(f"{name} {p.name} lacks array(s) {missing}; it holds {sorted(z)}")
+    if ("X_test" in z) != ("y_test" in z):
+        raise BatchalInputError(f"{name}: give both X_test and y_test, or neither")
+    X = _features(z["X"], "X", name)
+    y, yt, names = _encode(z["y"], z.get("y_test"), name)
+    y = check_labels(X, y, name)
+    if "X_test" in z:
+        Xt = _features(z["X_test"], "X_test", name)
+        if Xt.shape[1] != X.shape[1]:
+            raise BatchalInputError(f"{name}: X_test has shape {Xt.shape}; expected (m, {X.shape[1]})")
+        yt = check_labels(Xt, yt, f"{name} (test)")
+        if yt.ndim != y.ndim or (y.ndim == 2 and yt.shape[1] != y.shape[1]):
+            raise BatchalInputError(f"{name}: y {y.shape} and y_test {yt.shape} disagree on the classes")
+        _check_classes(y, yt, names, name)
+        return Dataset(p.stem, X, y, Xt, yt, class_names=names)
+    _check_classes(y, None, names, name)
+    if y.ndim == 1:
+        counts = np.bincount(y)
+        present = np.flatnonzero(counts)
+        n_test = int(np.ceil(test_size * y.shape[0]))
+        if counts[present].min() < 2:
+            c = int(present[np.argmin(counts[present])])
+            raise BatchalInputError(f"{name}: class {_label_name(c, names)} has a single example; holding out a "
+                                    "stratified test split needs at least 2 of each class (or give X_test, y_test)")
+        if n_test < present.shape[0] or y.shape[0] - n_test < present.shape[0]:
+            raise BatchalInputError(f"{name}: {y.shape[0]} rows are too few to hold out {100 * test_size:.0f}% as "
+                                    f"a test split with each of the {present.shape[0]} classes on both sides; "
+                                    "give more rows or X_test and y_test")
+    try:
+        ds = _split(p.stem, X, y, test_size, seed)
+    except ValueError as exc:  # scikit-learn's split refuses what the checks above did not foresee
+        raise BatchalInputError(f"{name}: cannot split {p} into a pool and a test split: {exc}") from None
+    ds.class_names = names
+    return ds
+
+
+def _check_classes(y, yt, names, name: str) -> None:
+    """The pool must show at least two classes, and every class the test split asks about."""
+    if y.ndim == 2:
+        return
+    seen = np.unique(y)
+    if seen.shape[0] < 2:
+        raise BatchalInputError(f"{name}: y has a single class ({_label_name(int(seen[0]), names)}); "
+                                "a classifier needs at least two")
+    if yt is not None:
+        absent = np.setdiff1d(np.unique(yt), seen)
+        if absent.size:
+            shown = ", ".join(_label_name(int(c), names) for c in absent[:5])
+            raise BatchalInputError(f"{name}: y_test holds class(es) {shown} that the pool y never shows; "
+                                    "no strategy could learn them")
 
 
 def load_digits(seed: int = 0) -> Dataset:
@@ -225,10 +336,14 @@ def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress:
         return subsample_pool(load_digits(seed), size, seed)
     if name == "fashion-mnist":
         return subsample_pool(load_fashion_mnist(), size, seed)
-    if name == "mnist1d":
-        return load_mnist1d(n=size or 100_000, seed=seed, progress=progress)
-    if name == "blobs":
-        return load_blobs(n=size or 20_000, seed=seed)
-    if name == "multilabel":
-        return load_multilabel(n=size or 6_000, seed=seed)
+    makers = {"mnist1d": lambda: load_mnist1d(n=size or 100_000, seed=seed, progress=progress),
+              "blobs": lambda: load_blobs(n=size or 20_000, seed=seed),
+              "multilabel": lambda: load_multilabel(n=size or 6_000, seed=seed)}
+    if name in makers:
+        try:
+            return makers[name]()
+        except BatchalInputError:
+            raise
+        except ValueError as exc:  # scikit-learn's stratified split of a pool too small for its classes
+            raise BatchalInputError(f"--size {size}: too small a pool for {name} ({exc})") from None
     raise BatchalInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or pass --data FILE.npz")

@@ -31,8 +31,8 @@ class RedundancySpec:
     cap : int, default 50
         Largest multiplicity (larger draws are clipped to it).
     noise : float, default 0.05
-        Noise standard deviation of a copy, relative to the feature's standard
-        deviation (vectors) or to the pixels' overall standard deviation (images).
+        Noise standard deviation of a copy, relative to each feature's (pixel's)
+        standard deviation over the pool.
     shift : int or None, default None
         Images: each copy is shifted by up to this many pixels in each
         direction. None: 1 for images at least 16 pixels wide, 0 below (one
@@ -143,7 +143,9 @@ def make_redundant(dataset: Dataset, spec="zipf", *, seed: int = 0) -> Dataset:
             dx = rng.integers(-shift, shift + 1, copies.size)
             Xr[copies] = _shift_images(Xr[copies].reshape(-1, h, w), dy, dx).reshape(copies.size, -1)
         if spec.noise > 0:
-            scale = float(X.std()) if dataset.image_shape is not None else X.std(axis=0)
+            # relative to each feature's spread, images included: a pixel that is always
+            # background stays background, as in a re-encoded or re-uploaded copy
+            scale = X.std(axis=0)
             noise = rng.normal(size=(copies.size, X.shape[1])).astype(np.float32)
             Xr[copies] += (spec.noise * noise * scale).astype(np.float32)
         if dataset.image_shape is not None:  # keep pixels in the data's range

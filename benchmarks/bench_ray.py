@@ -1,0 +1,230 @@
+"""Benchmark: the ray engine against the local engine on this machine (issue 9).
+
+Every case runs in its own process; a sampler thread records the resident
+memory of that process and of every Ray worker process (``ray::...``) once a
+second: the peak of each process and the peak of their sum.
+
+Usage::
+
+    python benchmarks/bench_ray.py cluster --n 1000000 --d 64 --engine ray
+    python benchmarks/bench_ray.py cluster --n 1000000 --d 64 --engine local
+    python benchmarks/bench_ray.py select --n 10000000 --k 1000000 --engine ray
+
+``cluster``: kNN graph (k = 50) and graph HAC of the cached blobs of
+``bench_cluster.py`` (memory-mapped ``.npy``, read by the workers).
+``select``: one round: a small model (a fixed linear layer + softmax over 16
+features, C = 10) predicts the pool (Parquet shards, 1M-row row groups), then
+cluster-margin selects ``k`` items with cluster ids of mean size 10.
+Ray: ``ray.init(num_cpus=2, object_store_memory=2 GiB)``, 2 actors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_cluster import CACHE, blobs_path  # noqa: E402
+
+OBJECT_STORE = 2 << 30
+
+
+class MemSampler(threading.Thread):
+    """Peak RSS per process (this one and every ``ray::`` worker) and of their sum, sampled every second."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = {}
+        self.peak_sum = 0
+        self.stop = False
+
+    def run(self):
+        me = os.getpid()
+        while not self.stop:
+            total = 0
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        cmd = fh.read().split(b"\0")[0].decode(errors="replace")
+                    if int(pid) != me and not cmd.startswith("ray::"):
+                        continue
+                    with open(f"/proc/{pid}/status") as fh:
+                        rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+                except (OSError, StopIteration, ValueError):
+                    continue
+                name = "driver" if int(pid) == me else f"{cmd} ({pid})"
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+                total += rss
+            self.peak_sum = max(self.peak_sum, total)
+            time.sleep(1.0)
+
+
+def _start_ray():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def case_cluster(args) -> dict:
+    path = blobs_path(args.n, args.d)
+    X = np.load(path, mmap_mode="r")
+    mem = MemSampler()
+    mem.start()
+    t0 = time.perf_counter()
+    if args.engine == "ray":
+        ray = _start_ray()
+        from batchal.engines import get_engine
+
+        eng = get_engine("ray", num_actors=2)
+        t1 = time.perf_counter()
+        Z, info = eng.linkage(str(path), metric="cosine", knn=args.k)
+        wall = time.perf_counter() - t1
+        ray.shutdown()
+    else:
+        from batchal.clustering.graph import graph_linkage
+
+        t1 = time.perf_counter()
+        Z, info = graph_linkage(X, metric="cosine", knn=args.k)
+        wall = time.perf_counter() - t1
+    mem.stop = True
+    time.sleep(1.2)
+    if args.save_z:
+        np.save(args.save_z, Z)
+    keep = {k: (v if not isinstance(v, (np.integer, np.floating)) else v.item()) for k, v in info.items()}
+    return {"wall": wall, "startup": t1 - t0, "info": keep, "peak_per_process": mem.peak, "peak_sum": mem.peak_sum}
+
+
+def _pool_parquet(n: int, f: int = 16) -> Path:
+    """Cached pool: ``id`` and a 16-float ``features`` list column, 1M-row row groups, 10 shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = CACHE / f"pool_{n}_{f}"
+    if d.exists():
+        return d
+    tmp = CACHE / f"pool_{n}_{f}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = -(-n // 10)
+    for s, a in enumerate(range(0, n, per)):
+        b = min(n, a + per)
+        X = rng.standard_normal((b - a, f), dtype=np.float32)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), f)
+        pq.write_table(pa.table({"id": np.arange(a, b), "features": col}), tmp / f"part-{s:03d}.parquet",
+                       row_group_size=1 << 20)
+    tmp.rename(d)
+    return d
+
+
+class LinearSoftmax:
+    """The 'small model': a fixed random linear layer (16 -> 10) and a softmax (picklable factory)."""
+
+    def __init__(self, f: int = 16, c: int = 10, seed: int = 0):
+        self.W = np.random.default_rng(seed).standard_normal((f, c)).astype(np.float32)
+
+    def __call__(self):
+        W = self.W
+
+        def f(X):
+            z = X @ W
+            z -= z.max(1, keepdims=True)
+            np.exp(z, out=z)
+            z /= z.sum(1, keepdims=True)
+            return z
+
+        return f
+
+
+def case_select(args) -> dict:
+    pool = _pool_parquet(args.n)
+    rng = np.random.default_rng(1)
+    cpath = CACHE / f"clusters_{args.n}.npy"
+    if not cpath.exists():
+        np.save(cpath, rng.integers(0, args.n // 10, args.n))
+    clusters = np.load(cpath, mmap_mode="r")
+    mem = MemSampler()
+    mem.start()
+    t0 = time.perf_counter()
+    out = CACHE / f"preds_{args.n}_{args.engine}"
+    if args.engine == "ray":
+        ray = _start_ray()
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        from batchal.engines import get_engine
+
+        eng = get_engine("ray", num_actors=2)
+        t1 = time.perf_counter()
+        res = eng.predict(pool, LinearSoftmax(), out, batch_rows=1 << 16, concurrency=2)
+        t2 = time.perf_counter()
+        idx = eng.select("cluster-margin", args.k, probs=out, clusters=clusters, seed=0)
+        t3 = time.perf_counter()
+        ray.shutdown()
+    else:
+        import pyarrow.parquet as pq
+
+        import batchal
+
+        t1 = time.perf_counter()
+        f = LinearSoftmax()()
+        P = np.empty((args.n, 10), dtype=np.float32)
+        for file in sorted(pool.glob("*.parquet")):
+            pf = pq.ParquetFile(file)
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g, columns=["id", "features"])
+                ids = t.column("id").to_numpy()
+                X = t.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 16)
+                for a in range(0, X.shape[0], 1 << 16):  # the ray run's model batches: the same numbers
+                    P[ids[a:a + (1 << 16)]] = f(X[a:a + (1 << 16)])
+        res = {"rows": args.n}
+        t2 = time.perf_counter()
+        idx = batchal.select("cluster-margin", args.k, probs=P, clusters=clusters, seed=0)
+        t3 = time.perf_counter()
+    mem.stop = True
+    time.sleep(1.2)
+    np.save(CACHE / f"batch_{args.n}_{args.k}_{args.engine}.npy", idx)
+    return {"predict_s": t2 - t1, "select_s": t3 - t2, "wall": t3 - t1, "startup": t1 - t0, "rows": res["rows"],
+            "peak_per_process": mem.peak, "peak_sum": mem.peak_sum}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["cluster", "select"])
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--k", type=int, default=50, help="cluster: neighbours; select: batch size")
+    ap.add_argument("--engine", choices=["ray", "local"], default="ray")
+    ap.add_argument("--save-z", default=None)
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if not args.inner:  # a fresh process per case, its own memory
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--inner"]
+        load0 = os.getloadavg()
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr[-4000:], file=sys.stderr)
+            sys.exit(out.returncode)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res.update(case=args.what, n=args.n, d=args.d, k=args.k, engine=args.engine, load_before=load0,
+                   load_after=os.getloadavg(), at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        print(json.dumps(res, indent=1))
+        Path(__file__).parent.joinpath("results").mkdir(exist_ok=True)
+        with open(Path(__file__).parent / "results" / "ray.jsonl", "a") as fh:
+            fh.write(json.dumps(res) + "\n")
+        return
+    res = case_cluster(args) if args.what == "cluster" else case_select(args)
+    print(json.dumps(res, default=float))
+
+
+if __name__ == "__main__":
+    main()

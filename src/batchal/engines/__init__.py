@@ -1,0 +1,51 @@
+"""Execution engines: where the heavy, data-parallel steps run.
+
+``local`` (the default) runs everything in this process with numpy, numba and
+faiss. ``ray`` runs scoring and selection, the kNN graph and the graph HAC on a
+Ray cluster (``pip install "batchal[ray]"``), for pools one machine cannot hold.
+Both expose the same methods, so the CLI, the API and a campaign call an engine
+without knowing which one it is::
+
+    with get_engine("ray", address="auto") as eng:
+        model = eng.cluster(X, mean_cluster_size=10)
+        batch = eng.select("cluster-margin", 100_000, predictions="preds/", clusters=model.labels_)
+
+Results are the same on both engines for the same inputs and seed (the tests
+assert it): the same batch, the same neighbour lists, the same merge tree.
+"""
+from __future__ import annotations
+
+from .._validation import BatchalInputError
+from .base import Engine
+from .local import LocalEngine
+
+__all__ = ["Engine", "LocalEngine", "get_engine", "ENGINES"]
+
+ENGINES = ("local", "ray")
+
+
+def get_engine(name: str = "local", *, address: str | None = None, **options) -> Engine:
+    """An engine by name.
+
+    Parameters
+    ----------
+    name : {"local", "ray"}
+    address : str, optional
+        Ray only: the cluster to connect to (``"auto"``, ``"ray://host:10001"``, ...).
+        Without it a local Ray instance is started with this machine's CPUs
+        (or Ray is used as already initialised in this process).
+    **options
+        Ray only: ``num_cpus``, ``object_store_memory``, ``num_actors`` (see
+        :class:`batchal.engines.ray.RayEngine`).
+    """
+    if name == "local":
+        if address is not None:
+            raise BatchalInputError("--ray-address is only for --engine ray")
+        if options:
+            raise BatchalInputError(f"the local engine takes no options; got {', '.join(sorted(options))}")
+        return LocalEngine()
+    if name == "ray":
+        from .ray import RayEngine
+
+        return RayEngine(address=address, **options)
+    raise BatchalInputError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")

@@ -1,0 +1,183 @@
+"""The Ray engine: scoring and selection, the kNN graph and the graph HAC on a Ray cluster.
+
+Install with ``pip install "batchal[ray]"``. Nothing here is imported by the
+core; ``batchal.engines.get_engine("ray")`` imports it on demand.
+
+* :meth:`RayEngine.select`: per-block scores and bottom-k in Ray tasks, merged
+  on the driver; the selector (round-robin included) runs on the driver.
+* :meth:`RayEngine.predict`: a user model over Parquet shards of the pool with
+  Ray Data ``map_batches`` in an actor pool (GPUs when the cluster has them),
+  predictions written back as Parquet, row-aligned with the pool.
+* :meth:`RayEngine.knn_graph`: IVF cells trained once on a sample, shards of
+  rows in actors, every query cell searched against every shard, best k kept.
+* :meth:`RayEngine.linkage` / :meth:`RayEngine.cluster`: reciprocal-nearest-
+  neighbour rounds over actors that own clusters by hash of cluster id.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..._validation import BatchalInputError
+from ..base import Engine
+from ._session import RaySession, import_ray, input_errors
+
+__all__ = ["RayEngine"]
+
+
+class RayEngine(Engine):
+    """Runs the heavy steps on Ray.
+
+    Parameters
+    ----------
+    address : str, optional
+        A Ray cluster to join (``"auto"``, ``"ray://head:10001"``). Without it
+        an initialised Ray is reused, else a local instance is started.
+    num_cpus : int, optional
+        CPUs of a local instance (default: this machine's).
+    object_store_memory : int, optional
+        Bytes of object store of a local instance (default: Ray's).
+    num_actors : int, optional
+        Actors for the kNN shards and the HAC (default: the cluster's CPUs).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 object_store_memory: int | None = None, num_actors: int | None = None):
+        self.session = RaySession(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
+        self.num_actors = num_actors
+
+    def _actors(self) -> int:
+        return max(1, int(self.num_actors or RaySession.cpus()))
+
+    # ---------------------------------------------------------------- selection
+    def select(self, strategy, batch_size: int, *, probs=None, logits=None, embeddings=None, clusters=None,
+               labeled=None, multilabel: bool = False, aggregate: str = "min", seed=None,
+               column: str | None = None, id_column: str | None = "id", progress: bool = False,
+               defaults: dict | None = None, **params) -> np.ndarray:
+        """The next batch (row indices in selection order), as :func:`batchal.select` returns it.
+
+        ``probs``/``logits``: Parquet shards (file, directory or list of files),
+        a ``.npy`` every worker can read, or an array. See
+        :func:`batchal.engines.ray.select.ray_select`.
+        """
+        from .select import ray_select
+
+        if embeddings is not None:
+            raise BatchalInputError("the ray engine's strategies do not read embeddings; use --engine local "
+                                    "for coreset and badge")
+        with input_errors():
+            return ray_select(strategy, batch_size, probs=probs, logits=logits, clusters=clusters, labeled=labeled,
+                              multilabel=multilabel, aggregate=aggregate, seed=seed, column=column,
+                              id_column=id_column, progress=progress, defaults=defaults, **params)
+
+    # ---------------------------------------------------------------- inference
+    def predict(self, pool, model_factory, out, **kw) -> dict:
+        """Run a user model over the pool's Parquet shards; see :func:`batchal.engines.ray.predict.predict`."""
+        from .predict import predict
+
+        with input_errors():
+            return predict(pool, model_factory, out, **kw)
+
+    # ---------------------------------------------------------------- clustering
+    def _source(self, X):
+        import ray
+
+        from ._sources import RowSource
+
+        return RowSource.open(X, name="embeddings", kind="embedding", ray=ray)
+
+    def knn_graph(self, X, k: int = 50, *, metric: str = "cosine", method: str = "auto", nprobe: int | None = None,
+                  nlist: int | None = None, centroids=None, random_state=0, progress: bool = False, **kw):
+        """Directed kNN lists (a :class:`batchal.clustering.knn.KNNResult`), searched by actors.
+
+        ``X``: an array, a ``.npy`` every worker can read, or Parquet shards (an
+        ``embedding`` list column). Same lists as the local builder for the same
+        centroids (trained here on the same sample when not given) and ``nprobe``.
+        """
+        from ...clustering.knn import DEFAULT_NPROBE
+        from .knn import ray_knn
+
+        with input_errors():
+            return ray_knn(self._source(X), k, metric=metric, method=method,
+                           nprobe=DEFAULT_NPROBE if nprobe is None else nprobe, nlist=nlist, centroids=centroids,
+                           random_state=random_state, n_actors=self._actors(), progress=progress, **kw)
+
+    def linkage(self, X, *, metric: str = "cosine", knn: int = 50, progress: bool = False, random_state=0,
+                nprobe: int | None = None, knn_method: str = "auto", stats_dtype: str = "auto", knn_indices=None,
+                centroids=None, **kw):
+        """Average-linkage tree restricted to the kNN graph: ``(Z, info)`` as the local ``graph_linkage``.
+
+        The kNN graph is built on Ray (:meth:`knn_graph`) unless ``knn_indices``
+        (directed lists, (n, k)) gives it; the merging runs in RAC rounds over
+        actors (:func:`batchal.engines.ray.rac.ray_rac`).
+        """
+        from ...clustering.graph import _metric_code
+        from ...clustering.knn import DEFAULT_NPROBE
+        from .knn import ray_knn
+        from .rac import ray_rac
+
+        ray = import_ray()
+        _metric_code(metric)
+        with input_errors():
+            src = self._source(X)
+            n = src.n
+            if n == 1:
+                return np.zeros((0, 4)), {"knn": 0.0, "merge": 0.0}
+            info = {}
+            if knn_indices is not None:
+                I = np.asarray(knn_indices)
+                if I.ndim != 2 or I.shape[0] != n:
+                    raise BatchalInputError(f"knn_indices must be (n, k) with n = {n}; got shape {I.shape}")
+                chunks = [(a, ray.put(np.ascontiguousarray(I[a:a + (1 << 16)], dtype=np.int32)))
+                          for a in range(0, n, 1 << 16)]
+            else:
+                chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
+                                        nprobe=DEFAULT_NPROBE if nprobe is None else nprobe, centroids=centroids,
+                                        random_state=random_state, n_actors=self._actors(), progress=progress,
+                                        keep_chunks=True, **kw)
+                info.update({f"knn_{k}": v for k, v in kinfo.items()})
+                info["knn"] = kinfo["prepare_s"] + kinfo["search_s"]
+            Z, rinfo = ray_rac(src, chunks, n, metric=metric, n_actors=self._actors(), stats_dtype=stats_dtype,
+                               random_state=random_state, progress=progress)
+            del chunks
+        info.update(rinfo)
+        info["merge"] = rinfo["total_s"]
+        return Z, info
+
+    def cluster(self, X, *, threshold: float | None = None, mean_cluster_size: float | None = 10.0,
+                metric: str = "cosine", method: str = "auto", knn: int = 50, progress: bool = False, random_state=0,
+                **kw):
+        """A fitted :class:`batchal.AverageLinkage` from the graph HAC on Ray (``method`` auto or graph).
+
+        ``model.ray_info_`` holds the per-round merges and bytes sent, the
+        actors' peak memory and the timings.
+        """
+        from ...clustering import AverageLinkage
+
+        if method == "exact":
+            raise BatchalInputError("exact HAC needs all n^2 distances on one machine; the ray engine runs the "
+                                    "graph method (use --method graph or auto, or --engine local)")
+        if method not in ("auto", "graph"):
+            raise BatchalInputError(f"unknown clustering method {method!r}; use auto, exact or graph")
+        if threshold is None and mean_cluster_size is None:
+            raise BatchalInputError("give a threshold or a mean_cluster_size")
+        if threshold is not None and (not np.isfinite(threshold) or threshold < 0):
+            raise BatchalInputError(f"threshold must be a finite number >= 0; got {threshold}")
+        if threshold is None and mean_cluster_size < 1:
+            raise BatchalInputError(f"mean_cluster_size must be >= 1; got {mean_cluster_size}")
+        Z, info = self.linkage(X, metric=metric, knn=knn, progress=progress, random_state=random_state, **kw)
+        model = AverageLinkage.from_linkage(Z, threshold=threshold,
+                                            mean_cluster_size=None if threshold is not None else mean_cluster_size,
+                                            metric=metric)
+        model.method = "graph"
+        model.knn = knn
+        model.random_state = random_state
+        model.method_ = "graph"
+        model.method_reason_ = f"ray engine: kNN graph and RAC rounds on {self._actors()} actors"
+        model.timings_ = {k: v for k, v in info.items() if isinstance(v, (int, float, str, np.integer, np.floating))}
+        model.ray_info_ = info
+        return model
+
+    def close(self) -> None:
+        self.session.close()

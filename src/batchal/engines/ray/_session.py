@@ -1,0 +1,88 @@
+"""Joining or starting Ray, and turning task failures back into batchal errors."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ..._validation import BatchalInputError
+
+
+def import_ray():
+    """``ray``, or a :class:`BatchalInputError` saying how to install it (the core never needs it)."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise BatchalInputError('the ray engine needs Ray: pip install "batchal[ray]"') from None
+    return ray
+
+
+class RaySession:
+    """A Ray connection: joins ``address``, reuses an initialised Ray, or starts a local instance.
+
+    Only an instance this object started is shut down by :meth:`close`.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 object_store_memory: int | None = None):
+        ray = import_ray()
+        self.started = False
+        if ray.is_initialized():
+            return
+        if address is not None:
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise BatchalInputError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_memory,
+                     include_dashboard=False, log_to_driver=False)
+            self.started = True
+
+    @staticmethod
+    def cpus() -> int:
+        ray = import_ray()
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    @staticmethod
+    def gpus() -> int:
+        ray = import_ray()
+        return int(ray.cluster_resources().get("GPU", 0))
+
+    def close(self) -> None:
+        if self.started:
+            import_ray().shutdown()
+            self.started = False
+
+
+def _input_error(exc: BaseException):
+    """The BatchalInputError a (possibly wrapped) Ray failure carries, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, BatchalInputError) and type(exc).__module__.startswith("batchal"):
+            return exc
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            exc = cause
+            continue
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def input_errors():
+    """Re-raise a BatchalInputError raised inside a Ray task or actor as itself (one clean message)."""
+    try:
+        yield
+    except BatchalInputError as exc:
+        inner = _input_error(exc)
+        if inner is not None and inner is not exc:
+            raise BatchalInputError(str(inner.args[0]) if inner.args else str(inner)) from None
+        if type(exc) is BatchalInputError:
+            raise
+        raise BatchalInputError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except Exception as exc:
+        inner = _input_error(exc)
+        if inner is None:
+            raise
+        raise BatchalInputError(str(inner.args[0]) if inner.args else str(inner)) from None

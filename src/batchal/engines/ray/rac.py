@@ -1,0 +1,610 @@
+"""Graph HAC on Ray: reciprocal-nearest-neighbour (RAC) rounds over actors that own clusters by hash of id.
+
+Every cluster keeps the id of its smaller-numbered child (as in the local
+kernel) and lives on actor ``owner(id)``, a hash of the id: a cluster's
+statistics (size, vector sum, sum of squared norms) and its neighbour list
+with the cached linkages sit on one actor, so an actor holds O(its share of
+n k) memory. One round, driven by the driver in bulk-synchronous steps whose
+messages go actor to actor through the object store:
+
+1. *propose*: every cluster whose list changed finds its nearest neighbour
+   (smallest linkage, ties to the smaller id) and tells the neighbour's owner;
+2. *match*: an owner that sees ``x -> y`` with ``nn(y) = x`` has a reciprocal
+   pair and confirms it to ``x``'s owner;
+3. *rename*: the larger id ``b`` of each pair is renamed to the smaller ``a``
+   in the lists of b's neighbours (their owners are told);
+4. *move*: b's statistics and list move to the owner of ``a``;
+5. *merge*: the owner of ``a`` records the merge at the exact average linkage
+   of the statistics, sums them and unites the two lists;
+6. *push*: each merged cluster sends its statistics to the owners of its
+   neighbours, which compute the new linkages (the local engine's kernel on
+   the same numbers) and send them back, in chunks of bounded size.
+
+The pairs merged per round are exactly those of the local kernel on the same
+graph, so the tree is the same. Clusters the graph leaves apart are joined on
+the driver from their statistics, as the local engine does.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..._validation import BatchalInputError, iter_chunks
+from ...clustering import _graph_kernels as K
+from . import _rac_kernels as R
+
+#: CPUs an actor reserves (and a partition task): half, so tasks can run beside one actor per CPU.
+ACTOR_CPUS = 0.5
+#: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows).
+PUSH_ROWS = 1 << 16
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def owner_of(ids: np.ndarray, n_actors: int) -> np.ndarray:
+    """The actor that owns each cluster id: a multiplicative hash, so ids spread evenly whatever their order."""
+    h = (np.asarray(ids).astype(np.uint64) * _GOLDEN) >> np.uint64(33)
+    return (h % np.uint64(n_actors)).astype(np.int64)
+
+
+def _split(dest: np.ndarray, n_actors: int, *arrays):
+    """Group the rows of ``arrays`` by destination actor (stable): one tuple of arrays per actor, or None."""
+    order = np.argsort(dest, kind="stable")
+    counts = np.bincount(dest, minlength=n_actors)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    out = []
+    for q in range(n_actors):
+        sel = order[bounds[q]:bounds[q + 1]]
+        out.append(tuple(a[sel] for a in arrays) if sel.shape[0] else None)
+    return out
+
+
+def partition_edges(I: np.ndarray, rows, n_actors: int):
+    """Directed kNN lists of ``rows`` (a first row id, or one id per list) -> per actor, the ``(src, dst)``
+    list entries it owns.
+
+    Both directions of every edge are emitted, so the owners build the symmetric
+    graph (``u ~ v`` when either lists the other); duplicates go in the actor.
+    """
+    m, k = I.shape
+    if np.ndim(rows) == 0:
+        rows = np.arange(int(rows), int(rows) + m, dtype=np.int64)
+    u = np.repeat(np.asarray(rows, dtype=np.int64), k)
+    v = np.asarray(I, dtype=np.int64).ravel()
+    ok = (v >= 0) & (v != u)
+    u, v = u[ok], v[ok]
+    ids = np.int32 if u.shape[0] == 0 or max(int(u.max()), int(v.max())) < (1 << 31) - 1 else np.int64
+    src = np.concatenate([u, v]).astype(ids)
+    dst = np.concatenate([v, u]).astype(np.int32)
+    parts = _split(owner_of(src, n_actors), n_actors, src, dst)
+    return tuple(parts) if n_actors > 1 else parts[0]
+
+
+def _partition_chunk(chunk, n_actors: int):
+    return partition_edges(chunk[1], chunk[0], n_actors)
+
+
+class RacActor:
+    """One actor's clusters: statistics, sorted neighbour lists, nearest neighbours, its merge records."""
+
+    def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
+        self.rank = rank
+        self.P = n_actors
+        self.n = n
+        self.metric = metric_code
+        self.dtype = np.dtype(stats_dtype)
+        all_ids = np.arange(n, dtype=np.int64)
+        self.gid = all_ids[owner_of(all_ids, n_actors) == rank]
+        del all_ids
+        self.m = self.gid.shape[0]
+        self.counts = np.zeros(self.m, dtype=np.int64)
+        self.bytes_sent = 0
+
+    def _loc(self, g):
+        return np.searchsorted(self.gid, g)
+
+    def _sent(self, outs, *extra):
+        """Count the bytes of the outboxes; return them (and ``extra``) as the method's several returns."""
+        for o in outs:
+            if o is not None:
+                self.bytes_sent += sum(a.nbytes for a in o)
+        vals = (*outs, *extra)
+        return vals[0] if len(vals) == 1 else vals
+
+    # ------------------------------------------------------------ building the graph
+    def count(self, *pieces):
+        for p in pieces:
+            if p is not None:
+                self.counts += np.bincount(self._loc(p[0]), minlength=self.m)
+        return True
+
+    def alloc(self, slack: float):
+        self.ptr = np.zeros(self.m + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=self.ptr[1:])
+        self.raw = np.empty(int(self.ptr[-1]), dtype=np.int32)
+        self.fill = self.ptr[:-1].copy()
+        self.slack = slack
+        del self.counts
+        return True
+
+    def fill_edges(self, *pieces):
+        for p in pieces:
+            if p is not None:
+                R.fill_lists(self._loc(p[0]), p[1], self.fill, self.raw)
+        return True
+
+    def finish_graph(self):
+        """Sort and dedupe every list (the symmetric graph), then leave room to grow."""
+        uniq = np.zeros(self.m, dtype=np.int64)
+        R.sort_unique_rows(self.raw, self.ptr, uniq)
+        indptr = np.zeros(self.m + 1, dtype=np.int64)
+        np.cumsum(uniq, out=indptr[1:])
+        R.pack_rows(self.raw, self.ptr, indptr, uniq)
+        nnz = int(indptr[-1])
+        cap = max(int(nnz * self.slack) + 1, 16)
+        self.nbr = np.empty(cap, dtype=np.int32)
+        self.nbr[:nnz] = self.raw[:nnz]
+        del self.raw, self.fill, self.ptr
+        self.wt = np.full(cap, np.inf, dtype=self.dtype)
+        self.start = indptr[:-1].copy()
+        self.length = np.diff(indptr)
+        self.end = nnz
+        return nnz
+
+    # ------------------------------------------------------------ statistics
+    def init_stats(self, source, code_cosine: bool):
+        """Each owned row's statistics, prepared exactly as the local engine prepares them."""
+        from ...clustering.knn import _prep_chunk
+
+        d = None
+        rows_out = None
+        for blk in source.blocks:
+            lo, hi = np.searchsorted(self.gid, [blk.start, blk.start + blk.rows])
+            if hi == lo:
+                continue
+            X = source.read(blk)
+            if rows_out is None:
+                d = X.shape[1]
+                rows_out = np.empty((self.m + PUSH_ROWS, d), dtype=self.dtype)
+            sel = self.gid[lo:hi] - blk.start
+            for a, b in iter_chunks(sel.shape[0]):
+                rows = X[sel[a:b]]
+                if self.dtype == np.float64:
+                    blk64 = np.asarray(rows, dtype=np.float64)
+                    if code_cosine:
+                        blk64 /= np.linalg.norm(blk64, axis=1)[:, None]
+                    rows_out[lo + a:lo + b] = blk64
+                else:
+                    rows_out[lo + a:lo + b] = _prep_chunk(rows, "cosine" if code_cosine else "sqeuclidean", 0)
+        if rows_out is None:
+            raise RuntimeError("an actor owns no rows")
+        self.S = rows_out
+        ext = self.m + PUSH_ROWS
+        self.size = np.ones(ext, dtype=np.float64)
+        if code_cosine:
+            self.sq = np.ones(ext, dtype=np.float64)
+        else:
+            self.sq = np.empty(ext, dtype=np.float64)
+            for a, b in iter_chunks(self.m):
+                blk = self.S[a:b].astype(np.float64)
+                self.sq[a:b] = np.einsum("ij,ij->i", blk, blk)
+        self.alive = np.ones(self.m, dtype=bool)
+        self.node = self.gid.copy()  # current tree node of each cluster (leaves: their row)
+        self.nn = np.full(self.m, -1, dtype=np.int64)
+        self.nnw = np.full(self.m, np.inf)
+        self.dirty = np.zeros(self.m, dtype=np.uint8)
+        self.partner = np.full(self.m, -1, dtype=np.int64)
+        self.changed = np.flatnonzero(self.length > 0)  # every weight is still to compute
+        self.push_at = 0
+        self.seq = 0
+        self.pending = {}
+        self.merged = np.empty(0, dtype=np.int64)
+        self.records = []
+        return d
+
+    # ------------------------------------------------------------ one round
+    def propose(self, label_base: int):
+        """Number last round's merges (the driver knows the offsets now); nearest neighbour of dirty clusters."""
+        if self.merged.shape[0]:
+            self.node[self.merged] = label_base + np.arange(self.merged.shape[0])
+            self.merged = np.empty(0, dtype=np.int64)
+        xs = np.flatnonzero(self.dirty & self.alive).astype(np.int64)
+        R.nearest(xs, self.start, self.length, self.nbr, self.wt, self.nn, self.nnw)
+        self.dirty[:] = 0
+        xs = xs[self.nn[xs] >= 0]
+        y = self.nn[xs]
+        return self._sent(_split(owner_of(y, self.P), self.P, self.gid[xs], y))
+
+    def match(self, *inbox):
+        """Reciprocal pairs among the proposals ``x -> y`` this actor's ``y`` received; confirm to x's owner."""
+        xs, ys = [], []
+        for msg in inbox:
+            if msg is None:
+                continue
+            x, y = msg
+            yl = self._loc(y)
+            ok = self.nn[yl] == x
+            xs.append(x[ok])
+            ys.append(y[ok])
+            self.partner[yl[ok]] = x[ok]
+        x = np.concatenate(xs) if xs else np.empty(0, np.int64)
+        y = np.concatenate(ys) if ys else np.empty(0, np.int64)
+        return self._sent(_split(owner_of(x, self.P), self.P, x, y), int(x.shape[0]))
+
+    def rename(self, *inbox):
+        """Confirmations in; each pair's larger id b tells the owners of its neighbours ``b -> a``."""
+        for msg in inbox:
+            if msg is not None:
+                x, y = msg
+                self.partner[self._loc(x)] = y
+        bl = np.flatnonzero((self.partner >= 0) & (self.partner < self.gid))
+        self.bl = bl
+        who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
+        b = self.gid[bl][who]
+        a = self.partner[bl][who]
+        return self._sent(_split(owner_of(xs, self.P), self.P, xs, b, a))
+
+    def move(self, *inbox):
+        """Apply the renames to the lists here; send each b's statistics and list to the owner of its a."""
+        parts = [m for m in inbox if m is not None]
+        if parts:
+            x = np.concatenate([p[0] for p in parts])
+            old = np.concatenate([p[1] for p in parts])
+            new = np.concatenate([p[2] for p in parts])
+            xl = self._loc(x)
+            order = np.lexsort((old, xl))
+            touched = np.zeros(self.m, dtype=np.uint8)
+            R.apply_renames(xl[order], old[order], new[order], self.start, self.length, self.nbr, touched)
+            tx = np.flatnonzero(touched).astype(np.int64)
+            R.resort_lists(tx, self.gid, self.start, self.length, self.nbr, self.wt)
+            self.dirty[tx] = 1
+        bl = self.bl
+        a = self.partner[bl]
+        lens = self.length[bl]
+        ptr = np.concatenate(([0], np.cumsum(lens)))
+        _, lists = R.gather_lists(bl, self.start, self.length, self.nbr)
+        dest = owner_of(a, self.P)
+        outs = []
+        for q in range(self.P):
+            sel = np.flatnonzero(dest == q)
+            if not sel.shape[0]:
+                outs.append(None)
+                continue
+            seg = np.repeat(ptr[sel], lens[sel]) + _ranges(lens[sel])
+            qptr = np.concatenate(([0], np.cumsum(lens[sel])))
+            outs.append((a[sel], self.gid[bl[sel]], self.S[bl[sel]], self.size[bl[sel]], self.sq[bl[sel]],
+                         self.node[bl[sel]], qptr, lists[seg].astype(np.int64)))
+        self.alive[bl] = False
+        self.length[bl] = 0
+        self.nn[bl] = -1
+        self.partner[:] = -1
+        self.bl = None
+        return self._sent(outs)
+
+    def merge(self, *inbox):
+        """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
+        parts = [m for m in inbox if m is not None]
+        merged, recs = [], []
+        if parts:
+            a = np.concatenate([p[0] for p in parts])
+            order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
+            a = a[order]
+            Sb = np.concatenate([p[2] for p in parts])[order]
+            size_b = np.concatenate([p[3] for p in parts])[order]
+            sq_b = np.concatenate([p[4] for p in parts])[order]
+            node_b = np.concatenate([p[5] for p in parts])[order]
+            lens = np.concatenate([np.diff(p[6]) for p in parts])
+            lists = np.concatenate([p[7] for p in parts])
+            ptr0 = np.concatenate(([0], np.cumsum(lens)))
+            lens = lens[order]
+            seg = np.repeat(ptr0[:-1][order], lens) + _ranges(lens)
+            b_nbr = lists[seg]
+            b_ptr = np.concatenate(([0], np.cumsum(lens)))
+            al = self._loc(a)
+            node_a = self.node[al].copy()
+            heights = np.empty(a.shape[0])
+            sizes = np.empty(a.shape[0])
+            for s0, s1 in iter_chunks(a.shape[0], PUSH_ROWS):
+                scr = self.m
+                self.S[scr:scr + s1 - s0] = Sb[s0:s1]
+                self.size[scr:scr + s1 - s0] = size_b[s0:s1]
+                self.sq[scr:scr + s1 - s0] = sq_b[s0:s1]
+                R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
+            need = int(self.length[al].sum() + lens.sum())
+            self._room(need)
+            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.wt, self.end)
+            self.dirty[al] = 1
+            merged = al
+            recs = np.stack([np.minimum(node_a, node_b), np.maximum(node_a, node_b)]).T
+            self.records.append((recs, heights, sizes))
+        self.merged = np.asarray(merged, dtype=np.int64)
+        self.changed = self.merged[self.length[self.merged] > 0]
+        self.push_at = 0
+        return int(self.merged.shape[0]), self.bytes_sent
+
+    def _room(self, need: int):
+        if self.end + need <= self.nbr.shape[0]:
+            return
+        self.end = R.compact_weighted(self.start, self.length, self.nbr, self.wt)
+        if self.end + need > self.nbr.shape[0]:
+            cap = max(2 * self.nbr.shape[0], self.end + need + 1)
+            nbr = np.empty(cap, dtype=self.nbr.dtype)
+            wt = np.empty(cap, dtype=self.wt.dtype)
+            nbr[:self.end] = self.nbr[:self.end]
+            wt[:self.end] = self.wt[:self.end]
+            self.nbr, self.wt = nbr, wt
+
+    def push(self, *inbox):
+        """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
+
+        Inbox: ``("push", seq, sender, c ids, stats, targets)`` and ``("reply", seq, sender, weights)``;
+        a reply holds only the weights, in the order of the push's targets (the
+        pusher kept which entry each one is). Returns the outboxes and the
+        number of messages sent.
+        """
+        outs = [[] for _ in range(self.P)]
+        sym = self.metric == K.COSINE
+        for msg in inbox:
+            if msg is None:
+                continue
+            for part in msg:
+                if part[0] == "reply":
+                    _, seq, sender, w = part
+                    cl, ys = self.pending.pop((seq, sender))
+                    R.set_weights(cl, ys, w, self.start, self.length, self.nbr, self.wt)
+                    continue
+                _, seq, sender, c, Sc, size_c, sq_c, ptr, ys = part
+                scr = self.m
+                k = c.shape[0]
+                self.S[scr:scr + k] = Sc
+                self.size[scr:scr + k] = size_c
+                self.sq[scr:scr + k] = sq_c
+                reply = np.empty(ys.shape[0], dtype=self.wt.dtype)
+                R.weigh_targets(c, scr, ptr, self._loc(ys), self.S, self.size, self.sq, self.metric, self.start,
+                                self.length, self.nbr, self.wt, self.dirty, reply, sym)
+                outs[sender].append(("reply", seq, self.rank, reply))
+        if self.push_at < self.changed.shape[0]:
+            chunk = self.changed[self.push_at:self.push_at + PUSH_ROWS]
+            self.push_at += chunk.shape[0]
+            self.seq += 1
+            self.dirty[chunk] = 1
+            who, ys = R.gather_lists(chunk, self.start, self.length, self.nbr)
+            dest = owner_of(ys, self.P)
+            for q, grp in enumerate(_split(dest, self.P, who, ys)):
+                if grp is None:
+                    continue
+                w, y = grp  # grouped stably: still in chunk order, so cluster by cluster
+                first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+                cl = chunk[w[first]]
+                ptr = np.concatenate((first, [w.shape[0]]))
+                self.pending[(self.seq, q)] = (chunk[w], y)
+                outs[q].append(("push", self.seq, self.rank, self.gid[cl], self.S[cl], self.size[cl], self.sq[cl],
+                                ptr, y.astype(self.nbr.dtype)))
+        n_msgs = sum(len(o) for o in outs)
+        for o in outs:
+            for part in o:
+                self.bytes_sent += sum(a.nbytes for a in part[3:])
+        vals = (*[tuple(o) if o else None for o in outs], n_msgs)
+        return vals[0] if len(vals) == 1 else vals
+
+    # ------------------------------------------------------------ results
+    def roots(self):
+        """Clusters left alive: ids, statistics, current node."""
+        r = np.flatnonzero(self.alive)
+        return self.gid[r], self.S[r], self.size[r], self.sq[r], self.node[r]
+
+    def take_records(self):
+        out = self.records
+        self.records = []
+        return out
+
+    def memory(self):
+        """This actor's peak RSS (bytes) and the bytes it has sent."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent
+
+    def ping(self):
+        return self.rank
+
+
+def _ranges(lens: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(l) for l in lens])`` without the Python loop."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    ends = np.cumsum(lens)
+    idx = np.arange(total, dtype=np.int64)
+    return idx - np.repeat(ends - lens, lens)
+
+
+# ---------------------------------------------------------------- the driver
+def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, random_state=0):
+    """Join the clusters a graph left apart, as the local engine does, on their statistics alone.
+
+    ``S``, ``size``, ``sq``, ``node`` hold the m roots in increasing cluster id
+    (the order of the local engine's slots). Returns the merge rows (m - 1, 4)
+    numbering new nodes from ``n + zc``.
+    """
+    from ...clustering.graph import join_lists
+
+    m = S.shape[0]
+    Z = np.empty((max(m - 1, 0), 4), dtype=np.float64)
+    if m <= 1:
+        return Z
+    S = np.ascontiguousarray(S)
+    parent = np.arange(m, dtype=np.int32)
+    alive = np.ones(m, dtype=np.uint8)
+    node_id = np.asarray(node, dtype=np.int64).copy()
+    stamp = np.full(m, -1, dtype=np.int32)
+    built = np.full(m, -1, dtype=np.int32)
+    start = np.zeros(m, dtype=np.int64)
+    length = np.zeros(m, dtype=np.int64)
+    nbr = np.empty(1, dtype=np.int32)
+    roots = np.arange(m, dtype=np.int32)
+    z, it = 0, 0
+    while roots.shape[0] > 1:
+        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length, built)
+        nbr, _, z, it, _, _ = K.rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, off,
+                                    roots, Z, z, n + zc, code, it)
+        roots = np.flatnonzero(alive).astype(np.int32)
+    return Z
+
+
+def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
+            random_state=0, progress: bool = False, slack: float = 1.3):
+    """The average-linkage tree of a kNN graph, merged in RAC rounds over Ray actors.
+
+    Parameters
+    ----------
+    source : RowSource
+        The rows (for the statistics), read by the actors.
+    knn_chunks : list
+        The graph as directed kNN lists (original row ids, -1 = none): items
+        ``(row_start, lists (m, k) or an ObjectRef of them)``, or ObjectRefs of
+        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them.
+    n : int
+    metric : {"cosine", "euclidean", "sqeuclidean"}
+    n_actors : int
+    stats_dtype : {"auto", "float64", "float32"}
+        As in the local engine (``auto``: float64 while n d 8 <= 512 MiB).
+
+    Returns
+    -------
+    Z : (n - 1, 4) scipy linkage, monotone, leaves in the original numbering.
+    info : dict
+        Timings, rounds, merges and bytes sent per round, edges, components, peak RSS per actor.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from ...clustering.graph import STATS_F64_MAX_BYTES, _finish_tree, _metric_code
+
+    code = _metric_code(metric)
+    t0 = time.perf_counter()
+    P = int(n_actors)
+    info: dict = {"actors": P}
+    # Actors reserve half a CPU each, so the partition tasks always find room beside them
+    # (actors holding every CPU would starve the tasks that feed them).
+    Actor = ray.remote(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD")(RacActor)
+    part = ray.remote(num_cpus=ACTOR_CPUS)(partition_edges).options(num_returns=P)
+    part_chunk = ray.remote(num_cpus=ACTOR_CPUS)(_partition_chunk).options(num_returns=P)
+    if stats_dtype not in ("auto", "float64", "float32"):
+        raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
+
+    def call(method, nret, *args):
+        """A method's returns as a list of refs, however many there are."""
+        r = method.options(num_returns=nret).remote(*args)
+        return r if nret > 1 else [r]
+
+    actors = []
+    try:
+        d = int(source.read(source.blocks[0]).shape[1])
+        if stats_dtype == "auto":
+            stats_dtype = "float64" if n * d * 8 <= STATS_F64_MAX_BYTES else "float32"
+        info["stats_dtype"] = stats_dtype
+        actors = [Actor.remote(p, P, n, code, stats_dtype) for p in range(P)]
+        # two passes over the chunks (count, fill): the edges are partitioned twice instead of held twice
+        for step in ("count", "fill"):
+            if step == "fill":
+                ray.get([a.alloc.remote(slack) for a in actors])
+            waits = []
+            for item in knn_chunks:
+                # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
+                pieces = part_chunk.remote(item, P) if isinstance(item, ray.ObjectRef) else part.remote(item[1], item[0], P)
+                pieces = pieces if P > 1 else [pieces]
+                for q, a in enumerate(actors):
+                    waits.append((a.count if step == "count" else a.fill_edges).remote(pieces[q]))
+                if len(waits) > 4 * P:  # bounded in flight: the pieces of a few chunks at a time
+                    ray.get(waits[:-2 * P])
+                    waits = waits[-2 * P:]
+            ray.get(waits)
+        edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
+        info["edges"] = edges // 2
+        src_ref = ray.put(source)
+        ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
+        t1 = time.perf_counter()
+        info["build_s"] = t1 - t0
+
+        def push_all():
+            inbox = [[] for _ in range(P)]
+            while True:
+                outs = [call(a.push, P + 1, *inbox[q]) for q, a in enumerate(actors)]
+                if sum(ray.get([o[P] for o in outs])) == 0:
+                    return
+                inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
+
+        push_all()
+        info["initial_weights_s"] = time.perf_counter() - t1
+        merges_per_round, bytes_per_round, counts = [], [], []
+        zc = 0
+        label_base = [n] * P
+        rounds = 0
+        bar = tqdm(total=n - 1, desc="HAC rounds (ray)", unit="merges", disable=not progress, leave=False,
+                   mininterval=0.5)
+        with bar:
+            b0 = sum(m[1] for m in ray.get([a.memory.remote() for a in actors]))
+            info["initial_weights_bytes"] = int(b0)
+            while True:
+                outA = [call(a.propose, P, label_base[p]) for p, a in enumerate(actors)]
+                outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+                if sum(ray.get([o[P] for o in outB])) == 0:
+                    break
+                rounds += 1
+                outC = [call(a.rename, P, *[outB[q][p] for q in range(P)]) for p, a in enumerate(actors)]
+                outD = [call(a.move, P, *[outC[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+                res = ray.get([a.merge.remote(*[outD[p][q] for p in range(P)]) for q, a in enumerate(actors)])
+                cnt = [r[0] for r in res]
+                b1 = sum(r[1] for r in res)  # bytes sent so far (this round's pushes count in the next)
+                counts.append(cnt)
+                label_base = list(n + zc + np.concatenate(([0], np.cumsum(cnt)[:-1])))
+                zc += sum(cnt)
+                push_all()
+                merges_per_round.append(int(sum(cnt)))
+                bytes_per_round.append(int(b1 - b0))
+                b0 = b1
+                bar.update(int(sum(cnt)))
+        t2 = time.perf_counter()
+        info["rounds"] = rounds
+        info["merge_s"] = t2 - t1
+        info["merges_per_round"] = merges_per_round
+        info["bytes_per_round"] = bytes_per_round
+        # the tree rows, numbered as the labels were given: round by round, actor by actor, id order
+        Z = np.empty((n - 1, 4), dtype=np.float64)
+        recs = ray.get([a.take_records.remote() for a in actors])
+        taken = [0] * P
+        row = 0
+        for cnt in counts:
+            for p in range(P):
+                if cnt[p] == 0:
+                    continue
+                kids, h, sz = recs[p][taken[p]]
+                taken[p] += 1
+                Z[row:row + cnt[p], :2] = kids
+                Z[row:row + cnt[p], 2] = h
+                Z[row:row + cnt[p], 3] = sz
+                row += cnt[p]
+        roots = ray.get([a.roots.remote() for a in actors])
+        mem = ray.get([a.memory.remote() for a in actors])
+        info["actor_peak_bytes"] = [int(m[0]) for m in mem]
+        info["bytes_sent"] = int(sum(m[1] for m in mem))
+    finally:
+        for a in actors:
+            ray.kill(a)
+    gids = np.concatenate([r[0] for r in roots])
+    order = np.argsort(gids)
+    S = np.concatenate([r[1] for r in roots])[order]
+    size = np.concatenate([r[2] for r in roots])[order]
+    sq = np.concatenate([r[3] for r in roots])[order]
+    node = np.concatenate([r[4] for r in roots])[order]
+    info["components"] = int(gids.shape[0])
+    Zj = join_components(S, size, sq, node, n, row, metric, code, random_state)
+    Z[row:row + Zj.shape[0]] = Zj
+    row += Zj.shape[0]
+    if row != n - 1:
+        raise RuntimeError(f"graph HAC on ray produced {row} merges for {n} rows")
+    info["join_s"] = time.perf_counter() - t2
+    Z, raised = _finish_tree(Z, n, np.arange(n, dtype=np.int64), metric)
+    info["inversions"] = raised
+    info["total_s"] = time.perf_counter() - t0
+    return Z, info

@@ -1,0 +1,196 @@
+"""Scoring and selection on Ray: per-block scores and bottom-k, merged on the driver.
+
+Each Ray task reads one block of predictions (a Parquet row group, a ``.npy``
+row range or an object-store chunk), scores it with the local engine's
+streaming scorer (:func:`batchal.scores.uncertainty`, which also validates it)
+and returns only that block's ``k`` most uncertain unlabeled rows. The driver
+merges those lists as they arrive, keeping at most a few ``k`` candidates: the
+pool's scores are never gathered and nothing is sorted or grouped globally.
+The selectors themselves run unchanged on the driver over a :class:`RayPool`
+whose :meth:`RayPool.top_uncertain` is this merge, so a batch is the local
+engine's batch for the same inputs and seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..._validation import BatchalInputError, check_clusters, labeled_mask
+from ...selectors.base import Pool, merge_top_k
+from ._sources import Block, RowSource
+
+#: Strategies that need only scores, cluster ids and the labeled set (what the ray engine distributes).
+RAY_STRATEGIES = ("random", "margin", "entropy", "least-confidence", "cluster-margin")
+
+
+def _block_top(src: RowSource, block: Block, kind: str, is_logits: bool, multilabel: bool, aggregate: str,
+               labeled, k: int):
+    """One block's ``k`` most uncertain unlabeled rows: ``(score float32, row int64, n_classes)``."""
+    from ...scores import uncertainty
+    from ...selectors.base import top_k
+
+    x = src.read(block)
+    if x.ndim != 2:
+        raise BatchalInputError(f"{src.name} must be 2-d (n, C); a block has shape {x.shape}")
+    try:
+        u = uncertainty(kind, None if is_logits else x, logits=x if is_logits else None, multilabel=multilabel,
+                        aggregate=aggregate, row_offset=block.start)
+    except BatchalInputError as exc:
+        where = f" ({block.where})" if block.kind != "ref" else ""
+        raise BatchalInputError(f"{exc}{where}") from None
+    mask = np.zeros(x.shape[0], dtype=bool)
+    if labeled is not None and labeled.shape[0]:
+        lo, hi = np.searchsorted(labeled, [block.start, block.start + block.rows])
+        mask[labeled[lo:hi] - block.start] = True
+    kk = min(k, int(x.shape[0] - mask.sum()))
+    if kk <= 0:
+        return np.empty(0, np.float32), np.empty(0, np.int64), x.shape[1]
+    local = top_k(u, mask, kk)
+    return u[local], local.astype(np.int64) + block.start, x.shape[1]
+
+
+def _block_rows(source: RowSource, block, rows: np.ndarray) -> np.ndarray:
+    """The given global rows of one block (a Ray task): the candidates' predictions, where they lie."""
+    x = source.read(block)
+    return np.asarray(x[rows - block.start], dtype=np.float64)
+
+
+class RayPool(Pool):
+    """A pool whose predictions stay where they are (Parquet shards, a shared ``.npy``, the object store).
+
+    Cluster ids (which may be memory-mapped: only the candidates' ids are read)
+    and the labeled set live on the driver. Supports the strategies in
+    :data:`RAY_STRATEGIES`; the others need the whole embedding matrix on one machine.
+    """
+
+    def __init__(self, source: RowSource, *, is_logits: bool = False, clusters=None, labeled=None,
+                 multilabel: bool = False, aggregate: str = "min", max_inflight: int = 4, progress: bool = False):
+        self.probs = self.logits = self.embeddings = None
+        self.source = source
+        self.is_logits = is_logits
+        self.multilabel = multilabel
+        self.aggregate = aggregate
+        self.n = source.n
+        self._cache = {}
+        self.clusters = check_clusters(clusters, self.n) if clusters is not None else None
+        self.labeled = labeled
+        self.labeled_mask = labeled_mask(labeled, self.n)
+        self.max_inflight = max_inflight
+        self.progress = progress
+        self.n_classes_ = None
+
+    @property
+    def has_predictions(self) -> bool:
+        return True
+
+    def uncertainty(self, kind: str = "margin") -> np.ndarray:
+        raise BatchalInputError("the ray engine never gathers the whole score array; this strategy needs it "
+                                "(use --engine local)")
+
+    def rows_probs(self, rows: np.ndarray) -> np.ndarray:
+        """The candidates' probabilities, gathered block by block in Ray tasks (only blocks holding one)."""
+        import ray
+
+        from ... import scores
+        from ._session import input_errors
+
+        rows = np.asarray(rows, dtype=np.int64)
+        src_ref = ray.put(self.source)
+        task = ray.remote(num_cpus=1)(_block_rows)
+        refs, where = [], []
+        with input_errors():
+            for b in self.source.blocks:
+                sel = np.flatnonzero((rows >= b.start) & (rows < b.start + b.rows))
+                if sel.size:
+                    refs.append(task.remote(src_ref, b, rows[sel]))
+                    where.append(sel)
+            parts = ray.get(refs)
+        out = np.empty((rows.shape[0], parts[0].shape[1] if parts else 0), dtype=np.float64)
+        for sel, part in zip(where, parts):
+            out[sel] = part
+        if not self.is_logits:
+            return out.astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-out)) if self.multilabel else scores.softmax(out)).astype(np.float32)
+
+    def top_uncertain(self, kind: str, k: int) -> np.ndarray:
+        """Per-block top-k in Ray tasks, merged on the driver as results arrive."""
+        import ray
+        from tqdm.auto import tqdm
+
+        from ._session import input_errors
+
+        lab = np.flatnonzero(self.labeled_mask).astype(np.int64)
+        lab_ref = ray.put(lab)
+        src_ref = ray.put(self.source)
+        task = ray.remote(num_cpus=1)(_block_top)
+        blocks = list(self.source.blocks)
+        pending, best_s, best_r = [], np.empty(0, np.float32), np.empty(0, np.int64)
+        buf_s, buf_r, classes = [], [], set()
+        with input_errors(), tqdm(total=self.n, desc=f"{kind} (ray)", unit="rows", disable=not self.progress,
+                                  leave=False, mininterval=0.5) as bar:
+            rows_of = {}
+            while blocks or pending:
+                while blocks and len(pending) < self.max_inflight:
+                    b = blocks.pop(0)
+                    ref = task.remote(src_ref, b, kind, self.is_logits, self.multilabel, self.aggregate, lab_ref, k)
+                    rows_of[ref] = b.rows
+                    pending.append(ref)
+                done, pending = ray.wait(pending, num_returns=1)
+                s, r, c = ray.get(done[0])
+                classes.add(c)
+                bar.update(rows_of.pop(done[0]))
+                buf_s.append(s)
+                buf_r.append(r)
+                if sum(x.shape[0] for x in buf_s) > 2 * k:  # keep the driver at O(k)
+                    best_s, best_r = merge_top_k(np.concatenate([best_s, *buf_s]), np.concatenate([best_r, *buf_r]), k)
+                    buf_s, buf_r = [], []
+        if len(classes) > 1:
+            raise BatchalInputError(f"{self.source.name}: blocks disagree on the number of classes: {sorted(classes)}")
+        self.n_classes_ = classes.pop()
+        if not self.multilabel and self.n_classes_ < 2:
+            raise BatchalInputError(f"{self.source.name} must have at least 2 columns (classes); got {self.n_classes_}")
+        _, rows = merge_top_k(np.concatenate([best_s, *buf_s]), np.concatenate([best_r, *buf_r]), k)
+        return rows
+
+
+def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=None, labeled=None,
+               multilabel: bool = False, aggregate: str = "min", seed=None, column: str | None = None,
+               id_column: str | None = "id", progress: bool = False, max_inflight: int | None = None,
+               defaults: dict | None = None, **params) -> np.ndarray:
+    """The next batch, with the predictions read and scored by Ray workers.
+
+    Parameters are those of :func:`batchal.select`; ``probs``/``logits`` may be
+    Parquet shards (a file, a directory, a list of files: ``column`` or a
+    ``probs``/``logits`` list column, or numeric columns but ``id_column``), a
+    ``.npy`` path every worker can read, or an array. ``clusters`` and
+    ``labeled`` are arrays or paths (``clusters`` is only read at the candidates).
+    """
+    import ray
+
+    from ...io import load_array
+    from ...selectors.spec import parse_spec
+
+    spec = parse_spec(strategy)
+    if spec.name not in RAY_STRATEGIES:
+        raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
+                                f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
+    if probs is not None and logits is not None:
+        raise BatchalInputError("give probs or logits, not both")
+    x = probs if probs is not None else logits
+    if x is None:
+        if "predictions" in spec.requires or spec.name == "random":
+            raise BatchalInputError(f"strategy {spec.name!r} on the ray engine needs predicted probabilities or "
+                                    "logits (they also give the pool's size)")
+    kind = "probs" if probs is not None else "logits"
+    src = RowSource.open(x, name=kind, kind=kind, column=column, id_column=id_column, ray=ray)
+    if clusters is not None and not isinstance(clusters, np.ndarray):
+        clusters = load_array(clusters, name="clusters")
+    if labeled is not None and not isinstance(labeled, np.ndarray):
+        labeled = load_array(labeled, name="labeled")
+    if max_inflight is None:
+        from ._session import RaySession
+
+        max_inflight = 2 * RaySession.cpus()
+    pool = RayPool(src, is_logits=logits is not None, clusters=clusters, labeled=labeled, multilabel=multilabel,
+                   aggregate=aggregate, max_inflight=max_inflight, progress=progress)
+    selector = spec.make(random_state=seed, defaults=defaults, **params)
+    return selector.select(pool, batch_size)

@@ -1,0 +1,151 @@
+"""The ray engine's kNN graph and graph HAC equal the local engine's (a real local Ray instance)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from batchal.clustering.graph import graph_linkage
+from batchal.clustering.knn import knn_graph
+from ray_util import start_ray
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def ray_mod():
+    ray = start_ray()
+    yield ray
+    ray.shutdown()
+
+
+def canonical_tree(Z: np.ndarray, n: int) -> np.ndarray:
+    """A merge tree as a sorted table of merges, each child named by (smallest leaf, size).
+
+    Two trees are the same tree exactly when these tables are equal: row order
+    and internal node numbering (which depend on the order merges are written
+    down) drop out; which clusters merge, and at what height, stays.
+    """
+    minleaf = np.empty(2 * n - 1, dtype=np.int64)
+    minleaf[:n] = np.arange(n)
+    size = np.ones(2 * n - 1, dtype=np.int64)
+    rows = []
+    for i, (a, b, h, _) in enumerate(Z):
+        a, b = int(a), int(b)
+        minleaf[n + i] = min(minleaf[a], minleaf[b])
+        size[n + i] = size[a] + size[b]
+        lo, hi = sorted([(minleaf[a], size[a]), (minleaf[b], size[b])])
+        rows.append((*lo, *hi, h))
+    rows.sort(key=lambda r: r[:4])
+    return np.array(rows)
+
+
+def _blobs(n, d, centers, seed=0):
+    r = np.random.default_rng(seed)
+    C = r.standard_normal((centers, d)) * 2
+    lab = r.integers(0, centers, n)
+    sd = r.uniform(0.5, 1.5, centers)
+    return (C[lab] + r.standard_normal((n, d)) * sd[lab, None]).astype(np.float32)
+
+
+def _islands(n, d, group, seed=1):
+    """Tight far-apart groups: a kNN graph with n / group components (exercises the join)."""
+    r = np.random.default_rng(seed)
+    C = r.standard_normal((n // group, d)) * 100
+    X = (np.repeat(C, group, 0) + r.standard_normal((n, d)) * 0.01).astype(np.float32)
+    return X[r.permutation(n)]
+
+
+def _rac(ray, X, I, metric, n_actors=2, chunk=700):
+    from batchal.engines.ray._sources import RowSource
+    from batchal.engines.ray.rac import ray_rac
+
+    src = RowSource.open(X, name="embeddings", ray=ray)
+    chunks = [(a, ray.put(np.ascontiguousarray(I[a:a + chunk]))) for a in range(0, X.shape[0], chunk)]
+    return ray_rac(src, chunks, X.shape[0], metric=metric, n_actors=n_actors)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_rac_on_ray_equals_local_graph_hac(ray_mod, metric):
+    X = _blobs(1500, 8, 15)
+    Zl, _ = graph_linkage(X, metric=metric, knn=8, knn_method="flat")
+    res = knn_graph(X, 8, metric=metric, method="flat")  # the graph the local HAC used
+    Zr, info = _rac(ray_mod, X, res.indices, metric, n_actors=3)
+    np.testing.assert_array_equal(canonical_tree(Zr, X.shape[0]), canonical_tree(Zl, X.shape[0]))
+    assert info["rounds"] > 5 and sum(info["merges_per_round"]) + info["components"] - 1 == X.shape[0] - 1
+
+
+@pytest.mark.parametrize("n", [1000, 15005])
+def test_rac_on_ray_joins_components_as_local(ray_mod, n):
+    # 200 components: joined over a complete graph; 3,200: over a kNN graph of their means
+    X = _islands(n, 12, 5)
+    Zl, linfo = graph_linkage(X, metric="cosine", knn=3, knn_method="flat")
+    res = knn_graph(X, 3, metric="cosine", method="flat")
+    Zr, info = _rac(ray_mod, X, res.indices, "cosine", chunk=4000)
+    assert info["components"] == linfo["components"] == n // 5
+    np.testing.assert_array_equal(canonical_tree(Zr, n), canonical_tree(Zl, n))
+
+
+def test_rac_float32_statistics(ray_mod):
+    # the statistics dtype the local engine uses above 512 MiB, forced small
+    X = _blobs(1500, 6, 10, seed=3)
+    Zl, _ = graph_linkage(X, metric="cosine", knn=6, knn_method="flat", stats_dtype="float32")
+    res = knn_graph(X, 6, metric="cosine", method="flat")
+    from batchal.engines.ray._sources import RowSource
+    from batchal.engines.ray.rac import ray_rac
+
+    Zr, _ = ray_rac(RowSource.open(X, name="e", ray=ray_mod), [(0, res.indices)], 1500, metric="cosine",
+                    n_actors=2, stats_dtype="float32")
+    np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
+
+
+@pytest.mark.parametrize("metric,method,n", [("cosine", "flat", 3000), ("sqeuclidean", "ivf", 24000),
+                                             ("euclidean", "ivf", 24000)])
+def test_knn_on_ray_equals_local(ray_mod, metric, method, n):
+    from batchal.engines import get_engine
+
+    X = _blobs(n, 12, max(10, n // 200), seed=2)
+    local = knn_graph(X, 10, metric=metric, method=method)
+    res = get_engine("ray", num_actors=3).knn_graph(X, 10, metric=metric, method=method)
+    assert res.method == method and res.info.get("nprobe") == local.info.get("nprobe")
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_knn_on_ray_given_centroids_and_few_candidates(ray_mod):
+    # tiny cells and nprobe=1: many queries have fewer than k + 1 candidates (the padding rule)
+    from batchal.clustering.knn import _train_cells
+    from batchal.engines import get_engine
+
+    X = _blobs(3000, 6, 30, seed=4)
+    local = knn_graph(X, 12, metric="cosine", method="ivf", nlist=600, nprobe=1)
+    C = _train_cells(X, "cosine", 600, np.random.default_rng(0), False)
+    res = get_engine("ray").knn_graph(X, 12, metric="cosine", method="ivf", nprobe=1, centroids=C)
+    assert (local.indices < 0).any()
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_cluster_end_to_end_and_cli(ray_mod, tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal import AverageLinkage
+    from batchal.cli import app
+
+    X = _blobs(21000, 8, 100, seed=6)  # above 20,000 rows: IVF kNN, as locally
+    np.save(tmp_path / "E.npy", X)
+    local = AverageLinkage(method="graph", knn=10, mean_cluster_size=10).fit(X)
+    runner = CliRunner()
+    r = runner.invoke(app, ["cluster", "-e", str(tmp_path / "E.npy"), "--method", "graph", "--knn", "10",
+                            "--engine", "ray", "--save-tree", str(tmp_path / "T.npy"), "-o", str(tmp_path / "C.npy")])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(canonical_tree(np.load(tmp_path / "T.npy"), X.shape[0]),
+                                  canonical_tree(local.linkage_, X.shape[0]))
+    np.testing.assert_array_equal(np.load(tmp_path / "C.npy"), local.labels_)
+    bad = runner.invoke(app, ["cluster", "-e", str(tmp_path / "E.npy"), "--method", "exact", "--engine", "ray",
+                              "-o", str(tmp_path / "D.npy")])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "exact" in bad.output
+    X[5, 3] = np.nan
+    np.save(tmp_path / "N.npy", X)
+    nan = runner.invoke(app, ["cluster", "-e", str(tmp_path / "N.npy"), "--engine", "ray", "-q",
+                              "-o", str(tmp_path / "D.npy")])
+    assert nan.exit_code == 2 and "NaN (first at row 5)" in nan.output
