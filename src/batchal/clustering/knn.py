@@ -12,8 +12,9 @@ Two routes:
   itself, then, per probe rank, the rows grouped by the cell they probe against
   that cell. Blocks are folded into per-row top-k buffers by a numba kernel
   (``_knn_kernels``); groups run in threads with single-threaded BLAS.
-  ``nprobe="auto"`` (default) measures on a sample the fewest probes reaching an
-  estimated recall@k of 0.99 (:func:`estimate_nprobe`). BENCHMARKS.md (*kNN:
+  ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
+  exact k nearest neighbours of 1,000 random rows and so the recall@k that 1, 2,
+  ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:
   what was measured*) gives the recall/time trade-offs behind these choices;
   ``tests/test_knn.py`` asserts the recall against brute force. The cell order
   doubles as a locality-preserving renumbering for the HAC that follows.
@@ -34,10 +35,16 @@ from .._validation import BatchalInputError, iter_chunks
 #: Below this many rows the exact (flat) search is used by ``method="auto"``.
 EXACT_MAX_ROWS = 20_000
 #: Default number of IVF cells each row scans (its own nearest cells): "auto" measures it
-#: (:func:`estimate_nprobe`): the fewest reaching an estimated recall@k of AUTO_TARGET_RECALL.
+#: during the cell assignment (:func:`choose_nprobe`): the fewest whose measured recall@k
+#: reaches AUTO_TARGET_RECALL (the issue's 0.98, plus a margin for the sampling error).
 DEFAULT_NPROBE = "auto"
-AUTO_TARGET_RECALL = 0.99
+AUTO_TARGET_RECALL = 0.985
 AUTO_MAX_NPROBE = 16
+#: When no nprobe up to AUTO_MAX_NPROBE reaches the target (heavily overlapping cells), stop
+#: at the first probe that adds less than this much recall (each probe costs about 1/p of the search).
+AUTO_MIN_GAIN = 0.02
+#: Random rows whose exact k nearest neighbours are found during the cell assignment.
+AUTO_QUERIES = 1000
 #: IVF cells per sqrt(n) rows.
 NLIST_PER_SQRT_N = 2.0
 #: Candidate buffer per query in the search, in multiples of k.
@@ -226,7 +233,8 @@ def _release_pages(X, a: int = 0, b: int | None = None) -> None:
             pass
 
 
-def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1):
+def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1,
+            prepared: bool = False, queries=None):
     """Nearest cell of every row, and its next ``nprobe - 1`` nearest cells (its probes).
 
     Exact: one BLAS product of a block of rows against all centroids, then the
@@ -236,18 +244,24 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     to a cell's *centroid* rather than to the query capped recall near 0.984 (in
     64-128 dimensions with thousands of random cluster directions, centroids
     say little about each other).
-    Returns ``(cell int32 (n,), probes int32 (n, nprobe - 1) or None)``.
+
+    ``prepared``: ``X`` is already float32 and normalised (skip :func:`_prep_chunk`).
+    ``queries``: a :class:`_QueryTopK` whose exact top-k over all rows is
+    accumulated in the same pass (the rows are read once for both).
+    Returns ``(cell int32 (n,), probes (n, nprobe - 1) or None)``; probes are
+    int16 when there are fewer than 32,768 cells (half the memory).
     """
     n = X.shape[0]
     nc = C.shape[0]
     p = max(1, min(int(nprobe), nc))
     cell = np.empty(n, dtype=np.int32)
-    probes = np.empty((n, p - 1), dtype=np.int32) if p > 1 else None
+    pdt = np.int16 if nc < 32768 else np.int32
+    probes = np.empty((n, p - 1), dtype=pdt) if p > 1 else None
     l2 = metric != "cosine"
     half = (0.5 * np.einsum("ij,ij->i", C, C)).astype(np.float32) if l2 else np.zeros(1, np.float32)
     from ._knn_kernels import top_cells
 
-    pr = probes if probes is not None else np.empty((n, 0), dtype=np.int32)
+    pr = probes if probes is not None else np.empty((n, 0), dtype=pdt)
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
@@ -264,63 +278,112 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(nt) as ex, \
             _progress(n, "kNN: assign cells", progress) as bar:
         for a, b in iter_chunks(n, chunk_rows):
-            blk = _prep_chunk(np.asarray(X[a:b]), metric, a)
+            blk = np.asarray(X[a:b], dtype=np.float32) if prepared else _prep_chunk(np.asarray(X[a:b]), metric, a)
             _release_pages(X, a, b)
             list(ex.map(part, [(blk, a, s0, min(b - a, s0 + step)) for s0 in range(0, b - a, step)]))
+            if queries is not None:
+                queries.fold(blk, a, ex, nt)
             bar.update(b - a)
     return cell, probes
 
 
-def estimate_nprobe(X, C: np.ndarray, metric: str, k: int, rng, *, target: float = AUTO_TARGET_RECALL,
-                    max_nprobe: int = AUTO_MAX_NPROBE, n_queries: int = 2000) -> tuple[int, dict]:
-    """The fewest probes whose estimated recall@k reaches ``target``, measured on the data.
+class _QueryTopK:
+    """Exact top-k of a few query rows over all rows, folded in chunk by chunk (for ``nprobe="auto"``).
 
-    A random tenth of the rows (at least 20,000, at most 250,000) stands in for the pool: the exact
-    ``k' = k m / n`` nearest neighbours of ``n_queries`` random rows among those m
-    rows are about as near as their k nearest in the whole pool, and the share of
-    them that lie in the query's first p cells (ranked by the query's own scores,
-    as the search does) estimates recall@k with p probes. Costs at most a tenth of
-    the cell assignment.
+    ``Q`` (q, d) prepared rows with ids ``qids`` (skipped as their own neighbour).
+    Keys as in the search (larger is nearer); ids are row numbers of the input.
     """
-    n = X.shape[0]
-    nc = C.shape[0]
-    m = min(n, max(20_000, min(n // 10, 250_000)))
-    rows = np.sort(rng.choice(n, size=m, replace=False))
-    S = np.empty((m, X.shape[1]), dtype=np.float32)
-    for a, b in iter_chunks(m, CHUNK_ROWS):
-        S[a:b] = _prep_chunk(np.asarray(X[rows[a:b]]), metric, 0)
-    _release_pages(X)
-    l2 = metric != "cosine"
-    half = (0.5 * np.einsum("ij,ij->i", C, C)).astype(np.float32) if l2 else np.zeros(1, np.float32)
-    from ._knn_kernels import top_cells
 
-    cell = np.empty(m, dtype=np.int32)
-    step = max(256, min(8192, (64 << 20) // (4 * max(1, nc))))
-    for a in range(0, m, step):
-        b = min(m, a + step)
-        top_cells(S[a:b] @ C.T, half, l2, cell, np.empty((m, 0), dtype=np.int32), a)
-    q = rng.choice(m, size=min(n_queries, m), replace=False)
-    kk = max(1, min(m - 1, int(round(k * m / n))))
-    Sq = S[q]
-    sq = Sq @ C.T
-    if l2:
-        sq -= half[None, :]
-    rank = np.empty_like(sq, dtype=np.int32)  # rank of every cell in each query's own order
-    np.put_along_axis(rank, np.argsort(-sq, axis=1, kind="stable"), np.arange(nc, dtype=np.int32)[None, :], 1)
-    hsq = 0.5 * np.einsum("ij,ij->i", S, S) if l2 else None
-    ranks = []
-    for a in range(0, q.shape[0], 250):
-        b = min(q.shape[0], a + 250)
-        sc = Sq[a:b] @ S.T
-        if l2:
-            sc -= hsq[None, :]
-        sc[np.arange(b - a), q[a:b]] = -np.inf  # not itself
-        nb = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-        ranks.append(np.take_along_axis(rank[a:b], cell[nb], 1))
-    ranks = np.concatenate(ranks).reshape(-1)
-    est = {p: float((ranks < p).mean()) for p in range(1, min(max_nprobe, nc) + 1)}
-    chosen = next((p for p, r in est.items() if r >= target), min(max_nprobe, nc))
-    return chosen, {"nprobe_estimated_recall": est[chosen], "nprobe_sample_rows": m, "nprobe_sample_k": kk}
+    def __init__(self, Q: np.ndarray, qids: np.ndarray, k: int, metric: str):
+        self.Q = np.ascontiguousarray(Q, dtype=np.float32)
+        self.qids = np.asarray(qids, dtype=np.int64)
+        self.k = int(k)
+        self.l2 = metric != "cosine"
+        nq = self.Q.shape[0]
+        cap = BUFFER_PER_K * self.k
+        self.Bk = np.empty((nq, cap), dtype=np.float32)
+        self.Bi = np.empty((nq, cap), dtype=np.int32)
+        self.cnt = np.zeros(nq, dtype=np.int64)
+        self.thr = np.full(nq, -np.inf, dtype=np.float32)
+
+    def fold(self, blk: np.ndarray, off: int, ex=None, nt: int = 1):
+        """Fold rows ``off .. off + len(blk) - 1`` (prepared) into every query's buffer."""
+        from ._knn_kernels import heap_update
+
+        h = (0.5 * np.einsum("ij,ij->i", blk, blk)).astype(np.float32) if self.l2 else None
+        nothing = np.zeros(1, dtype=np.float32)
+
+        def part(g):  # each thread owns a group of queries: no shared buffer rows
+            Qg = self.Q[g]
+            for a in range(0, blk.shape[0], 8192):  # <= 8192 columns: a few MB of scores per thread
+                b = min(blk.shape[0], a + 8192)
+                sc = Qg @ blk[a:b].T
+                if h is not None:
+                    sc -= h[None, a:b]
+                heap_update(sc, g, self.qids[g], off + a, nothing, False, self.Bk, self.Bi, self.cnt, self.thr,
+                            self.k)
+
+        groups = [g for g in np.array_split(np.arange(self.Q.shape[0]), max(1, nt)) if g.shape[0]]
+        if ex is None or len(groups) == 1:
+            for g in groups:
+                part(g)
+        else:
+            list(ex.map(part, groups))
+
+    def result(self):
+        """``(ids int32 (q, k), keys float32 (q, k))``, nearest first; -1 / -inf pad."""
+        from ._knn_kernels import buf_finish
+
+        nq = self.Q.shape[0]
+        I = np.empty((nq, self.k), dtype=np.int32)
+        K = np.empty((nq, self.k), dtype=np.float32)
+        buf_finish(self.Bk, self.Bi, self.cnt, self.k, np.arange(nq, dtype=np.int64), I, K)
+        return I, K
+
+
+def probe_recall(true_ids: np.ndarray, qcells: np.ndarray, nbr_cells: np.ndarray) -> np.ndarray:
+    """Recall@k of the IVF search with 1, 2, ... probes, from the exact neighbours of sample rows.
+
+    ``qcells`` (q, P): each query's own cell then its probes, in order; ``nbr_cells``
+    (q, k): the cell of each exact neighbour (``true_ids`` -1 = none). A neighbour is
+    found with p probes exactly when its cell is among the query's first p cells,
+    so entry ``p - 1`` of the result is the recall with p probes (p = 1 .. P).
+    """
+    q, P = qcells.shape
+    valid = true_ids >= 0
+    rank = np.full(true_ids.shape, P, dtype=np.int64)
+    for r in range(P - 1, -1, -1):  # the first (nearest) matching rank wins
+        rank[nbr_cells == qcells[:, r:r + 1]] = r
+    total = max(1, int(valid.sum()))
+    return np.array([float(((rank < p) & valid).sum()) / total for p in range(1, P + 1)])
+
+
+def choose_nprobe(rec: np.ndarray, target: float = AUTO_TARGET_RECALL, min_gain: float = AUTO_MIN_GAIN) -> int:
+    """The fewest probes whose measured recall reaches ``target``; if none does, the first
+    probe count after which one more probe adds less than ``min_gain`` recall."""
+    for p in range(1, rec.shape[0] + 1):
+        if rec[p - 1] >= target:
+            return p
+    for p in range(1, rec.shape[0]):
+        if rec[p] - rec[p - 1] < min_gain:
+            return p
+    return int(rec.shape[0])
+
+
+def _check_nprobe(nprobe) -> None:
+    if nprobe == "auto":
+        return
+    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
+
+
+def sample_queries(X, metric: str, rng, n_queries: int = AUTO_QUERIES):
+    """``(rows, ids)``: ``n_queries`` random rows of ``X`` (prepared) for measuring the probes' recall."""
+    n = X.shape[0]
+    ids = np.sort(rng.choice(n, size=min(n, n_queries), replace=False)).astype(np.int64)
+    Q = _prep_chunk(np.asarray(X[ids]), metric, 0)
+    _release_pages(X)
+    return Q, ids
 
 
 def default_nlist(n: int) -> int:
@@ -364,16 +427,27 @@ def _prepare(X, metric: str, *, method: str = "auto", nlist: int | None = None,
     if nlist is None:
         nlist = default_nlist(n)
     nlist = max(1, min(int(nlist), n // 4 if n >= 8 else 1))
+    _check_nprobe(nprobe)
     t0 = time.perf_counter()
     C = _train_cells(X, metric, nlist, rng, progress)
-    extra = {}
-    if nprobe == "auto":
-        nprobe, extra = estimate_nprobe(X, C, metric, k, rng)
-    elif isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-        raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
-    extra["nprobe"] = int(min(nprobe, C.shape[0]))
     t1 = time.perf_counter()
-    cell, probes = _assign(X, C, metric, chunk_rows, progress, nprobe)
+    extra = {}
+    queries = None
+    if nprobe == "auto":
+        queries = _QueryTopK(*sample_queries(X, metric, rng), k, metric)
+        nprobe = AUTO_MAX_NPROBE
+    cell, probes = _assign(X, C, metric, chunk_rows, progress, nprobe, queries=queries)
+    if queries is not None:
+        true_ids, _ = queries.result()
+        qcells = np.concatenate([cell[queries.qids, None], probes[queries.qids]], axis=1) if probes is not None \
+            else cell[queries.qids, None]
+        rec = probe_recall(true_ids, qcells, np.where(true_ids >= 0, cell[np.maximum(true_ids, 0)], -1))
+        nprobe = choose_nprobe(rec)
+        extra.update(nprobe_recall=[round(float(r), 4) for r in rec], nprobe_estimated_recall=float(rec[nprobe - 1]),
+                     nprobe_queries=int(queries.qids.shape[0]))
+        if probes is not None:
+            probes = np.ascontiguousarray(probes[:, :nprobe - 1]) if nprobe > 1 else None
+    extra["nprobe"] = int(min(nprobe, C.shape[0]))
     t2 = time.perf_counter()
     nlist = C.shape[0]
     counts = np.bincount(cell, minlength=nlist)
@@ -561,8 +635,11 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
         ``auto``: exact below ``exact_max_rows`` rows, IVF above.
     nprobe : int or "auto"
         IVF cells each row scans (its own nearest cells). ``"auto"`` (default)
-        measures the fewest that reach an estimated recall@k of 0.99 on a sample
-        (:func:`estimate_nprobe`), at most 16.
+        measures the recall@k of 1 .. 16 probes on 1,000 random rows (their
+        exact neighbours found while the rows are assigned to cells) and takes
+        the fewest reaching 0.985; if none does, it stops where one more probe
+        adds less than 2 points (:func:`choose_nprobe`). ``info`` reports the
+        measured curve (``nprobe_recall``).
     nlist : int
         Number of cells (default ``2 sqrt(n)``).
     progress : bool
