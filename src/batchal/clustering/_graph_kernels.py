@@ -13,16 +13,14 @@ average linkage of clusters A and B over all |A||B| cross pairs is then exact:
 * squared euclidean: ``sq_A/|A| + sq_B/|B| - 2 S_A . S_B / (|A| |B|)``
 
 The graph only decides which clusters may merge: each slot keeps an adjacency
-list (ids into an arena; no linkage is stored per entry). A round finds every
-reciprocal-nearest-neighbour pair (RAC, Sumengen et al. 2021) among the slots
-whose nearest neighbour changed, and merges them all. Then only what changed is
-recomputed (see :func:`rac`): each merged cluster's list is resolved through
-``parent`` and deduplicated and its linkages computed once, each pushed to the
-neighbour (which keeps the better of its nearest and the new cluster), and a
-neighbour whose nearest neighbour itself merged is fully rescanned. Entries
-pointing to merged-away slots stay in the other lists until those are
-rescanned (resolved through ``parent`` with path compression), so the work per
-round is proportional to the merged clusters' degrees, not to the graph.
+list (ids into an arena; no linkage is stored per entry, see ``_rebuild``). A round finds
+every reciprocal-nearest-neighbour pair (RAC, Sumengen et al. 2021) and merges
+them all. Lists are rebuilt lazily: a list entry pointing to a merged-away
+slot is resolved through ``parent`` (always one hop, because every neighbour
+of a merged pair is rebuilt in the very next round), duplicates are dropped,
+and only linkages whose endpoints changed since the last rebuild are
+recomputed (unless the slot's nearest neighbour itself merged), so the cost per
+merge is O(degree * d).
 
 Contract: ``S`` float32 or float64 C-contiguous (n, d); ``size``/``sq``
 float64; ids int32; ``start`` int64; ``length`` int64. Every linkage is a
@@ -206,6 +204,63 @@ def _link(S, size, sq, a, b, metric):
     return sq[a] / size[a] + sq[b] / size[b] - 2.0 * dot / nab
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
+             nn, nnw, marks, it, metric):
+    """Resolve and dedupe the lists of the dirty slots; find each one's nearest neighbour.
+
+    No linkage is stored per list entry; the nearest neighbour is kept exactly
+    by this rule: if neither ``x`` nor its previous nearest neighbour ``p`` was
+    merged since ``x``'s last rebuild, every entry that did not change still
+    has the linkage it had then, which was ``>=`` ``x``'s best, so the new best
+    is the better of ``(p, nnw[x])`` and the entries that changed (merged
+    clusters, or entries resolved to a new slot): only those are recomputed.
+    Otherwise (``x`` merged, ``p`` merged, first build) all entries are.
+    Ties go to the smaller slot id either way, so the result equals a full
+    recomputation of every entry.
+    """
+    nt = marks.shape[0]
+    n = parent.shape[0]
+    for t in prange(nt):
+        mark = marks[t]
+        for i in range(t, ndirty, nt):
+            x = dirty[i]
+            key = np.int64(it) * n + x
+            s = start[x]
+            L = length[x]
+            bx = built[x]
+            full = stamp[x] >= bx
+            best = -1
+            bestw = np.inf
+            if not full:
+                p = nn[x]
+                if p < 0 or parent[p] != p or stamp[p] >= bx:
+                    full = True
+                else:
+                    best = p
+                    bestw = nnw[x]
+            w = 0
+            for e in range(s, s + L):
+                y0 = nbr[e]
+                y = y0
+                while parent[y] != y:
+                    y = parent[y]
+                if y == x or mark[y] == key:
+                    continue
+                mark[y] = key
+                if full or y != y0 or stamp[y] >= bx:
+                    v = _link(S, size, sq, x, y, metric)
+                    if v < bestw or (v == bestw and y < best):
+                        best = y
+                        bestw = v
+                nbr[s + w] = y
+                w += 1
+            length[x] = w
+            built[x] = it
+            nn[x] = best
+            nnw[x] = bestw
+
+
 @njit(cache=True)
 def _compact(start, length, nbr):
     """Move all non-empty lists to the front of the arena (in place); returns the new end."""
@@ -224,166 +279,14 @@ def _compact(start, length, nbr):
     return end
 
 
-@njit(inline="always")
-def _find(parent, y):
-    """Root slot of ``y``, compressing the path (other threads write the same roots: benign)."""
-    r = y
-    while parent[r] != r:
-        r = parent[r]
-    while parent[y] != r:
-        nxt = parent[y]
-        parent[y] = r
-        y = nxt
-    return r
-
-
-@njit(inline="always")
-def _better_link(v, y, bestw, best):
-    return v < bestw or (v == bestw and y < best)
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _rescan(todo, ntodo, S, size, sq, parent, start, length, nbr, nn, nnw, marks, key0, metric):
-    """Resolve and dedupe the lists of slots ``todo[:ntodo]``; each one's nearest neighbour by
-    a full recomputation of its linkages (ties: smaller slot)."""
-    nt = marks.shape[0]
-    n = parent.shape[0]
-    for t in prange(nt):
-        mark = marks[t]
-        for i in range(t, ntodo, nt):
-            x = todo[i]
-            key = key0 * n + x
-            s = start[x]
-            w = 0
-            best = -1
-            bestw = np.inf
-            for e in range(s, s + length[x]):
-                y = _find(parent, nbr[e])
-                if y == x or mark[y] == key:
-                    continue
-                mark[y] = key
-                v = _link(S, size, sq, x, y, metric)
-                if _better_link(v, y, bestw, best):
-                    best = y
-                    bestw = v
-                nbr[s + w] = y
-                w += 1
-            length[x] = w
-            nn[x] = best
-            nnw[x] = bestw
-
-
-@njit(parallel=True, cache=True)
-def _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, start, length, nbr,
-                 Z, zc, n_leaves, metric, merged, it):
-    """Merge every pair (disjoint, so in parallel): tree row, statistics, concatenated list."""
-    d = S.shape[1]
-    for p in prange(npairs):
-        a = pa[p]
-        b = pb[p]
-        h = _link(S, size, sq, a, b, metric)
-        ia = node_id[a]
-        ib = node_id[b]
-        z = zc + p
-        Z[z, 0] = min(ia, ib)
-        Z[z, 1] = max(ia, ib)
-        Z[z, 2] = h
-        Z[z, 3] = size[a] + size[b]
-        node_id[a] = n_leaves + z
-        for j in range(d):
-            S[a, j] += S[b, j]
-        size[a] += size[b]
-        sq[a] += sq[b]
-        parent[b] = a
-        alive[b] = 0
-        merged[a] = it
-        La = length[a]
-        Lb = length[b]
-        o = offs[p]
-        sa = start[a]
-        sb = start[b]
-        for j in range(La):
-            nbr[o + j] = nbr[sa + j]
-        for j in range(Lb):
-            nbr[o + La + j] = nbr[sb + j]
-        start[a] = o
-        length[a] = La + Lb
-        length[b] = 0
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _push(pa, npairs, S, size, sq, parent, start, length, nbr, nn, nnw, merged, pushed,
-          rescan, it, bw, bi, marks, key0, metric):
-    """Dedupe each merged cluster's list and send its new linkages to its neighbours.
-
-    Thread ``t`` owns the slots ``y`` with ``y % nt == t``: it computes every
-    linkage (x, y) for its y in every merged list, so each neighbour's state is
-    written by one thread only (no locks). A neighbour whose nearest neighbour
-    was merged this round (or earlier) is flagged for a full rescan; any other
-    keeps the better of its nearest and the new cluster, which is exact because
-    its other linkages did not change. Each thread's best per merged cluster
-    goes to ``bw``/``bi`` (reduced by the caller).
-    """
-    nt = marks.shape[0]
-    n = parent.shape[0]
-    # 1. resolve and dedupe the merged lists (parallel over clusters)
-    for t in prange(nt):
-        mark = marks[t]
-        for p in range(t, npairs, nt):
-            x = pa[p]
-            key = key0 * n + x
-            s = start[x]
-            w = 0
-            for e in range(s, s + length[x]):
-                y = _find(parent, nbr[e])
-                if y == x or mark[y] == key:
-                    continue
-                mark[y] = key
-                nbr[s + w] = y
-                w += 1
-            length[x] = w
-    # 2. linkages, by owner of the neighbour
-    for t in prange(nt):
-        for p in range(npairs):
-            x = pa[p]
-            best = -1
-            bestw = np.inf
-            s = start[x]
-            for e in range(s, s + length[x]):
-                y = nbr[e]
-                if y % nt != t:
-                    continue
-                v = _link(S, size, sq, x, y, metric)
-                if _better_link(v, y, bestw, best):
-                    best = y
-                    bestw = v
-                if merged[y] == it or rescan[y] == it:
-                    continue
-                q = nn[y]
-                if pushed[y] != it and q >= 0 and (parent[q] != q or merged[q] == it):
-                    rescan[y] = it
-                    continue
-                if q < 0 or _better_link(v, x, nnw[y], q):
-                    nn[y] = x
-                    nnw[y] = v
-                    pushed[y] = it
-            bw[t, p] = bestw
-            bi[t, p] = best
-
-
-def rac(S, size, sq, parent, alive, node_id, start, length, nbr, end,
+def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
         dirty0, Z, zc, n_leaves, metric, it):
     """Run RAC rounds until no reciprocal pair is left (then no edges remain).
 
-    Parameters are the persistent state; ``dirty0`` lists the slots whose
-    nearest neighbour is computed first (every slot with a non-empty list).
-    Each round merges every reciprocal-nearest pair among the slots whose
-    nearest neighbour changed, then updates only what the merges changed: the
-    merged clusters' lists (deduped, every linkage computed once), their
-    neighbours' nearest (kept or improved by the new linkage; fully rescanned
-    when the nearest itself merged). No linkage is stored per list entry.
-    A Python loop over rounds, because numba cannot cache a serial function
-    that calls a parallel one.
+    Parameters are the persistent state; ``dirty0`` lists the slots to examine
+    first (every slot with a non-empty list); ``built[x] = -1`` forces all of
+    x's linkages to be computed. A Python loop over rounds, because numba cannot
+    cache a serial function that calls a parallel one.
 
     Returns ``(nbr, end, zc, it, rounds, compactions)`` (the arena may have been regrown).
     """
@@ -392,120 +295,104 @@ def rac(S, size, sq, parent, alive, node_id, start, length, nbr, end,
     marks = np.full((nt, n), -1, dtype=np.int64)
     nn = np.full(n, -1, dtype=np.int32)
     nnw = np.full(n, np.inf, dtype=np.float64)
-    merged = np.full(n, -1, dtype=np.int32)
-    pushed = np.full(n, -1, dtype=np.int32)
-    rescan = np.full(n, -1, dtype=np.int32)
-    cand = np.empty(n, dtype=np.int32)
-    incand = np.zeros(n, dtype=np.uint8)
+    isdirty = np.zeros(n, dtype=np.uint8)
+    dirty = np.empty(n, dtype=np.int32)
+    ndirty = dirty0.shape[0]
+    dirty[:ndirty] = dirty0
+    isdirty[dirty0] = 1
     pa = np.empty(n // 2 + 1, dtype=np.int32)
     pb = np.empty(n // 2 + 1, dtype=np.int32)
-    ncand = dirty0.shape[0]
-    cand[:ncand] = dirty0
-    key = 0  # the marks' generation: (key * n + slot) is unique per (pass, slot)
-    _rescan(cand, ncand, S, size, sq, parent, start, length, nbr, nn, nnw, marks, key, metric)
-    key += 1
     rounds = 0
-    ncomp = 0
-    while ncand > 0:
-        npairs = _pairs(cand, ncand, incand, nn, pa, pb)
-        if npairs == 0:
-            break
+    ncomp = np.zeros(1, dtype=np.int64)
+    while ndirty > 0:
         rounds += 1
-        need = length[pa[:npairs]] + length[pb[:npairs]]
-        total = int(need.sum())
-        if end + total > nbr.shape[0]:
-            end = _compact(start, length, nbr)
-            ncomp += 1
-            if end + total > nbr.shape[0]:
-                grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + total + 1), dtype=nbr.dtype)
-                grown[:end] = nbr[:end]
-                nbr = grown
-        offs = np.empty(npairs, dtype=np.int64)
-        offs[0] = 0
-        np.cumsum(need[:-1], out=offs[1:])
-        offs += end
-        end += total
-        _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, start, length, nbr,
-                     Z, zc, n_leaves, metric, merged, it)
-        zc += npairs
-        bw = np.empty((nt, npairs), dtype=np.float64)
-        bi = np.empty((nt, npairs), dtype=np.int32)
-        _push(pa, npairs, S, size, sq, parent, start, length, nbr, nn, nnw, merged, pushed,
-              rescan, it, bw, bi, marks, key, metric)
-        key += 1
-        _reduce_best(pa, npairs, bw, bi, nn, nnw)
-        ncand, nres = _next_candidates(pa, npairs, start, length, nbr, pushed, rescan, it, cand, incand)
-        # the slots to rescan were put first in cand
-        _rescan(cand, nres, S, size, sq, parent, start, length, nbr, nn, nnw, marks, key, metric)
-        key += 1
+        _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
+                 nn, nnw, marks, it, metric)
+        ndirty, end, zc, nbr = _merge_round(
+            dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id, stamp,
+            start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp)
         it += 1
-    return nbr, end, zc, it, rounds, ncomp
+    return nbr, end, zc, it, rounds, int(ncomp[0])
 
 
 @njit(cache=True)
-def _pairs(cand, ncand, incand, nn, pa, pb):
-    """The reciprocal-nearest pairs among the candidates (each once, smaller slot first)."""
-    for i in range(ncand):
-        incand[cand[i]] = 1
+def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id,
+                 stamp, start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp):
+    """Merge every reciprocal-nearest pair among the dirty slots; collect the next dirty set."""
     npairs = 0
-    for i in range(ncand):
-        x = cand[i]
+    for i in range(ndirty):
+        x = dirty[i]
         y = nn[x]
-        if y >= 0 and nn[y] == x and (x < y or incand[y] == 0):
-            pa[npairs] = min(x, y)
-            pb[npairs] = max(x, y)
+        if y < 0:
+            continue
+        if nn[y] == x and (x < y or isdirty[y] == 0):
+            if x < y:
+                pa[npairs] = x
+                pb[npairs] = y
+            else:
+                pa[npairs] = y
+                pb[npairs] = x
             npairs += 1
-    for i in range(ncand):
-        incand[cand[i]] = 0
-    return npairs
-
-
-@njit(cache=True)
-def _reduce_best(pa, npairs, bw, bi, nn, nnw):
-    nt = bw.shape[0]
+    for i in range(ndirty):
+        isdirty[dirty[i]] = 0
+    ndirty = 0
     for p in range(npairs):
-        best = -1
-        bestw = np.inf
-        for t in range(nt):
-            y = bi[t, p]
-            if y >= 0 and _better_link(bw[t, p], y, bestw, best):
-                best = y
-                bestw = bw[t, p]
-        nn[pa[p]] = best
-        nnw[pa[p]] = bestw
-
-
-@njit(cache=True)
-def _next_candidates(pa, npairs, start, length, nbr, pushed, rescan, it, cand, incand):
-    """Slots whose nearest neighbour changed this round: to rescan first, then the rest.
-
-    Returns ``(ncand, nrescan)``; ``cand[:nrescan]`` are the slots to rescan.
-    """
-    nres = 0
-    for p in range(npairs):  # first pass: the rescans
-        x = pa[p]
-        for e in range(start[x], start[x] + length[x]):
-            y = nbr[e]
-            if rescan[y] == it and incand[y] == 0:
-                incand[y] = 1
-                cand[nres] = y
-                nres += 1
-    ncand = nres
+        a = pa[p]
+        b = pb[p]
+        h = _link(S, size, sq, a, b, metric)
+        ia = node_id[a]
+        ib = node_id[b]
+        Z[zc, 0] = min(ia, ib)
+        Z[zc, 1] = max(ia, ib)
+        Z[zc, 2] = h
+        Z[zc, 3] = size[a] + size[b]
+        node_id[a] = n_leaves + zc
+        zc += 1
+        for j in range(S.shape[1]):
+            S[a, j] += S[b, j]
+        size[a] += size[b]
+        sq[a] += sq[b]
+        parent[b] = a
+        alive[b] = 0
+        stamp[a] = it
+        La = length[a]
+        Lb = length[b]
+        need = La + Lb
+        if end + need > nbr.shape[0]:
+            end = _compact(start, length, nbr)
+            ncomp[0] += 1
+            if end + need > nbr.shape[0]:
+                newcap = max(nbr.shape[0] + nbr.shape[0] // 4, end + need + 1)
+                nbr2 = np.empty(newcap, dtype=nbr.dtype)
+                nbr2[:end] = nbr[:end]
+                nbr = nbr2
+        sa = start[a]
+        sb = start[b]
+        for j in range(La):
+            nbr[end + j] = nbr[sa + j]
+        for j in range(Lb):
+            nbr[end + La + j] = nbr[sb + j]
+        start[a] = end
+        length[a] = need
+        length[b] = 0
+        end += need
+    # next round: merged slots and every neighbour of a merged pair
     for p in range(npairs):
-        x = pa[p]
-        if incand[x] == 0:
-            incand[x] = 1
-            cand[ncand] = x
-            ncand += 1
-        for e in range(start[x], start[x] + length[x]):
+        a = pa[p]
+        if isdirty[a] == 0:
+            isdirty[a] = 1
+            dirty[ndirty] = a
+            ndirty += 1
+        s = start[a]
+        for e in range(s, s + length[a]):
             y = nbr[e]
-            if pushed[y] == it and incand[y] == 0:
-                incand[y] = 1
-                cand[ncand] = y
-                ncand += 1
-    for i in range(ncand):
-        incand[cand[i]] = 0
-    return ncand, nres
+            while parent[y] != y:
+                y = parent[y]
+            if isdirty[y] == 0:
+                isdirty[y] = 1
+                dirty[ndirty] = y
+                ndirty += 1
+    return ndirty, end, zc, nbr
 
 
 @njit(cache=True)

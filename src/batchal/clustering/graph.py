@@ -233,12 +233,14 @@ def graph_linkage(
     parent = np.arange(n, dtype=np.int32)
     alive = np.ones(n, dtype=np.uint8)
     node_id = np.arange(n, dtype=np.int64)
+    stamp = np.full(n, -1, dtype=np.int32)
+    built = np.full(n, -1, dtype=np.int32)
     Z = np.empty((n - 1, 4), dtype=np.float64)
     dirty = np.flatnonzero(length > 0).astype(np.int32)
     t2b = time.perf_counter()
     timings["stats"] = t2b - t2
     nbr, end, zc, it, rounds, ncomp = K.rac(
-        S, size, sq, parent, alive, node_id, start, length, nbr, end,
+        S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
         dirty, Z, 0, n, code, 0,
     )
     t3 = time.perf_counter()
@@ -253,9 +255,9 @@ def graph_linkage(
     passes = 0
     while roots.shape[0] > 1:
         passes += 1
-        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length)
+        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length, built)
         nbr, end, zc, it, r2, _ = K.rac(
-            S, size, sq, parent, alive, node_id, start, length, nbr, off,
+            S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, off,
             roots, Z, zc, n, code, it,
         )
         rounds += r2
@@ -265,7 +267,7 @@ def graph_linkage(
     timings["join_components"] = time.perf_counter() - t3
     timings["join_passes"] = passes
     steps.append(("join_components", t3, time.perf_counter()))
-    del nbr, S, size, sq, parent, alive, node_id, start, length
+    del nbr, S, size, sq, parent, alive, node_id, stamp, built, start, length
     t4 = time.perf_counter()
     Z, raised = _finish_tree(Z, n, order, metric)
     steps.append(("finish_tree", t4, time.perf_counter()))
@@ -274,7 +276,7 @@ def graph_linkage(
     return Z, timings
 
 
-def join_lists(roots, S, size, metric, random_state, nbr, start, length):
+def join_lists(roots, S, size, metric, random_state, nbr, start, length, built):
     """Adjacency that joins the clusters a kNN graph left apart, loaded into the merge arena.
 
     All pairs when there are at most ``COMPLETE_JOIN_MAX`` roots, else a kNN graph
@@ -299,6 +301,7 @@ def join_lists(roots, S, size, metric, random_state, nbr, start, length):
         length[r] = len(lst)
         nbr[off:off + len(lst)] = lst
         off += len(lst)
+    built[roots] = -1
     return nbr, off
 
 

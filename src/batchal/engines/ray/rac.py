@@ -436,14 +436,16 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
     parent = np.arange(m, dtype=np.int32)
     alive = np.ones(m, dtype=np.uint8)
     node_id = np.asarray(node, dtype=np.int64).copy()
+    stamp = np.full(m, -1, dtype=np.int32)
+    built = np.full(m, -1, dtype=np.int32)
     start = np.zeros(m, dtype=np.int64)
     length = np.zeros(m, dtype=np.int64)
     nbr = np.empty(1, dtype=np.int32)
     roots = np.arange(m, dtype=np.int32)
     z, it = 0, 0
     while roots.shape[0] > 1:
-        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length)
-        nbr, _, z, it, _, _ = K.rac(S, size, sq, parent, alive, node_id, start, length, nbr, off,
+        nbr, off = join_lists(roots, S, size, metric, random_state, nbr, start, length, built)
+        nbr, _, z, it, _, _ = K.rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, off,
                                     roots, Z, z, n + zc, code, it)
         roots = np.flatnonzero(alive).astype(np.int32)
     return Z
