@@ -226,7 +226,8 @@ def _release_pages(X, a: int = 0, b: int | None = None) -> None:
             pass
 
 
-def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1):
+def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1, *,
+            prepared: bool = False):
     """Nearest cell of every row, and its next ``nprobe - 1`` nearest cells (its probes).
 
     Exact: one BLAS product of a block of rows against all centroids, then the
@@ -236,6 +237,8 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     to a cell's *centroid* rather than to the query capped recall near 0.984 (in
     64-128 dimensions with thousands of random cluster directions, centroids
     say little about each other).
+    ``prepared``: the rows are already float32, C-contiguous and (cosine) unit
+    rows, as :func:`_prep_chunk` returns them (the Ray engine's shards); used as they are.
     Returns ``(cell int32 (n,), probes int32 (n, nprobe - 1) or None)``.
     """
     n = X.shape[0]
@@ -264,7 +267,7 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(nt) as ex, \
             _progress(n, "kNN: assign cells", progress) as bar:
         for a, b in iter_chunks(n, chunk_rows):
-            blk = _prep_chunk(np.asarray(X[a:b]), metric, a)
+            blk = np.asarray(X[a:b]) if prepared else _prep_chunk(np.asarray(X[a:b]), metric, a)
             _release_pages(X, a, b)
             list(ex.map(part, [(blk, a, s0, min(b - a, s0 + step)) for s0 in range(0, b - a, step)]))
             bar.update(b - a)
