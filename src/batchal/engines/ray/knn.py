@@ -7,8 +7,11 @@ cells as probes, stores the rows in cell order (``Xp``), and computes dense
 BLAS blocks: each cell against itself, then, per probe rank ``r``, the rows
 whose ``r``-th probe is cell ``j`` (all of them, in ``Xp`` order) against cell
 ``j``. OpenBLAS's float bits of an entry depend on the shape of the product
-it is part of and on its place in it (edge tiles, blocking), so to return the
-same bits the Ray search computes exactly these blocks:
+it is part of and on its place in it (edge tiles, blocking; multiplying a
+cell by a third of its rows changed the bits of about one entry in ten), so to
+return the same bits the Ray search computes exactly these blocks, each on one
+process with single-threaded BLAS (equal bits also need the same BLAS kernels,
+i.e. the same library and CPU family, on the workers as on the local machine):
 
 1. The driver trains the centroids on a row sample (the local sample and seed,
    read through :class:`_RowsView`), estimates ``nprobe="auto"`` with the same
@@ -20,8 +23,9 @@ same bits the Ray search computes exactly these blocks:
 3. The cells are cut into one contiguous run per actor (about ``n / actors``
    rows each); every actor sends each owner its rows of the owner's cells, and
    the owner lays them out in ``Xp`` order (cell, then shard, then row), so it
-   owns a contiguous range of ``Xp`` positions: whole cells. The first shards
-   are dropped; no process ever holds more than its share of rows.
+   owns a contiguous range of ``Xp`` positions: whole cells. An actor drops
+   its first shard once sent (the pieces pass through the object store), so
+   no process ever gathers more than about its share of the rows.
 4. Each owner searches its cells against themselves (as locally) into per-row
    top-k lists of (key, ``Xp`` position, original id).
 5. Probe rounds stream batches of whole cells: in a round every owner takes its
@@ -36,9 +40,11 @@ same bits the Ray search computes exactly these blocks:
    operations, and the lists leave as ``(original row ids, lists, distances)``
    chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
 
-Each actor holds its rows, their cells, probes and running lists (O(n (d + k)
-/ actors)) and one batch's queries and results. The flat route (small pools)
-searches query chunks against every shard and merges the shards' lists.
+Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
+/ actors)) and one batch's queries and results. Rounds end together: an
+actor's calls run in submission order and each round's merges wait for every
+owner's search. The flat route (small pools) searches query chunks against
+every shard and merges the shards' lists.
 """
 from __future__ import annotations
 
@@ -50,7 +56,8 @@ from numba import njit
 from ..._validation import BatchalInputError, check_finite_block, iter_chunks
 from ...clustering import knn as L
 
-#: Query rows per search batch (a batch is a run of whole cells, or of 4,096-row chunks for flat).
+#: Query rows per search batch: for IVF, (row, probe) entries per owner and round (a run of whole
+#: cells; one cell probed more often is a batch of its own); for flat, rows in 4,096-row chunks.
 BATCH_ROWS = 1 << 15
 #: The local flat search's query chunk.
 FLAT_STEP = 4096
@@ -109,6 +116,8 @@ def _fold_lists(K, Pos, O, rows, k2, p2, o2):
     tp = np.empty(k, dtype=Pos.dtype)
     to = np.empty(k, dtype=O.dtype)
     for e in range(rows.shape[0]):
+        if p2[e, 0] < 0:  # nothing new
+            continue
         g = rows[e]
         a = 0
         b = 0
@@ -356,7 +365,9 @@ class KnnShard:
     def probe_queries(self, batches):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
-        Pieces ``(rows (e, d), local row, probe rank, probed cell)``, by cell then row.
+        Pieces ``(rows (e, d), local row, probe rank, probed cell, threshold)``, by cell then row; the
+        threshold is the row's current k-th best key (-inf while it has fewer than k): the owner's
+        search keeps only candidates at least as near, as the local search starts from the row's best k.
         """
         out = []
         npr = self.p - 1
@@ -369,7 +380,9 @@ class KnnShard:
                 out.append(None)
                 continue
             rows = f // npr
-            out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f]))
+            kth = self.Pos[rows, -1] >= 0
+            thr = np.where(kth, self.K[rows, -1], -np.inf).astype(np.float32)
+            out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
         return _split_out(out)
 
     def search(self, j0: int, j1: int, *parts):
@@ -390,6 +403,7 @@ class KnnShard:
         Q = np.concatenate([pc[0] for pc in live])
         rank = np.concatenate([pc[2] for pc in live]).astype(np.int64)
         cell = np.concatenate([pc[3] for pc in live]).astype(np.int64)
+        thr0 = np.concatenate([pc[4] for pc in live])
         key = (cell - j0) * npr + rank
         order = np.argsort(key, kind="stable")  # each group in the senders' order: Xp order
         bounds = np.searchsorted(key[order], np.arange((j1 - j0) * npr + 1))
@@ -408,7 +422,7 @@ class KnnShard:
             Bk = np.empty((mm, cap), dtype=np.float32)
             Bi = np.empty((mm, cap), dtype=np.int32)
             cnt = np.zeros(mm, dtype=np.int64)
-            thr = np.full(mm, -np.inf, dtype=np.float32)
+            thr = thr0[rows]
             if b > a:
                 blk = Q[rows] @ X[a:b].T  # the local group's product
                 KK.heap_update(blk, np.arange(mm), np.full(mm, -1, np.int64), a, half, l2, Bk, Bi, cnt, thr, k)
