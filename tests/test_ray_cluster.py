@@ -6,7 +6,7 @@ import pytest
 
 from batchal.clustering.graph import graph_linkage
 from batchal.clustering.knn import knn_graph
-from ray_util import start_ray
+from ray_util import start_ray, write_shards
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -121,6 +121,48 @@ def test_knn_on_ray_given_centroids_and_few_candidates(ray_mod):
     C = _train_cells(X, "cosine", 600, np.random.default_rng(0), False)
     res = get_engine("ray").knn_graph(X, 12, metric="cosine", method="ivf", nprobe=1, centroids=C)
     assert (local.indices < 0).any()
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_knn_on_ray_auto_nprobe_equals_local_from_shards(ray_mod, tmp_path):
+    # above 20,000 rows with the default nprobe ("auto": the local sample's exact top-k, folded by the shards);
+    # three Parquet files of uneven row groups: three actors whose shards cut the local row blocks
+    from batchal.clustering.knn import _train_cells
+    from batchal.engines import get_engine
+
+    X = _blobs(24000, 12, 120, seed=2)
+    write_shards(tmp_path, {"embedding": X}, [(0, 7001), (7001, 15500), (15500, 24000)], 2999)
+    eng = get_engine("ray", num_actors=3)
+    local = knn_graph(X, 10, metric="cosine")
+    res = eng.knn_graph(str(tmp_path), 10, metric="cosine")
+    assert local.method == res.method == "ivf" and res.info["actors"] == 3 and local.info["nprobe"] > 1
+    for key in ("nlist", "nprobe", "nprobe_estimated_recall", "nprobe_recall", "nprobe_queries"):
+        assert res.info[key] == local.info[key], key
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+    # given the centroids the local builder trains, "auto" still draws the local sample; row blocks of
+    # 5,000 rows: some lie whole inside a shard, some are cut by one
+    local = knn_graph(X, 10, metric="euclidean", chunk_rows=5000)
+    C = _train_cells(X, "euclidean", local.info["nlist"], np.random.default_rng(0), False)
+    res = eng.knn_graph(str(tmp_path), 10, metric="euclidean", centroids=C, chunk_rows=5000)
+    assert res.info["nprobe"] == local.info["nprobe"] > 1 and res.info["nprobe_recall"] == local.info["nprobe_recall"]
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
+def test_knn_on_ray_few_candidates_from_shards(ray_mod, tmp_path):
+    # tiny cells, one probe, three actors: rows with fewer than k candidates across shards and probes
+    from batchal.clustering.knn import _train_cells
+    from batchal.engines import get_engine
+
+    X = _blobs(3000, 6, 30, seed=4)
+    write_shards(tmp_path, {"embedding": X}, [(0, 1100), (1100, 1900), (1900, 3000)], 700)
+    local = knn_graph(X, 12, metric="sqeuclidean", method="ivf", nlist=700, nprobe=2)
+    C = _train_cells(X, "sqeuclidean", 700, np.random.default_rng(0), False)
+    res = get_engine("ray", num_actors=3).knn_graph(str(tmp_path), 12, metric="sqeuclidean", method="ivf",
+                                                     nprobe=2, centroids=C)
+    assert (local.indices < 0).any() and res.info["actors"] == 3
     np.testing.assert_array_equal(res.indices, local.indices)
     np.testing.assert_array_equal(res.distances, local.distances)
 

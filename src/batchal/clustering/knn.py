@@ -45,6 +45,8 @@ AUTO_MAX_NPROBE = 16
 AUTO_MIN_GAIN = 0.02
 #: Random rows whose exact k nearest neighbours are found during the cell assignment.
 AUTO_QUERIES = 1000
+#: Queries per product when folding rows into their top-k (fixed: the bits must not depend on threads).
+QUERY_GROUP = 256
 #: IVF cells per sqrt(n) rows.
 NLIST_PER_SQRT_N = 2.0
 #: Candidate buffer per query in the search, in multiples of k.
@@ -233,8 +235,8 @@ def _release_pages(X, a: int = 0, b: int | None = None) -> None:
             pass
 
 
-def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1,
-            prepared: bool = False, queries=None):
+def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, nprobe: int = 1, *,
+            prepared: bool = False, queries=None, row0: int = 0, valid=None):
     """Nearest cell of every row, and its next ``nprobe - 1`` nearest cells (its probes).
 
     Exact: one BLAS product of a block of rows against all centroids, then the
@@ -245,9 +247,13 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     64-128 dimensions with thousands of random cluster directions, centroids
     say little about each other).
 
-    ``prepared``: ``X`` is already float32 and normalised (skip :func:`_prep_chunk`).
-    ``queries``: a :class:`_QueryTopK` whose exact top-k over all rows is
-    accumulated in the same pass (the rows are read once for both).
+    ``prepared``: the rows are already float32, C-contiguous and (cosine) unit
+    rows, as :func:`_prep_chunk` returns them (the Ray engine's shards); used as they are.
+    ``queries``: a :class:`_QueryTopK` whose exact top-k over the rows is
+    accumulated in the same pass (the rows are read once for both); the rows
+    are numbered from ``row0``, and only rows ``valid = (lo, hi)`` (default all)
+    are folded in: the Ray engine pads a shard's part of a chunk with zero rows
+    so that every product has the local shape, and so the local bits.
     Returns ``(cell int32 (n,), probes (n, nprobe - 1) or None)``; probes are
     int16 when there are fewer than 32,768 cells (half the memory).
     """
@@ -278,11 +284,13 @@ def _assign(X, C: np.ndarray, metric: str, chunk_rows: int, progress: bool, npro
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(nt) as ex, \
             _progress(n, "kNN: assign cells", progress) as bar:
         for a, b in iter_chunks(n, chunk_rows):
-            blk = np.asarray(X[a:b], dtype=np.float32) if prepared else _prep_chunk(np.asarray(X[a:b]), metric, a)
+            blk = np.asarray(X[a:b]) if prepared else _prep_chunk(np.asarray(X[a:b]), metric, a)
             _release_pages(X, a, b)
             list(ex.map(part, [(blk, a, s0, min(b - a, s0 + step)) for s0 in range(0, b - a, step)]))
             if queries is not None:
-                queries.fold(blk, a, ex, nt)
+                lo, hi = (0, n) if valid is None else valid
+                if min(b, hi) > max(a, lo):
+                    queries.fold(blk, row0 + a, ex, nt, (max(a, lo) - a, min(b, hi) - a))
             bar.update(b - a)
     return cell, probes
 
@@ -306,25 +314,36 @@ class _QueryTopK:
         self.cnt = np.zeros(nq, dtype=np.int64)
         self.thr = np.full(nq, -np.inf, dtype=np.float32)
 
-    def fold(self, blk: np.ndarray, off: int, ex=None, nt: int = 1):
-        """Fold rows ``off .. off + len(blk) - 1`` (prepared) into every query's buffer."""
+    def fold(self, blk: np.ndarray, off: int, ex=None, nt: int = 1, cols=None):
+        """Fold rows ``off .. off + len(blk) - 1`` (prepared) into every query's buffer.
+
+        Only the rows ``cols = (lo, hi)`` of ``blk`` (default all) are candidates.
+        The products have fixed shapes (groups of QUERY_GROUP queries x runs of
+        8,192 rows from the block's start) whatever the threads, so the keys' bits,
+        and so the top-k, are the same wherever a block is folded (local or Ray).
+        """
         from ._knn_kernels import heap_update
 
+        lo, hi = (0, blk.shape[0]) if cols is None else cols
         h = (0.5 * np.einsum("ij,ij->i", blk, blk)).astype(np.float32) if self.l2 else None
         nothing = np.zeros(1, dtype=np.float32)
+        nq = self.Q.shape[0]
+        groups = [np.arange(g, min(nq, g + QUERY_GROUP)) for g in range(0, nq, QUERY_GROUP)]
 
-        def part(g):  # each thread owns a group of queries: no shared buffer rows
+        def part(g):  # each task owns a group of queries: no shared buffer rows
             Qg = self.Q[g]
-            for a in range(0, blk.shape[0], 8192):  # <= 8192 columns: a few MB of scores per thread
+            for a in range(0, blk.shape[0], 8192):  # <= 8192 columns: a few MB of scores
                 b = min(blk.shape[0], a + 8192)
+                ca, cb = max(a, lo), min(b, hi)
+                if cb <= ca:
+                    continue
                 sc = Qg @ blk[a:b].T
                 if h is not None:
                     sc -= h[None, a:b]
-                heap_update(sc, g, self.qids[g], off + a, nothing, False, self.Bk, self.Bi, self.cnt, self.thr,
-                            self.k)
+                heap_update(sc[:, ca - a:cb - a], g, self.qids[g], off + ca, nothing, False, self.Bk, self.Bi,
+                            self.cnt, self.thr, self.k)
 
-        groups = [g for g in np.array_split(np.arange(self.Q.shape[0]), max(1, nt)) if g.shape[0]]
-        if ex is None or len(groups) == 1:
+        if ex is None or nt <= 1:
             for g in groups:
                 part(g)
         else:

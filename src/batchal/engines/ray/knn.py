@@ -1,21 +1,58 @@
-"""The kNN graph on Ray: IVF cells trained once, rows sharded over actors, every query cell against every shard.
+"""The kNN graph on Ray: IVF cells trained once on the driver, rows sharded over actors by cell.
 
-The local builder (:mod:`batchal.clustering.knn`) searches all rows of one IVF
-cell together against the rows of the ``nprobe`` cells nearest that cell's
-centroid. Here the centroids are trained once on a sample (the same sample
-and seed as locally), shared through the object store, and each actor owns a
-contiguous shard of rows, assigned to cells and stored in cell order. For a
-batch of cells, every shard contributes its rows of those cells to the query
-blocks (so each block is the whole cell, in row order, as locally), every
-shard searches the blocks against its own rows of the probed cells, and a
-merge task keeps the best ``k + 1`` of the candidates per query, ties broken
-by the position the candidate would have in the local builder's candidate
-list. The lists are then the local builder's for the same centroids and
-``nprobe``.
+Same lists and distances as the local builder (:mod:`batchal.clustering.knn`)
+for the same data, centroids and ``nprobe``. The local IVF search assigns each
+row exactly to its nearest cell and gives it its ``nprobe - 1`` next-nearest
+cells as probes, stores the rows in cell order (``Xp``), and computes dense
+BLAS blocks: each cell against itself, then, per probe rank ``r``, the rows
+whose ``r``-th probe is cell ``j`` (all of them, in ``Xp`` order) against cell
+``j``. OpenBLAS's float bits of an entry depend on the shape of the product
+it is part of and on its place in it (edge tiles, blocking; multiplying a
+cell by a third of its rows changed the bits of about one entry in ten), so to
+return the same bits the Ray search computes exactly these blocks, each on one
+process with single-threaded BLAS (equal bits also need the same BLAS kernels,
+i.e. the same library and CPU family, on the workers as on the local machine):
+
+1. The driver trains the centroids on a row sample (the local sample and seed,
+   read through :class:`_RowsView`), and puts them in the object store; with
+   ``nprobe="auto"`` it also draws the local 1,000 query rows.
+2. Each actor loads a contiguous shard of rows (prepared as locally: float32,
+   unit rows for cosine), assigns them to cells with the local
+   :func:`~batchal.clustering.knn._assign` in the local builder's row blocks,
+   and sorts them by cell (stable, so by row id within a cell). With
+   ``nprobe="auto"`` the same pass folds the shard's rows into the queries'
+   top-k (fixed product shapes, so the local keys); the driver takes the best
+   k of the shards' lists, measures the recall curve of 1..16 probes as the
+   local builder does (:func:`_probe_curve`), chooses ``nprobe`` and the actors
+   keep that many probes.
+3. The cells are cut into one contiguous run per actor (about ``n / actors``
+   rows each); every actor sends each owner its rows of the owner's cells, and
+   the owner lays them out in ``Xp`` order (cell, then shard, then row), so it
+   owns a contiguous range of ``Xp`` positions: whole cells. An actor drops
+   its first shard once sent (the pieces pass through the object store), so
+   no process ever gathers more than about its share of the rows.
+4. Each owner searches its cells against themselves (as locally) into per-row
+   top-k lists of (key, ``Xp`` position, original id).
+5. Probe rounds stream batches of whole cells: in a round every owner takes its
+   next batch of cells; every actor sends it its rows that probe these cells
+   (with the probe rank); the owner forms the local builder's groups (rank,
+   cell; rows in ``Xp`` order), multiplies each by the cell's rows and keeps the
+   best k per query row (numba kernels of :mod:`batchal.clustering._knn_kernels`);
+   the lists go back to each row's owner, which merges them into the row's
+   running best k by (key descending, ``Xp`` position ascending): the local
+   builder's total order.
+6. Distances are computed by the row's owner with the local builder's float32
+   operations, and the lists leave as ``(original row ids, lists, distances)``
+   chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
+
+Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
+/ actors)) and one batch's queries and results. Rounds end together: an
+actor's calls run in submission order and each round's merges wait for every
+owner's search. The flat route (small pools) searches query chunks against
+every shard and merges the shards' lists.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -24,10 +61,13 @@ from numba import njit
 from ..._validation import BatchalInputError, check_finite_block, iter_chunks
 from ...clustering import knn as L
 
-#: Query rows per search batch (a batch is a run of whole cells, or of 4,096-row chunks for flat).
+#: Query rows per search batch: for IVF, (row, probe) entries per owner and round (a run of whole
+#: cells; one cell probed more often is a batch of its own); for flat, rows in 4,096-row chunks.
 BATCH_ROWS = 1 << 15
 #: The local flat search's query chunk.
 FLAT_STEP = 4096
+#: Rows per output chunk of an owner.
+EMIT_ROWS = 1 << 16
 
 
 class _RowsView:
@@ -64,14 +104,79 @@ def _take(source, block, local_rows):
     return np.asarray(source.read(block))[local_rows]
 
 
+def _split_out(out: list):
+    """An actor method's several returns (a lone value when there is one)."""
+    return tuple(out) if len(out) > 1 else out[0]
+
+
+@njit(nogil=True, cache=True)
+def _fold_lists(K, Pos, O, rows, k2, p2, o2):
+    """Merge sorted lists ``(k2, p2, o2)[e]`` into the running lists of rows ``rows[e]``, in place.
+
+    Both sides are sorted nearest first by (key descending, position ascending) and
+    padded with position -1; the best ``k`` of their union, in that order, is kept.
+    """
+    k = K.shape[1]
+    tk = np.empty(k, dtype=K.dtype)
+    tp = np.empty(k, dtype=Pos.dtype)
+    to = np.empty(k, dtype=O.dtype)
+    for e in range(rows.shape[0]):
+        if p2[e, 0] < 0:  # nothing new
+            continue
+        g = rows[e]
+        a = 0
+        b = 0
+        for t in range(k):
+            va = a < k and Pos[g, a] >= 0
+            vb = b < k and p2[e, b] >= 0
+            if va and vb:
+                ka = K[g, a]
+                kb = k2[e, b]
+                take_a = ka > kb or (ka == kb and Pos[g, a] < p2[e, b])
+            elif va:
+                take_a = True
+            elif vb:
+                take_a = False
+            else:
+                tk[t] = -np.inf
+                tp[t] = -1
+                to[t] = -1
+                continue
+            if take_a:
+                tk[t] = K[g, a]
+                tp[t] = Pos[g, a]
+                to[t] = O[g, a]
+                a += 1
+            else:
+                tk[t] = k2[e, b]
+                tp[t] = p2[e, b]
+                to[t] = o2[e, b]
+                b += 1
+        for t in range(k):
+            K[g, t] = tk[t]
+            Pos[g, t] = tp[t]
+            O[g, t] = to[t]
+
+
 class KnnShard:
-    """An actor's contiguous shard of rows, prepared as locally (float32, unit rows for cosine), in cell order."""
+    """An actor: first a contiguous shard of rows (prepared as locally), then (IVF) the rows of a run of cells."""
 
     def __init__(self, source, blocks, metric: str, chunk_rows: int = L.CHUNK_ROWS):
         self.metric = metric
+        self.l2 = metric != "cosine"
         self.chunk_rows = chunk_rows
         self.fm = L._faiss_metric(metric)
         self.source, self.blocks = source, blocks
+        self.nt = 1
+
+    def node(self):
+        """This actor's node and its CPU count (the driver splits each node's CPUs among its actors)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), L._n_threads()
+
+    def set_threads(self, nt: int):
+        self.nt = max(1, int(nt))
 
     def load(self):
         """Read, check and prepare the shard's rows (errors surface here, naming the row)."""
@@ -89,91 +194,310 @@ class KnnShard:
         del parts
         self.lo = blocks[0].start
         self.m = Xp.shape[0]
-        self.X, self.ids, self.counts = Xp, np.arange(self.lo, self.lo + self.m, dtype=np.int64), None
+        self.X, self.ids = Xp, np.arange(self.lo, self.lo + self.m, dtype=np.int64)
         return self.m
 
-    def assign(self, centroids):
-        """Assign the rows to their nearest centroid and store them in cell order; the cell sizes."""
-        import faiss
+    def _map(self, fn, items):
+        """``fn`` over ``items`` in this actor's threads (BLAS single-threaded in each, as locally)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-        cell = np.empty(self.m, dtype=np.int32)
-        for a, e in iter_chunks(self.m, self.chunk_rows):
-            _, i_ = faiss.knn(self.X[a:e], centroids, 1, metric=self.fm)
-            cell[a:e] = i_[:, 0]
-        order = np.argsort(cell, kind="stable")
-        self.X = self.X[order]
-        self.ids = self.ids[order]
-        self.counts = np.bincount(cell, minlength=centroids.shape[0]).astype(np.int64)
-        self.ptr = np.concatenate(([0], np.cumsum(self.counts)))
-        return self.counts
+        if self.nt <= 1 or len(items) <= 1:
+            return sum(fn(it) for it in items)
+        with ThreadPoolExecutor(self.nt) as ex:
+            return sum(ex.map(fn, items, chunksize=4))
 
-    def queries(self, lo: int, hi: int):
-        """This shard's query rows of cells ``[lo, hi)`` (IVF) or of rows ``[lo, hi)`` (flat), with their ids."""
-        if self.counts is None:
-            a, b = max(lo, self.lo) - self.lo, min(hi, self.lo + self.m) - self.lo
-            if b <= a:
-                return None
-            return self.X[a:b], self.ids[a:b], None
-        a, b = self.ptr[lo], self.ptr[hi]
-        if b == a:
+    # ------------------------------------------------------------------ flat
+    def flat_queries(self, lo: int, hi: int):
+        """This shard's rows ``[lo, hi)`` (flat), with their ids."""
+        a, b = max(lo, self.lo) - self.lo, min(hi, self.lo + self.m) - self.lo
+        if b <= a:
             return None
-        return self.X[a:b], self.ids[a:b], self.counts[lo:hi]
+        return self.X[a:b], self.ids[a:b], None
 
-    def search(self, lo: int, hi: int, kk: int, probe, offsets, *parts):
-        """Best ``kk`` of this shard's candidates for every query of the batch.
+    def flat_search(self, kk: int, *parts):
+        """Flat: the best ``kk`` of this shard's rows for every query of the batch.
 
         Returns ``(score, key, id)`` arrays (queries, kk), padded with the worst
-        score, key -1 and id -1, plus the number of candidates per cell (IVF).
-        ``key`` orders candidates as the local builder's candidate list does.
+        score, key -1 and id -1 (key = id, the row's position).
         """
         import faiss
 
         ip = self.fm == faiss.METRIC_INNER_PRODUCT
         worst = -np.inf if ip else np.inf
-        if self.counts is None:  # flat: one block of queries against the whole shard
-            Q = np.concatenate([p[0] for p in parts if p is not None])
-            nq = Q.shape[0]
-            kt = min(kk, self.m)
-            D = np.full((nq, kk), worst, dtype=np.float32)
-            KEY = np.full((nq, kk), -1, dtype=np.int64)
-            d_, i_ = faiss.knn(Q, self.X, kt, metric=self.fm)
-            D[:, :kt] = d_
-            KEY[:, :kt] = np.where(i_ >= 0, self.lo + i_, -1)
-            return D, KEY, KEY.copy(), None
-        ncell = hi - lo
-        qcounts = np.zeros(ncell, dtype=np.int64)
-        for p in parts:
-            if p is not None:
-                qcounts += p[2]
-        qptr = np.concatenate(([0], np.cumsum(qcounts)))
-        nq = int(qptr[-1])
+        Q = np.concatenate([p[0] for p in parts if p is not None])
+        nq = Q.shape[0]
+        kt = min(kk, self.m)
         D = np.full((nq, kk), worst, dtype=np.float32)
         KEY = np.full((nq, kk), -1, dtype=np.int64)
-        ID = np.full((nq, kk), -1, dtype=np.int64)
-        ncand = np.zeros(ncell, dtype=np.int64)
-        # per part, where each cell's rows start
-        pstarts = [None if p is None else np.concatenate(([0], np.cumsum(p[2]))) for p in parts]
-        for j in range(ncell):
-            c = lo + j
-            if qcounts[j] == 0:
+        d_, i_ = faiss.knn(Q, self.X, kt, metric=self.fm)
+        D[:, :kt] = d_
+        KEY[:, :kt] = np.where(i_ >= 0, self.lo + i_, -1)
+        return D, KEY, KEY.copy()
+
+    # ------------------------------------------------------------------ IVF
+    def assign(self, C, nprobe: int, n: int, queries=None, k: int = 0):
+        """Cell and probes of the shard's rows, then the rows sorted by cell (stable).
+
+        The rows go through :func:`~batchal.clustering.knn._assign` in the local
+        builder's row blocks (its chunks of ``chunk_rows`` rows of the whole
+        pool); a chunk the shard holds only in part is completed with zero rows,
+        so every product has the local shape and gives the local bits.
+        ``queries = (Q, qids)`` (``nprobe="auto"``): the shard's rows are folded
+        into the queries' top-k in the same pass, as locally.
+        Returns ``(rows per cell, probe entries per cell, query part)``; the query
+        part (None without queries) is ``(ids, keys, cells of the ids, held, cells
+        and probes of the held queries)``, see :func:`_probe_curve`.
+        """
+        nc = C.shape[0]
+        p = max(1, min(int(nprobe), nc))
+        m, d, lo, hi, cr = self.m, self.X.shape[1], self.lo, self.lo + self.m, self.chunk_rows
+        cell = np.empty(m, dtype=np.int32)
+        probes = np.empty((m, p - 1), dtype=np.int16 if nc < 32768 else np.int32) if p > 1 else None
+        acc = L._QueryTopK(queries[0], queries[1], k, self.metric) if queries is not None else None
+
+        def run(piece, a, b, off):
+            c_, p_ = L._assign(piece, C, self.metric, cr, False, p, prepared=True, queries=acc, row0=a - off,
+                               valid=(off, off + b - a))
+            cell[a - lo:b - lo] = c_[off:off + b - a]
+            if probes is not None:
+                probes[a - lo:b - lo] = p_[off:off + b - a]
+
+        a = lo
+        while a < hi:
+            ca = a // cr * cr
+            ce = min(ca + cr, n)
+            if a == ca and ce <= hi:  # a run of whole chunks
+                e = ce
+                while e < hi and min(e + cr, n) <= hi:
+                    e = min(e + cr, n)
+                run(self.X[a - lo:e - lo], a, e, 0)
+                a = e
+            else:  # part of a chunk: the whole chunk, zero rows outside the shard
+                b = min(hi, ce)
+                piece = np.zeros((ce - ca, d), dtype=np.float32)
+                piece[a - ca:b - ca] = self.X[a - lo:b - lo]
+                run(piece, a, b, a - ca)
+                a = b
+        qpart = None
+        if acc is not None:
+            Iq, Kq = acc.result()
+            Icell = np.where(Iq >= 0, cell[np.maximum(Iq - lo, 0)], -1)
+            qids = np.asarray(queries[1])
+            held = np.flatnonzero((qids >= lo) & (qids < hi))
+            own = cell[qids[held] - lo, None]
+            if probes is not None:
+                own = np.concatenate([own, probes[qids[held] - lo]], axis=1)
+            qpart = (Iq, Kq, Icell, held, own)
+        order = np.argsort(cell, kind="stable")
+        self.X = self.X[order]
+        self.ids = self.ids[order]
+        self.probes = probes[order] if probes is not None else None
+        self.counts = np.bincount(cell, minlength=nc).astype(np.int64)
+        return self.counts, self._probe_entries(nc), qpart
+
+    def _probe_entries(self, nc: int):
+        if self.probes is None:
+            return np.zeros(nc, dtype=np.int64)
+        return np.bincount(self.probes.ravel(), minlength=nc).astype(np.int64)
+
+    def keep_probes(self, nprobe: int, nc: int):
+        """Keep the first ``nprobe - 1`` probes of each row (after ``nprobe="auto"`` chose); probe entries per cell."""
+        if self.probes is not None:
+            self.probes = np.ascontiguousarray(self.probes[:, :nprobe - 1]) if nprobe > 1 else None
+        return self._probe_entries(nc)
+
+    def split(self, cell_bounds):
+        """This shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``; the shard is dropped.
+
+        Pieces ``(rows, ids, probes, rows per cell)`` (None when empty), one return per owner.
+        """
+        ptr = np.concatenate(([0], np.cumsum(self.counts)))
+        out = []
+        for o in range(len(cell_bounds) - 1):
+            c0, c1 = int(cell_bounds[o]), int(cell_bounds[o + 1])
+            a, b = int(ptr[c0]), int(ptr[c1])
+            if b == a:
+                out.append(None)
                 continue
-            Q = np.concatenate([p[0][ps[j]:ps[j + 1]] for p, ps in zip(parts, pstarts) if p is not None])
-            cells = probe[c]
-            segs = [(r, int(cc)) for r, cc in enumerate(cells) if cc >= 0 and self.counts[cc] > 0]
-            if not segs:
+            out.append((self.X[a:b], self.ids[a:b], None if self.probes is None else self.probes[a:b],
+                        self.counts[c0:c1]))
+        self.X = self.ids = self.probes = self.counts = None
+        return _split_out(out)
+
+    def receive(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, nlist: int, *pieces):
+        """Own cells ``[c0, c1)``: lay the shards' pieces out in ``Xp`` order (positions ``s0 ..``)."""
+        self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
+        ncell = c1 - c0
+        cnts = [np.zeros(ncell, np.int64) if pc is None else np.asarray(pc[3], np.int64) for pc in pieces]
+        total = np.sum(cnts, axis=0) if cnts else np.zeros(ncell, np.int64)
+        self.cptr = np.concatenate(([0], np.cumsum(total))).astype(np.int64)
+        m = self.m = int(self.cptr[-1])
+        self.X = np.empty((m, d), dtype=np.float32)
+        self.orig = np.empty(m, dtype=np.int64)
+        self.probes = np.empty((m, nprobe - 1), dtype=np.int32) if nprobe > 1 else None
+        before = np.zeros(ncell, np.int64)
+        for pc, c in zip(pieces, cnts):
+            if pc is not None:
+                first = np.concatenate(([0], np.cumsum(c)[:-1]))
+                dest = np.repeat(self.cptr[:-1] + before - first, c) + np.arange(int(c.sum()))
+                self.X[dest] = pc[0]
+                self.orig[dest] = pc[1]
+                if self.probes is not None:
+                    self.probes[dest] = pc[2]
+            before += c
+        del pieces
+        self.half = np.zeros(1, dtype=np.float32)
+        if self.l2:  # as the local search computes them
+            self.half = np.empty(m, dtype=np.float32)
+            for a, b in iter_chunks(m, L.CHUNK_ROWS):
+                self.half[a:b] = 0.5 * np.einsum("ij,ij->i", self.X[a:b], self.X[a:b])
+        if self.probes is not None:  # the (row, rank) entries probing each cell, by cell then row
+            flat = self.probes.reshape(-1)
+            order = np.argsort(flat, kind="stable")
+            self.pe_ptr = np.searchsorted(flat[order], np.arange(nlist + 1))
+            self.pe_order = order.astype(np.int32) if order.shape[0] < (1 << 31) else order
+            del order
+        return m
+
+    def own_cells(self):
+        """Each owned cell against itself (the local builder's first pass) into the running lists."""
+        from threadpoolctl import threadpool_limits
+
+        from ...clustering import _knn_kernels as KK
+
+        k, m, cap = self.k, self.m, L.BUFFER_PER_K * self.k
+        I = np.empty((m, k), dtype=np.int32)
+        self.K = np.empty((m, k), dtype=np.float32)
+        X, half, l2, cptr = self.X, self.half, self.l2, self.cptr
+
+        def one(c):
+            a, b = int(cptr[c]), int(cptr[c + 1])
+            mm = b - a
+            if mm == 0:
+                return 0
+            rows = np.arange(a, b, dtype=np.int64)
+            Bk = np.empty((mm, cap), dtype=np.float32)
+            Bi = np.empty((mm, cap), dtype=np.int32)
+            cnt = np.zeros(mm, dtype=np.int64)
+            thr = np.full(mm, -np.inf, dtype=np.float32)
+            blk = X[a:b] @ X[a:b].T  # the same product (a symmetric rank-k update) as locally
+            KK.heap_update(blk, np.arange(mm), rows, a, half, l2, Bk, Bi, cnt, thr, k)
+            KK.buf_finish(Bk, Bi, cnt, k, rows, I, self.K)
+            return mm
+
+        sizes = np.diff(cptr)
+        with threadpool_limits(1, user_api="blas"):
+            done = self._map(one, np.argsort(-sizes, kind="stable").tolist())
+        ok = I >= 0
+        self.Pos = np.where(ok, I + self.s0, -1).astype(np.int32)
+        self.O = np.where(ok, self.orig[np.maximum(I, 0)], -1).astype(np.int32)
+        return done
+
+    def probe_queries(self, batches):
+        """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
+
+        Pieces ``(rows (e, d), local row, probe rank, probed cell, threshold)``, by cell then row; the
+        threshold is the row's current k-th best key (-inf while it has fewer than k): the owner's
+        search keeps only candidates at least as near, as the local search starts from the row's best k.
+        """
+        out = []
+        npr = self.p - 1
+        for bt in batches:
+            if bt is None or self.probes is None:
+                out.append(None)
                 continue
-            cand = np.concatenate([np.arange(self.ptr[cc], self.ptr[cc + 1]) for _, cc in segs])
-            # key = probe rank * n + position in the whole cell (shards before this one come first)
-            key = np.concatenate([r * np.int64(1 << 40) + offsets[cc] + np.arange(self.counts[cc]) for r, cc in segs])
-            kt = min(kk, cand.shape[0])
-            d_, i_ = faiss.knn(Q, self.X[cand], kt, metric=self.fm)
-            a, b = qptr[j], qptr[j + 1]
-            D[a:b, :kt] = d_
-            ok = i_ >= 0
-            KEY[a:b, :kt] = np.where(ok, key[np.maximum(i_, 0)], -1)
-            ID[a:b, :kt] = np.where(ok, self.ids[cand[np.maximum(i_, 0)]], -1)
-            ncand[j] = cand.shape[0]
-        return D, KEY, ID, ncand
+            f = self.pe_order[self.pe_ptr[bt[0]]:self.pe_ptr[bt[1]]].astype(np.int64)
+            if f.shape[0] == 0:
+                out.append(None)
+                continue
+            rows = f // npr
+            kth = self.Pos[rows, -1] >= 0
+            thr = np.where(kth, self.K[rows, -1], -np.inf).astype(np.float32)
+            out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
+        return _split_out(out)
+
+    def search(self, j0: int, j1: int, *parts):
+        """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
+        cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
+
+        Returns per actor ``(its local rows, keys, positions, original ids)`` (None when it sent nothing).
+        """
+        from threadpoolctl import threadpool_limits
+
+        from ...clustering import _knn_kernels as KK
+
+        P = len(parts)
+        sizes = [0 if pc is None else pc[1].shape[0] for pc in parts]
+        live = [pc for pc in parts if pc is not None]
+        k, npr, cap = self.k, self.p - 1, L.BUFFER_PER_K * self.k
+        E = int(sum(sizes))
+        Q = np.concatenate([pc[0] for pc in live])
+        rank = np.concatenate([pc[2] for pc in live]).astype(np.int64)
+        cell = np.concatenate([pc[3] for pc in live]).astype(np.int64)
+        thr0 = np.concatenate([pc[4] for pc in live])
+        key = (cell - j0) * npr + rank
+        order = np.argsort(key, kind="stable")  # each group in the senders' order: Xp order
+        bounds = np.searchsorted(key[order], np.arange((j1 - j0) * npr + 1))
+        Rl = np.empty((E, k), dtype=np.int32)
+        Rk = np.empty((E, k), dtype=np.float32)
+        X, half, l2, cptr, c0 = self.X, self.half, self.l2, self.cptr, self.c0
+        groups = []
+        for g in range((j1 - j0) * npr):
+            if bounds[g + 1] > bounds[g]:
+                groups.append((j0 + g // npr, order[bounds[g]:bounds[g + 1]]))
+
+        def one(item):
+            j, rows = item
+            mm = rows.shape[0]
+            a, b = int(cptr[j - c0]), int(cptr[j - c0 + 1])
+            Bk = np.empty((mm, cap), dtype=np.float32)
+            Bi = np.empty((mm, cap), dtype=np.int32)
+            cnt = np.zeros(mm, dtype=np.int64)
+            thr = thr0[rows]
+            if b > a:
+                blk = Q[rows] @ X[a:b].T  # the local group's product
+                KK.heap_update(blk, np.arange(mm), np.full(mm, -1, np.int64), a, half, l2, Bk, Bi, cnt, thr, k)
+            KK.buf_finish(Bk, Bi, cnt, k, rows, Rl, Rk)
+            return mm
+
+        groups.sort(key=lambda g: -g[1].shape[0] * int(cptr[g[0] - c0 + 1] - cptr[g[0] - c0]))
+        with threadpool_limits(1, user_api="blas"):
+            self._map(one, groups)
+        ok = Rl >= 0
+        Rp = np.where(ok, Rl + self.s0, -1).astype(np.int32)
+        Ro = np.where(ok, self.orig[np.maximum(Rl, 0)], -1).astype(np.int32)
+        out, a = [], 0
+        for s in range(P):
+            b = a + sizes[s]
+            out.append(None if b == a else (parts[s][1], Rk[a:b], Rp[a:b], Ro[a:b]))
+            a = b
+        return _split_out(out)
+
+    def fold(self, *results):
+        """Merge the owners' lists for this actor's rows into their running lists."""
+        done = 0
+        for res in results:
+            if res is not None:
+                _fold_lists(self.K, self.Pos, self.O, res[0], res[1], res[2], res[3])
+                done += res[0].shape[0]
+        return done
+
+    def emit(self, a: int, b: int, with_distances: bool):
+        """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally."""
+        qids, I = self.orig[a:b], self.O[a:b].copy()
+        if not with_distances:
+            return qids, I
+        D = self.K[a:b].copy()
+        if self.metric == "cosine":
+            np.subtract(1.0, D, out=D)
+        else:
+            np.multiply(D, -2.0, out=D)
+            D += 2.0 * self.half[a:b, None]
+        np.maximum(D, 0.0, out=D)
+        if self.metric == "euclidean":
+            np.sqrt(D, out=D)
+        D[I < 0] = np.inf
+        return qids, I, D
 
 
 @njit(cache=True)
@@ -210,70 +534,94 @@ def _merge_sorted(Ds, Ks, Is, kk, ip):
 
 
 def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *parts_and_results):
-    """Merge the shards' candidates of one batch and drop each query's own row, as the local builder does.
+    """Flat: merge the shards' candidates of one query chunk and drop each query's own row, as locally.
 
     Takes the shards' query parts (for the query ids, in search order) then their search results.
     """
-    meta = _qmeta(*parts_and_results[:n_shards])
-    results = parts_and_results[n_shards:]
-    if meta is None:
-        return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32)
-    qids, I, D = _merged(k, metric, meta, results)
-    return (qids, I, D) if with_distances else (qids, I)  # the HAC reads only the lists
-
-
-def _merged(k, metric, meta, results):
-    """The best k + 1 per query over the shards' sorted candidates, own row dropped: ``(qids, I, D)``."""
     import faiss
 
-    qids, qcounts = meta
-
+    parts = [p for p in parts_and_results[:n_shards] if p is not None]
+    results = parts_and_results[n_shards:]
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+    qids = np.concatenate([p[1] for p in parts])
     ip = L._faiss_metric(metric) == faiss.METRIC_INNER_PRODUCT
     Ds = np.stack([r[0] for r in results])
     Ks = np.stack([r[1] for r in results])
     Is = np.stack([r[2] for r in results])
-    kk = Ds.shape[2]
-    D, I = _merge_sorted(Ds, Ks, Is, kk, ip)
-    if results[0][3] is None:  # flat: every query has n - 1 >= k candidates
-        I, D = L._drop_self(I, D, qids, k)
-        return qids, I.astype(np.int32), D
-    ncand = sum(r[3] for r in results)
-    per_q = np.repeat(ncand, qcounts)
-    full = per_q >= k + 1
-    outI = np.full((qids.shape[0], k), -1, dtype=np.int32)
-    outD = np.full((qids.shape[0], k), np.inf, dtype=np.float32)
-    if full.any():
-        i_, d_ = L._drop_self(I[full], D[full], qids[full], k)
-        outI[full] = i_
-        outD[full] = d_
-    for r in np.flatnonzero(~full):  # fewer candidates than k + 1: drop self, pad (the local rule)
-        m = int(per_q[r])
-        g, dd = I[r, :m], D[r, :m]
-        keep = g != qids[r]
-        g, dd = g[keep], dd[keep]
-        mm = min(k, g.shape[0])
-        outI[r, :mm] = g[:mm]
-        outD[r, :mm] = dd[:mm]
-    return qids, outI, outD
+    D, I = _merge_sorted(Ds, Ks, Is, Ds.shape[2], ip)
+    I, D = L._drop_self(I, D, qids, k)  # every query has n - 1 >= k candidates
+    I = I.astype(np.int32)
+    return (qids, I, D) if with_distances else (qids, I)  # the HAC reads only the lists
 
 
-def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto", nprobe: int = L.DEFAULT_NPROBE,
+def _probe_curve(parts, k: int) -> np.ndarray:
+    """The recall curve of 1, 2, ... probes from the shards' query parts (as the local pass measures it).
+
+    Each shard gives its rows' best k for every query (ids, keys, their cells)
+    and the own cell and probes of the queries it holds. The best k of their
+    union by (key descending, id ascending) is the local builder's exact top-k.
+    """
+    I = np.concatenate([p[0] for p in parts], axis=1).astype(np.int64)
+    K = np.concatenate([p[1] for p in parts], axis=1)
+    Cc = np.concatenate([p[2] for p in parts], axis=1)
+    nq = I.shape[0]
+    big = np.iinfo(np.int64).max
+    order = np.lexsort((np.where(I >= 0, I, big), -K.astype(np.float64)), axis=1)[:, :k]
+    top, topc = np.take_along_axis(I, order, 1), np.take_along_axis(Cc, order, 1)
+    own = np.empty((nq, parts[0][4].shape[1]), dtype=np.int64)
+    for p in parts:
+        own[p[3]] = p[4]
+    return L.probe_recall(np.where(top >= 0, top, -1), own, np.where(top >= 0, topc, -1))
+
+
+def _training_draws(rng, n: int, nlist: int) -> None:
+    """Advance ``rng`` as :func:`~batchal.clustering.knn._train_cells` does (its sample, then its seed),
+    so that given centroids are followed by the local ``nprobe="auto"`` estimate."""
+    n_train = min(n, max(nlist * L.TRAIN_PER_CELL, 10_000))
+    rng.choice(n, size=min(n, n_train), replace=False)
+    rng.integers(2**31 - 1)
+
+
+def _call(method, nret: int, *args) -> list:
+    """An actor method's returns as a list of refs, however many there are."""
+    r = method.options(num_returns=nret).remote(*args)
+    return list(r) if nret > 1 else [r]
+
+
+def _cell_batches(c0: int, c1: int, weight: np.ndarray, cap: int) -> list:
+    """Runs of whole cells ``[a, b)`` of ``[c0, c1)`` with a total weight of about ``cap``; weightless runs skipped."""
+    out, a = [], c0
+    while a < c1:
+        b, acc = a + 1, int(weight[a])
+        while b < c1 and acc + weight[b] <= cap:
+            acc += int(weight[b])
+            b += 1
+        if acc:
+            out.append((a, b))
+        a = b
+    return out
+
+
+def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto", nprobe=L.DEFAULT_NPROBE,
             nlist: int | None = None, exact_max_rows: int = L.EXACT_MAX_ROWS, centroids=None, random_state=0,
-            n_actors: int = 2, progress: bool = False, keep_chunks: bool = False):
+            n_actors: int = 2, progress: bool = False, keep_chunks: bool = False,
+            chunk_rows: int = L.CHUNK_ROWS):
     """Directed kNN lists of the source's rows, searched by Ray actors.
 
     Parameters as :func:`batchal.clustering.knn.knn_graph`; ``centroids`` gives
-    a trained coarse quantizer (nlist, d) instead of training one. With
-    ``keep_chunks`` the lists stay in the object store as ``(row ids, lists)``
-    chunks (what :func:`batchal.engines.ray.rac.ray_rac` reads) instead of
-    being gathered into (n, k) arrays.
+    a trained coarse quantizer (nlist, d) instead of training one (with
+    ``nprobe="auto"`` the estimate then draws from the random stream as if the
+    centroids had been trained here). With ``keep_chunks`` the lists stay in
+    the object store as ``(row ids, lists)`` chunks (what
+    :func:`batchal.engines.ray.rac.ray_rac` reads) instead of being gathered
+    into (n, k) arrays.
 
     Returns
     -------
     KNNResult (or, with ``keep_chunks``, ``(chunks, info)``).
     """
     import ray
-    from tqdm.auto import tqdm
 
     if metric not in L.METRICS:
         raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(L.METRICS)}")
@@ -289,6 +637,13 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
         method = "flat" if n <= exact_max_rows else "ivf"
     if method not in ("flat", "ivf"):
         raise BatchalInputError(f"unknown kNN method {method!r}; use auto, flat or ivf")
+    if method == "ivf":
+        if nprobe != "auto" and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
+            raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
+        if centroids is not None:
+            centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+            if centroids.ndim != 2 or centroids.shape[1] != d or centroids.shape[0] == 0:
+                raise BatchalInputError(f"centroids must be (nlist, {d}); got {centroids.shape}")
     P = max(1, min(int(n_actors), len(source.blocks)))
     # contiguous shards at block boundaries, about n / P rows each
     bounds = np.array([b.start for b in source.blocks] + [n])
@@ -298,96 +653,154 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     P = len(shards_blocks)
     Actor = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(KnnShard)
     src_ref = ray.put(source)
-    actors = [Actor.remote(src_ref, blks, metric) for blks in shards_blocks]
-    C = None
+    actors = [Actor.remote(src_ref, blks, metric, chunk_rows) for blks in shards_blocks]
     try:
         ray.get([a.load.remote() for a in actors])  # every row read and checked before any training
         if method == "ivf":
-            if centroids is not None:
-                C = np.ascontiguousarray(centroids, dtype=np.float32)
-                if C.ndim != 2 or C.shape[1] != d:
-                    raise BatchalInputError(f"centroids must be (nlist, {d}); got {C.shape}")
-            else:
-                if nlist is None:
-                    nlist = int(round(2 * math.sqrt(n)))
-                nlist = max(1, min(int(nlist), n // 4 if n >= 8 else 1))
-                rng = np.random.default_rng(random_state)
-                C = L._train_cells(_RowsView(source, n, d), metric, nlist, rng, progress)
-            C_ref = ray.put(C)
-            counts = ray.get([a.assign.remote(C_ref) for a in actors])
-        t1 = time.perf_counter()
-        info = {"k": k, "method": method, "actors": P, "prepare_s": t1 - t0}
-        kk = k + 1
-        merge = ray.remote(num_cpus=0.5)(_merge_batch)
-        if method == "ivf":
-            import faiss
-
-            nl = C.shape[0]
-            npr = max(1, min(int(nprobe), nl))
-            _, probe = faiss.knn(C, C, npr, metric=L._faiss_metric(metric))
-            for c in range(nl):  # a cell always searches itself (as locally)
-                if c not in probe[c]:
-                    probe[c] = np.concatenate([[c], probe[c][:-1]])
-            cnt = np.stack(counts)
-            offsets = np.vstack([np.zeros(nl, dtype=np.int64), np.cumsum(cnt, axis=0)[:-1]])
-            total = cnt.sum(axis=0)
-            batches, a = [], 0
-            while a < nl:  # runs of whole cells of about BATCH_ROWS queries
-                b = a + 1
-                acc = total[a]
-                while b < nl and acc + total[b] <= BATCH_ROWS:
-                    acc += total[b]
-                    b += 1
-                batches.append((a, b))
-                a = b
-            probe_ref = ray.put(probe)
-            off_refs = [ray.put(offsets[s]) for s in range(P)]
-            info.update(nlist=int(nl), nprobe=int(npr))
+            # each node's CPUs shared among its actors (the local search uses all of the machine's)
+            where = ray.get([a.node.remote() for a in actors])
+            per_node = {}
+            for node, _ in where:
+                per_node[node] = per_node.get(node, 0) + 1
+            ray.get([a.set_threads.remote(max(1, cpus // per_node[node])) for a, (node, cpus) in zip(actors, where)])
+            result = _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state, progress,
+                          keep_chunks, t0)
         else:
-            batches = [(a, min(n, a + max(FLAT_STEP, BATCH_ROWS // FLAT_STEP * FLAT_STEP)))
-                       for a in range(0, n, max(FLAT_STEP, BATCH_ROWS // FLAT_STEP * FLAT_STEP))]
-            probe_ref, off_refs = None, [None] * P
-            info.update(nlist=None, nprobe=None)
-        out_chunks, pending = [], []
-        I_all = D_all = None
-        if not keep_chunks:
-            I_all = np.empty((n, k), dtype=np.int32)
-            D_all = np.empty((n, k), dtype=np.float32)
-        bar = tqdm(total=n, desc=f"kNN ({method}, ray)", unit="rows", disable=not progress, leave=False,
-                   mininterval=0.5)
-
-        def collect(ref):
-            if keep_chunks:  # stays in the object store; waited for, as the shards go away after the search
-                ray.wait([ref], fetch_local=False)
-                out_chunks.append(ref)
-                bar.update(0)
-                return
-            qids, I, D = ray.get(ref)
-            if not qids.shape[0]:
-                return
-            I_all[qids] = I
-            D_all[qids] = D
-            bar.update(qids.shape[0])
-
-        with bar:
-            for lo, hi in batches:
-                qs = [a.queries.remote(lo, hi) for a in actors]
-                res = [a.search.remote(lo, hi, kk, probe_ref, off_refs[s], *qs) for s, a in enumerate(actors)]
-                pending.append(merge.remote(k, metric, P, not keep_chunks, *qs, *res))
-                if len(pending) > 2 * P:
-                    collect(pending.pop(0))
-            while pending:
-                collect(pending.pop(0))
-        info["search_s"] = time.perf_counter() - t1
+            result = _flat(actors, n, k, metric, progress, keep_chunks, t0)
     finally:
         for a in actors:
             ray.kill(a)
+    return result
+
+
+def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state, progress, keep_chunks, t0):
+    """The IVF route of :func:`ray_knn` (module docstring, steps 1-6)."""
+    import ray
+    from tqdm.auto import tqdm
+
+    P = len(actors)
+    rng = np.random.default_rng(random_state)
+    t_train = time.perf_counter()
+    if centroids is not None:
+        C = centroids
+        if nprobe == "auto":
+            _training_draws(rng, n, C.shape[0])
+    else:
+        nlist = L.default_nlist(n) if nlist is None else nlist
+        nlist = max(1, min(int(nlist), n // 4 if n >= 8 else 1))
+        C = L._train_cells(_RowsView(source, n, d), metric, nlist, rng, progress)
+    info = {"k": k, "method": "ivf", "actors": P}
+    extra = {}
+    nl = C.shape[0]
+    t_assign = time.perf_counter()
+    C_ref = ray.put(C)
+    if nprobe == "auto":  # the same sample and random stream as locally; its top-k found in the assignment
+        q_ref = ray.put(L.sample_queries(_RowsView(source, n, d), metric, rng))
+        got = ray.get([a.assign.remote(C_ref, L.AUTO_MAX_NPROBE, n, q_ref, k) for a in actors])
+        del q_ref
+        rec = _probe_curve([g[2] for g in got], k)
+        npr = int(min(L.choose_nprobe(rec), nl))
+        extra = {"nprobe_recall": [round(float(r), 4) for r in rec], "nprobe_estimated_recall": float(rec[npr - 1]),
+                 "nprobe_queries": int(sum(g[2][3].shape[0] for g in got))}
+        pins = ray.get([a.keep_probes.remote(npr, nl) for a in actors])
+    else:
+        npr = int(max(1, min(int(nprobe), nl)))
+        got = ray.get([a.assign.remote(C_ref, npr, n) for a in actors])
+        pins = [g[1] for g in got]
+    del C_ref
+    cnt = np.stack([g[0] for g in got])
+    pin = np.sum(pins, axis=0)
+    total = cnt.sum(axis=0)
+    cell_ptr = np.concatenate(([0], np.cumsum(total))).astype(np.int64)
+    # owners: contiguous runs of whole cells, about n / P rows each
+    cb = np.array([0] + [int(np.searchsorted(cell_ptr, n * o / P)) for o in range(1, P)] + [nl])
+    cb = np.maximum.accumulate(np.minimum(cb, nl))
+    pieces = [_call(a.split, P, cb) for a in actors]
+    ray.get([actors[o].receive.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr, nl,
+                                      *[pieces[s][o] for s in range(P)]) for o in range(P)])
+    del pieces
+    t1 = time.perf_counter()
+    info.update({"nlist": int(nl), "nprobe": npr, **extra, "train_s": t_assign - t_train,
+                 "assign_s": t1 - t_assign, "prepare_s": t1 - t0})
+    bar = tqdm(total=n * npr, desc="kNN (ivf, ray)", unit="rows", disable=not progress, leave=False,
+               mininterval=0.5)
+    with bar:
+        bar.update(sum(ray.get([a.own_cells.remote() for a in actors])))
+        batches = [_cell_batches(int(cb[o]), int(cb[o + 1]), pin, BATCH_ROWS) for o in range(P)]
+        rounds = max((len(b) for b in batches), default=0) if npr > 1 else 0
+        pending = []
+        for t in range(rounds):
+            bl = [b[t] if t < len(b) else None for b in batches]
+            qs = [_call(a.probe_queries, P, bl) for a in actors]
+            res = {o: _call(actors[o].search, P, *bl[o], *[qs[s][o] for s in range(P)])
+                   for o in range(P) if bl[o] is not None}
+            pending.append([actors[s].fold.remote(*[r[s] for r in res.values()]) for s in range(P)])
+            del qs, res
+            if len(pending) > 2:  # two rounds in flight
+                bar.update(sum(ray.get(pending.pop(0))))
+        while pending:
+            bar.update(sum(ray.get(pending.pop(0))))
+        sizes = np.diff(cell_ptr[cb])
+        refs = [actors[o].emit.remote(a, b, not keep_chunks) for o in range(P)
+                for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
+        if keep_chunks:  # stay in the object store; waited for, as the actors go away after the search
+            if refs:
+                ray.wait(refs, num_returns=len(refs), fetch_local=False)
+            info["search_s"] = time.perf_counter() - t1
+            return refs, info
+        I_all = np.empty((n, k), dtype=np.int32)
+        D_all = np.empty((n, k), dtype=np.float32)
+        for ref in refs:
+            qids, I, D = ray.get(ref)
+            I_all[qids] = I
+            D_all[qids] = D
+    info["search_s"] = time.perf_counter() - t1
+    return L.KNNResult(I_all, D_all, "ivf", info)
+
+
+def _flat(actors, n, k, metric, progress, keep_chunks, t0):
+    """The exact route of :func:`ray_knn`: query chunks against every shard, the shards' lists merged."""
+    import ray
+    from tqdm.auto import tqdm
+
+    P = len(actors)
+    t1 = time.perf_counter()
+    info = {"k": k, "method": "flat", "actors": P, "prepare_s": t1 - t0, "nlist": None, "nprobe": None}
+    kk = k + 1
+    merge = ray.remote(num_cpus=0.5)(_merge_batch)
+    step = max(FLAT_STEP, BATCH_ROWS // FLAT_STEP * FLAT_STEP)
+    out_chunks, pending = [], []
+    I_all = D_all = None
+    if not keep_chunks:
+        I_all = np.empty((n, k), dtype=np.int32)
+        D_all = np.empty((n, k), dtype=np.float32)
+    bar = tqdm(total=n, desc="kNN (flat, ray)", unit="rows", disable=not progress, leave=False, mininterval=0.5)
+
+    def collect(ref):
+        if keep_chunks:  # stays in the object store; waited for, as the shards go away after the search
+            ray.wait([ref], fetch_local=False)
+            out_chunks.append(ref)
+            return
+        qids, I, D = ray.get(ref)
+        I_all[qids] = I
+        D_all[qids] = D
+        bar.update(qids.shape[0])
+
+    with bar:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            qs = [a.flat_queries.remote(lo, hi) for a in actors]
+            res = [a.flat_search.remote(kk, *qs) for a in actors]
+            pending.append(merge.remote(k, metric, P, not keep_chunks, *qs, *res))
+            if len(pending) > 2 * P:
+                collect(pending.pop(0))
+        while pending:
+            collect(pending.pop(0))
+    info["search_s"] = time.perf_counter() - t1
     if keep_chunks:
         return out_chunks, info
-    if metric == "cosine":
-        D_all[I_all < 0] = -np.inf  # becomes +inf below, as locally
     L._to_distance(D_all, metric)
-    return L.KNNResult(I_all, D_all, method, info)
+    return L.KNNResult(I_all, D_all, "flat", info)
 
 
 class _Shape:
@@ -396,17 +809,3 @@ class _Shape:
     def __init__(self, n, d):
         self.shape = (n, d)
         self.ndim = 2
-
-
-def _qmeta(*parts):
-    """Ids and per-cell counts of a batch's queries, in the order the shards' search returns them."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    if parts[0][2] is None:
-        return np.concatenate([p[1] for p in parts]), None
-    counts = sum(p[2] for p in parts)
-    starts = [np.concatenate(([0], np.cumsum(p[2]))) for p in parts]
-    ids = [p[1][s[j]:s[j + 1]] for j in range(counts.shape[0]) for p, s in zip(parts, starts)]
-    return np.concatenate(ids), counts
-
