@@ -208,6 +208,13 @@ CASES = [
           ("empty", "d_empty.npz", ["empty"]), ("nan-X", "d_nanX.npz", ["NaN"]),
           ("test-classes-absent", "d_absent.npz", ["y_test"]), ("missing", "nope.npz", ["nope.npz"]),
           ("directory", "adir", ["adir"])]],
+    # --- campaign --engine / --ray-address: refused before a Ray instance is started ---
+    ("campaign-select-engine-bad", ("campaign", "select", "{out}/c", "-k", 5, "--engine", "spark"), ["--engine"]),
+    ("campaign-cluster-engine-bad", ("campaign", "cluster", "{out}/c", "--engine", "spark"), ["--engine"]),
+    ("campaign-select-ray-not-a-campaign", ("campaign", "select", "{out}/c", "-k", 5, "--engine", "ray"),
+     ["not a campaign"]),
+    ("campaign-cluster-ray-not-a-campaign", ("campaign", "cluster", "{out}/c", "--engine", "ray"),
+     ["not a campaign"]),
     # --- demo ---
     ("demo-out-in-file", ("demo", "--out", "afile/demo", "-q"), ["--out", "afile"]),
 ]
@@ -344,6 +351,12 @@ def test_help_has_no_bool_placeholders_and_every_option_is_described(server):
     for cmd in ("select", "cluster", "recut", "simulate", "demo"):
         rc, out, _ = server.run(cmd, "--help")
         assert rc == 0 and "<bool>" not in out, cmd
+    for cmd in ("select", "cluster"):  # the engine options, as on `batchal select` and `batchal cluster`
+        rc, out, _ = server.run("campaign", cmd, "--help")
+        assert rc == 0, cmd
+        for opt, words in (("--engine", "local: this process"), ("--ray-address", "Ray cluster to join")):
+            line = next(x for x in out.splitlines() if opt + " " in x)
+            assert words in line, (cmd, line)
     rc, out, _ = server.run("simulate", "--help")
     for opt in ("--seed-size", "--rounds", "--trials", "--margin-factor", "--knn", "--badge-partitions", "--seed",
                 "--quiet"):

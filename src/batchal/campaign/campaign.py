@@ -77,6 +77,23 @@ def _classes_arg(classes):
     return names
 
 
+def _engine_arg(engine):
+    """``(engine, owned)``: an :class:`~batchal.engines.Engine` as given, or one made from a name (None: local).
+
+    An engine made here is ``owned``: the caller closes it when done (a Ray
+    instance it started is shut down); one passed in stays the caller's.
+    """
+    from ..engines import Engine, get_engine
+
+    if engine is None:
+        engine = "local"
+    if isinstance(engine, Engine):
+        return engine, False
+    if not isinstance(engine, str):
+        raise BatchalInputError(f"engine must be an Engine or a name (local, ray); got {type(engine).__name__}")
+    return get_engine(engine), True
+
+
 class Campaign:
     """An active-learning campaign stored in a directory.
 
@@ -148,6 +165,10 @@ class Campaign:
         names = [r[0] for r in conn.execute("SELECT emb_file FROM shards ORDER BY shard")]
         parts = [self._store.load_npy(n) for n in names]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _embedding_files(self, conn) -> list[str]:
+        """Paths of the shards' embedding files, in row order (for engines whose workers read files)."""
+        return [str(self._store.path_of(r[0])) for r in conn.execute("SELECT emb_file FROM shards ORDER BY shard")]
 
     def _clusters(self, conn) -> np.ndarray | None:
         name = self._meta(conn, "clusters_file")
@@ -235,14 +256,24 @@ class Campaign:
     # ------------------------------------------------------------------ cluster
     def cluster(self, *, mean_cluster_size: float | None = None, threshold: float | None = None,
                 metric: str = "cosine", method: str = "auto", knn: int = 50, seed: int = 0,
-                force: bool = False, progress: bool = False) -> dict:
+                force: bool = False, progress: bool = False, engine=None) -> dict:
         """The one-time average-linkage clustering of the pool, stored with its parameters, tree and report.
 
         Running it again with the same parameters is a no-op; with other
         parameters it needs ``force=True`` (the batches already sent stay as they were).
         Returns the cluster report (see :func:`batchal.clustering.report.write_report`).
+
+        Parameters
+        ----------
+        engine : Engine or {"local", "ray"}, optional
+            Where the kNN graph and the HAC run (default: local). The ray engine
+            runs the graph method (``method="auto"`` is graph there, at any size;
+            ``"exact"`` is refused) and its workers read the campaign's embedding
+            files where they lie, so with a remote cluster the campaign directory
+            must be on storage every worker sees at the same path. The engine
+            only computes: what is written, and in which transaction, is the same
+            for every engine (the engine is not part of the recorded parameters).
         """
-        from ..clustering import AverageLinkage
         from ..clustering.report import write_report
 
         if threshold is not None and mean_cluster_size is not None:
@@ -262,9 +293,16 @@ class Campaign:
                     raise BatchalInputError(
                         f"the campaign is already clustered ({json.loads(cur[1])}); the clustering is one-time, "
                         "pass --force to replace it")
-            X = self._embeddings(conn)
-            model = AverageLinkage(threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric,
-                                   method=method, knn=knn, progress=progress, random_state=seed).fit(X)
+            eng, owned = _engine_arg(engine)
+            try:
+                # an engine whose workers read files gets the shards' paths: the pool never passes the driver
+                X = self._embedding_files(conn) if eng.reads_files else self._embeddings(conn)
+                model = eng.cluster(X, threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric,
+                                    method=method, knn=knn, progress=progress, random_state=seed)
+            finally:
+                if owned:
+                    eng.close()
+            n_rows = int(model.labels_.shape[0])
             gen = 0 if cur is None else cur[0] + 1
             clusters = self._store.write_npy(conn, "clusters", model.labels_.astype(np.int64))
             tree = self._store.write_npy(conn, "tree", model.linkage_)
@@ -286,7 +324,7 @@ class Campaign:
                 conn.execute("UPDATE clustering SET tree_file=NULL")
             conn.execute("INSERT INTO clustering(gen, params, metric, threshold, n_rows, tree_file, report, created_at) "
                          "VALUES (?,?,?,?,?,?,?,?)",
-                         (gen, json.dumps(params), metric, float(model.threshold_), int(X.shape[0]), tree,
+                         (gen, json.dumps(params), metric, float(model.threshold_), n_rows, tree,
                           json.dumps(rep), now()))
             self._store.set_meta(conn, "clusters_file", clusters)
             self._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"], threshold=rep["threshold"]))
@@ -295,7 +333,7 @@ class Campaign:
     # ------------------------------------------------------------------ select
     def select(self, batch_size: int, predictions=None, *, strategy: str | None = None, seed: int | None = None,
                id_column: str | None = None, probs_column: str | None = None, logits_column: str | None = None,
-               multilabel: bool = False, aggregate: str = "min") -> Batch:
+               multilabel: bool = False, aggregate: str = "min", engine=None) -> Batch:
         """Open the next round and select its batch among items neither labeled nor pending.
 
         Parameters
@@ -310,6 +348,15 @@ class Campaign:
             A strategy spec, e.g. ``cluster-margin:margin_factor=2`` (default: the recommended one).
         seed : int, optional
             Same seed, same batch; without one a seed is drawn and recorded.
+        engine : Engine or {"local", "ray"}, optional
+            Where the predictions are scored and the most uncertain items found
+            (default: local). The ray engine runs random, margin, entropy,
+            least-confidence and cluster-margin (any spec of them); another
+            strategy is refused before anything is read or written. The engine
+            only computes: the batch is the local engine's for the same inputs
+            and seed, and what is recorded (batch, scores file, round) is the same
+            for every engine. The predictions are read and aligned by id on this
+            machine, as locally, and handed to the engine as an array.
 
         While the round is open, calling it again with the same batch size,
         strategy, seed and predictions returns the recorded batch; anything
@@ -317,12 +364,14 @@ class Campaign:
         """
         import time
 
+        from ..engines import check_strategy
         from ..selectors import RECOMMENDED, Pool
         from ..selectors.spec import parse_spec
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise BatchalInputError(f"--batch-size must be a positive integer; got {batch_size!r}")
         spec = parse_spec(strategy or RECOMMENDED)
+        check_strategy("local" if engine is None else engine, spec)  # before the lock: nothing is touched
         t0 = time.perf_counter()
         with self._store.write("select") as conn:
             index = self._index(conn)
@@ -364,16 +413,26 @@ class Campaign:
                 # a strategy that reads nothing (random seed round): the Pool still needs its size
                 pool_clusters = clusters if clusters is not None else np.zeros(n, dtype=np.int64)
             seed_used = int(seed) if seed is not None else secrets.randbits(63)
-            pool = Pool(probs=preds.array if preds is not None and preds.kind == "probs" else None,
-                        logits=preds.array if preds is not None and preds.kind == "logits" else None,
-                        embeddings=emb, clusters=pool_clusters,
-                        labeled=excluded, multilabel=multilabel, aggregate=aggregate)
-            selector = spec.make(random_state=seed_used, defaults=dict(progress=False))
-            idx = selector.select(pool, int(batch_size))
+            probs = preds.array if preds is not None and preds.kind == "probs" else None
+            logits = preds.array if preds is not None and preds.kind == "logits" else None
+            eng, owned = _engine_arg(engine)  # made here, not earlier: a reused round needs none
+            try:
+                # excluded (labeled and pending items) is the pool's labeled set on every engine
+                pool = eng.pool(probs=probs, logits=logits, embeddings=emb, clusters=pool_clusters,
+                                labeled=excluded, multilabel=multilabel, aggregate=aggregate)
+                selector = spec.make(random_state=seed_used, defaults=dict(progress=False))
+                idx = selector.select(pool, int(batch_size))
+            finally:
+                if owned:
+                    eng.close()
             t2 = time.perf_counter()
             r = conn.execute("SELECT coalesce(max(round) + 1, 1) FROM rounds").fetchone()[0]
             if preds is not None:
-                margin_all = -pool.uncertainty("margin")  # cached by the selector when it used margins
+                # the scores file records every item's margin; a distributed pool never gathers them, so
+                # they are scored here, from the predictions this machine read anyway
+                scored = pool if not pool.distributed else Pool(probs=probs, logits=logits, multilabel=multilabel,
+                                                                aggregate=aggregate)
+                margin_all = -scored.uncertainty("margin")  # cached by the selector when it used margins
                 if preds.have is not None:
                     margin_all[~preds.have] = np.nan
                 scores = margin_all[idx].astype(np.float64)

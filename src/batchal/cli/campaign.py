@@ -11,6 +11,7 @@ import typer
 
 from .._validation import BatchalInputError
 from ._common import Method, Metric, _fail, err, out
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
 
 campaign_app = typer.Typer(
     add_completion=False,
@@ -53,6 +54,21 @@ def _open(directory: Path):
     return Campaign(directory)
 
 
+@contextmanager
+def _engine_for(engine: EngineName, ray_address: Optional[str], quiet: bool):
+    """The engine the options ask for (None: local), started only after the caller's input checks.
+
+    As for ``batchal select``: ``--ray-address`` without ``--engine ray`` is an
+    error. The engine is closed on the way out (a Ray instance started here is shut down).
+    """
+    if engine is EngineName.local and ray_address is None:
+        yield None
+        return
+    eng = _engine(engine, ray_address, quiet)
+    with eng:
+        yield eng
+
+
 DirArg = typer.Argument(..., help="The campaign directory")
 
 
@@ -86,6 +102,8 @@ def cluster(
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="replace an existing clustering"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """The one-time clustering of the pool, stored with its parameters, tree and report."""
     from ..clustering.report import format_report
@@ -93,8 +111,10 @@ def cluster(
     if threshold is not None and mean_cluster_size is not None:
         _fail("give --threshold or --mean-cluster-size, not both")
     with _errors():
-        rep = _open(directory).cluster(mean_cluster_size=mean_cluster_size, threshold=threshold, metric=metric.value,
-                                       method=method.value, knn=knn, seed=seed, force=force, progress=not quiet)
+        c = _open(directory)  # not a campaign: refused before a Ray instance is started
+        with _engine_for(engine, ray_address, quiet) as eng:
+            rep = c.cluster(mean_cluster_size=mean_cluster_size, threshold=threshold, metric=metric.value,
+                            method=method.value, knn=knn, seed=seed, force=force, progress=not quiet, engine=eng)
     if rep.get("unchanged"):
         err.print("already clustered with these parameters (nothing to do)", highlight=False, markup=False)
     if not quiet:
@@ -122,17 +142,29 @@ def select(
     ls_from_name: str = typer.Option("label", "--ls-from-name", help="Label Studio: name of the Choices tag"),
     ls_to_name: Optional[str] = typer.Option(None, "--ls-to-name", help="Label Studio: the object tag it labels (default: the first --data-column, else image)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Open the next round and select its batch (while it is open, the same command returns the same batch)."""
+    from ..engines import check_strategy
+    from ..selectors import RECOMMENDED
+
     # output options are checked before the round is opened, not after
     if out_path is not None and out_path.suffix.lower() not in (".csv", ".jsonl", ".json"):
         _fail(f"--out {out_path.name}: end it in .csv (ids), .jsonl or .json (Label Studio tasks)")
     if data_column and (out_path is None or out_path.suffix.lower() != ".json"):
         _fail("--data-column is for Label Studio tasks (--out FILE.json)")
+    use_ray = engine is EngineName.ray or ray_address is not None
     with _errors():
         c = _open(directory)
-        b = c.select(batch_size, predictions, strategy=strategy, seed=seed, id_column=id_column,
-                     probs_column=probs_column, logits_column=logits_column, multilabel=multilabel)
+        if use_ray:  # what can be refused is refused before a Ray instance is started
+            if predictions is not None and not predictions.exists():
+                raise BatchalInputError(f"--predictions: no such file {predictions}")
+            check_strategy("ray", strategy or RECOMMENDED)
+        with _engine_for(engine, ray_address, quiet) as eng:
+            b = c.select(batch_size, predictions, strategy=strategy, seed=seed, id_column=id_column,
+                         probs_column=probs_column, logits_column=logits_column, multilabel=multilabel,
+                         engine=eng)
         # written after the commit: a crash here loses nothing, the same command writes it again
         files = c.export(b.round, out_path, data_columns=data_column or (), tasks_per_file=tasks_per_file,
                          from_name=ls_from_name, to_name=ls_to_name) if out_path else []

@@ -114,6 +114,12 @@ def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters,
                       ("--ids", ids)):
         if path is not None and not path.exists():  # before starting (or joining) a Ray instance
             _fail(f"{opt}: no such file {path}")
+    from ..engines import check_strategy
+
+    try:
+        check_strategy("ray", spec)  # an undistributed strategy is refused before Ray starts
+    except BatchalInputError as e:
+        _fail(str(e))
     eng = _engine(engine, ray_address, quiet)
     t0 = time.perf_counter()
     try:

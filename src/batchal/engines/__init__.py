@@ -19,7 +19,7 @@ from .._validation import BatchalInputError
 from .base import Engine
 from .local import LocalEngine
 
-__all__ = ["Engine", "LocalEngine", "get_engine", "ENGINES"]
+__all__ = ["Engine", "LocalEngine", "get_engine", "check_strategy", "ENGINES"]
 
 ENGINES = ("local", "ray")
 
@@ -49,3 +49,31 @@ def get_engine(name: str = "local", *, address: str | None = None, **options) ->
 
         return RayEngine(address=address, **options)
     raise BatchalInputError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
+
+
+def check_strategy(engine, strategy) -> None:
+    """Refuse a strategy the engine does not run, naming it and the way out.
+
+    Parameters
+    ----------
+    engine : Engine or {"local", "ray"}
+        A name is checked without creating the engine, so a command refuses
+        before it starts (or joins) a Ray instance.
+    strategy : str or StrategySpec
+    """
+    from ..selectors.spec import parse_spec
+
+    if not isinstance(engine, (str, Engine)):
+        raise BatchalInputError(f"engine must be an Engine or a name ({', '.join(ENGINES)}); "
+                                f"got {type(engine).__name__}")
+    spec = parse_spec(strategy)
+    name = engine if isinstance(engine, str) else engine.name
+    if name == "ray":
+        from .ray.select import check_ray_strategy
+
+        check_ray_strategy(spec)
+    elif isinstance(engine, str) and name not in ENGINES:
+        raise BatchalInputError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
+    elif not isinstance(engine, str) and engine.strategies is not None and spec.name not in engine.strategies:
+        raise BatchalInputError(f"strategy {spec.name!r} does not run on the {name} engine (it runs "
+                                f"{', '.join(engine.strategies)}); use --engine local")

@@ -16,8 +16,23 @@ class Engine:
     """
 
     name = "base"
+    #: Strategy names the engine runs; None: every registered strategy.
+    strategies: tuple | None = None
+    #: True when the engine's workers read array files where they lie: callers holding their data in
+    #: files (a campaign) then pass paths, so no array of the whole pool passes through the driver.
+    reads_files: bool = False
 
     def select(self, strategy, batch_size: int, **kw) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def pool(self, *, probs=None, logits=None, embeddings=None, clusters=None, labeled=None,
+             multilabel: bool = False, aggregate: str = "min", progress: bool = False):  # pragma: no cover
+        """The :class:`batchal.selectors.Pool` a selector reads, kept where this engine scores it.
+
+        For callers that run a selector themselves (a campaign keeps the
+        selector for its diagnostics): ``selector.select(engine.pool(...), k)``
+        is the batch :meth:`select` returns for the same inputs and seed.
+        """
         raise NotImplementedError
 
     def knn_graph(self, X, k: int = 50, **kw):  # pragma: no cover - interface

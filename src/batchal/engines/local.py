@@ -32,6 +32,15 @@ class LocalEngine(Engine):
                       labeled=_array(labeled, "labeled"), multilabel=multilabel, aggregate=aggregate, seed=seed,
                       **params)
 
+    def pool(self, *, probs=None, logits=None, embeddings=None, clusters=None, labeled=None,
+             multilabel: bool = False, aggregate: str = "min", progress: bool = False):
+        """An in-memory :class:`batchal.selectors.Pool` (arrays kept as given; ``progress`` unused)."""
+        from ..selectors import Pool
+
+        return Pool(probs=_array(probs, "probs"), logits=_array(logits, "logits"),
+                    embeddings=_array(embeddings, "embeddings"), clusters=_array(clusters, "clusters"),
+                    labeled=_array(labeled, "labeled"), multilabel=multilabel, aggregate=aggregate)
+
     def knn_graph(self, X, k: int = 50, **kw):
         """:func:`batchal.clustering.knn.knn_graph`."""
         from ..clustering.knn import knn_graph

@@ -48,6 +48,9 @@ class Pool:
     n: int = field(init=False)
     labeled_mask: np.ndarray = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
+    #: False: :meth:`uncertainty` returns every row's score. A distributed pool (the ray engine's)
+    #: never gathers them; who needs them all (a campaign's scores file) scores the rows itself.
+    distributed: ClassVar[bool] = False
 
     def __post_init__(self):
         if self.probs is not None and self.logits is not None:

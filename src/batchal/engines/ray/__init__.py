@@ -5,6 +5,8 @@ core; ``batchal.engines.get_engine("ray")`` imports it on demand.
 
 * :meth:`RayEngine.select`: per-block scores and bottom-k in Ray tasks, merged
   on the driver; the selector (round-robin included) runs on the driver.
+  :meth:`RayEngine.pool` is that pool for a caller that runs the selector
+  itself (a campaign, which keeps the selector's diagnostics).
 * :meth:`RayEngine.predict`: a user model over Parquet shards of the pool with
   Ray Data ``map_batches`` in an actor pool (GPUs when the cluster has them),
   predictions written back as Parquet, row-aligned with the pool.
@@ -20,6 +22,7 @@ import numpy as np
 from ..._validation import BatchalInputError
 from ..base import Engine
 from ._session import RaySession, import_ray, input_errors
+from .select import RAY_STRATEGIES
 
 __all__ = ["RayEngine"]
 
@@ -41,6 +44,8 @@ class RayEngine(Engine):
     """
 
     name = "ray"
+    strategies = RAY_STRATEGIES
+    reads_files = True
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  object_store_memory: int | None = None, num_actors: int | None = None):
@@ -70,6 +75,27 @@ class RayEngine(Engine):
             return ray_select(strategy, batch_size, probs=probs, logits=logits, clusters=clusters, labeled=labeled,
                               multilabel=multilabel, aggregate=aggregate, seed=seed, column=column,
                               id_column=id_column, progress=progress, defaults=defaults, **params)
+
+    def pool(self, *, probs=None, logits=None, embeddings=None, clusters=None, labeled=None,
+             multilabel: bool = False, aggregate: str = "min", progress: bool = False):
+        """A :class:`batchal.engines.ray.select.RayPool`: the predictions scored by Ray tasks where they lie.
+
+        Without predictions there is nothing to score or distribute (only
+        ``random`` reads nothing but the labeled set): the in-memory pool over
+        ``clusters`` is returned, so that batch is the local one.
+        """
+        from .select import ray_pool
+
+        if embeddings is not None:
+            raise BatchalInputError("the ray engine's strategies do not read embeddings; use --engine local "
+                                    "for coreset and badge")
+        if probs is None and logits is None:
+            from ..local import LocalEngine
+
+            return LocalEngine().pool(clusters=clusters, labeled=labeled, multilabel=multilabel, aggregate=aggregate)
+        with input_errors():
+            return ray_pool(probs=probs, logits=logits, clusters=clusters, labeled=labeled, multilabel=multilabel,
+                            aggregate=aggregate, progress=progress)
 
     # ---------------------------------------------------------------- inference
     def predict(self, pool, model_factory, out, **kw) -> dict:

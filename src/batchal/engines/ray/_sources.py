@@ -130,11 +130,15 @@ class RowSource:
     @classmethod
     def open(cls, x, *, name: str, kind: str | None = None, column: str | None = None,
              id_column: str | None = "id", ray=None) -> "RowSource":
-        """From a Parquet path (file, directory or list), a ``.npy`` path, or an in-memory array."""
+        """From a Parquet path (file, directory or list), ``.npy`` paths (one, or a list whose rows
+        follow each other, as a campaign's shards), or an in-memory array."""
         if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path))):
-            p = Path(x) if isinstance(x, (str, Path)) else None
-            if p is not None and p.suffix.lower() == ".npy":
-                return cls._npy(p, name)
+            paths = [Path(x)] if isinstance(x, (str, Path)) else [Path(f) for f in x]
+            npy = [f.suffix.lower() == ".npy" for f in paths]
+            if all(npy):
+                return cls._npy(paths, name)
+            if any(npy):
+                raise BatchalInputError(f"{name}: give .npy files or Parquet files, not both")
             return cls._parquet(x, name, kind or name, column, id_column)
         return cls._array(np.asanyarray(x), name, ray)
 
@@ -163,17 +167,25 @@ class RowSource:
         return cls(blocks, start, cols, name)
 
     @classmethod
-    def _npy(cls, p: Path, name: str):
-        if not p.exists():
-            raise BatchalInputError(f"{name}: no such file {p}")
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:
-            raise BatchalInputError(f"{name}: cannot read {p}: {exc}") from None
-        n = arr.shape[0]
-        step = NPY_BLOCK_ROWS
-        blocks = [Block("npy", str(p.resolve()), a, a, min(n, a + step) - a) for a in range(0, n, step)]
-        return cls(blocks, n, None, name)
+    def _npy(cls, paths: list, name: str):
+        blocks, start, tail = [], 0, None
+        for p in paths:
+            if not p.exists():
+                raise BatchalInputError(f"{name}: no such file {p}")
+            try:
+                arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            except Exception as exc:
+                raise BatchalInputError(f"{name}: cannot read {p}: {exc}") from None
+            if tail is not None and arr.shape[1:] != tail:
+                raise BatchalInputError(f"{name}: {p} has rows of shape {arr.shape[1:]}, earlier files {tail}")
+            tail = arr.shape[1:]
+            n = arr.shape[0]
+            where = str(p.resolve())
+            # a block never spans two files: ``part`` is its first row in its own file
+            blocks += [Block("npy", where, a, start + a, min(n, a + NPY_BLOCK_ROWS) - a)
+                       for a in range(0, n, NPY_BLOCK_ROWS)]
+            start += n
+        return cls(blocks, start, None, name)
 
     @classmethod
     def _array(cls, arr: np.ndarray, name: str, ray):

@@ -22,6 +22,26 @@ from ._sources import Block, RowSource
 RAY_STRATEGIES = ("random", "margin", "entropy", "least-confidence", "cluster-margin")
 
 
+def check_ray_strategy(strategy):
+    """Refuse a strategy the ray engine does not run, naming it (before any work, and before Ray starts).
+
+    Parameters
+    ----------
+    strategy : str or StrategySpec
+
+    Returns
+    -------
+    StrategySpec : the parsed spec.
+    """
+    from ...selectors.spec import parse_spec
+
+    spec = parse_spec(strategy)
+    if spec.name not in RAY_STRATEGIES:
+        raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
+                                f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
+    return spec
+
+
 def _block_top(src: RowSource, block: Block, kind: str, is_logits: bool, multilabel: bool, aggregate: str,
                labeled, k: int):
     """One block's ``k`` most uncertain unlabeled rows: ``(score float32, row int64, n_classes)``."""
@@ -61,6 +81,9 @@ class RayPool(Pool):
     and the labeled set live on the driver. Supports the strategies in
     :data:`RAY_STRATEGIES`; the others need the whole embedding matrix on one machine.
     """
+
+    #: the scores are never gathered in one array: :meth:`uncertainty` refuses
+    distributed = True
 
     def __init__(self, source: RowSource, *, is_logits: bool = False, clusters=None, labeled=None,
                  multilabel: bool = False, aggregate: str = "min", max_inflight: int = 4, progress: bool = False):
@@ -152,6 +175,35 @@ class RayPool(Pool):
         return rows
 
 
+def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel: bool = False,
+             aggregate: str = "min", column: str | None = None, id_column: str | None = "id",
+             progress: bool = False, max_inflight: int | None = None) -> RayPool:
+    """The :class:`RayPool` over ``probs`` or ``logits`` (Parquet shards, a shared ``.npy``, or an array).
+
+    ``clusters`` and ``labeled`` are arrays or paths, kept on the driver
+    (``clusters`` is only read at the candidates). See :func:`ray_select`.
+    """
+    import ray
+
+    from ...io import load_array
+
+    if probs is not None and logits is not None:
+        raise BatchalInputError("give probs or logits, not both")
+    x = probs if probs is not None else logits
+    kind = "probs" if probs is not None else "logits"
+    src = RowSource.open(x, name=kind, kind=kind, column=column, id_column=id_column, ray=ray)
+    if clusters is not None and not isinstance(clusters, np.ndarray):
+        clusters = load_array(clusters, name="clusters")
+    if labeled is not None and not isinstance(labeled, np.ndarray):
+        labeled = load_array(labeled, name="labeled")
+    if max_inflight is None:
+        from ._session import RaySession
+
+        max_inflight = 2 * RaySession.cpus()
+    return RayPool(src, is_logits=logits is not None, clusters=clusters, labeled=labeled, multilabel=multilabel,
+                   aggregate=aggregate, max_inflight=max_inflight, progress=progress)
+
+
 def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=None, labeled=None,
                multilabel: bool = False, aggregate: str = "min", seed=None, column: str | None = None,
                id_column: str | None = "id", progress: bool = False, max_inflight: int | None = None,
@@ -164,33 +216,15 @@ def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=N
     ``.npy`` path every worker can read, or an array. ``clusters`` and
     ``labeled`` are arrays or paths (``clusters`` is only read at the candidates).
     """
-    import ray
-
-    from ...io import load_array
-    from ...selectors.spec import parse_spec
-
-    spec = parse_spec(strategy)
-    if spec.name not in RAY_STRATEGIES:
-        raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
-                                f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
+    spec = check_ray_strategy(strategy)
     if probs is not None and logits is not None:
         raise BatchalInputError("give probs or logits, not both")
-    x = probs if probs is not None else logits
-    if x is None:
+    if probs is None and logits is None:
         if "predictions" in spec.requires or spec.name == "random":
             raise BatchalInputError(f"strategy {spec.name!r} on the ray engine needs predicted probabilities or "
                                     "logits (they also give the pool's size)")
-    kind = "probs" if probs is not None else "logits"
-    src = RowSource.open(x, name=kind, kind=kind, column=column, id_column=id_column, ray=ray)
-    if clusters is not None and not isinstance(clusters, np.ndarray):
-        clusters = load_array(clusters, name="clusters")
-    if labeled is not None and not isinstance(labeled, np.ndarray):
-        labeled = load_array(labeled, name="labeled")
-    if max_inflight is None:
-        from ._session import RaySession
-
-        max_inflight = 2 * RaySession.cpus()
-    pool = RayPool(src, is_logits=logits is not None, clusters=clusters, labeled=labeled, multilabel=multilabel,
-                   aggregate=aggregate, max_inflight=max_inflight, progress=progress)
+    pool = ray_pool(probs=probs, logits=logits, clusters=clusters, labeled=labeled, multilabel=multilabel,
+                    aggregate=aggregate, column=column, id_column=id_column, progress=progress,
+                    max_inflight=max_inflight)
     selector = spec.make(random_state=seed, defaults=defaults, **params)
     return selector.select(pool, batch_size)
