@@ -9,13 +9,19 @@ Usage::
     python benchmarks/bench_ray.py cluster --n 1000000 --d 64 --engine ray
     python benchmarks/bench_ray.py cluster --n 1000000 --d 64 --engine local
     python benchmarks/bench_ray.py select --n 10000000 --k 1000000 --engine ray
+    python benchmarks/bench_ray.py pipeline --n 10000000 --d 64 --batch 1000000 --object-store-gb 6
 
 ``cluster``: kNN graph (k = 50) and graph HAC of the cached blobs of
 ``bench_cluster.py`` (memory-mapped ``.npy``, read by the workers).
 ``select``: one round: a small model (a fixed linear layer + softmax over 16
 features, C = 10) predicts the pool (Parquet shards, 1M-row row groups), then
 cluster-margin selects ``k`` items with cluster ids of mean size 10.
-Ray: ``ray.init(num_cpus=2, object_store_memory=2 GiB)``, 2 actors.
+``pipeline``: the whole round through the ray engine in one Ray session: the
+clustering (kNN graph + graph HAC of the blobs, clusters of mean size 10), then
+the scoring of the Parquet pool by the small model and the cluster-margin batch
+of ``--batch`` items over those clusters; wall time and the peak memory of
+every process per stage.
+Ray: ``ray.init(num_cpus=2, object_store_memory=2 GiB)`` (``--object-store-gb``), 2 actors.
 """
 from __future__ import annotations
 
@@ -37,13 +43,22 @@ OBJECT_STORE = 2 << 30
 
 
 class MemSampler(threading.Thread):
-    """Peak RSS per process (this one and every ``ray::`` worker) and of their sum, sampled every second."""
+    """Peak RSS per process (this one and every ``ray::`` worker) and of their sum, sampled every second.
+
+    ``stage(name)`` starts a new stage: the peaks are also kept per stage.
+    """
 
     def __init__(self):
         super().__init__(daemon=True)
         self.peak = {}
         self.peak_sum = 0
         self.stop = False
+        self.stages = {}
+        self.current = None
+
+    def stage(self, name: str):
+        self.current = name
+        self.stages[name] = {"peak": {}, "peak_sum": 0}
 
     def run(self):
         me = os.getpid()
@@ -61,17 +76,23 @@ class MemSampler(threading.Thread):
                         rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
                 except (OSError, StopIteration, ValueError):
                     continue
-                name = "driver" if int(pid) == me else f"{cmd} ({pid})"
+                name = "driver" if int(pid) == me else f"{cmd.split('.')[0]} ({pid})"
                 self.peak[name] = max(self.peak.get(name, 0), rss)
+                st = self.stages.get(self.current)
+                if st is not None:
+                    st["peak"][name] = max(st["peak"].get(name, 0), rss)
                 total += rss
             self.peak_sum = max(self.peak_sum, total)
+            st = self.stages.get(self.current)
+            if st is not None:
+                st["peak_sum"] = max(st["peak_sum"], total)
             time.sleep(1.0)
 
 
-def _start_ray():
+def _start_ray(object_store: int = OBJECT_STORE):
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, object_store_memory=object_store, include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -197,14 +218,60 @@ def case_select(args) -> dict:
             "peak_per_process": mem.peak, "peak_sum": mem.peak_sum}
 
 
+def case_pipeline(args) -> dict:
+    """Clustering, scoring and a cluster-margin batch, all through the ray engine (one Ray session)."""
+    path = blobs_path(args.n, args.d)
+    pool = _pool_parquet(args.n)
+    out = CACHE / f"preds_{args.n}_pipeline"
+    mem = MemSampler()
+    mem.start()
+    t0 = time.perf_counter()
+    ray = _start_ray(int(args.object_store_gb * (1 << 30)))
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    from batchal.engines import get_engine
+
+    eng = get_engine("ray", num_actors=2)
+    stages = {}
+    t = time.perf_counter()
+    stages["startup"] = t - t0
+    mem.stage("cluster")
+    model = eng.cluster(str(path), metric="cosine", knn=args.k, mean_cluster_size=10, progress=False)
+    t1 = time.perf_counter()
+    stages["cluster"] = t1 - t
+    labels = np.asarray(model.labels_)
+    info = {k: (v.item() if isinstance(v, (np.integer, np.floating)) else v)
+            for k, v in getattr(model, "ray_info_", {}).items()}
+    mem.stage("predict")
+    res = eng.predict(pool, LinearSoftmax(), out, batch_rows=1 << 16, concurrency=2)
+    t2 = time.perf_counter()
+    stages["predict"] = t2 - t1
+    mem.stage("select")
+    idx = eng.select("cluster-margin", args.batch, probs=out, clusters=labels, seed=0)
+    t3 = time.perf_counter()
+    stages["select"] = t3 - t2
+    mem.stage("shutdown")
+    ray.shutdown()
+    mem.stop = True
+    time.sleep(1.2)
+    np.save(CACHE / f"pipeline_batch_{args.n}_{args.batch}.npy", idx)
+    np.save(CACHE / f"pipeline_clusters_{args.n}.npy", labels)
+    return {"wall": t3 - t0, "stages": stages, "rows": res["rows"], "batch": int(np.asarray(idx).shape[0]),
+            "clusters": int(labels.max()) + 1, "cluster_info": info, "peak_per_process": mem.peak,
+            "peak_sum": mem.peak_sum, "stage_peaks": mem.stages}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["cluster", "select"])
+    ap.add_argument("what", choices=["cluster", "select", "pipeline"])
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--k", type=int, default=50, help="cluster: neighbours; select: batch size")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray")
     ap.add_argument("--save-z", default=None)
+    ap.add_argument("--batch", type=int, default=1_000_000, help="pipeline: batch size")
+    ap.add_argument("--object-store-gb", type=float, default=2.0)
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.inner:  # a fresh process per case, its own memory
@@ -222,7 +289,7 @@ def main():
         with open(Path(__file__).parent / "results" / "ray.jsonl", "a") as fh:
             fh.write(json.dumps(res) + "\n")
         return
-    res = case_cluster(args) if args.what == "cluster" else case_select(args)
+    res = {"cluster": case_cluster, "select": case_select, "pipeline": case_pipeline}[args.what](args)
     print(json.dumps(res, default=float))
 
 
