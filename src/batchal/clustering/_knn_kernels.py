@@ -124,10 +124,11 @@ def buf_init(Bk, Bi, cnt, thr, rows, I, K):
 
 
 @njit(nogil=True, cache=True)
-def buf_finish(Bk, Bi, cnt, k, rows, I, K):
+def buf_finish(Bk, Bi, cnt, k, rows, I, K, order=True):
     """The best k of each buffer, nearest first (ties by id), into ``I[rows[i]]`` and keys ``K``.
 
-    Missing neighbours: id -1, key -inf.
+    Missing neighbours: id -1, key -inf. ``order=False`` leaves the best k in
+    any order (a pass that is not the last: the next one only needs the set).
     """
     m = rows.shape[0]
     for i in range(m):
@@ -137,7 +138,7 @@ def buf_finish(Bk, Bi, cnt, k, rows, I, K):
         if n_ > k:
             _select_top(keys, ids, n_, k)
             n_ = k
-        for x in range(1, n_):  # insertion sort of the kept ones by (-key, id)
+        for x in range(1, n_ if order else 0):  # insertion sort of the kept ones by (-key, id)
             kk = keys[x]
             ii = ids[x]
             y = x - 1

@@ -13,7 +13,7 @@ Two routes:
   that cell. Blocks are folded into per-row top-k buffers by a numba kernel
   (``_knn_kernels``); groups run in threads with single-threaded BLAS.
   ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
-  exact k nearest neighbours of 1,000 random rows and so the recall@k that 1, 2,
+  exact k nearest neighbours of 500 random rows and so the recall@k that 1, 2,
   ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:
   what was measured*) gives the recall/time trade-offs behind these choices;
   ``tests/test_knn.py`` asserts the recall against brute force. The cell order
@@ -44,7 +44,7 @@ AUTO_MAX_NPROBE = 16
 #: at the first probe that adds less than this much recall (each probe costs about 1/p of the search).
 AUTO_MIN_GAIN = 0.02
 #: Random rows whose exact k nearest neighbours are found during the cell assignment.
-AUTO_QUERIES = 1000
+AUTO_QUERIES = 500
 #: Queries per product when folding rows into their top-k (fixed: the bits must not depend on threads).
 QUERY_GROUP = 256
 #: IVF cells per sqrt(n) rows.
@@ -477,9 +477,16 @@ def _prepare(X, metric: str, *, method: str = "auto", nlist: int | None = None,
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n, dtype=np.int64)
     Xp = np.empty((n, d), dtype=np.float32)
-    for a, b in iter_chunks(n, chunk_rows):
+
+    def copy(ab):  # numpy releases the GIL in the read, normalisation and scatter
+        a, b = ab
         Xp[pos[a:b]] = _prep_chunk(np.asarray(X[a:b]), metric, a)
         _release_pages(X, a, b)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(_n_threads()) as ex:
+        list(ex.map(copy, iter_chunks(n, chunk_rows)))
     del pos
     if probes is not None:
         probes = probes[order]
@@ -535,11 +542,11 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
         cnt = np.zeros(m, dtype=np.int64)
         thr = np.full(m, -np.inf, dtype=np.float32)
         block(rows, Xp[a:b], c, Bk, Bi, cnt, thr)
-        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk)
+        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk, npass == 1)
         return m
 
     def probe_group(args):
-        j, rows = args
+        j, rows, last = args
         m = rows.shape[0]
         Bk = np.empty((m, cap), dtype=np.float32)
         Bi = np.empty((m, cap), dtype=np.int32)
@@ -547,7 +554,7 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
         thr = np.empty(m, dtype=np.float32)
         KK.buf_init(Bk, Bi, cnt, thr, rows, I, Kk)
         block(rows, Xp[rows], j, Bk, Bi, cnt, thr)
-        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk)
+        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk, last)
         return m
 
     nt = n_threads or _n_threads()
@@ -569,7 +576,8 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
             pr = probes[:, r]
             o = np.argsort(pr, kind="stable")
             bounds = np.searchsorted(pr[o], np.arange(nlist + 1))
-            groups = [(j, o[bounds[j]:bounds[j + 1]]) for j in range(nlist) if bounds[j + 1] > bounds[j]]
+            last = r == npass - 2  # only the last pass orders the lists
+            groups = [(j, o[bounds[j]:bounds[j + 1]], last) for j in range(nlist) if bounds[j + 1] > bounds[j]]
             groups.sort(key=lambda g: -g[1].shape[0] * sizes[g[0]])
             run(probe_group, groups, bar)
             del o, groups
@@ -654,7 +662,7 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
         ``auto``: exact below ``exact_max_rows`` rows, IVF above.
     nprobe : int or "auto"
         IVF cells each row scans (its own nearest cells). ``"auto"`` (default)
-        measures the recall@k of 1 .. 16 probes on 1,000 random rows (their
+        measures the recall@k of 1 .. 16 probes on 500 random rows (their
         exact neighbours found while the rows are assigned to cells) and takes
         the fewest reaching 0.985; if none does, it stops where one more probe
         adds less than 2 points (:func:`choose_nprobe`). ``info`` reports the

@@ -15,7 +15,7 @@ i.e. the same library and CPU family, on the workers as on the local machine):
 
 1. The driver trains the centroids on a row sample (the local sample and seed,
    read through :class:`_RowsView`), and puts them in the object store; with
-   ``nprobe="auto"`` it also draws the local 1,000 query rows.
+   ``nprobe="auto"`` it also draws the local 500 query rows.
 2. Each actor loads a contiguous shard of rows (prepared as locally: float32,
    unit rows for cosine), assigns them to cells with the local
    :func:`~batchal.clustering.knn._assign` in the local builder's row blocks,
