@@ -18,6 +18,17 @@ def start_ray():
     return ray
 
 
+def ray_engine():
+    """A module fixture's body: the ray engine on a capped local instance, shut down after the module."""
+    ray = start_ray()
+    from batchal.engines import get_engine
+
+    eng = get_engine("ray")
+    yield eng
+    eng.close()
+    ray.shutdown()
+
+
 def fsl(values: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).ravel()), values.shape[1])
 

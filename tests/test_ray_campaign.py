@@ -17,7 +17,7 @@ from batchal import BatchalInputError, Campaign
 from batchal.cli import app
 from batchal.selectors import RECOMMENDED
 from campaign_util import CLASSES, make_pool, make_predictions, write_label_csv
-from ray_util import start_ray
+from ray_util import ray_engine
 from test_ray_cluster import canonical_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -31,13 +31,7 @@ CLUSTER = dict(mean_cluster_size=10.0, method="graph", knn=10)  # graph: what th
 
 @pytest.fixture(scope="module")
 def engine():
-    ray = start_ray()
-    from batchal.engines import get_engine
-
-    eng = get_engine("ray")
-    yield eng
-    eng.close()
-    ray.shutdown()
+    yield from ray_engine()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import batchal
 from batchal import BatchalInputError
 from batchal.cli import app
-from ray_util import start_ray, write_shards
+from ray_util import ray_engine, write_shards
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -21,13 +21,7 @@ STRATEGIES = ["margin", "entropy", "least-confidence", "cluster-margin", "cluste
 
 @pytest.fixture(scope="module")
 def engine():
-    ray = start_ray()
-    from batchal.engines import get_engine
-
-    eng = get_engine("ray")
-    yield eng
-    eng.close()
-    ray.shutdown()
+    yield from ray_engine()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Strategy specs, the margin-ordered round-robin, the redundancy diagnostic and redundant pools."""
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 from .._validation import BatchalInputError

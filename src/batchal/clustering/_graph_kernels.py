@@ -262,10 +262,15 @@ def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nb
 
 
 @njit(cache=True)
-def _compact(start, length, nbr):
-    """Move all non-empty lists to the front of the arena (in place); returns the new end."""
+def _compact(start, length, nbr, wt):
+    """Move all non-empty lists to the front of the arena (in place); returns the new end.
+
+    ``wt``: per-entry weights moved with the lists (the Ray actors keep them), or
+    an empty array (the local merge stores none).
+    """
     idx = np.flatnonzero(length > 0).astype(np.int64)
     order = np.argsort(start[idx])
+    weights = wt.shape[0] > 0
     end = 0
     for oi in range(order.shape[0]):
         x = idx[order[oi]]
@@ -274,6 +279,9 @@ def _compact(start, length, nbr):
         if s != end:
             for j in range(L):
                 nbr[end + j] = nbr[s + j]
+            if weights:
+                for j in range(L):
+                    wt[end + j] = wt[s + j]
             start[x] = end
         end += L
     return end
@@ -359,7 +367,7 @@ def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive,
         Lb = length[b]
         need = La + Lb
         if end + need > nbr.shape[0]:
-            end = _compact(start, length, nbr)
+            end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
             ncomp[0] += 1
             if end + need > nbr.shape[0]:
                 newcap = max(nbr.shape[0] + nbr.shape[0] // 4, end + need + 1)

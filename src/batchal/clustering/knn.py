@@ -487,7 +487,7 @@ def _prepare(X, metric: str, *, method: str = "auto", nlist: int | None = None,
 
     with ThreadPoolExecutor(_n_threads()) as ex:
         list(ex.map(copy, iter_chunks(n, chunk_rows)))
-    del pos
+    pos = None  # the closure is done with it
     if probes is not None:
         probes = probes[order]
     extra.update({"probes": probes, "train_s": t1 - t0, "assign_s": t2 - t1, "copy_s": time.perf_counter() - t2})
@@ -532,18 +532,7 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
             KK.heap_update(blk, np.arange(rows.shape[0]), rows, ja, half, l2, Bk, Bi, cnt, thr, k)
 
     def own_cell(c):
-        a, b = int(cell_ptr[c]), int(cell_ptr[c + 1])
-        m = b - a
-        if m == 0:
-            return 0
-        rows = np.arange(a, b, dtype=np.int64)
-        Bk = np.empty((m, cap), dtype=np.float32)
-        Bi = np.empty((m, cap), dtype=np.int32)
-        cnt = np.zeros(m, dtype=np.int64)
-        thr = np.full(m, -np.inf, dtype=np.float32)
-        block(rows, Xp[a:b], c, Bk, Bi, cnt, thr)
-        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk, npass == 1)
-        return m
+        return own_cell_block(Xp, int(cell_ptr[c]), int(cell_ptr[c + 1]), half, l2, k, I, Kk, npass == 1)
 
     def probe_group(args):
         j, rows, last = args
@@ -594,6 +583,28 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
             np.sqrt(D, out=D)
         D[I < 0] = np.inf
     return I, D
+
+
+def own_cell_block(X, a: int, b: int, half, l2: bool, k: int, I, K, order: bool = True) -> int:
+    """Rows ``a:b`` (one cell) searched against themselves into their best k (``I``, keys ``K``).
+
+    One product ``X[a:b] @ X[a:b].T``: the local and the Ray search both call
+    this, so the bits of every key are the same. Returns the number of rows.
+    """
+    from . import _knn_kernels as KK
+
+    m = b - a
+    if m == 0:
+        return 0
+    rows = np.arange(a, b, dtype=np.int64)
+    cap = BUFFER_PER_K * k
+    Bk = np.empty((m, cap), dtype=np.float32)
+    Bi = np.empty((m, cap), dtype=np.int32)
+    cnt = np.zeros(m, dtype=np.int64)
+    thr = np.full(m, -np.inf, dtype=np.float32)
+    KK.heap_update(X[a:b] @ X[a:b].T, np.arange(m), rows, a, half, l2, Bk, Bi, cnt, thr, k)
+    KK.buf_finish(Bk, Bi, cnt, k, rows, I, K, order)
+    return m
 
 
 def _n_threads() -> int:
@@ -682,7 +693,6 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
         progress=progress,
     )
     del Xp
-    n = order.shape[0]
     out_I = np.empty_like(I)
     out_D = np.empty_like(D)
     mapped = np.where(I >= 0, order[np.maximum(I, 0)], -1).astype(np.int32)

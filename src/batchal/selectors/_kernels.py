@@ -14,7 +14,6 @@ minima (float64 keeps long sums of the k-means++ weights exact enough).
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float32_c, iter_chunks
+from .._validation import iter_chunks
 from . import _kernels
 from .base import Pool, Selector, progress_blocks, register
 from .. import scores as _scores

@@ -249,22 +249,3 @@ def pack_rows(nbrs, tmp_ptr, indptr, uniq):
         d = indptr[u]
         for j in range(uniq[u]):
             nbrs[d + j] = nbrs[s + j]
-
-
-@njit(cache=True)
-def compact_weighted(start, length, nbr, wt):
-    """Move all non-empty lists and their weights to the front of the arena; returns the new end."""
-    idx = np.flatnonzero(length > 0).astype(np.int64)
-    order = np.argsort(start[idx])
-    end = 0
-    for oi in range(order.shape[0]):
-        x = idx[order[oi]]
-        s = start[x]
-        L = length[x]
-        if s != end:
-            for j in range(L):
-                nbr[end + j] = nbr[s + j]
-                wt[end + j] = wt[s + j]
-            start[x] = end
-        end += L
-    return end

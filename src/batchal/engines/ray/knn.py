@@ -363,27 +363,13 @@ class KnnShard:
         """Each owned cell against itself (the local builder's first pass) into the running lists."""
         from threadpoolctl import threadpool_limits
 
-        from ...clustering import _knn_kernels as KK
-
-        k, m, cap = self.k, self.m, L.BUFFER_PER_K * self.k
+        k, m = self.k, self.m
         I = np.empty((m, k), dtype=np.int32)
         self.K = np.empty((m, k), dtype=np.float32)
         X, half, l2, cptr = self.X, self.half, self.l2, self.cptr
 
-        def one(c):
-            a, b = int(cptr[c]), int(cptr[c + 1])
-            mm = b - a
-            if mm == 0:
-                return 0
-            rows = np.arange(a, b, dtype=np.int64)
-            Bk = np.empty((mm, cap), dtype=np.float32)
-            Bi = np.empty((mm, cap), dtype=np.int32)
-            cnt = np.zeros(mm, dtype=np.int64)
-            thr = np.full(mm, -np.inf, dtype=np.float32)
-            blk = X[a:b] @ X[a:b].T  # the same product (a symmetric rank-k update) as locally
-            KK.heap_update(blk, np.arange(mm), rows, a, half, l2, Bk, Bi, cnt, thr, k)
-            KK.buf_finish(Bk, Bi, cnt, k, rows, I, self.K)
-            return mm
+        def one(c):  # the local builder's own-cell block: the same product, so the same bits
+            return L.own_cell_block(X, int(cptr[c]), int(cptr[c + 1]), half, l2, k, I, self.K)
 
         sizes = np.diff(cptr)
         with threadpool_limits(1, user_api="blas"):

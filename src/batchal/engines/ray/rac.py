@@ -325,7 +325,7 @@ class RacActor:
     def _room(self, need: int):
         if self.end + need <= self.nbr.shape[0]:
             return
-        self.end = R.compact_weighted(self.start, self.length, self.nbr, self.wt)
+        self.end = K._compact(self.start, self.length, self.nbr, self.wt)
         if self.end + need > self.nbr.shape[0]:
             cap = max(2 * self.nbr.shape[0], self.end + need + 1)
             nbr = np.empty(cap, dtype=self.nbr.dtype)
