@@ -311,52 +311,71 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     pa = np.empty(n // 2 + 1, dtype=np.int32)
     pb = np.empty(n // 2 + 1, dtype=np.int32)
     rounds = 0
-    ncomp = np.zeros(1, dtype=np.int64)
+    ncomp = 0
     while ndirty > 0:
         rounds += 1
         _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
                  nn, nnw, marks, it, metric)
-        ndirty, end, zc, nbr = _merge_round(
-            dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id, stamp,
-            start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp)
+        npairs = _find_pairs(dirty, ndirty, isdirty, nn, pa, pb)
+        if npairs:
+            # the merged lists go to the end of the arena, at offsets known before the
+            # (parallel) merge; compact or grow first when they do not fit
+            need = length[pa[:npairs]] + length[pb[:npairs]]
+            total = int(need.sum())
+            if end + total > nbr.shape[0]:
+                end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
+                ncomp += 1
+                if end + total > nbr.shape[0]:
+                    grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + total + 1), dtype=nbr.dtype)
+                    grown[:end] = nbr[:end]
+                    nbr = grown
+            offs = np.empty(npairs, dtype=np.int64)
+            offs[0] = 0
+            np.cumsum(need[:-1], out=offs[1:])
+            offs += end
+            end += total
+            _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stamp, start, length, nbr,
+                         Z, zc, n_leaves, metric, it)
+            zc += npairs
+            _mark_dirty(pa, npairs, start, length, nbr, parent, isdirty)
+        ndirty = _collect_dirty(isdirty, dirty)
         it += 1
-    return nbr, end, zc, it, rounds, int(ncomp[0])
+    return nbr, end, zc, it, rounds, ncomp
 
 
 @njit(cache=True)
-def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive, node_id,
-                 stamp, start, length, nbr, end, Z, zc, n_leaves, metric, it, ncomp):
-    """Merge every reciprocal-nearest pair among the dirty slots; collect the next dirty set."""
+def _find_pairs(dirty, ndirty, isdirty, nn, pa, pb):
+    """The reciprocal-nearest pairs among the dirty slots (each once, smaller slot first); clears the marks."""
     npairs = 0
     for i in range(ndirty):
         x = dirty[i]
         y = nn[x]
-        if y < 0:
-            continue
-        if nn[y] == x and (x < y or isdirty[y] == 0):
-            if x < y:
-                pa[npairs] = x
-                pb[npairs] = y
-            else:
-                pa[npairs] = y
-                pb[npairs] = x
+        if y >= 0 and nn[y] == x and (x < y or isdirty[y] == 0):
+            pa[npairs] = min(x, y)
+            pb[npairs] = max(x, y)
             npairs += 1
     for i in range(ndirty):
         isdirty[dirty[i]] = 0
-    ndirty = 0
-    for p in range(npairs):
+    return npairs
+
+
+@njit(parallel=True, cache=True)  # no fastmath: the heights as the serial merge computed them
+def _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stamp, start, length, nbr,
+                 Z, zc, n_leaves, metric, it):
+    """Merge every pair (disjoint, so in parallel): tree row ``zc + p``, statistics, concatenated list."""
+    d = S.shape[1]
+    for p in prange(npairs):
         a = pa[p]
         b = pb[p]
         h = _link(S, size, sq, a, b, metric)
         ia = node_id[a]
         ib = node_id[b]
-        Z[zc, 0] = min(ia, ib)
-        Z[zc, 1] = max(ia, ib)
-        Z[zc, 2] = h
-        Z[zc, 3] = size[a] + size[b]
-        node_id[a] = n_leaves + zc
-        zc += 1
-        for j in range(S.shape[1]):
+        Z[zc + p, 0] = min(ia, ib)
+        Z[zc + p, 1] = max(ia, ib)
+        Z[zc + p, 2] = h
+        Z[zc + p, 3] = size[a] + size[b]
+        node_id[a] = n_leaves + zc + p
+        for j in range(d):
             S[a, j] += S[b, j]
         size[a] += size[b]
         sq[a] += sq[b]
@@ -365,42 +384,40 @@ def _merge_round(dirty, ndirty, isdirty, nn, pa, pb, S, size, sq, parent, alive,
         stamp[a] = it
         La = length[a]
         Lb = length[b]
-        need = La + Lb
-        if end + need > nbr.shape[0]:
-            end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
-            ncomp[0] += 1
-            if end + need > nbr.shape[0]:
-                newcap = max(nbr.shape[0] + nbr.shape[0] // 4, end + need + 1)
-                nbr2 = np.empty(newcap, dtype=nbr.dtype)
-                nbr2[:end] = nbr[:end]
-                nbr = nbr2
+        o = offs[p]
         sa = start[a]
         sb = start[b]
         for j in range(La):
-            nbr[end + j] = nbr[sa + j]
+            nbr[o + j] = nbr[sa + j]
         for j in range(Lb):
-            nbr[end + La + j] = nbr[sb + j]
-        start[a] = end
-        length[a] = need
+            nbr[o + La + j] = nbr[sb + j]
+        start[a] = o
+        length[a] = La + Lb
         length[b] = 0
-        end += need
-    # next round: merged slots and every neighbour of a merged pair
-    for p in range(npairs):
+
+
+@njit(parallel=True, cache=True)
+def _mark_dirty(pa, npairs, start, length, nbr, parent, isdirty):
+    """Mark the merged slots and every neighbour of a merged pair (threads write the same 1: benign)."""
+    for p in prange(npairs):
         a = pa[p]
-        if isdirty[a] == 0:
-            isdirty[a] = 1
-            dirty[ndirty] = a
-            ndirty += 1
-        s = start[a]
-        for e in range(s, s + length[a]):
+        isdirty[a] = 1
+        for e in range(start[a], start[a] + length[a]):
             y = nbr[e]
             while parent[y] != y:
                 y = parent[y]
-            if isdirty[y] == 0:
-                isdirty[y] = 1
-                dirty[ndirty] = y
-                ndirty += 1
-    return ndirty, end, zc, nbr
+            isdirty[y] = 1
+
+
+@njit(cache=True)
+def _collect_dirty(isdirty, dirty):
+    """The marked slots, in slot order (deterministic whatever the threads did)."""
+    nd = 0
+    for x in range(isdirty.shape[0]):
+        if isdirty[x]:
+            dirty[nd] = x
+            nd += 1
+    return nd
 
 
 @njit(cache=True)
