@@ -56,3 +56,12 @@ def test_get_engine_errors():
         get_engine("spark")
     with pytest.raises(BatchalInputError, match="only for --engine ray"):
         get_engine("local", address="auto")
+
+
+def test_core_does_not_import_ray():
+    """The core (API, CLI, engines registry) runs without ray: importing it never imports ray."""
+    import subprocess
+    import sys
+
+    code = "import sys, batchal, batchal.cli, batchal.engines; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

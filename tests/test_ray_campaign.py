@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install \"batchal[ray]\")")
 from typer.testing import CliRunner
 
 from batchal import BatchalInputError, Campaign

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install \"batchal[ray]\")")
+
 from batchal.clustering.graph import graph_linkage
 from batchal.clustering.knn import knn_graph
 from ray_util import start_ray, write_shards

@@ -1,11 +1,12 @@
 """The ray engine's scoring, selection and model inference equal the local engine's (a real local Ray)."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install \"batchal[ray]\")")
 from typer.testing import CliRunner
 
 import batchal
@@ -144,7 +145,3 @@ def test_model_inference_writes_row_aligned_predictions(engine, tmp_path):
     local = batchal.select("margin", 100, probs=P.astype(np.float32))
     np.testing.assert_array_equal(engine.select("margin", 100, probs=tmp_path / "preds"), local)
 
-
-def test_core_does_not_import_ray():
-    code = "import sys, batchal, batchal.cli, batchal.engines; assert 'ray' not in sys.modules, 'ray imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
