@@ -11,6 +11,7 @@ Usage::
     python benchmarks/bench_cluster.py scale --n 1000000 --d 128 --repeats 3
     python benchmarks/bench_cluster.py scale --n 10000000 --d 64 --repeats 1
     python benchmarks/bench_cluster.py recall --sizes 100000 1000000 --d 128
+    python benchmarks/bench_cluster.py curve --sizes 1000000 --d 128 --queries 1000
 
 Data. ``blobs``: a Gaussian mixture with n/200 centres ~ N(0, 4 I) and
 per-centre noise sd uniform in [0.5, 1.5] (so mean cluster size 10 cuts
@@ -376,6 +377,47 @@ def cmd_recall(args) -> list[dict]:
     return rows
 
 
+def cmd_curve(args) -> list[dict]:
+    """Recall@k of the IVF search with 1 .. 64 probes, from the exact neighbours of random rows.
+
+    The library's cells (its k-means on its sample, ``nlist = 2 sqrt(n)``); a
+    neighbour is found with p probes exactly when its cell is among the query's
+    first p cells (as ``nprobe="auto"`` measures up to 16; this goes further).
+    """
+    from batchal.clustering import knn as L
+    from batchal.clustering._knn_kernels import top_cells
+
+    rows = []
+    for n in args.sizes:
+        X = np.load(blobs_path(n, args.d), mmap_mode="r")
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        C = L._train_cells(X, args.metric, L.default_nlist(n), rng, False)
+        q = np.sort(np.random.default_rng(1).choice(n, args.queries, replace=False))
+        acc = L._QueryTopK(L._prep_chunk(np.asarray(X[q]), args.metric, 0), q, args.k, args.metric)
+        for a in range(0, n, L.CHUNK_ROWS):  # exact top-k of the queries over all rows
+            acc.fold(L._prep_chunk(np.asarray(X[a:a + L.CHUNK_ROWS]), args.metric, a), a)
+        I, _ = acc.result()
+        need = np.unique(np.concatenate([I[I >= 0], q]))
+        R = L._prep_chunk(np.asarray(X[need]), args.metric, 0)
+        half = (0.5 * np.einsum("ij,ij->i", C, C)).astype(np.float32)
+        l2 = args.metric != "cosine"
+        P = min(64, C.shape[0])
+        cell = np.empty(need.shape[0], dtype=np.int32)
+        probes = np.empty((need.shape[0], P - 1), dtype=np.int32)
+        for a in range(0, need.shape[0], 4096):
+            top_cells(R[a:a + 4096] @ C.T, half, l2, cell, probes, a)
+        at = np.searchsorted(need, q)
+        qcells = np.concatenate([cell[at, None], probes[at]], axis=1)
+        ncell = np.where(I >= 0, cell[np.searchsorted(need, np.maximum(I, 0))], -1)
+        rec = L.probe_recall(I, qcells, ncell)
+        sel = [p for p in (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64) if p <= P]
+        print(f"| {n:,} | {args.d} | {args.k} | {C.shape[0]} | {args.queries} | "
+              + " | ".join(f"{p}: {rec[p - 1]:.4f}" for p in sel) + f" | {time.perf_counter() - t0:.0f} |", flush=True)
+        rows.append({"n": n, "d": args.d, "k": args.k, "nlist": int(C.shape[0]), "recall": rec.tolist()})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -394,7 +436,11 @@ def main(argv=None):
     rc.add_argument("--d", type=int, default=128)
     rc.add_argument("--queries", type=int, default=2000)
     rc.add_argument("--nprobe", default=None, help="an int or auto (default: the library's)")
-    for p in (c, r, s, rc):
+    cv = sub.add_parser("curve", help="recall@k of 1..64 probes (exact, from sample rows)")
+    cv.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    cv.add_argument("--d", type=int, default=128)
+    cv.add_argument("--queries", type=int, default=1000)
+    for p in (c, r, s, rc, cv):
         p.add_argument("--metric", default="cosine")
         p.add_argument("--k", type=int, default=50)
         p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
@@ -410,7 +456,8 @@ def main(argv=None):
     if args.cmd == "_case":
         args.nprobe = _nprobe(args.nprobe)
         return _case(args)
-    res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale, "recall": cmd_recall}[args.cmd](args)
+    res = {"compare": cmd_compare, "real": cmd_real, "scale": cmd_scale, "recall": cmd_recall,
+           "curve": cmd_curve}[args.cmd](args)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
 
