@@ -327,7 +327,9 @@ class RacActor:
             return
         self.end = K._compact(self.start, self.length, self.nbr, self.wt)
         if self.end + need > self.nbr.shape[0]:
-            cap = max(2 * self.nbr.shape[0], self.end + need + 1)
+            # grow by a quarter, not double: at 10M rows the arena is ~4 GB per actor, and a
+            # doubling (old and new alive together) took two actors past 21 GB (BENCHMARKS.md)
+            cap = max(self.nbr.shape[0] + self.nbr.shape[0] // 4, self.end + need + 1)
             nbr = np.empty(cap, dtype=self.nbr.dtype)
             wt = np.empty(cap, dtype=self.wt.dtype)
             nbr[:self.end] = self.nbr[:self.end]
