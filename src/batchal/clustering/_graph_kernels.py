@@ -318,24 +318,32 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
                  nn, nnw, marks, it, metric)
         npairs = _find_pairs(dirty, ndirty, isdirty, nn, pa, pb)
         if npairs:
-            # the merged lists go to the end of the arena, at offsets known before the
-            # (parallel) merge; compact or grow first when they do not fit
+            # The merged lists go to the end of the arena at offsets known before the
+            # (parallel) merge, a run of pairs at a time: as many as fit, then a
+            # compaction reclaims their old lists, so the arena grows (by a quarter) only
+            # when even a compacted arena cannot hold the next pair: a whole round's
+            # lists at once would need a larger arena beside the old one at 10M rows.
             need = length[pa[:npairs]] + length[pb[:npairs]]
-            total = int(need.sum())
-            if end + total > nbr.shape[0]:
-                end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
-                ncomp += 1
-                if end + total > nbr.shape[0]:
-                    grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + total + 1), dtype=nbr.dtype)
-                    grown[:end] = nbr[:end]
-                    nbr = grown
-            offs = np.empty(npairs, dtype=np.int64)
-            offs[0] = 0
-            np.cumsum(need[:-1], out=offs[1:])
-            offs += end
-            end += total
-            _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stamp, start, length, nbr,
-                         Z, zc, n_leaves, metric, it)
+            cum = np.zeros(npairs + 1, dtype=np.int64)
+            np.cumsum(need, out=cum[1:])
+            p0 = 0
+            while p0 < npairs:
+                free = nbr.shape[0] - end
+                p1 = int(np.searchsorted(cum, cum[p0] + free, side="right")) - 1
+                if p1 <= p0:
+                    end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
+                    ncomp += 1
+                    if end + need[p0] > nbr.shape[0]:
+                        grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + int(need[p0]) + 1),
+                                         dtype=nbr.dtype)
+                        grown[:end] = nbr[:end]
+                        nbr = grown
+                    continue
+                offs = end + cum[p0:p1] - cum[p0]
+                end += int(cum[p1] - cum[p0])
+                _merge_pairs(pa[p0:p1], pb[p0:p1], p1 - p0, offs, S, size, sq, parent, alive, node_id, stamp,
+                             start, length, nbr, Z, zc + p0, n_leaves, metric, it)
+                p0 = p1
             zc += npairs
             _mark_dirty(pa, npairs, start, length, nbr, parent, isdirty)
         ndirty = _collect_dirty(isdirty, dirty)
