@@ -174,7 +174,7 @@ def graph_linkage(
     timings["knn_search"] = info["search_s"]
     timings["knn_method"] = kmethod
     timings["knn_k"] = info["k"]
-    for key in ("nlist", "nprobe", "train_s", "assign_s", "copy_s"):
+    for key in ("nlist", "nprobe", "nprobe_estimated_recall", "train_s", "assign_s", "copy_s"):
         if info.get(key) is not None:
             timings["knn_" + key] = info[key]
 
