@@ -351,6 +351,9 @@ def test_help_has_no_bool_placeholders_and_every_option_is_described(server):
     for cmd in ("select", "cluster", "recut", "simulate", "demo"):
         rc, out, _ = server.run(cmd, "--help")
         assert rc == 0 and "<bool>" not in out, cmd
+    for cmd in ("init", "cluster", "select", "label", "export", "labels", "status", "add", "check"):
+        rc, out, _ = server.run("campaign", cmd, "--help")
+        assert rc == 0 and "<bool>" not in out, ("campaign", cmd)
     for cmd in ("select", "cluster"):  # the engine options, as on `batchal select` and `batchal cluster`
         rc, out, _ = server.run("campaign", cmd, "--help")
         assert rc == 0, cmd

@@ -62,12 +62,23 @@ class _Group(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def get_command(self, ctx, cmd_name):
-        cmd = super().get_command(ctx, cmd_name)
-        if cmd is not None:  # flags take no value: show none (typer prints "<bool>")
-            for prm in [*cmd.params, cmd.get_help_option(ctx)]:
-                if prm is not None and getattr(prm, "is_flag", False) and prm.metavar is None:
-                    prm.metavar = ""
-        return cmd
+        return _flags_without_metavar(super().get_command(ctx, cmd_name), ctx)
+
+
+class _SubGroup(TyperGroup):
+    """A sub-command group (``batchal campaign``): its commands' flags shown without a value too."""
+
+    def get_command(self, ctx, cmd_name):
+        return _flags_without_metavar(super().get_command(ctx, cmd_name), ctx)
+
+
+def _flags_without_metavar(cmd, ctx):
+    """Flags take no value: show none in the help (typer prints "<bool>")."""
+    if cmd is not None:
+        for prm in [*cmd.params, cmd.get_help_option(ctx)]:
+            if prm is not None and getattr(prm, "is_flag", False) and prm.metavar is None:
+                prm.metavar = ""
+    return cmd
 
 
 app = typer.Typer(

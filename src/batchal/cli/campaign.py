@@ -11,9 +11,10 @@ import typer
 
 from .._validation import BatchalInputError
 from ._common import Method, Metric, _fail, err, out
-from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
+from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine, _SubGroup
 
 campaign_app = typer.Typer(
+    cls=_SubGroup,
     add_completion=False,
     no_args_is_help=True,
     help="A persistent, crash-safe campaign: cluster once, then select, label, repeat (state in DIR).",
