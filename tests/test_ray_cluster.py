@@ -76,6 +76,23 @@ def test_rac_on_ray_equals_local_graph_hac(ray_mod, metric):
     assert info["rounds"] > 5 and sum(info["merges_per_round"]) + info["components"] - 1 == X.shape[0] - 1
 
 
+@pytest.mark.parametrize("reserve,copied", [(2.5, False), (1.0, True)])
+def test_rac_on_ray_arena_growth_keeps_the_tree(ray_mod, reserve, copied):
+    # no slack: the first round's merged lists need a compaction and a growth, within the
+    # reservation (a moved bound) or past it (a copy); the tree is the same either way
+    from batchal.engines.ray._sources import RowSource
+    from batchal.engines.ray.rac import ray_rac
+
+    X = _blobs(1200, 8, 12, seed=5)
+    Zl, _ = graph_linkage(X, metric="cosine", knn=8, knn_method="flat")
+    res = knn_graph(X, 8, metric="cosine", method="flat")
+    Zr, info = ray_rac(RowSource.open(X, name="e", ray=ray_mod), [(0, res.indices)], 1200, metric="cosine",
+                       n_actors=2, slack=1.0, reserve=reserve)
+    np.testing.assert_array_equal(canonical_tree(Zr, 1200), canonical_tree(Zl, 1200))
+    assert info["arena"]["compactions"] > 0 and info["arena"]["grown"] > 0
+    assert (info["arena"]["copied"] > 0) == copied
+
+
 @pytest.mark.parametrize("n", [1000, 15005])
 def test_rac_on_ray_joins_components_as_local(ray_mod, n):
     # 200 components: joined over a complete graph; 3,200: over a kNN graph of their means

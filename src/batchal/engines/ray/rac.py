@@ -38,6 +38,8 @@ from . import _rac_kernels as R
 ACTOR_CPUS = 0.5
 #: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows).
 PUSH_ROWS = 1 << 16
+#: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
+RESERVE = 2.5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -118,12 +120,14 @@ class RacActor:
                 self.counts += np.bincount(self._loc(p[0]), minlength=self.m)
         return True
 
-    def alloc(self, slack: float):
+    def alloc(self, slack: float, reserve: float = 2.5):
         self.ptr = np.zeros(self.m + 1, dtype=np.int64)
         np.cumsum(self.counts, out=self.ptr[1:])
         self.raw = np.empty(int(self.ptr[-1]), dtype=np.int32)
         self.fill = self.ptr[:-1].copy()
         self.slack = slack
+        self.reserve = max(float(reserve), slack)
+        self.arena_events = {"compactions": 0, "grown": 0, "copied": 0}
         del self.counts
         return True
 
@@ -141,11 +145,17 @@ class RacActor:
         np.cumsum(uniq, out=indptr[1:])
         R.pack_rows(self.raw, self.ptr, indptr, uniq)
         nnz = int(indptr[-1])
-        cap = max(int(nnz * self.slack) + 1, 16)
-        self.nbr = np.empty(cap, dtype=np.int32)
+        # The arena is reserved at RESERVE x the edges but only its used front is ever
+        # written: untouched pages of np.empty cost no memory, so growing the arena is
+        # moving a bound, not a copy with old and new alive together (that copy took two
+        # 10M actors past 21 GB, BENCHMARKS.md). realloc would copy here too (measured).
+        self.cap = max(int(nnz * self.slack) + 1, 16)
+        reserve = max(int(nnz * self.reserve) + 1, self.cap)
+        self.nbr = np.empty(reserve, dtype=np.int32)
         self.nbr[:nnz] = self.raw[:nnz]
         del self.raw, self.fill, self.ptr
-        self.wt = np.full(cap, np.inf, dtype=self.dtype)
+        self.wt = np.empty(reserve, dtype=self.dtype)
+        self.wt[:nnz] = np.inf
         self.start = indptr[:-1].copy()
         self.length = np.diff(indptr)
         self.end = nnz
@@ -323,15 +333,19 @@ class RacActor:
         return int(self.merged.shape[0]), self.bytes_sent
 
     def _room(self, need: int):
-        if self.end + need <= self.nbr.shape[0]:
+        """Room for ``need`` entries at the arena's end: compact first, then grow the used bound by a quarter."""
+        if self.end + need <= self.cap:
             return
         self.end = K._compact(self.start, self.length, self.nbr, self.wt)
-        if self.end + need > self.nbr.shape[0]:
-            # grow by a quarter, not double: at 10M rows the arena is ~4 GB per actor, and a
-            # doubling (old and new alive together) took two actors past 21 GB (BENCHMARKS.md)
-            cap = max(self.nbr.shape[0] + self.nbr.shape[0] // 4, self.end + need + 1)
-            nbr = np.empty(cap, dtype=self.nbr.dtype)
-            wt = np.empty(cap, dtype=self.wt.dtype)
+        self.arena_events["compactions"] += 1
+        if self.end + need <= self.cap:
+            return
+        self.cap = max(self.cap + self.cap // 4, self.end + need + 1)
+        self.arena_events["grown"] += 1
+        if self.cap > self.nbr.shape[0]:  # past the reservation: a real copy
+            self.arena_events["copied"] += 1
+            nbr = np.empty(self.cap, dtype=self.nbr.dtype)
+            wt = np.empty(self.cap, dtype=self.wt.dtype)
             nbr[:self.end] = self.nbr[:self.end]
             wt[:self.end] = self.wt[:self.end]
             self.nbr, self.wt = nbr, wt
@@ -401,10 +415,10 @@ class RacActor:
         return out
 
     def memory(self):
-        """This actor's peak RSS (bytes) and the bytes it has sent."""
+        """This actor's peak RSS (bytes), the bytes it has sent and its arena's compactions and growths."""
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent, self.arena_events
 
     def ping(self):
         return self.rank
@@ -454,7 +468,7 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
 
 
 def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
-            random_state=0, progress: bool = False, slack: float = 1.3):
+            random_state=0, progress: bool = False, slack: float = 1.3, reserve: float = RESERVE):
     """The average-linkage tree of a kNN graph, merged in RAC rounds over Ray actors.
 
     Parameters
@@ -470,6 +484,10 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     n_actors : int
     stats_dtype : {"auto", "float64", "float32"}
         As in the local engine (``auto``: float64 while n d 8 <= 512 MiB).
+    slack, reserve : float
+        Each actor's merge lists start with room for ``slack`` x its edges and
+        grow (after a compaction) by a quarter, within ``reserve`` x its edges
+        without a copy; only the room used is ever resident.
 
     Returns
     -------
@@ -509,7 +527,7 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         # two passes over the chunks (count, fill): the edges are partitioned twice instead of held twice
         for step in ("count", "fill"):
             if step == "fill":
-                ray.get([a.alloc.remote(slack) for a in actors])
+                ray.get([a.alloc.remote(slack, reserve) for a in actors])
             waits = []
             for item in knn_chunks:
                 # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
@@ -590,6 +608,7 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         mem = ray.get([a.memory.remote() for a in actors])
         info["actor_peak_bytes"] = [int(m[0]) for m in mem]
         info["bytes_sent"] = int(sum(m[1] for m in mem))
+        info["arena"] = {key: int(sum(m[2][key] for m in mem)) for key in mem[0][2]}
     finally:
         for a in actors:
             ray.kill(a)
