@@ -260,3 +260,36 @@ def test_rac_equals_plain_reference_on_a_knn_graph(seed):
     # every cluster the reference forms is in the tree (the join of components adds the rest)
     assert ref <= got
     assert len(got - ref) == info["components"] - 1
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_compaction_packs_lists_in_arena_order(weights):
+    # lists scattered through the arena as the merge leaves them: the CSR in slot order,
+    # then runs of merged lists appended in slot order, with holes and emptied lists
+    from batchal.clustering import _graph_kernels as K
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    length = rng.integers(0, 12, n).astype(np.int64)
+    start = np.zeros(n, dtype=np.int64)
+    pos = 0
+    moved = np.sort(rng.choice(n, n // 3, replace=False))
+    for x in np.concatenate([np.setdiff1d(np.arange(n), moved), moved[::2], moved[1::2]]):
+        pos += int(rng.integers(0, 5))  # a hole
+        start[x] = pos
+        pos += int(length[x])
+    length[rng.random(n) < 0.1] = 0
+    nbr = rng.integers(0, n, pos + 10).astype(np.int32)
+    wt = rng.random(pos + 10).astype(np.float32) if weights else np.empty(0, np.float32)
+    before = {x: (nbr[start[x]:start[x] + length[x]].copy(), wt[start[x]:start[x] + length[x]].copy())
+              for x in range(n) if length[x]}
+    arena_order = sorted(before, key=lambda x: start[x])
+    end = K._compact(start, length, nbr, wt)
+    assert end == int(length.sum())
+    off = 0
+    for x in arena_order:  # packed from 0 in the order the lists had in the arena
+        assert start[x] == off
+        np.testing.assert_array_equal(nbr[off:off + length[x]], before[x][0])
+        if weights:
+            np.testing.assert_array_equal(wt[off:off + length[x]], before[x][1])
+        off += int(length[x])

@@ -125,6 +125,14 @@ def test_symmetrize_in_place_equals_reference_on_random_graphs(seed):
     p2, nb2 = symmetrize(I)
     np.testing.assert_array_equal(p2, ref_ptr)
     np.testing.assert_array_equal(nb2, ref_nbr)
+    # lists for only the first m of the n nodes (the rest get in-edges only)
+    m = max(1, n // 2)
+    ref_ptr, ref_nbr = _sym_reference(I[:m], n)
+    arena = np.full(2 * n * k, -7, dtype=np.int32)
+    arena[: m * k] = I[:m].reshape(-1)
+    ptr = symmetrize_inplace(arena, m, k, n)
+    np.testing.assert_array_equal(ptr, ref_ptr)
+    np.testing.assert_array_equal(arena[: ptr[-1]], ref_nbr)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])

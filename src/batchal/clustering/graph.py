@@ -239,10 +239,12 @@ def graph_linkage(
     dirty = np.flatnonzero(length > 0).astype(np.int32)
     t2b = time.perf_counter()
     timings["stats"] = t2b - t2
+    phases: dict = {}
     nbr, end, zc, it, rounds, ncomp = K.rac(
         S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
-        dirty, Z, 0, n, code, 0,
+        dirty, Z, 0, n, code, 0, phases,
     )
+    timings["merge_phases"] = {key: (round(v, 2) if key.endswith("_s") else int(v)) for key, v in phases.items()}
     t3 = time.perf_counter()
     steps.append(("merge", t2, t3))
     timings["merge"] = t3 - t2
