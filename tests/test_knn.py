@@ -237,3 +237,23 @@ def test_choose_nprobe_rule():
     ids = np.array([[10, 11, 12, -1], [20, 21, 22, 23]])
     ncell = np.array([[4, 1, 5, -1], [3, 3, 2, 9]])
     np.testing.assert_allclose(probe_recall(ids, qcells, ncell), [2 / 7, 4 / 7, 6 / 7])
+
+
+@pytest.mark.parametrize("nc,p", [(1, 1), (5, 5), (16, 3), (37, 17), (300, 4), (2001, 16)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_cells_equals_a_stable_sort(nc, p, ties):
+    """The two-pass top-cells selection against a plain stable sort (ties: smaller cell first)."""
+    from batchal.clustering._knn_kernels import top_cells
+
+    rng = np.random.default_rng(nc * 31 + p)
+    r = 400
+    sc = (rng.integers(0, 4, (r, nc)) if ties else rng.standard_normal((r, nc))).astype(np.float32)
+    half = (rng.integers(0, 2, nc) if ties else rng.random(nc)).astype(np.float32)
+    for use_norm in (False, True):
+        cell = np.empty(r + 3, dtype=np.int32)
+        probes = np.empty((r + 3, p - 1), dtype=np.int16)
+        top_cells(sc, half, use_norm, cell, probes, 3)
+        v = sc - half if use_norm else sc
+        ref = np.argsort(-v, axis=1, kind="stable")[:, :p]
+        np.testing.assert_array_equal(cell[3:], ref[:, 0])
+        np.testing.assert_array_equal(probes[3:], ref[:, 1:])
