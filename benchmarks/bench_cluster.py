@@ -324,6 +324,16 @@ def cmd_scale(args) -> list[dict]:
             st = g["steps"].get(name)
             if st:
                 print(f"| {r} | {name} | {st['s']:.1f} | {_gb(st['rss'])} | {_gb(st['anon'])} | {_gb(st['file'])} |")
+    print()
+    print("Per run: the kNN steps (s), the merge's phases (s) and its arena compactions:")
+    for r, g in enumerate(runs):
+        if "error" in g:
+            continue
+        t = g["timings"]
+        knn = " + ".join(f"{key} {t['knn_' + key + '_s']:.1f}" for key in ("train", "assign", "copy")
+                         if t.get("knn_" + key + "_s") is not None)
+        print(f"- run {r}: kNN {knn} + search {t['knn_search']:.1f}; merge {t.get('merge_phases')}, "
+              f"compactions {t.get('compactions')}")
     ok = [g for g in runs if "error" not in g]
     if ok:
         med = lambda f: float(np.median([f(g) for g in ok]))  # noqa: E731
