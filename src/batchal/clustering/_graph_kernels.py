@@ -267,16 +267,28 @@ def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nb
                 else:
                     best = p
                     bestw = nnw[x]
+            # Duplicates need a merge since x's last build (bx = -1: a fresh, deduplicated
+            # list). If x itself merged, its list is two lists joined and any entry can
+            # repeat; otherwise its entries were distinct, and two can now meet only in a
+            # cluster that merged since (the one a renamed entry resolves to). So only
+            # those are marked: most entries then cost one random read (parent and stamp
+            # share a cache line in graph.py), not three.
+            fresh = bx < 0
+            dup_any = not fresh and stamp[x] >= bx
             w = 0
             for e in range(s, s + L):
                 y0 = nbr[e]
                 y = y0
                 while parent[y] != y:
                     y = parent[y]
-                if y == x or mark[y] == key:
+                if y == x:
                     continue
-                mark[y] = key
-                if full or y != y0 or stamp[y] >= bx:
+                changed = y != y0 or stamp[y] >= bx
+                if dup_any or (changed and not fresh):
+                    if mark[y] == key:
+                        continue
+                    mark[y] = key
+                if full or changed:
                     v = _link(S, size, sq, x, y, metric)
                     if v < bestw or (v == bestw and y < best):
                         best = y

@@ -230,10 +230,15 @@ def graph_linkage(
         nbr = grown
         cap = nbr.shape[0]
     nbr = nbr[:cap]
-    parent = np.arange(n, dtype=np.int32)
+    # parent and stamp side by side: the merge reads both for every list entry, and one
+    # cache line instead of two is most of the difference at 10M rows
+    ps = np.empty((n, 2), dtype=np.int32)
+    parent = ps[:, 0]
+    parent[:] = np.arange(n, dtype=np.int32)
+    stamp = ps[:, 1]
+    stamp[:] = -1
     alive = np.ones(n, dtype=np.uint8)
     node_id = np.arange(n, dtype=np.int64)
-    stamp = np.full(n, -1, dtype=np.int32)
     built = np.full(n, -1, dtype=np.int32)
     Z = np.empty((n - 1, 4), dtype=np.float64)
     dirty = np.flatnonzero(length > 0).astype(np.int32)
@@ -269,7 +274,7 @@ def graph_linkage(
     timings["join_components"] = time.perf_counter() - t3
     timings["join_passes"] = passes
     steps.append(("join_components", t3, time.perf_counter()))
-    del nbr, S, size, sq, parent, alive, node_id, stamp, built, start, length
+    del nbr, S, size, sq, parent, alive, node_id, stamp, ps, built, start, length
     t4 = time.perf_counter()
     Z, raised = _finish_tree(Z, n, order, metric)
     steps.append(("finish_tree", t4, time.perf_counter()))

@@ -283,7 +283,7 @@ class RacActor:
             seg = np.repeat(ptr[sel], lens[sel]) + _ranges(lens[sel])
             qptr = np.concatenate(([0], np.cumsum(lens[sel])))
             outs.append((a[sel], self.gid[bl[sel]], self.S[bl[sel]], self.size[bl[sel]], self.sq[bl[sel]],
-                         self.node[bl[sel]], qptr, lists[seg].astype(np.int64)))
+                         self.node[bl[sel]], qptr, lists[seg]))
         self.alive[bl] = False
         self.length[bl] = 0
         self.nn[bl] = -1
