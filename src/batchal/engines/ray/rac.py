@@ -120,7 +120,7 @@ class RacActor:
                 self.counts += np.bincount(self._loc(p[0]), minlength=self.m)
         return True
 
-    def alloc(self, slack: float, reserve: float = 2.5):
+    def alloc(self, slack: float, reserve: float = RESERVE):
         self.ptr = np.zeros(self.m + 1, dtype=np.int64)
         np.cumsum(self.counts, out=self.ptr[1:])
         self.raw = np.empty(int(self.ptr[-1]), dtype=np.int32)
