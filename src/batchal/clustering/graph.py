@@ -230,8 +230,9 @@ def graph_linkage(
         nbr = grown
         cap = nbr.shape[0]
     nbr = nbr[:cap]
-    # parent and stamp side by side: the merge reads both for every list entry, and one
-    # cache line instead of two is most of the difference at 10M rows
+    # parent and stamp side by side: the merge's rebuild reads both for every list entry,
+    # so one cache line serves both (aimed at 10M rows, where these reads miss the cache;
+    # no change measured at 1M, and not yet measured alone at 10M: BENCHMARKS.md)
     ps = np.empty((n, 2), dtype=np.int32)
     parent = ps[:, 0]
     parent[:] = np.arange(n, dtype=np.int32)
