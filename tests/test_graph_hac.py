@@ -243,16 +243,22 @@ def _naive_rac(X, graph_ptr, graph_nbr):
             adj[a].discard(b)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rac_equals_plain_reference_on_a_knn_graph(seed):
-    """The kernels (no linkage cache, in-place symmetrisation) give RAC's exact tree on the graph."""
+@pytest.mark.parametrize("seed,top_m", [(0, 4), (1, 4), (2, 1), (3, 2), (4, 8)])
+def test_rac_equals_plain_reference_on_a_knn_graph(seed, top_m, monkeypatch):
+    """The kernels (no linkage cache, in-place symmetrisation, rankings updated by pushes)
+    give RAC's exact tree on the graph, whatever the length of the certified rankings."""
+    from batchal.clustering import _graph_kernels as K
     from batchal.clustering.knn import knn_graph, symmetrize
 
-    X = _blobs(160, 5, 4, seed=20 + seed)
+    monkeypatch.setattr(K, "TOP_M", top_m)
+    X = _blobs(400, 5, 8, seed=20 + seed)
     n = X.shape[0]
     ptr, nbr = symmetrize(knn_graph(X, 6, metric="cosine").indices)
     ref = _naive_rac(X.astype(np.float64), ptr, nbr)
     Z, info = graph_linkage(X, metric="cosine", knn=6)
+    ph = info["merge_phases"]
+    # both ways of updating a slot ran: pushes, and full visits when a ranking ran out
+    assert ph["touched"] > n and ph["revisits"] > 0
     members = [frozenset([i]) for i in range(n)]
     for a, b, _, _ in Z:
         members.append(members[int(a)] | members[int(b)])

@@ -13,17 +13,19 @@ average linkage of clusters A and B over all |A||B| cross pairs is then exact:
 * squared euclidean: ``sq_A/|A| + sq_B/|B| - 2 S_A . S_B / (|A| |B|)``
 
 The graph only decides which clusters may merge: each slot keeps an adjacency
-list (ids into an arena; no linkage is stored per entry, see ``_rebuild``). A round finds
-every reciprocal-nearest-neighbour pair (RAC, Sumengen et al. 2021) and merges
-them all. Lists are rebuilt lazily: a list entry pointing to a merged-away
-slot is resolved through ``parent`` (always one hop, because every neighbour
-of a merged pair is rebuilt in the very next round), duplicates are dropped,
-and only linkages whose endpoints changed since the last rebuild are
-recomputed (unless the slot's nearest neighbour itself merged), so the cost per
-merge is O(degree * d).
+list (ids into an arena; no linkage is stored per entry). A round finds every
+reciprocal-nearest-neighbour pair (RAC, Sumengen et al. 2021) and merges them
+all. Each merged cluster's list (its two lists joined) is then cleaned (entries
+resolved to their cluster through ``parent``, duplicates dropped) and all its
+linkages computed (:func:`_visit`); those values are *pushed* to its neighbours
+(:func:`_push`), whose own lists are not read: each slot keeps a short
+certified ranking of its best entries, which the pushed values update exactly.
+Only a neighbour whose ranking runs out is visited in full. So a merge costs
+O(degree * d), and a slot that did not merge costs O(1) per merged neighbour.
 
 Contract: ``S`` float32 or float64 C-contiguous (n, d); ``size``/``sq``
-float64; ids int32; ``start`` int64; ``length`` int64. Every linkage is a
+float64 (``sq`` may have one element for cosine: never read); ids int32;
+``start``/``length`` int32 or int64. Every linkage is a
 float64 dot product of the stored sums (accumulated in float64), compared
 exactly; heights written to ``Z`` are the same float64 values.
 """
@@ -34,6 +36,8 @@ from numba import get_num_threads, njit, prange
 
 COSINE = 0
 SQEUCLIDEAN = 1
+#: Entries of each slot's certified ranking kept by the merge (see ``_rebuild``): 12 bytes each per row.
+TOP_M = 4
 
 
 def symmetrize_knn(I, n, slack):
@@ -232,73 +236,179 @@ def _link(S, size, sq, a, b, metric):
     return sq[a] / size[a] + sq[b] / size[b] - 2.0 * dot / nab
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
-             nn, nnw, marks, it, metric):
-    """Resolve and dedupe the lists of the dirty slots; find each one's nearest neighbour.
+@njit(inline="always")
+def _before(w1, y1, w2, y2):
+    """(w1, y1) ranks before (w2, y2): smaller linkage, ties to the smaller slot."""
+    return w1 < w2 or (w1 == w2 and y1 < y2)
 
-    No linkage is stored per list entry; the nearest neighbour is kept exactly
-    by this rule: if neither ``x`` nor its previous nearest neighbour ``p`` was
-    merged since ``x``'s last rebuild, every entry that did not change still
-    has the linkage it had then, which was ``>=`` ``x``'s best, so the new best
-    is the better of ``(p, nnw[x])`` and the entries that changed (merged
-    clusters, or entries resolved to a new slot): only those are recomputed.
-    Otherwise (``x`` merged, ``p`` merged, first build) all entries are.
-    Ties go to the smaller slot id either way, so the result equals a full
-    recomputation of every entry.
+
+@njit(inline="always")
+def _keep_best(bi, bw, c, y, v):
+    """Insert ``(v, y)`` into the ranked buffer ``bi``/``bw`` holding ``c`` entries, keeping the
+    best ``len(bi)``; returns the new count."""
+    m = bi.shape[0]
+    if c == m and not _before(v, y, bw[m - 1], bi[m - 1]):
+        return c
+    j = c if c < m else m - 1
+    while j > 0 and _before(v, y, bw[j - 1], bi[j - 1]):
+        bw[j] = bw[j - 1]
+        bi[j] = bi[j - 1]
+        j -= 1
+    bw[j] = v
+    bi[j] = y
+    return c + 1 if c < m else m
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _visit(slots, ns, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc, tw, ty,
+           marks, ctr, metric, dedup, voff, vals):
+    """Full visit of ``slots[:ns]``: clean each list, compute every linkage, rank.
+
+    Each entry is resolved to its cluster through ``parent`` (the path is then
+    shortened to one hop), self entries and (``dedup``) duplicates dropped, and
+    the list rewritten in place. The slot's ranking becomes its best ``TOP_M``
+    entries (``topi``/``topw``, count ``topc``), its threshold ``(tw, ty)`` the
+    last of them when more entries exist (every other entry ranks after it),
+    else +inf. With ``voff`` non-empty the linkages are also written to
+    ``vals[voff[i] + j]`` (entry j of slot i) for :func:`_push`.
+
+    ``marks[t]`` dedupes with a key per visit (``ctr[t]``): int32, cleared when
+    the counter would overflow. Path shortening: threads may write the same
+    root into ``parent[y0]`` of a merged-away slot; no merge runs meanwhile.
     """
     nt = marks.shape[0]
+    m = topi.shape[1]
     n = parent.shape[0]
+    store = voff.shape[0] > 0
     for t in prange(nt):
         mark = marks[t]
-        for i in range(t, ndirty, nt):
-            x = dirty[i]
-            key = np.int64(it) * n + x
+        bi = np.empty(m, dtype=np.int32)
+        bw = np.empty(m, dtype=np.float64)
+        for i in range(t, ns, nt):
+            x = slots[i]
+            if ctr[t] >= 2147483646:
+                mark[:] = 0
+                ctr[t] = 0
+            ctr[t] += 1
+            key = np.int32(ctr[t])
             s = start[x]
             L = length[x]
-            bx = built[x]
-            full = stamp[x] >= bx
-            best = -1
-            bestw = np.inf
-            if not full:
-                p = nn[x]
-                if p < 0 or parent[p] != p or stamp[p] >= bx:
-                    full = True
-                else:
-                    best = p
-                    bestw = nnw[x]
-            # Duplicates need a merge since x's last build (bx = -1: a fresh, deduplicated
-            # list). If x itself merged, its list is two lists joined and any entry can
-            # repeat; otherwise its entries were distinct, and two can now meet only in a
-            # cluster that merged since (the one a renamed entry resolves to). So only
-            # those are marked: most entries then cost one random read (parent and stamp
-            # share a cache line in graph.py), not three.
-            fresh = bx < 0
-            dup_any = not fresh and stamp[x] >= bx
+            vo = voff[i] if store else 0
+            c = 0
             w = 0
             for e in range(s, s + L):
                 y0 = nbr[e]
                 y = y0
                 while parent[y] != y:
                     y = parent[y]
+                if y != y0:
+                    parent[y0] = y
                 if y == x:
                     continue
-                changed = y != y0 or stamp[y] >= bx
-                if dup_any or (changed and not fresh):
+                if dedup:
                     if mark[y] == key:
                         continue
                     mark[y] = key
-                if full or changed:
-                    v = _link(S, size, sq, x, y, metric)
-                    if v < bestw or (v == bestw and y < best):
-                        best = y
-                        bestw = v
+                v = _link(S, size, sq, x, y, metric)
+                if store:
+                    vals[vo + w] = v
+                c = _keep_best(bi, bw, c, y, v)
                 nbr[s + w] = y
                 w += 1
             length[x] = w
-            built[x] = it
-            nn[x] = best
-            nnw[x] = bestw
+            for k in range(c):
+                topi[x, k] = bi[k]
+                topw[x, k] = bw[k]
+            topc[x] = c
+            if w > m:
+                tw[x] = bw[m - 1]
+                ty[x] = bi[m - 1]
+            else:
+                tw[x] = np.inf
+                ty[x] = n
+            nn[x] = bi[0] if c > 0 else -1
+
+
+@njit(parallel=True, cache=True)
+def _push(pa, npb, voff, vals, start, length, nbr, parent, stamp, it, topi, topw, topc, tw, ty, seen,
+          isdirty, nt):
+    """Update the rankings of the neighbours of the clusters merged in round ``it``.
+
+    Why this is exact: a slot ``y`` that did not merge keeps its certified
+    ranking (its best entries and a threshold ``T`` such that every other entry
+    ranked after ``T`` when computed). Linkages change only when an endpoint
+    merges, and every cluster that merged this round lists ``y`` if ``y`` lists
+    any of its parts (the graph is symmetric, merged lists are joined), so the
+    entries of ``y`` that changed are exactly the pushed ``(a, vals)``, and the
+    unchanged ones outside the ranking still rank after ``T``. At ``y``'s first
+    push in a round its members that merged are dropped; then each pushed value
+    ranking before ``T`` is inserted (keeping ``TOP_M``; ``T`` drops to the last
+    member whenever a candidate is cut). If nothing is left the caller visits
+    ``y`` in full. Ranking is by linkage, ties to the smaller slot, so the
+    result is that of recomputing every entry. (Symmetry: ``_link(a, y)`` and
+    ``_link(y, a)`` are the same float64.)
+
+    Each thread owns the neighbours in its blocks of 4,096 slots (no locks), and
+    reads every merged list of the batch.
+    """
+    m = topi.shape[1]
+    for t in prange(nt):
+        for p in range(npb):
+            a = pa[p]
+            s = start[a]
+            vo = voff[p]
+            for j in range(length[a]):
+                y = nbr[s + j]
+                if ((y >> 12) % nt) != t or stamp[y] == it:
+                    continue  # not this thread's, or merged this round (visited in full)
+                if seen[y] != it:
+                    seen[y] = it
+                    isdirty[y] = 1
+                    c = 0
+                    for k in range(topc[y]):
+                        q = topi[y, k]
+                        if parent[q] == q and stamp[q] != it:
+                            topi[y, c] = q
+                            topw[y, c] = topw[y, k]
+                            c += 1
+                    topc[y] = c
+                v = vals[vo + j]
+                if not _before(v, a, tw[y], ty[y]):
+                    continue
+                c = topc[y]
+                if c == m:
+                    if not _before(v, a, topw[y, m - 1], topi[y, m - 1]):
+                        tw[y] = topw[y, m - 1]
+                        ty[y] = topi[y, m - 1]
+                        continue
+                    k = m - 1
+                else:
+                    k = c
+                    c += 1
+                while k > 0 and _before(v, a, topw[y, k - 1], topi[y, k - 1]):
+                    topw[y, k] = topw[y, k - 1]
+                    topi[y, k] = topi[y, k - 1]
+                    k -= 1
+                topw[y, k] = v
+                topi[y, k] = a
+                topc[y] = c
+                if c == m:
+                    tw[y] = topw[y, m - 1]
+                    ty[y] = topi[y, m - 1]
+
+
+@njit(cache=True)
+def _nearest_or_visit(dirty, nd, topc, topi, nn, todo):
+    """Nearest neighbour of every touched slot from its ranking; those left without one go to ``todo``."""
+    nf = 0
+    for i in range(nd):
+        y = dirty[i]
+        if topc[y] == 0:
+            todo[nf] = y
+            nf += 1
+        else:
+            nn[y] = topi[y, 0]
+    return nf
 
 
 def _compact(start, length, nbr, wt):
@@ -335,85 +445,133 @@ def _compact_move(order, start, length, nbr, wt):
     return end
 
 
+#: Linkages of merged lists buffered per batch for :func:`_push` (8 bytes each).
+PUSH_BUFFER = 1 << 23
+
+
 def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
         dirty0, Z, zc, n_leaves, metric, it, phases=None):
     """Run RAC rounds until no reciprocal pair is left (then no edges remain).
 
-    Parameters are the persistent state; ``dirty0`` lists the slots to examine
-    first (every slot with a non-empty list); ``built[x] = -1`` forces all of
-    x's linkages to be computed. A Python loop over rounds, because numba cannot
-    cache a serial function that calls a parallel one.
+    Parameters are the persistent state; ``dirty0`` lists the slots whose lists
+    are read first (every slot with a non-empty list), their lists deduplicated
+    unless ``built[x] == -1`` for all of them (a fresh CSR). ``built`` is then
+    reused as each slot's last push round. A Python loop over rounds, because
+    numba cannot cache a serial function that calls a parallel one.
 
     Returns ``(nbr, end, zc, it, rounds, compactions)`` (the arena may have been regrown).
-    ``phases``: a dict that accumulates seconds per phase (rebuild, pairs, merge,
-    compact, mark) and the slots examined.
+    ``phases``: a dict that accumulates seconds per phase (``visit_s``: merged
+    lists; ``push_s``; ``revisit_s``: slots whose ranking ran out; ``pairs_s``,
+    ``merge_s``, ``compact_s``, ``mark_s``) and counts (``touched``: slots
+    updated by a push, ``revisits``).
+
+    Memory: per slot, the ranking (``TOP_M`` x 12 bytes + 13), int32 dedup marks
+    per thread and 14 bytes of round state; ``PUSH_BUFFER`` x 8 bytes.
     """
     from time import perf_counter
 
     ph = phases if phases is not None else {}
-    for key in ("rebuild_s", "pairs_s", "merge_s", "compact_s", "mark_s", "dirty_slots"):
+    for key in ("visit_s", "push_s", "revisit_s", "pairs_s", "merge_s", "compact_s", "mark_s", "touched",
+                "revisits"):
         ph.setdefault(key, 0)
     n = parent.shape[0]
     nt = get_num_threads()
-    marks = np.full((nt, n), -1, dtype=np.int64)
+    m = TOP_M
+    marks = np.zeros((nt, n), dtype=np.int32)
+    ctr = np.zeros(nt, dtype=np.int64)
     nn = np.full(n, -1, dtype=np.int32)
-    nnw = np.full(n, np.inf, dtype=np.float64)
+    topi = np.empty((n, m), dtype=np.int32)
+    topw = np.empty((n, m), dtype=np.float64)
+    topc = np.zeros(n, dtype=np.int8)
+    tw = np.empty(n, dtype=np.float64)
+    ty = np.empty(n, dtype=np.int32)
     isdirty = np.zeros(n, dtype=np.uint8)
     dirty = np.empty(n, dtype=np.int32)
+    todo = np.empty(n, dtype=np.int32)
     ndirty = dirty0.shape[0]
     dirty[:ndirty] = dirty0
-    isdirty[dirty0] = 1
     pa = np.empty(n // 2 + 1, dtype=np.int32)
     pb = np.empty(n // 2 + 1, dtype=np.int32)
+    vals = np.empty(PUSH_BUFFER, dtype=np.float64)
+    no_off = np.empty(0, dtype=np.int64)
+    no_vals = np.empty(0, dtype=np.float64)
+    dedup = bool((built[dirty0] != -1).any()) if ndirty else False
+    seen = built
+    seen[:] = -1
+    t = perf_counter()
+    _visit(dirty, ndirty, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc, tw, ty,
+           marks, ctr, metric, dedup, no_off, no_vals)
+    ph["visit_s"] += perf_counter() - t
+    isdirty[dirty[:ndirty]] = 1
     rounds = 0
     ncomp = 0
     while ndirty > 0:
-        rounds += 1
-        ph["dirty_slots"] += ndirty
         t = perf_counter()
-        _rebuild(dirty, ndirty, S, size, sq, parent, stamp, built, start, length, nbr,
-                 nn, nnw, marks, it, metric)
-        t1 = perf_counter()
-        ph["rebuild_s"] += t1 - t
         npairs = _find_pairs(dirty, ndirty, isdirty, nn, pa, pb)
-        ph["pairs_s"] += perf_counter() - t1
-        if npairs:
-            # The merged lists go to the end of the arena at offsets known before the
-            # (parallel) merge, a run of pairs at a time: as many as fit, then a
-            # compaction reclaims their old lists, so the arena grows (by a quarter) only
-            # when even a compacted arena cannot hold the next pair: a whole round's
-            # lists at once would need a larger arena beside the old one at 10M rows.
-            need = length[pa[:npairs]] + length[pb[:npairs]]
-            cum = np.zeros(npairs + 1, dtype=np.int64)
-            np.cumsum(need, out=cum[1:])
-            p0 = 0
-            while p0 < npairs:
-                free = nbr.shape[0] - end
-                p1 = int(np.searchsorted(cum, cum[p0] + free, side="right")) - 1
-                if p1 <= p0:
-                    t = perf_counter()
-                    end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
-                    ph["compact_s"] += perf_counter() - t
-                    ncomp += 1
-                    if end + need[p0] > nbr.shape[0]:
-                        grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + int(need[p0]) + 1),
-                                         dtype=nbr.dtype)
-                        grown[:end] = nbr[:end]
-                        nbr = grown
-                    continue
-                offs = end + cum[p0:p1] - cum[p0]
-                end += int(cum[p1] - cum[p0])
+        ph["pairs_s"] += perf_counter() - t
+        if npairs == 0:
+            break
+        rounds += 1
+        # The merged lists go to the end of the arena at offsets known before the
+        # (parallel) merge, a run of pairs at a time: as many as fit, then a
+        # compaction reclaims their old lists, so the arena grows (by a quarter) only
+        # when even a compacted arena cannot hold the next pair: a whole round's
+        # lists at once would need a larger arena beside the old one at 10M rows.
+        need = length[pa[:npairs]] + length[pb[:npairs]]
+        cum = np.zeros(npairs + 1, dtype=np.int64)
+        np.cumsum(need, out=cum[1:])
+        p0 = 0
+        while p0 < npairs:
+            free = nbr.shape[0] - end
+            p1 = int(np.searchsorted(cum, cum[p0] + free, side="right")) - 1
+            if p1 <= p0:
                 t = perf_counter()
-                _merge_pairs(pa[p0:p1], pb[p0:p1], p1 - p0, offs, S, size, sq, parent, alive, node_id, stamp,
-                             start, length, nbr, Z, zc + p0, n_leaves, metric, it)
-                ph["merge_s"] += perf_counter() - t
-                p0 = p1
-            zc += npairs
+                end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
+                ph["compact_s"] += perf_counter() - t
+                ncomp += 1
+                if end + need[p0] > nbr.shape[0]:
+                    grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + int(need[p0]) + 1),
+                                     dtype=nbr.dtype)
+                    grown[:end] = nbr[:end]
+                    nbr = grown
+                continue
+            offs = end + cum[p0:p1] - cum[p0]
+            end += int(cum[p1] - cum[p0])
+            t = perf_counter()
+            _merge_pairs(pa[p0:p1], pb[p0:p1], p1 - p0, offs, S, size, sq, parent, alive, node_id, stamp,
+                         start, length, nbr, Z, zc + p0, n_leaves, metric, it)
+            ph["merge_s"] += perf_counter() - t
+            p0 = p1
+        zc += npairs
+        # Every merged cluster is visited in full and its linkages pushed to its
+        # neighbours, a batch of pairs at a time (the batch's values in ``vals``).
+        p0 = 0
+        while p0 < npairs:
+            if need[p0] > vals.shape[0]:
+                vals = np.empty(int(need[p0]), dtype=np.float64)
+            p1 = int(np.searchsorted(cum, cum[p0] + vals.shape[0], side="right")) - 1
+            voff = cum[p0:p1] - cum[p0]
+            t = perf_counter()
+            _visit(pa[p0:p1], p1 - p0, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc,
+                   tw, ty, marks, ctr, metric, True, voff, vals)
+            t2 = perf_counter()
+            ph["visit_s"] += t2 - t
+            _push(pa[p0:p1], p1 - p0, voff, vals, start, length, nbr, parent, stamp, it, topi, topw, topc,
+                  tw, ty, seen, isdirty, nt)
+            ph["push_s"] += perf_counter() - t2
+            p0 = p1
         t = perf_counter()
-        if npairs:
-            _mark_dirty(pa, npairs, start, length, nbr, parent, isdirty)
+        isdirty[pa[:npairs]] = 1
         ndirty = _collect_dirty(isdirty, dirty)
+        nrev = _nearest_or_visit(dirty, ndirty, topc, topi, nn, todo)
         ph["mark_s"] += perf_counter() - t
+        ph["touched"] += ndirty - npairs
+        if nrev:
+            t = perf_counter()
+            _visit(todo, nrev, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc, tw, ty,
+                   marks, ctr, metric, True, no_off, no_vals)
+            ph["revisit_s"] += perf_counter() - t
+            ph["revisits"] += nrev
         it += 1
     return nbr, end, zc, it, rounds, ncomp
 
@@ -453,7 +611,8 @@ def _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stam
         for j in range(d):
             S[a, j] += S[b, j]
         size[a] += size[b]
-        sq[a] += sq[b]
+        if metric != COSINE:  # cosine rows are unit: sq is size, and not stored (a 1-element array)
+            sq[a] += sq[b]
         parent[b] = a
         alive[b] = 0
         stamp[a] = it
@@ -469,19 +628,6 @@ def _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stam
         start[a] = o
         length[a] = La + Lb
         length[b] = 0
-
-
-@njit(parallel=True, cache=True)
-def _mark_dirty(pa, npairs, start, length, nbr, parent, isdirty):
-    """Mark the merged slots and every neighbour of a merged pair (threads write the same 1: benign)."""
-    for p in prange(npairs):
-        a = pa[p]
-        isdirty[a] = 1
-        for e in range(start[a], start[a] + length[a]):
-            y = nbr[e]
-            while parent[y] != y:
-                y = parent[y]
-            isdirty[y] = 1
 
 
 @njit(cache=True)

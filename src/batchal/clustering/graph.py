@@ -39,9 +39,10 @@ symmetric graph, about 1.45 n k on the benchmark mixture):
   pages never written are never resident: 4 E bytes are.
 * merge: the same arena as the merge lists (grown to at most ``MERGE_SLACK`` x E,
   compacted when full), the vector sums (the float32 rows themselves, 4 n d, or
-  float64 for small pools), and about 130 bytes per row of per-cluster state and
-  tree. No linkage is stored per list entry: it is recomputed from the sums
-  when an endpoint changed (see ``_graph_kernels._rebuild``).
+  float64 for small pools), and about 190 bytes per row of per-cluster state and
+  tree, 60 of them each slot's certified ranking of its best entries (see
+  ``_graph_kernels.rac``). No linkage is stored per list entry: a merged
+  cluster's are computed from the sums and pushed to its neighbours.
 
 Precision. Linkages are float64 dot products of the stored sums. With float64
 sums (``n d 8 <= 512 MiB``) the tree is the one float64 arithmetic gives. With
@@ -75,8 +76,9 @@ from .knn import _check as _check_knn
 STATS_F64_MAX_BYTES = 512 << 20
 #: Components are joined over a complete graph up to this many, a kNN graph above.
 COMPLETE_JOIN_MAX = 3000
-#: Capacity of the merge lists' arena, as a multiple of the symmetric graph's entries.
-MERGE_SLACK = 1.15
+#: Capacity of the merge lists' arena, as a multiple of the symmetric graph's entries
+#: (each compaction costs about one pass over the live lists: 1.6 s at 10M rows).
+MERGE_SLACK = 1.08
 
 
 def _metric_code(metric: str) -> int:
@@ -209,15 +211,18 @@ def graph_linkage(
         S = Xp  # the float32 copy becomes the statistics (row i = sum of cluster i)
     size = np.ones(n, dtype=np.float64)
     if code == K.COSINE:
-        sq = np.ones(n, dtype=np.float64)
+        sq = np.ones(1, dtype=np.float64)  # unit rows: never read (see _graph_kernels._link)
     else:
         sq = np.empty(n, dtype=np.float64)
         for a, b in iter_chunks(n):
             blk = S[a:b].astype(np.float64)
             sq[a:b] = np.einsum("ij,ij->i", blk, blk)
-    start = indptr[:-1].copy()
-    length = np.diff(indptr)
     end = int(indptr[-1])
+    # list offsets and lengths in int32 while the arena stays below 2^31 entries (live lists
+    # hold at most E entries, plus the pair being appended: under 2 E)
+    pos_dt = np.int32 if 2 * end + n + 1 < 2**31 else np.int64  # growth past 2 E cannot happen
+    start = indptr[:-1].astype(pos_dt)
+    length = np.diff(indptr).astype(pos_dt)
     del indptr
     # The merge lists grow by appending a merged pair's two lists at the end of
     # the arena; when the end is reached the live lists are compacted. A slack of
@@ -230,16 +235,14 @@ def graph_linkage(
         nbr = grown
         cap = nbr.shape[0]
     nbr = nbr[:cap]
-    # parent and stamp side by side: the merge's rebuild reads both for every list entry,
-    # so one cache line serves both (aimed at 10M rows, where these reads miss the cache;
-    # no change measured at 1M, and not yet measured alone at 10M: BENCHMARKS.md)
+    # parent and stamp side by side: a list visit reads both for every entry, one cache line
     ps = np.empty((n, 2), dtype=np.int32)
     parent = ps[:, 0]
     parent[:] = np.arange(n, dtype=np.int32)
     stamp = ps[:, 1]
     stamp[:] = -1
     alive = np.ones(n, dtype=np.uint8)
-    node_id = np.arange(n, dtype=np.int64)
+    node_id = np.arange(n, dtype=np.int32 if 2 * n < 2**31 else np.int64)
     built = np.full(n, -1, dtype=np.int32)
     Z = np.empty((n - 1, 4), dtype=np.float64)
     dirty = np.flatnonzero(length > 0).astype(np.int32)
