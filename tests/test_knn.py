@@ -257,3 +257,40 @@ def test_top_cells_equals_a_stable_sort(nc, p, ties):
         ref = np.argsort(-v, axis=1, kind="stable")[:, :p]
         np.testing.assert_array_equal(cell[3:], ref[:, 0])
         np.testing.assert_array_equal(probes[3:], ref[:, 1:])
+
+
+@pytest.mark.parametrize("m,d,l2,dup", [(1581, 16, False, False), (700, 8, True, False), (866, 6, False, True),
+                                        (40, 8, False, False), (300, 4, True, True)])
+def test_own_cell_bound_gives_the_plain_fold(m, d, l2, dup):
+    """The own-cell fold started at the block-maxima bound keeps the same best k (ties included)
+    as the fold started at -inf, for cells wider and narrower than k blocks."""
+    from batchal.clustering import _knn_kernels as KK
+
+    rng = np.random.default_rng(m + d)
+    k = 50
+    centers = rng.standard_normal((8, d)).astype(np.float32) * 2
+    X = centers[rng.integers(0, 8, m)] + rng.standard_normal((m, d)).astype(np.float32)
+    if dup:  # exact ties between keys
+        X[1::3] = X[0::3][: len(X[1::3])]
+    if not l2:
+        X /= np.linalg.norm(X, axis=1)[:, None]
+    X = np.ascontiguousarray(np.vstack([np.zeros((5, d), np.float32), X]))  # the cell starts at row 5
+    half = (0.5 * np.einsum("ij,ij->i", X, X)).astype(np.float32) if l2 else np.zeros(1, np.float32)
+    rows = np.arange(5, 5 + m, dtype=np.int64)
+    out = []
+    for bound in (False, True):
+        Bk = np.empty((m, 4 * k), np.float32)
+        Bi = np.empty((m, 4 * k), np.int32)
+        cnt = np.zeros(m, np.int64)
+        thr = np.full(m, -np.inf, np.float32)
+        block = X[5:] @ X[5:].T
+        if bound:
+            KK.own_cell_update(block, 5, half, l2, Bk, Bi, cnt, thr, k)
+        else:
+            KK.heap_update(block, np.arange(m), rows, 5, half, l2, Bk, Bi, cnt, thr, k)
+        I = np.empty((5 + m, k), np.int32)
+        K = np.empty((5 + m, k), np.float32)
+        KK.buf_finish(Bk, Bi, cnt, k, rows, I, K, True)
+        out.append((I[5:], K[5:], cnt))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+    assert (out[0][0] != np.arange(5, 5 + m)[:, None]).all()  # never a row's own id

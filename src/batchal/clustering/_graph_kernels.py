@@ -446,7 +446,7 @@ def _compact_move(order, start, length, nbr, wt):
 
 
 #: Linkages of merged lists buffered per batch for :func:`_push` (8 bytes each).
-PUSH_BUFFER = 1 << 23
+PUSH_BUFFER = 1 << 21
 
 
 def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,

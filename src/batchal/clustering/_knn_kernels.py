@@ -19,6 +19,10 @@ import numpy as np
 from numba import njit
 
 
+#: Columns per block of the block-maxima prefilters (own-cell bound, top cells): 16 floats, one cache line.
+_CW = 16
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _better(ka, ia, kb, ib):
     """Is (ka, ia) nearer than (kb, ib)? Larger key first, then smaller id."""
@@ -104,6 +108,71 @@ def heap_update(block, qloc, qid, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr
         thr[q] = t
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid):
+    """Maxima of row ``i``'s keys over blocks of ``_CW`` columns, its own column ``i`` left out."""
+    c = block.shape[1]
+    nb = bmax.shape[0]
+    for b in range(nb):
+        mx = -np.inf
+        for j in range(b * _CW, min(c, (b + 1) * _CW)):  # branch-free: vectorises
+            key = block[i, j]
+            if use_norm:
+                key -= half_sqnorm[cand0 + j]
+            mx = key if key > mx else mx
+        bmax[b] = mx
+        bid[b] = b
+    b = i // _CW  # redo the block holding column i without it
+    mx = -np.inf
+    for j in range(b * _CW, min(c, (b + 1) * _CW)):
+        if j != i:
+            key = block[i, j]
+            if use_norm:
+                key -= half_sqnorm[cand0 + j]
+            mx = key if key > mx else mx
+    bmax[b] = mx
+
+
+@njit(nogil=True, cache=True)
+def own_cell_update(block, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr, k):
+    """:func:`heap_update` for a cell against itself (row i is candidate ``cand0 + i``), with
+    each row's threshold started at a lower bound of its k-th best key instead of -inf.
+
+    The bound: the k-th largest of the row's maxima over blocks of 16 columns (its
+    own column left out). Those maxima are k distinct entries of the row, so its
+    k-th best is at least that. Started from -inf, the buffer of a row fills with
+    most of the cell (its nearest rows are in it) and is cut back by quickselect
+    several times; from the bound, about its best 1.5k enter. Same result (every
+    final neighbour's key is >= the bound; ties are kept and settled as before).
+    """
+    r, c = block.shape
+    cap = Bk.shape[1]
+    nb = (c + _CW - 1) // _CW
+    bmax = np.empty(nb, dtype=np.float32)
+    bid = np.empty(nb, dtype=np.int32)
+    for i in range(r):
+        t = -np.inf
+        if nb >= k:
+            _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid)
+            t = _select_top(bmax, bid, nb, k)
+        n_ = cnt[i]
+        for j in range(c):
+            key = block[i, j]
+            if use_norm:
+                key -= half_sqnorm[cand0 + j]
+            if key >= t and j != i:
+                if n_ == cap:
+                    t = _select_top(Bk[i], Bi[i], n_, k)
+                    n_ = k
+                    if key < t:
+                        continue
+                Bk[i, n_] = key
+                Bi[i, n_] = cand0 + j
+                n_ += 1
+        cnt[i] = n_
+        thr[i] = t
+
+
 @njit(nogil=True, cache=True)
 def buf_init(Bk, Bi, cnt, thr, rows, I, K):
     """Start the buffers of ``rows`` from their current best k (``I``, keys ``K``)."""
@@ -156,10 +225,6 @@ def buf_finish(Bk, Bi, cnt, k, rows, I, K, order=True):
             else:
                 I[g, x] = -1
                 K[g, x] = -np.inf
-
-
-#: Cells per block of the top-cells prefilter (its maxima vectorise; 16 floats = one cache line).
-_CW = 16
 
 
 @njit(nogil=True, cache=True, fastmath=True)

@@ -78,7 +78,7 @@ STATS_F64_MAX_BYTES = 512 << 20
 COMPLETE_JOIN_MAX = 3000
 #: Capacity of the merge lists' arena, as a multiple of the symmetric graph's entries
 #: (each compaction costs about one pass over the live lists: 1.6 s at 10M rows).
-MERGE_SLACK = 1.08
+MERGE_SLACK = 1.05
 
 
 def _metric_code(metric: str) -> int:

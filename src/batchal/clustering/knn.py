@@ -602,7 +602,7 @@ def own_cell_block(X, a: int, b: int, half, l2: bool, k: int, I, K, order: bool 
     Bi = np.empty((m, cap), dtype=np.int32)
     cnt = np.zeros(m, dtype=np.int64)
     thr = np.full(m, -np.inf, dtype=np.float32)
-    KK.heap_update(X[a:b] @ X[a:b].T, np.arange(m), rows, a, half, l2, Bk, Bi, cnt, thr, k)
+    KK.own_cell_update(X[a:b] @ X[a:b].T, a, half, l2, Bk, Bi, cnt, thr, k)
     KK.buf_finish(Bk, Bi, cnt, k, rows, I, K, order)
     return m
 
