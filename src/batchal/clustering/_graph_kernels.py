@@ -40,7 +40,6 @@ COSINE = 0
 SQEUCLIDEAN = 1
 #: Entries of each slot's certified ranking kept by the merge (see ``_rebuild``): 12 bytes each per row.
 TOP_M = 4
-PREFETCH = True
 
 
 def symmetrize_knn(I, n, slack):
@@ -314,8 +313,7 @@ def _visit(slots, ns, S, size, sq, parent, stamp, start, length, nbr, nn, topi, 
                     if mark[y] == key:
                         continue
                     mark[y] = key
-                if PREFETCH:
-                    prefetch_row(S, y)
+                prefetch_row(S, y)
                 nbr[s + w] = y
                 w += 1
             for e in range(s, s + w):
@@ -474,8 +472,8 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     ``merge_s``, ``compact_s``, ``mark_s``) and counts (``touched``: slots
     updated by a push, ``revisits``).
 
-    Memory: per slot, the ranking (``TOP_M`` x 12 bytes + 13), int32 dedup marks
-    per thread and 14 bytes of round state; ``PUSH_BUFFER`` x 8 bytes.
+    Memory: per slot, the ranking (64 bytes for ``TOP_M = 4``), int32 dedup
+    marks per thread and 17 bytes of round state; ``PUSH_BUFFER`` x 8 bytes.
     """
     from time import perf_counter
 

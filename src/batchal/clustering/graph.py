@@ -39,8 +39,8 @@ symmetric graph, about 1.45 n k on the benchmark mixture):
   pages never written are never resident: 4 E bytes are.
 * merge: the same arena as the merge lists (grown to at most ``MERGE_SLACK`` x E,
   compacted when full), the vector sums (the float32 rows themselves, 4 n d, or
-  float64 for small pools), and about 190 bytes per row of per-cluster state and
-  tree, 60 of them each slot's certified ranking of its best entries (see
+  float64 for small pools), and about 170 bytes per row of per-cluster state and
+  tree, 64 of them each slot's certified ranking of its best entries (see
   ``_graph_kernels.rac``). No linkage is stored per list entry: a merged
   cluster's are computed from the sums and pushed to its neighbours.
 
