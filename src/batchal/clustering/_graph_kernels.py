@@ -38,7 +38,7 @@ from ._prefetch import prefetch_row
 
 COSINE = 0
 SQEUCLIDEAN = 1
-#: Entries of each slot's certified ranking kept by the merge (see ``_rebuild``): 12 bytes each per row.
+#: Entries of each slot's certified ranking kept by the merge (see ``_push``): 12 bytes each per row.
 TOP_M = 4
 
 

@@ -81,31 +81,32 @@ def heap_update(block, qloc, qid, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr
         that fills up is cut back to its best k (quickselect), which raises
         ``thr``; so one comparison per block entry and O(1) amortised per kept one.
     """
-    r, c = block.shape
-    cap = Bk.shape[1]
-    for i in range(r):
+    for i in range(block.shape[0]):
         q = qloc[i]
-        self_id = qid[i]
-        t = thr[q]
-        n_ = cnt[q]
-        for j in range(c):
-            key = block[i, j]
-            if use_norm:
-                key -= half_sqnorm[cand0 + j]
-            if key >= t:
-                cid = cand0 + j
-                if cid == self_id:
+        cnt[q], thr[q] = _fold_row(block, i, q, qid[i], cand0, half_sqnorm, use_norm, Bk, Bi, cnt[q], thr[q], k)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold_row(block, i, q, self_id, cand0, half_sqnorm, use_norm, Bk, Bi, n_, t, k):
+    """Fold row ``i`` of ``block`` into buffer ``q`` (``n_`` entries, threshold ``t``); returns both."""
+    cap = Bk.shape[1]
+    for j in range(block.shape[1]):
+        key = block[i, j]
+        if use_norm:
+            key -= half_sqnorm[cand0 + j]
+        if key >= t:
+            cid = cand0 + j
+            if cid == self_id:
+                continue
+            if n_ == cap:
+                t = _select_top(Bk[q], Bi[q], n_, k)
+                n_ = k
+                if key < t:
                     continue
-                if n_ == cap:
-                    t = _select_top(Bk[q], Bi[q], n_, k)
-                    n_ = k
-                    if key < t:
-                        continue
-                Bk[q, n_] = key
-                Bi[q, n_] = cid
-                n_ += 1
-        cnt[q] = n_
-        thr[q] = t
+            Bk[q, n_] = key
+            Bi[q, n_] = cid
+            n_ += 1
+    return n_, t
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -146,7 +147,6 @@ def own_cell_update(block, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr, k):
     final neighbour's key is >= the bound; ties are kept and settled as before).
     """
     r, c = block.shape
-    cap = Bk.shape[1]
     nb = (c + _CW - 1) // _CW
     bmax = np.empty(nb, dtype=np.float32)
     bid = np.empty(nb, dtype=np.int32)
@@ -155,22 +155,7 @@ def own_cell_update(block, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr, k):
         if nb >= k:
             _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid)
             t = _select_top(bmax, bid, nb, k)
-        n_ = cnt[i]
-        for j in range(c):
-            key = block[i, j]
-            if use_norm:
-                key -= half_sqnorm[cand0 + j]
-            if key >= t and j != i:
-                if n_ == cap:
-                    t = _select_top(Bk[i], Bi[i], n_, k)
-                    n_ = k
-                    if key < t:
-                        continue
-                Bk[i, n_] = key
-                Bi[i, n_] = cand0 + j
-                n_ += 1
-        cnt[i] = n_
-        thr[i] = t
+        cnt[i], thr[i] = _fold_row(block, i, i, cand0 + i, cand0, half_sqnorm, use_norm, Bk, Bi, cnt[i], t, k)
 
 
 @njit(nogil=True, cache=True)

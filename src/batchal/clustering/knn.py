@@ -11,7 +11,7 @@ Two routes:
   that every distance is part of a dense matrix product: each cell against
   itself, then, per probe rank, the rows grouped by the cell they probe against
   that cell. Blocks are folded into per-row top-k buffers by a numba kernel
-  (``_knn_kernels``); groups run in threads with single-threaded BLAS.
+  (``_knn_kernels``; in a cell's own block each row starts at a lower bound of its k-th best); groups run in threads with single-threaded BLAS.
   ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
   exact k nearest neighbours of 500 random rows and so the recall@k that 1, 2,
   ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:

@@ -190,7 +190,7 @@ def merge_pairs(a_loc, scr0, S, size, sq, metric, heights, sizes):
         sq[a] += sq[b]
 
 
-@njit(fastmath=True, cache=True)  # fastmath as the local _rebuild, which computes the list weights
+@njit(fastmath=True, cache=True)  # fastmath as the local _visit, which computes the list weights
 def weigh_targets(c_gid, scr0, ptr, ys_loc, S, size, sq, metric, start, length, nbr, wt, dirty, reply, sym):
     """For pushed cluster ``c`` (statistics in scratch row ``scr0 + j``) and each local target ``y``:
     store ``_link(y, c)`` in y's entry for c and return ``_link(c, y)`` (the value c's own list keeps).
