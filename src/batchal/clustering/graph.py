@@ -218,9 +218,11 @@ def graph_linkage(
             blk = S[a:b].astype(np.float64)
             sq[a:b] = np.einsum("ij,ij->i", blk, blk)
     end = int(indptr[-1])
-    # list offsets and lengths in int32 while the arena stays below 2^31 entries (live lists
-    # hold at most E entries, plus the pair being appended: under 2 E)
-    pos_dt = np.int32 if 2 * end + n + 1 < 2**31 else np.int64  # growth past 2 E cannot happen
+    # list offsets and lengths in int32 while the arena stays below 2^31 entries: live lists
+    # hold at most E entries, plus the pair being appended (under 2 E); the join of components
+    # loads at most 64 entries per root (a symmetrised 32-NN graph of their means), or 9M for
+    # a complete join of up to COMPLETE_JOIN_MAX roots
+    pos_dt = np.int32 if 2 * max(end, 64 * n, COMPLETE_JOIN_MAX**2) + n + 1 < 2**31 else np.int64
     start = indptr[:-1].astype(pos_dt)
     length = np.diff(indptr).astype(pos_dt)
     del indptr
