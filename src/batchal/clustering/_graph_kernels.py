@@ -382,24 +382,9 @@ def _push(pa, npb, voff, vals, start, length, nbr, parent, stamp, it, topi, topw
                 v = vals[vo + j]
                 if not _before(v, a, tw[y], ty[y]):
                     continue
-                c = topc[y]
-                if c == m:
-                    if not _before(v, a, topw[y, m - 1], topi[y, m - 1]):
-                        tw[y] = topw[y, m - 1]
-                        ty[y] = topi[y, m - 1]
-                        continue
-                    k = m - 1
-                else:
-                    k = c
-                    c += 1
-                while k > 0 and _before(v, a, topw[y, k - 1], topi[y, k - 1]):
-                    topw[y, k] = topw[y, k - 1]
-                    topi[y, k] = topi[y, k - 1]
-                    k -= 1
-                topw[y, k] = v
-                topi[y, k] = a
+                c = _keep_best(topi[y], topw[y], topc[y], a, v)
                 topc[y] = c
-                if c == m:
+                if c == m:  # full: whatever was cut or refused ranks after the last member
                     tw[y] = topw[y, m - 1]
                     ty[y] = topi[y, m - 1]
 
