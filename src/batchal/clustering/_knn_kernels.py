@@ -109,19 +109,12 @@ def _fold_row(block, i, q, self_id, cand0, half_sqnorm, use_norm, Bk, Bi, n_, t,
     return n_, t
 
 
-@njit(nogil=True, cache=True, fastmath=True)
+@njit(nogil=True, cache=True)
 def _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid):
     """Maxima of row ``i``'s keys over blocks of ``_CW`` columns, its own column ``i`` left out."""
     c = block.shape[1]
-    nb = bmax.shape[0]
-    for b in range(nb):
-        mx = -np.inf
-        for j in range(b * _CW, min(c, (b + 1) * _CW)):  # branch-free: vectorises
-            key = block[i, j]
-            if use_norm:
-                key -= half_sqnorm[cand0 + j]
-            mx = key if key > mx else mx
-        bmax[b] = mx
+    _block_max(block[i], half_sqnorm[cand0:cand0 + c], use_norm, bmax)
+    for b in range(bmax.shape[0]):
         bid[b] = b
     b = i // _CW  # redo the block holding column i without it
     mx = -np.inf
@@ -130,7 +123,7 @@ def _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid):
             key = block[i, j]
             if use_norm:
                 key -= half_sqnorm[cand0 + j]
-            mx = key if key > mx else mx
+            mx = max(mx, key)
     bmax[b] = mx
 
 
