@@ -259,31 +259,50 @@ def test_top_cells_equals_a_stable_sort(nc, p, ties):
         np.testing.assert_array_equal(probes[3:], ref[:, 1:])
 
 
-@pytest.mark.parametrize("m,d,l2,dup", [(1581, 16, False, False), (700, 8, True, False), (866, 6, False, True),
-                                        (40, 8, False, False), (300, 4, True, True)])
-def test_own_cell_bound_gives_the_plain_fold(m, d, l2, dup):
-    """The own-cell fold started at the block-maxima bound keeps the same best k (ties included)
-    as the fold started at -inf, for cells wider and narrower than k blocks."""
-    from batchal.clustering import _knn_kernels as KK
+def _ref_top(keys, ids, k):
+    """Plain reference: the best k of (keys, ids) by key descending, then id ascending."""
+    o = np.lexsort((ids, -keys))[:k]
+    out_i = np.full(k, -1, np.int32)
+    out_k = np.full(k, -np.inf, np.float32)
+    out_i[: o.shape[0]] = ids[o]
+    out_k[: o.shape[0]] = keys[o]
+    return out_i, out_k
 
-    rng = np.random.default_rng(m + d)
-    k = 50
+
+def _cell_data(m, d, l2, dup, seed):
+    rng = np.random.default_rng(seed)
     centers = rng.standard_normal((8, d)).astype(np.float32) * 2
     X = centers[rng.integers(0, 8, m)] + rng.standard_normal((m, d)).astype(np.float32)
     if dup:  # exact ties between keys
         X[1::3] = X[0::3][: len(X[1::3])]
     if not l2:
         X /= np.linalg.norm(X, axis=1)[:, None]
+    return X
+
+
+@pytest.mark.parametrize("m,d,l2,dup", [(1581, 16, False, False), (700, 8, True, False), (866, 6, False, True),
+                                        (40, 8, False, False), (300, 4, True, True), (817, 5, False, True)])
+def test_cell_folds_equal_a_plain_reference(m, d, l2, dup):
+    """The fold kernels (own cell from the block-maxima bound, a block from -inf, a probed cell
+    folded straight into running lists) keep exactly the best k of a plain sort, ties by id,
+    never a row's own id, for cells wider and narrower than k blocks."""
+    from batchal.clustering import _knn_kernels as KK
+
+    k = 50
+    X = _cell_data(m, d, l2, dup, m + d)
     X = np.ascontiguousarray(np.vstack([np.zeros((5, d), np.float32), X]))  # the cell starts at row 5
     half = (0.5 * np.einsum("ij,ij->i", X, X)).astype(np.float32) if l2 else np.zeros(1, np.float32)
     rows = np.arange(5, 5 + m, dtype=np.int64)
-    out = []
+    block = X[5:] @ X[5:].T
+    keys = block - half[None, 5:] if l2 else block
+    ref = [_ref_top(np.delete(keys[i], i), np.delete(rows, i).astype(np.int32), k) for i in range(m)]
+    ref_i = np.array([r[0] for r in ref])
+    ref_k = np.array([r[1] for r in ref])
     for bound in (False, True):
         Bk = np.empty((m, 4 * k), np.float32)
         Bi = np.empty((m, 4 * k), np.int32)
         cnt = np.zeros(m, np.int64)
         thr = np.full(m, -np.inf, np.float32)
-        block = X[5:] @ X[5:].T
         if bound:
             KK.own_cell_update(block, 5, half, l2, Bk, Bi, cnt, thr, k)
         else:
@@ -291,6 +310,57 @@ def test_own_cell_bound_gives_the_plain_fold(m, d, l2, dup):
         I = np.empty((5 + m, k), np.int32)
         K = np.empty((5 + m, k), np.float32)
         KK.buf_finish(Bk, Bi, cnt, k, rows, I, K, True)
-        out.append((I[5:], K[5:], cnt))
-    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
-    assert (out[0][0] != np.arange(5, 5 + m)[:, None]).all()  # never a row's own id
+        np.testing.assert_array_equal(I[5:], ref_i)
+        np.testing.assert_array_equal(K[5:], ref_k)
+
+
+@pytest.mark.parametrize("m,c,d,l2,dup", [(300, 700, 8, False, False), (200, 40, 6, True, False),
+                                          (250, 500, 4, False, True), (120, 0, 4, False, False)])
+@pytest.mark.parametrize("order", [False, True])
+def test_probe_fold_equals_the_best_k_of_old_and_new(m, c, d, l2, dup, order):
+    """A probed cell folded straight into the rows' running lists (some rows' lists short, in any
+    order) gives the best k of the old entries and the cell's, as one plain sort would."""
+    from batchal.clustering import _knn_kernels as KK
+
+    k = 30
+    rng = np.random.default_rng(m + c)
+    X = _cell_data(m + c, d, l2, dup, m * c + d)
+    if dup:  # ties between a row's old keys and the probed cell's
+        X[m:m + min(m, c) // 2] = X[: min(m, c) // 2]
+    half = (0.5 * np.einsum("ij,ij->i", X, X)).astype(np.float32) if l2 else np.zeros(1, np.float32)
+    block = X[:m] @ X[m:].T
+    keys = block - half[None, m:] if l2 else block
+    # the queries are rows 0..m-1; their old lists come from a random part of an imaginary pool
+    I = np.full((m, k), -1, np.int32)
+    K = np.full((m, k), -np.inf, np.float32)
+    pool = rng.standard_normal((400, d)).astype(np.float32)
+    olds = []
+    for i in range(m):
+        nold = k if i % 4 else int(rng.integers(0, k))  # every fourth list is short
+        ids = rng.choice(np.arange(m + c, m + c + 400), nold, replace=False).astype(np.int32)
+        kk = (pool[ids - m - c] @ X[i]).astype(np.float32)
+        if dup and nold:
+            kk[: nold // 3] = np.round(kk[: nold // 3], 1)  # ties among old keys
+        if dup and nold == k and c and i % 5 == 0:
+            # the list's worst key equals the cell's best for this row: a tie at the threshold,
+            # which the cell's entry wins (smaller id)
+            top = keys[i].max()
+            kk = np.maximum(kk, top + 1).astype(np.float32)
+            kk[0] = top
+        p = rng.permutation(nold)
+        I[i, :nold] = ids[p]
+        K[i, :nold] = kk[p]
+        olds.append((ids, kk))
+    rows = np.arange(m, dtype=np.int64)
+    KK.probe_fold(block, rows, m, half, l2, I, K, 4 * k, order)
+    for i in range(m):
+        ids = np.concatenate([olds[i][0], np.arange(m, m + c, dtype=np.int32)])
+        kk = np.concatenate([olds[i][1], keys[i]]).astype(np.float32)
+        ri, rk = _ref_top(kk, ids, k)
+        if order:
+            np.testing.assert_array_equal(I[i], ri)
+            np.testing.assert_array_equal(K[i], rk)
+        else:
+            o = np.lexsort((I[i], -K[i]))
+            np.testing.assert_array_equal(I[i][o], ri)
+            np.testing.assert_array_equal(K[i][o], rk)

@@ -79,52 +79,85 @@ def heap_update(block, qloc, qid, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr
     Bk, Bi : (m, cap) buffers (cap >= 2k) of keys and ids; ``cnt`` (m,) their
         fill; ``thr`` (m,) a key every final neighbour beats or ties. A buffer
         that fills up is cut back to its best k (quickselect), which raises
-        ``thr``; so one comparison per block entry and O(1) amortised per kept one.
+        ``thr``; so O(1) amortised per kept entry, and blocks of 16 columns
+        whose maximum is below ``thr`` are skipped after one vectorised pass.
     """
+    bmax = np.empty((block.shape[1] + _CW - 1) // _CW, dtype=np.float32)
+    cap = Bk.shape[1]
     for i in range(block.shape[0]):
         q = qloc[i]
-        cnt[q], thr[q] = _fold_row(block, i, q, qid[i], cand0, half_sqnorm, use_norm, Bk, Bi, cnt[q], thr[q], k)
+        _block_max(block[i], half_sqnorm[cand0:cand0 + block.shape[1]], use_norm, bmax)
+        cnt[q], thr[q] = _fold_row(block, i, Bk[q], Bi[q], cap, qid[i], cand0, half_sqnorm, use_norm, bmax,
+                                   cnt[q], thr[q], k)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _fold_row(block, i, q, self_id, cand0, half_sqnorm, use_norm, Bk, Bi, n_, t, k):
-    """Fold row ``i`` of ``block`` into buffer ``q`` (``n_`` entries, threshold ``t``); returns both."""
-    cap = Bk.shape[1]
-    for j in range(block.shape[1]):
-        key = block[i, j]
-        if use_norm:
-            key -= half_sqnorm[cand0 + j]
-        if key >= t:
-            cid = cand0 + j
-            if cid == self_id:
-                continue
-            if n_ == cap:
-                t = _select_top(Bk[q], Bi[q], n_, k)
-                n_ = k
-                if key < t:
+def _fold_row(block, i, keys, ids, cap, self_id, cand0, half_sqnorm, use_norm, bmax, n_, t, k):
+    """Fold row ``i`` of ``block`` into one buffer (``keys``/``ids``, ``n_`` entries of at most
+    ``cap``, threshold ``t``); returns ``(n_, t)``.
+
+    ``bmax``: an upper bound of the row's keys in each block of ``_CW`` columns
+    (:func:`_block_max`); a block below the current threshold holds nothing that
+    would be kept, so it is skipped. Kept entries, and so the result, are those
+    of a plain scan of every column.
+    """
+    c = block.shape[1]
+    for b in range(bmax.shape[0]):
+        if bmax[b] < t:
+            continue
+        for j in range(b * _CW, min(c, b * _CW + _CW)):
+            key = block[i, j]
+            if use_norm:
+                key -= half_sqnorm[cand0 + j]
+            if key >= t:
+                cid = cand0 + j
+                if cid == self_id:
                     continue
-            Bk[q, n_] = key
-            Bi[q, n_] = cid
-            n_ += 1
+                if n_ == cap:
+                    t = _select_top(keys, ids, n_, k)
+                    n_ = k
+                    if key < t:
+                        continue
+                keys[n_] = key
+                ids[n_] = cid
+                n_ += 1
     return n_, t
 
 
 @njit(nogil=True, cache=True)
-def _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid):
-    """Maxima of row ``i``'s keys over blocks of ``_CW`` columns, its own column ``i`` left out."""
-    c = block.shape[1]
-    _block_max(block[i], half_sqnorm[cand0:cand0 + c], use_norm, bmax)
-    for b in range(bmax.shape[0]):
-        bid[b] = b
-    b = i // _CW  # redo the block holding column i without it
-    mx = -np.inf
-    for j in range(b * _CW, min(c, (b + 1) * _CW)):
-        if j != i:
-            key = block[i, j]
-            if use_norm:
-                key -= half_sqnorm[cand0 + j]
-            mx = max(mx, key)
-    bmax[b] = mx
+def _count_at_least(v, t):
+    c = 0
+    for x in range(v.shape[0]):
+        c += v[x] >= t
+    return c
+
+
+@njit(nogil=True, cache=True)
+def _kth_bound(v, k):
+    """A value ``t`` with at least ``k`` entries of ``v`` >= ``t``, close below the k-th largest.
+
+    Bisection between the smallest finite and the largest entry with a
+    vectorised count per step: 10 steps cost a fraction of a quickselect of
+    ``v`` (branchy, ~20 ns per entry) and leave ``t`` within 1/1024 of the
+    range below the k-th largest. ``-inf`` if fewer than ``k`` entries are finite.
+    """
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for x in range(v.shape[0]):
+        if v[x] > -np.inf:
+            lo = min(lo, v[x])
+            hi = max(hi, v[x])
+    if _count_at_least(v, lo) < k:
+        return np.float32(-np.inf)
+    for _ in range(10):
+        mid = np.float32(0.5) * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        if _count_at_least(v, mid) >= k:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @njit(nogil=True, cache=True)
@@ -132,42 +165,101 @@ def own_cell_update(block, cand0, half_sqnorm, use_norm, Bk, Bi, cnt, thr, k):
     """:func:`heap_update` for a cell against itself (row i is candidate ``cand0 + i``), with
     each row's threshold started at a lower bound of its k-th best key instead of -inf.
 
-    The bound: the k-th largest of the row's maxima over blocks of 16 columns (its
-    own column left out). Those maxima are k distinct entries of the row, so its
-    k-th best is at least that. Started from -inf, the buffer of a row fills with
-    most of the cell (its nearest rows are in it) and is cut back by quickselect
-    several times; from the bound, about its best 1.5k enter. Same result (every
-    final neighbour's key is >= the bound; ties are kept and settled as before).
+    The bound: about the k-th largest of the row's maxima over blocks of 16 columns
+    (its own column left out; :func:`_kth_bound`). At least k of those maxima
+    reach it and they are distinct entries of the row, so its k-th best key does
+    too. Started from -inf, the buffer of a row fills with most of the cell (its
+    nearest rows are in it) and is cut back by quickselect several times; from
+    the bound, about its best 1.5k enter, and only the blocks whose maximum
+    reaches it are scanned. Same result (every final neighbour's key is >= the
+    bound; ties are kept and settled as before).
     """
     r, c = block.shape
     nb = (c + _CW - 1) // _CW
     bmax = np.empty(nb, dtype=np.float32)
-    bid = np.empty(nb, dtype=np.int32)
+    cap = Bk.shape[1]
     for i in range(r):
-        t = -np.inf
+        _block_max(block[i], half_sqnorm[cand0:cand0 + c], use_norm, bmax)
+        b = i // _CW  # redo the block holding column i without it
+        mx = -np.inf
+        for j in range(b * _CW, min(c, (b + 1) * _CW)):
+            if j != i:
+                key = block[i, j]
+                if use_norm:
+                    key -= half_sqnorm[cand0 + j]
+                mx = max(mx, key)
+        bmax[b] = mx
+        t = thr[i]
         if nb >= k:
-            _row_block_max(block, i, half_sqnorm, use_norm, cand0, bmax, bid)
-            t = _select_top(bmax, bid, nb, k)
-        cnt[i], thr[i] = _fold_row(block, i, i, cand0 + i, cand0, half_sqnorm, use_norm, Bk, Bi, cnt[i], t, k)
+            t = max(t, _kth_bound(bmax, k))
+        cnt[i], thr[i] = _fold_row(block, i, Bk[i], Bi[i], cap, cand0 + i, cand0, half_sqnorm, use_norm, bmax,
+                                   cnt[i], t, k)
 
 
 @njit(nogil=True, cache=True)
-def buf_init(Bk, Bi, cnt, thr, rows, I, K):
-    """Start the buffers of ``rows`` from their current best k (``I``, keys ``K``)."""
+def probe_fold(block, rows, cand0, half_sqnorm, use_norm, I, K, cap, order):
+    """Fold a probed cell's block straight into its query rows' running best k.
+
+    block : float32 (r, c), rows ``rows`` (ids into ``I``/``K``) against the
+        candidates ``cand0 .. cand0 + c - 1``, none of which is in a row's list yet
+        (a row's probes are cells other than its own and each other).
+    I, K : (n, k) current best k (ids, keys; -1 / -inf pad), any order; updated.
+    cap : scratch size for the new candidates of one row.
+    order : sort each row's list (key descending, then id): the last pass.
+
+    Each row starts at its current k-th best key (ties pass) and keeps only the
+    new entries that reach it, most rows none (half of them at 10M): its k
+    entries are copied and selected again only when something entered (or to
+    order them). The result is the best k of the old and new entries under the
+    total order of :func:`_better`, as if all had been folded into one buffer.
+    """
     k = I.shape[1]
-    for i in range(rows.shape[0]):
+    r, c = block.shape
+    bmax = np.empty((c + _CW - 1) // _CW, dtype=np.float32)
+    keys = np.empty(cap + k, dtype=np.float32)
+    ids = np.empty(cap + k, dtype=np.int32)
+    for i in range(r):
         g = rows[i]
+        t = K[g, 0]
+        for x in range(1, k):
+            t = min(t, K[g, x])  # -inf while the list is short
         n_ = 0
-        worst = np.inf
+        if c > 0:
+            _block_max(block[i], half_sqnorm[cand0:cand0 + c], use_norm, bmax)
+            n_, t = _fold_row(block, i, keys, ids, cap, -1, cand0, half_sqnorm, use_norm, bmax, 0, t, k)
+        if n_ == 0 and not order:
+            continue
         for x in range(k):
             if I[g, x] >= 0:
-                Bk[i, n_] = K[g, x]
-                Bi[i, n_] = I[g, x]
-                if K[g, x] < worst:
-                    worst = K[g, x]
+                keys[n_] = K[g, x]
+                ids[n_] = I[g, x]
                 n_ += 1
-        cnt[i] = n_
-        thr[i] = worst if n_ == k else -np.inf
+        _finish_row(keys, ids, n_, k, order, I[g], K[g])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _finish_row(keys, ids, n_, k, order, out_i, out_k):
+    """The best k of ``keys/ids[:n_]`` (nearest first, ties by id, when ``order``) into one list."""
+    if n_ > k:
+        _select_top(keys, ids, n_, k)
+        n_ = k
+    for x in range(1, n_ if order else 0):  # insertion sort of the kept ones by (-key, id)
+        kk = keys[x]
+        ii = ids[x]
+        y = x - 1
+        while y >= 0 and _better(kk, ii, keys[y], ids[y]):
+            keys[y + 1] = keys[y]
+            ids[y + 1] = ids[y]
+            y -= 1
+        keys[y + 1] = kk
+        ids[y + 1] = ii
+    for x in range(k):
+        if x < n_:
+            out_i[x] = ids[x]
+            out_k[x] = keys[x]
+        else:
+            out_i[x] = -1
+            out_k[x] = -np.inf
 
 
 @njit(nogil=True, cache=True)
@@ -177,32 +269,9 @@ def buf_finish(Bk, Bi, cnt, k, rows, I, K, order=True):
     Missing neighbours: id -1, key -inf. ``order=False`` leaves the best k in
     any order (a pass that is not the last: the next one only needs the set).
     """
-    m = rows.shape[0]
-    for i in range(m):
-        n_ = cnt[i]
-        keys = Bk[i]
-        ids = Bi[i]
-        if n_ > k:
-            _select_top(keys, ids, n_, k)
-            n_ = k
-        for x in range(1, n_ if order else 0):  # insertion sort of the kept ones by (-key, id)
-            kk = keys[x]
-            ii = ids[x]
-            y = x - 1
-            while y >= 0 and _better(kk, ii, keys[y], ids[y]):
-                keys[y + 1] = keys[y]
-                ids[y + 1] = ids[y]
-                y -= 1
-            keys[y + 1] = kk
-            ids[y + 1] = ii
+    for i in range(rows.shape[0]):
         g = rows[i]
-        for x in range(k):
-            if x < n_:
-                I[g, x] = ids[x]
-                K[g, x] = keys[x]
-            else:
-                I[g, x] = -1
-                K[g, x] = -np.inf
+        _finish_row(Bk[i], Bi[i], cnt[i], k, order, I[g], K[g])
 
 
 @njit(nogil=True, cache=True, fastmath=True)

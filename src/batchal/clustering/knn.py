@@ -525,26 +525,14 @@ def _knn_cells(Xp, cell_ptr, probes, k: int, metric: str, progress: bool, out=No
     cap = BUFFER_PER_K * k
     sizes = np.diff(cell_ptr)
 
-    def block(rows, Q, j, Bk, Bi, cnt, thr):
-        ja, jb = int(cell_ptr[j]), int(cell_ptr[j + 1])
-        if jb > ja:
-            blk = Q @ Xp[ja:jb].T
-            KK.heap_update(blk, np.arange(rows.shape[0]), rows, ja, half, l2, Bk, Bi, cnt, thr, k)
-
     def own_cell(c):
         return own_cell_block(Xp, int(cell_ptr[c]), int(cell_ptr[c + 1]), half, l2, k, I, Kk, npass == 1)
 
     def probe_group(args):
         j, rows, last = args
-        m = rows.shape[0]
-        Bk = np.empty((m, cap), dtype=np.float32)
-        Bi = np.empty((m, cap), dtype=np.int32)
-        cnt = np.zeros(m, dtype=np.int64)
-        thr = np.empty(m, dtype=np.float32)
-        KK.buf_init(Bk, Bi, cnt, thr, rows, I, Kk)
-        block(rows, Xp[rows], j, Bk, Bi, cnt, thr)
-        KK.buf_finish(Bk, Bi, cnt, k, rows, I, Kk, last)
-        return m
+        ja, jb = int(cell_ptr[j]), int(cell_ptr[j + 1])
+        KK.probe_fold(Xp[rows] @ Xp[ja:jb].T, rows, ja, half, l2, I, Kk, cap, last)
+        return rows.shape[0]
 
     nt = n_threads or _n_threads()
     npass = 1 + (probes.shape[1] if probes is not None else 0)
