@@ -104,9 +104,21 @@ def _sym_reference(I, n):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_symmetrize_in_place_equals_reference_on_random_graphs(seed):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_symmetrize_in_place_equals_reference_on_random_graphs(seed, threads):
     """The counting-pass, in-place symmetrisation equals the plain set union, incl. padding,
-    duplicates, self loops and many mutual pairs."""
+    duplicates, self loops and many mutual pairs, with one range of source rows or one per thread."""
+    import numba
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        _check_symmetrize(seed)
+    finally:
+        numba.set_num_threads(saved)
+
+
+def _check_symmetrize(seed):
     from batchal.clustering._graph_kernels import symmetrize_inplace
 
     rng = np.random.default_rng(seed)

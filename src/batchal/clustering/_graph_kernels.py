@@ -71,17 +71,20 @@ def symmetrize_inplace(arena, m, k, n):
     of ``m k`` directed edges can need); only the first ``nnz`` are ever
     written, so the untouched tail of a fresh ``np.empty`` costs no memory.
 
-    Memory: besides the arena, 8 bytes per row (x3) and one byte per directed
-    edge (the mutual flags); the directed lists and the symmetric graph are
-    never held in two buffers.
+    Memory: besides the arena, 8 bytes per row (x3, plus one per thread) and
+    one byte per directed edge (the mutual flags); the directed lists and the
+    symmetric graph are never held in two buffers.
 
     Steps: (1) sort and dedupe each directed row in place (parallel); (2) flag
     every directed edge ``v -> u`` whose reverse ``u -> v`` is also listed
-    (binary search in the sorted row of ``u``, parallel); (3) count, per row,
-    its out-edges plus the in-edges that are not mutual: the exact final
-    degree; (4) move the rows to their final offsets, left-packed first, then
+    (binary search in the sorted row of ``u``, parallel); (3) count, per row
+    and per range of source rows (one range per thread, in parallel), the
+    in-edges that are not mutual: with its out-edges, the exact final degree;
+    (4) move the rows to their final offsets, left-packed first, then
     right-to-left so no row overwrites one not yet moved; (5) append the
-    non-mutual in-edges; (6) merge each row's two sorted runs (parallel).
+    non-mutual in-edges, each source range from its own offsets (parallel, and
+    still in increasing source order per row); (6) merge each row's two sorted
+    runs (parallel).
     """
     outdeg = np.zeros(m, dtype=np.int64)
     if m * k > 0:
@@ -89,15 +92,22 @@ def symmetrize_inplace(arena, m, k, n):
     flags = np.zeros(max(m * k, 1), dtype=np.uint8)
     if m * k > 0:
         _mutual_flags(arena, m, k, outdeg, flags)
-    deg = outdeg.copy() if n == m else np.concatenate([outdeg, np.zeros(n - m, np.int64)])
-    _count_in(arena, m, k, outdeg, flags, deg)
+    # in-edge counts per (source range, row): each thread counts its own sources' edges, and
+    # later fills them from its own offsets, so both scatter passes run in parallel
+    nt = max(1, min(get_num_threads(), m))
+    vsplit = (np.arange(nt + 1, dtype=np.int64) * m) // nt
+    cnt_in = np.zeros((nt, n), dtype=np.int64)
+    _count_in(arena, k, outdeg, flags, vsplit, cnt_in)
+    deg = cnt_in.sum(axis=0)
+    deg[:m] += outdeg
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(deg, out=indptr[1:])
     del deg
     if indptr[n] > arena.shape[0]:
         raise ValueError("arena too small for the symmetric graph")
     _move_rows(arena, m, k, outdeg, indptr)
-    _fill_in(arena, m, k, outdeg, flags, indptr)
+    _fill_in(arena, k, outdeg, flags, indptr, vsplit, cnt_in)
+    del cnt_in
     del flags
     _merge_rows(arena, indptr, outdeg, k)
     return indptr
@@ -141,13 +151,16 @@ def _mutual_flags(arena, m, k, outdeg, flags):
                 flags[a + j] = 1
 
 
-@njit(cache=True)
-def _count_in(arena, m, k, outdeg, flags, deg):
-    for v in range(m):
-        a = v * k
-        for j in range(outdeg[v]):
-            if flags[a + j] == 0:
-                deg[arena[a + j]] += 1
+@njit(parallel=True, cache=True)
+def _count_in(arena, k, outdeg, flags, vsplit, cnt):
+    """``cnt[t, u]``: the non-mutual edges ``v -> u`` with ``v`` in source range ``t``."""
+    for t in prange(vsplit.shape[0] - 1):
+        c = cnt[t]
+        for v in range(vsplit[t], vsplit[t + 1]):
+            a = v * k
+            for j in range(outdeg[v]):
+                if flags[a + j] == 0:
+                    c[arena[a + j]] += 1
 
 
 @njit(cache=True)
@@ -171,20 +184,33 @@ def _move_rows(arena, m, k, outdeg, indptr):
                 arena[d + j] = arena[pos + j]
 
 
-@njit(cache=True)
-def _fill_in(arena, m, k, outdeg, flags, indptr):
+@njit(parallel=True, cache=True)
+def _fill_in(arena, k, outdeg, flags, indptr, vsplit, cnt):
+    """Append each row's non-mutual in-edges after its out-edges, in increasing source order.
+
+    Source range ``t`` writes row ``u``'s in-edges after those of the ranges
+    before it (``cnt`` turned into start offsets), so the ranges fill in
+    parallel into disjoint slots and each row's in-edges still come sorted.
+    """
     n = indptr.shape[0] - 1
-    fill = np.empty(n, dtype=np.int64)
-    for u in range(n):
-        fill[u] = indptr[u] + (outdeg[u] if u < m else 0)
-    for v in range(m):
-        a = indptr[v]
-        f = v * k
-        for j in range(outdeg[v]):
-            if flags[f + j] == 0:
-                u = arena[a + j]
-                arena[fill[u]] = v
-                fill[u] += 1
+    m = outdeg.shape[0]
+    nt = vsplit.shape[0] - 1
+    for u in prange(n):  # counts -> each range's first slot in row u
+        pos = indptr[u] + (outdeg[u] if u < m else 0)
+        for t in range(nt):
+            c = cnt[t, u]
+            cnt[t, u] = pos
+            pos += c
+    for t in prange(nt):
+        fill = cnt[t]
+        for v in range(vsplit[t], vsplit[t + 1]):
+            a = indptr[v]
+            f = v * k
+            for j in range(outdeg[v]):
+                if flags[f + j] == 0:
+                    u = arena[a + j]
+                    arena[fill[u]] = v
+                    fill[u] += 1
 
 
 @njit(parallel=True, cache=True)

@@ -304,35 +304,25 @@ def top_cells(sc, half_c, use_norm, cell, probes, off):
     next ``probes.shape[1]`` best, in order, into ``probes[off + i]`` (ties: smaller cell id).
 
     Two passes, because a plain insertion scan of every score cost as much as the
-    product itself at 6,325 cells: the blocks' maxima (vectorised), then ``t``, the
-    p-th largest block maximum. p distinct scores reach ``t``, so the p best are all
-    ``>= t`` and lie in blocks whose maximum is ``>= t``: only those blocks are
-    scanned, in cell order, so ties resolve as in a full scan.
+    product itself at 6,325 cells: the blocks' maxima (vectorised), then ``t``, a
+    bound with at least p block maxima reaching it (:func:`_kth_bound`). p distinct
+    scores reach ``t``, so the p best are all ``>= t`` and lie in blocks whose
+    maximum is ``>= t``: only those blocks are scanned, the scores ``>= t`` are
+    collected (branch-free) and the best p of them picked in order.
     """
     r, nc = sc.shape
     p = probes.shape[1] + 1
     nch = (nc + _CW - 1) // _CW
     cmax = np.empty(nch, dtype=np.float32)
-    tk = np.empty(p, dtype=np.float32)
-    bk = np.empty(p, dtype=np.float32)
-    bi = np.empty(p, dtype=np.int64)
+    bv = np.empty(nc + p, dtype=np.float32)
+    bc = np.empty(nc + p, dtype=np.int64)
     for i in range(r):
         row = sc[i]
         _block_max(row, half_c, use_norm, cmax)
-        t = -np.inf
+        t = np.float32(-np.inf)
         if nch > p:
-            tk[:] = -np.inf
-            for b in range(nch):
-                v = cmax[b]
-                if v > tk[p - 1]:
-                    y = p - 1
-                    while y > 0 and v > tk[y - 1]:
-                        tk[y] = tk[y - 1]
-                        y -= 1
-                    tk[y] = v
-            t = tk[p - 1]
-        bk[:] = -np.inf
-        bi[:] = -1
+            t = _kth_bound(cmax, p)
+        n_ = 0
         for b in range(nch):
             if cmax[b] < t:
                 continue
@@ -340,14 +330,23 @@ def top_cells(sc, half_c, use_norm, cell, probes, off):
                 v = row[c]
                 if use_norm:
                     v -= half_c[c]
-                if v > bk[p - 1]:
-                    y = p - 1
-                    while y > 0 and v > bk[y - 1]:
-                        bk[y] = bk[y - 1]
-                        bi[y] = bi[y - 1]
-                        y -= 1
-                    bk[y] = v
-                    bi[y] = c
-        cell[off + i] = bi[0]
+                bv[n_] = v
+                bc[n_] = c
+                n_ += v >= t
+        for y in range(n_, p):  # only NaN scores leave fewer than p: no cell (-1), as a scan finds none
+            bv[y] = -np.inf
+            bc[y] = -1
+        for y in range(p):  # selection of the best p, in order (p is small)
+            best = y
+            for x in range(y + 1, n_):
+                if _better(bv[x], bc[x], bv[best], bc[best]):
+                    best = x
+            tv = bv[y]
+            bv[y] = bv[best]
+            bv[best] = tv
+            tc = bc[y]
+            bc[y] = bc[best]
+            bc[best] = tc
+        cell[off + i] = bc[0]
         for y in range(1, p):
-            probes[off + i, y - 1] = bi[y]
+            probes[off + i, y - 1] = bc[y]
