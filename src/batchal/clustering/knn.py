@@ -10,8 +10,12 @@ Two routes:
   its probes. Rows are stored sorted by cell. The search is batched by cell so
   that every distance is part of a dense matrix product: each cell against
   itself, then, per probe rank, the rows grouped by the cell they probe against
-  that cell. Blocks are folded into per-row top-k buffers by a numba kernel
-  (``_knn_kernels``; in a cell's own block each row starts at a lower bound of its k-th best); groups run in threads with single-threaded BLAS.
+  that cell. Blocks are folded into per-row top-k lists by numba kernels
+  (``_knn_kernels``): in a cell's own block each row starts at a lower bound of
+  its k-th best; a probed cell's block goes straight into the rows' running
+  lists, each row starting at its current k-th best (most rows gain nothing);
+  both skip blocks of 16 columns whose maximum is below the row's threshold.
+  Groups run in threads with single-threaded BLAS.
   ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
   exact k nearest neighbours of 500 random rows and so the recall@k that 1, 2,
   ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:
