@@ -35,6 +35,17 @@ def _better(ka, ia, kb, ib):
     return ka > kb or (ka == kb and ia < ib)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _swap(keys, ids, a, b):
+    """Swap entries ``a`` and ``b`` of a (keys, ids) pair of arrays."""
+    tk = keys[a]
+    keys[a] = keys[b]
+    keys[b] = tk
+    ti = ids[a]
+    ids[a] = ids[b]
+    ids[b] = ti
+
+
 @njit(nogil=True, cache=True)
 def _select_top(keys, ids, cnt, k):
     """Partially sort ``keys[:cnt]`` (with ``ids``) so the best ``k`` come first; returns the k-th key."""
@@ -53,12 +64,7 @@ def _select_top(keys, ids, cnt, k):
             while _better(pk, pi, keys[j], ids[j]):
                 j -= 1
             if i <= j:
-                tk = keys[i]
-                keys[i] = keys[j]
-                keys[j] = tk
-                ti = ids[i]
-                ids[i] = ids[j]
-                ids[j] = ti
+                _swap(keys, ids, i, j)
                 i += 1
                 j -= 1
         if kth <= j:
@@ -347,12 +353,7 @@ def top_cells(sc, half_c, use_norm, cell, probes, off):
             for x in range(y + 1, n_):
                 if _better(bv[x], bc[x], bv[best], bc[best]):
                     best = x
-            tv = bv[y]
-            bv[y] = bv[best]
-            bv[best] = tv
-            tc = bc[y]
-            bc[y] = bc[best]
-            bc[best] = tc
+            _swap(bv, bc, y, best)
         cell[off + i] = bc[0]
         for y in range(1, p):
             probes[off + i, y - 1] = bc[y]
