@@ -34,9 +34,9 @@ symmetric graph, about 1.45 n k on the benchmark mixture):
   not count in the resident set.
 * symmetrise: in place in the arena (:func:`._graph_kernels.symmetrize_inplace`):
   a counting pass, then the rows are moved to their final offsets and the
-  reverse edges filled in; besides the arena only 24 bytes per row and one byte
-  per directed edge. The arena is allocated for the worst case (2 n k) but
-  pages never written are never resident: 4 E bytes are.
+  reverse edges filled in; besides the arena only 24 bytes per row (plus 8 per
+  thread) and one byte per directed edge. The arena is allocated for the worst
+  case (2 n k) but pages never written are never resident: 4 E bytes are.
 * merge: the same arena as the merge lists (grown to at most ``MERGE_SLACK`` x E,
   compacted when full), the vector sums (the float32 rows themselves, 4 n d, or
   float64 for small pools), and about 170 bytes per row of per-cluster state and
