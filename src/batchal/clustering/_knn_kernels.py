@@ -155,11 +155,13 @@ def _kth_bound(v, k):
     """
     lo = np.float32(np.inf)
     hi = np.float32(-np.inf)
+    finite = 0  # the entries >= lo, once lo is the smallest finite one
     for x in range(v.shape[0]):
         if v[x] > -np.inf:
             lo = min(lo, v[x])
             hi = max(hi, v[x])
-    if _count_at_least(v, lo) < k:
+            finite += 1
+    if finite < k:
         return np.float32(-np.inf)
     for _ in range(10):
         mid = np.float32(0.5) * (lo + hi)
