@@ -154,8 +154,10 @@ def test_training_budget_is_validated_and_passed_to_the_mlp():
     pytest.importorskip("torch")
     m = make_model("mlp", 3, False, seed=0, epochs=7, max_steps=None)
     assert (m.epochs, m.max_steps) == (7, None)
-    ref = make_model("mlp", 3, False, seed=0, reference=True)
-    assert (ref.epochs, ref.max_steps) == (10, None)
+    ref = make_model("mlp", 3, False, seed=0, reference=True, max_steps=50, training="full")
+    assert (ref.epochs, ref.max_steps, ref.training) == (30, None, "full")  # the reference is never capped
+    with pytest.raises(BatchalInputError, match="training"):
+        SimulationConfig(training="forever").validate(1000)
 
 
 def test_cluster_space_input(tmp_path):
@@ -168,3 +170,110 @@ def test_cluster_space_input(tmp_path):
     bad.cluster_space = "pixels"
     with pytest.raises(BatchalInputError, match="cluster_space"):
         simulate(ds, bad)
+
+
+def test_logreg_warm_start_reaches_the_cold_optimum():
+    """Warm-starting (classes appearing between rounds included) changes the iterations, not the model."""
+    from batchal.simulate.models import LogRegModel
+
+    ds = load_dataset("digits")
+    order = np.argsort(ds.y, kind="stable")  # the first fit sees only some classes
+    first, later = order[:300], np.arange(ds.X.shape[0])
+    warm = LogRegModel(10).set_pool(ds.X)
+    warm.fit(ds.X[first], ds.y[first])
+    assert warm.model_.classes_.shape[0] < 10
+    warm.fit(ds.X[later], ds.y[later])
+    cold = LogRegModel(10, warm_start=False).set_pool(ds.X).fit(ds.X[later], ds.y[later])
+
+    def objective(m):  # scikit-learn's: mean log-loss + ||W||^2 / (2 C n)
+        P = m.predict_proba(ds.X[later]).astype(np.float64)
+        return -np.log(P[later, ds.y[later]]).mean() + (m.model_.coef_ ** 2).sum() / (2 * later.shape[0])
+
+    assert objective(warm) == pytest.approx(objective(cold), rel=2e-3)  # the same optimum, to the solver's tolerance
+    assert (warm.predict_proba(ds.X_test).argmax(1) == cold.predict_proba(ds.X_test).argmax(1)).mean() > 0.98
+    again = LogRegModel(10).set_pool(ds.X).fit(ds.X[later], ds.y[later])
+    again.fit(ds.X[later], ds.y[later])  # from its own optimum: (almost) nothing left to do
+    assert again.n_iter_[1] <= max(3, again.n_iter_[0] // 5)
+
+
+def test_joint_multilabel_logreg_equals_per_class_sklearn():
+    """All classes fitted at once give each class's own scikit-learn logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    from batchal.simulate.models import _JointSigmoid
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 6)).astype(np.float32)
+    Y = (X @ rng.normal(size=(6, 4)) + rng.normal(size=(2000, 4)) > 1).astype(np.int8)
+    P = _JointSigmoid(C=0.5, chunk=300).fit(X, Y).predict_proba(X)  # several chunks
+    for c in range(4):
+        ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=2000).fit(X, Y[:, c]).predict_proba(X)[:, 1]
+        np.testing.assert_allclose(P[:, c], ref, atol=2e-3)
+
+
+def test_mlp_early_stopping_holds_out_and_stops():
+    pytest.importorskip("torch")
+    from batchal.simulate.models import MLPModel
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(3000, 20)).astype(np.float32), rng.integers(0, 3, 3000)  # noise: held-out loss soon rises
+    m = MLPModel(3, hidden=(64,), epochs=200, seed=0, threads=1, patience=2).set_pool(X)
+    m.fit(X, y)
+    epochs, best, rows = m.history_[-1]
+    assert rows == 2700  # 10% held out
+    assert best <= epochs < 200 and epochs - best == 2  # stopped by patience, best epoch kept
+    ds = load_dataset("blobs", size=3000)
+    small = MLPModel(ds.n_classes, hidden=(16,), epochs=4, seed=0, threads=1).set_pool(ds.X).fit(ds.X[:500], ds.y[:500])
+    assert small.history_[-1] == (4, 4, 500)  # below 1,000 rows: every epoch, every row
+    full = MLPModel(ds.n_classes, hidden=(16,), epochs=3, seed=0, threads=1, training="full").set_pool(ds.X)
+    assert full.fit(ds.X, ds.y).history_[-1] == (3, 3, ds.X.shape[0])
+
+
+def test_one_clustering_per_trial_shared_by_specs_and_cached(tmp_path, monkeypatch):
+    """Specs reading clusters share one clustering; logreg's label-free embedding is clustered once in all."""
+    from batchal.simulate import clusters as sim_clusters
+
+    monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = sim_clusters.cluster_embedding
+    monkeypatch.setattr(sim_clusters, "cluster_embedding", lambda E, p, cache=True: calls.append(p) or real(E, p, cache=cache))
+    ds = load_dataset("digits")
+    specs = ["cluster-margin", "cluster-margin:order=margin:tol=0.1", "margin"]
+    a = simulate(ds, small_cfg(strategies=specs, trials=2, rounds=2))
+    assert len(calls) == 1  # two trials x two cluster specs, one clustering
+    d = [x for x in a.diagnostics if "n_clusters" in x]
+    assert len(d) == 4 and len({x["n_clusters"] for x in d}) == 1 and not d[0]["cluster_cached"]
+    b = simulate(ds, small_cfg(strategies=specs, trials=2, rounds=2))
+    assert [x["cluster_cached"] for x in b.diagnostics if "n_clusters" in x] == [True] * 4
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in b.rows]
+    c = simulate(ds, small_cfg(strategies=specs, trials=2, rounds=2, cluster_cache=False))
+    assert not any(x["cluster_cached"] for x in c.diagnostics if "n_clusters" in x)
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in c.rows]
+
+
+def test_label_dependent_embedding_is_clustered_per_trial(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset("blobs", size=1500)
+    res = simulate(ds, small_cfg(strategies=["cluster-margin", "cluster-margin:order=margin", "random"], trials=2,
+                                 rounds=1, model="mlp", epochs=3))
+    d = {x["trial"]: x["cluster_sizes"] for x in res.diagnostics if "n_clusters" in x}
+    assert set(d) == {0, 1} and d[0] != d[1]  # each trial's seed model embeds the pool its own way
+
+
+def test_extra_metrics_and_summary_sections(tmp_path):
+    from batchal.simulate.runner import evaluate, rare_classes
+
+    ds = load_dataset("digits")
+    P = np.eye(ds.n_classes, dtype=np.float32)[ds.y_test]
+    P[ds.y_test == 3] = np.eye(ds.n_classes)[0]  # class 3 always wrong
+    m = evaluate(ds, P, rare=np.array([3, 4]))
+    assert m["balanced_accuracy"] == pytest.approx(0.9)
+    assert m["rare_recall"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(1 - (ds.y_test == 3).mean())
+    counts = np.bincount(ds.y)
+    assert set(counts[rare_classes(ds)]) <= set(np.sort(counts)[:5])
+    simulate(ds, small_cfg(), out_dir=tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    for part in ("Curve range", "Minus random, per round", "balanced accuracy", "Peak memory"):
+        assert part in text, part

@@ -24,6 +24,11 @@ class Model(str, Enum):
     mlp = "mlp"
 
 
+class Training(str, Enum):
+    early_stop = "early-stop"
+    full = "full"
+
+
 @app.command()
 def simulate(
     data: Optional[Path] = typer.Option(None, "--data", help=_DATA_HELP),
@@ -36,8 +41,11 @@ def simulate(
     rounds: int = typer.Option(5, "--rounds", min=1, help="selection rounds after the seed set"),
     trials: int = typer.Option(3, "--trials", min=1, help="repetitions with different seed sets (for the spread)"),
     model: Model = typer.Option(Model.logreg, "--model", help="logistic regression, or a torch MLP (needs torch)"),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round, at most --max-steps steps"),
-    max_steps: int = typer.Option(1000, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round at most (early-stop) or exactly (full)"),
+    training: Training = typer.Option(Training.early_stop, "--training", help="MLP: early-stop = epochs over the labeled set until a held-out 10% of it (at most 20,000 rows) stops improving for 3 epochs; full = --epochs full epochs (converged: check a conclusion with it)"),
+    max_steps: int = typer.Option(0, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
+    warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="logreg: start each round's fit from the previous round's coefficients (same optimum, fewer iterations)"),
+    cluster_cache: bool = typer.Option(True, "--cluster-cache/--no-cluster-cache", help="reuse a clustering of the same embedding and parameters from the cache ($BATCHAL_CACHE or ~/.cache/batchal)"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
     max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
     mean_cluster_size: float = typer.Option(10.0, "--mean-cluster-size", callback=finite(1), help="cluster-margin: cut the clustering where clusters average this size"),
@@ -69,7 +77,8 @@ def simulate(
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
-            epochs=epochs, max_steps=max_steps or None,
+            epochs=epochs, max_steps=max_steps or None, training=training.value, warm_start=warm_start,
+            cluster_cache=cluster_cache,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, cluster_space=cluster_space.value, knn=knn, badge_partitions=partitions, seed=seed,
             n_jobs=jobs, target=target, progress=not quiet,

@@ -1,9 +1,22 @@
 """Models the simulator retrains each round.
 
-A model exposes ``fit(X, y)``, ``predict_proba(X)`` and ``embed(X)``. As in
-the paper, ``embed`` is what the diversity methods and the one-time
-clustering read: the (standardised) input for logistic regression, the last
-hidden layer for the MLP.
+A model exposes ``set_pool(X)``, ``fit(X, y)``, ``predict_proba(X)`` and
+``embed(X)``. As in the paper, ``embed`` is what the diversity methods and the
+one-time clustering read: the (standardised) input for the linear models, the
+last hidden layer for the MLP. ``embedding_uses_labels`` says whether that
+embedding depends on the labeled set (the simulator then clusters once per
+trial) or not (once per dataset, cached).
+
+Training scales with the labeled set, so pools of 1M rows replay in minutes:
+
+- logistic regression is warm-started from the previous round's solution
+  (the problem is convex: the same optimum, reached in fewer iterations);
+- multi-label logistic regression fits every class at once (one L-BFGS over
+  the whole weight matrix, streamed over row chunks) instead of one model per
+  class, which at 1,000 classes would be 1,000 fits a round;
+- the MLP trains by epochs over the labeled set and, by default, stops early
+  on a held-out part of it (:class:`MLPModel`), instead of a fixed step cap
+  that stops short once the labeled set passes a few thousand rows.
 """
 from __future__ import annotations
 
@@ -12,28 +25,67 @@ import numpy as np
 from .._validation import BatchalInputError
 
 MODELS = ("logreg", "mlp")
+#: MLP training rules: stop on a held-out part of the labeled set, or train every epoch (converged)
+TRAINING = ("early-stop", "full")
 
 
-class LogRegModel:
-    """Multinomial logistic regression (one-vs-rest for multi-label); embedding = standardised input."""
+class _Standardise:
+    """Standardisation with statistics of the whole unlabeled pool (no labels used)."""
 
-    def __init__(self, n_classes: int, multilabel: bool = False, C: float = 1.0, max_iter: int = 300, seed: int = 0):
+    mu_ = None
+    sd_ = None
+
+    def set_pool(self, X):
+        X = np.asarray(X)
+        mu = np.zeros(X.shape[1])
+        sq = np.zeros(X.shape[1])
+        for a in range(0, X.shape[0], 65536):  # streamed: the pool may be memory-mapped
+            c = np.asarray(X[a : a + 65536], dtype=np.float64)
+            mu += c.sum(0)
+            sq += (c * c).sum(0)
+        mu /= X.shape[0]
+        sd = np.sqrt(np.maximum(sq / X.shape[0] - mu * mu, 0.0))
+        self.mu_ = mu.astype(np.float32)
+        self.sd_ = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
+        return self
+
+    def _t(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if self.mu_ is None:
+            return np.ascontiguousarray(X)
+        return (X - self.mu_) / self.sd_
+
+
+class LogRegModel(_Standardise):
+    """Multinomial logistic regression; embedding = standardised input.
+
+    Parameters
+    ----------
+    n_classes : int
+    multilabel : bool
+        One sigmoid per class, all fitted jointly (:class:`_JointSigmoid`).
+    C : float
+        Inverse L2 strength, as scikit-learn's.
+    max_iter : int
+        L-BFGS iterations per fit at most.
+    warm_start : bool, default True
+        Start each fit from the previous one's coefficients (classes seen for
+        the first time start at zero). The objective is convex, so the optimum
+        is the same; only the iterations to reach it shrink.
+    """
+
+    embedding_uses_labels = False
+
+    def __init__(self, n_classes: int, multilabel: bool = False, C: float = 1.0, max_iter: int = 300, seed: int = 0,
+                 warm_start: bool = True):
         self.n_classes = n_classes
         self.multilabel = multilabel
         self.C = C
         self.max_iter = max_iter
         self.seed = seed
-        self.scaler_ = None
-
-    def set_pool(self, X: np.ndarray) -> "LogRegModel":
-        """Standardise with statistics of the whole unlabeled pool (no labels used)."""
-        from sklearn.preprocessing import StandardScaler
-
-        self.scaler_ = StandardScaler().fit(X)
-        return self
-
-    def _t(self, X):
-        return X if self.scaler_ is None else self.scaler_.transform(X).astype(np.float32)
+        self.warm_start = warm_start
+        self.model_ = None
+        self.n_iter_: list[int] = []
 
     def fit(self, X, y):
         import warnings
@@ -42,49 +94,142 @@ class LogRegModel:
         from sklearn.linear_model import LogisticRegression
 
         Xt = self._t(X)
+        if self.multilabel:
+            prev = self.model_ if self.warm_start else None
+            self.model_ = _JointSigmoid(self.C, self.max_iter).fit(Xt, y, init=None if prev is None else prev.W_)
+            self.n_iter_.append(self.model_.n_iter_)
+            return self
+        classes = np.unique(y)
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter, warm_start=self.warm_start)
+        init = self._warm_init(classes) if self.warm_start else None
+        if init is not None:
+            model.coef_, model.intercept_ = init
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            if self.multilabel:
-                self.models_ = []
-                for c in range(self.n_classes):
-                    yc = y[:, c]
-                    if yc.min() == yc.max():  # a class not yet seen both ways: constant prediction
-                        self.models_.append(float(yc[0]))
-                    else:
-                        self.models_.append(LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Xt, yc))
-            else:
-                self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Xt, y)
+            model.fit(Xt, y)
+        self.model_ = model
+        self.n_iter_.append(int(np.max(model.n_iter_)))
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        Xt = self._t(X)
-        if self.multilabel:
-            cols = [np.full(Xt.shape[0], m) if isinstance(m, float) else m.predict_proba(Xt)[:, 1] for m in self.models_]
-            return np.clip(np.column_stack(cols), 0, 1).astype(np.float32)
-        P = np.zeros((Xt.shape[0], self.n_classes), dtype=np.float64)
-        P[:, self.model_.classes_] = self.model_.predict_proba(Xt)
-        return P.astype(np.float32)
+    def _warm_init(self, classes):
+        """The previous coefficients laid out for ``classes`` (new classes at zero); None when not applicable."""
+        prev = self.model_
+        if prev is None:
+            return None
+        if classes.shape[0] == 2 or prev.classes_.shape[0] == 2:
+            # binary fits have one coefficient row: reuse it only for the same two classes
+            if np.array_equal(prev.classes_, classes):
+                return prev.coef_.copy(), prev.intercept_.copy()
+            return None
+        coef = np.zeros((classes.shape[0], prev.coef_.shape[1]), dtype=prev.coef_.dtype)
+        icpt = np.zeros(classes.shape[0], dtype=prev.intercept_.dtype)
+        where = np.searchsorted(classes, prev.classes_)
+        ok = (where < classes.shape[0]) & (classes[np.minimum(where, classes.shape[0] - 1)] == prev.classes_)
+        coef[where[ok]] = prev.coef_[ok]
+        icpt[where[ok]] = prev.intercept_[ok]
+        return coef, icpt
+
+    def predict_proba(self, X, chunk: int = 262144) -> np.ndarray:
+        out = np.zeros((np.asarray(X).shape[0], self.n_classes), dtype=np.float32)
+        for a in range(0, out.shape[0], chunk):
+            Xt = self._t(X[a : a + chunk])
+            if self.multilabel:
+                out[a : a + chunk] = self.model_.predict_proba(Xt)
+            else:
+                out[a : a + chunk, self.model_.classes_] = self.model_.predict_proba(Xt)
+        return out
 
     def embed(self, X) -> np.ndarray:
         return np.ascontiguousarray(self._t(X), dtype=np.float32)
 
 
-class MLPModel:
-    """A torch MLP (optional extra); embedding = its last hidden layer.
+class _JointSigmoid:
+    """One logistic regression per class, fitted together by one L-BFGS over the (d + 1, C) weights.
 
-    Trained from scratch each round with Adam for ``epochs`` epochs, but at most
-    ``max_steps`` gradient steps (``None``: no cap), so rounds stay cheap as the
-    labeled set grows: with batches of 128, small sets get their 30 epochs and
-    sets above about 4,000 rows get 1,000 steps (128,000 examples seen).
+    Minimises ``(sum_i sum_c BCE(y_ic, sigmoid(x_i w_c + b_c)) + ||W||^2 / (2 C)) / n``
+    (scikit-learn's per-class objective, summed over classes), streaming the
+    rows in chunks so memory stays O(chunk x C). Hand-written because
+    scikit-learn fits classes one at a time: 1,000 classes are 1,000 fits.
     """
 
+    def __init__(self, C: float = 1.0, max_iter: int = 300, chunk: int = 32768):
+        self.C = C
+        self.max_iter = max_iter
+        self.chunk = chunk
+
+    def fit(self, X, Y, init=None):
+        from scipy.optimize import minimize
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        Y = np.asarray(Y, dtype=np.float32)
+        n, d = X.shape
+        C = Y.shape[1]
+        w0 = np.zeros((d + 1, C)) if init is None else np.asarray(init, dtype=np.float64)
+
+        def fun(w):
+            W = w.reshape(d + 1, C)
+            W32 = W[:d].astype(np.float32)
+            b32 = W[d].astype(np.float32)
+            loss = 0.0
+            G = np.zeros((d, C), dtype=np.float64)
+            gb = np.zeros(C, dtype=np.float64)
+            for a in range(0, n, self.chunk):
+                Z = X[a : a + self.chunk] @ W32 + b32
+                Yc = Y[a : a + self.chunk]
+                # BCE with logits, stable: max(z, 0) - z y + log(1 + exp(-|z|))
+                loss += float(np.sum(np.maximum(Z, 0) - Z * Yc + np.log1p(np.exp(-np.abs(Z)))))
+                R = 1.0 / (1.0 + np.exp(-Z)) - Yc
+                G += X[a : a + self.chunk].T @ R
+                gb += R.sum(0)
+            loss += 0.5 / self.C * float(np.sum(W[:d] ** 2))
+            G += W[:d] / self.C
+            # divided by n as scikit-learn does, so its tolerances mean the same here
+            return loss / n, np.concatenate([G, gb[None]], 0).ravel() / n
+
+        res = minimize(fun, w0.ravel(), jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.max_iter, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps})
+        self.W_ = res.x.reshape(d + 1, C)
+        self.n_iter_ = int(res.nit)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        d = self.W_.shape[0] - 1
+        Z = X @ self.W_[:d].astype(np.float32) + self.W_[d].astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-Z))).astype(np.float32)
+
+
+class MLPModel(_Standardise):
+    """A torch MLP (optional extra); embedding = its last hidden layer.
+
+    Trained from scratch each round with Adam in minibatches of ``batch_size``.
+
+    Training rule (``training``):
+
+    - ``"early-stop"`` (default): epochs over the labeled set, at most
+      ``epochs``. From ``min_rows_for_validation`` labeled rows on,
+      ``val_share`` of them (at most ``val_cap``) are held out, the model is
+      scored on them after every epoch, training stops once the held-out loss
+      has not improved for ``patience`` epochs, and the best epoch's weights
+      are kept. Cost grows with the labeled set, as it must: a fixed step cap
+      stops short at 1M-row pools (BENCHMARKS.md, *Label savings at scale*).
+    - ``"full"``: exactly ``epochs`` epochs over the whole labeled set
+      (converged training; the check that a conclusion does not depend on the rule).
+
+    ``max_steps`` (None: no cap) caps the gradient steps of either rule.
+    """
+
+    embedding_uses_labels = True
+
     def __init__(self, n_classes: int, multilabel: bool = False, hidden=(256, 128), epochs: int = 30,
-                 max_steps: int | None = 1000, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 seed: int = 0, threads: int | None = None):
+                 max_steps: int | None = None, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 seed: int = 0, threads: int | None = None, training: str = "early-stop", patience: int = 3,
+                 val_share: float = 0.1, val_cap: int = 20_000, min_rows_for_validation: int = 1_000):
         try:
             import torch  # noqa: F401
         except ImportError as exc:
             raise BatchalInputError("--model mlp needs torch: pip install torch==2.13.0 (or 'batchal[torch]')") from exc
+        if training not in TRAINING:
+            raise BatchalInputError(f"training must be one of {', '.join(TRAINING)}; got {training!r}")
         self.n_classes = n_classes
         self.multilabel = multilabel
         self.hidden = tuple(hidden)
@@ -95,22 +240,19 @@ class MLPModel:
         self.weight_decay = weight_decay
         self.seed = seed
         self.threads = threads
-        self.mu_ = None
-        self.sd_ = None
+        self.training = training
+        self.patience = patience
+        self.val_share = val_share
+        self.val_cap = val_cap
+        self.min_rows_for_validation = min_rows_for_validation
         self._fits = 0
+        #: per fit: (epochs run, best epoch, rows trained on)
+        self.history_: list[tuple[int, int, int]] = []
 
-    def set_pool(self, X):
-        self.mu_ = X.mean(0).astype(np.float32)
-        self.sd_ = (X.std(0) + 1e-6).astype(np.float32)
-        return self
-
-    def _t(self, X):
+    def _tensor(self, X):
         import torch
 
-        X = np.asarray(X, dtype=np.float32)
-        if self.mu_ is not None:
-            X = (X - self.mu_) / self.sd_
-        return torch.from_numpy(np.ascontiguousarray(X))
+        return torch.from_numpy(np.ascontiguousarray(self._t(X)))
 
     def fit(self, X, y):
         import torch
@@ -129,7 +271,7 @@ class MLPModel:
         self.head_ = nn.Linear(d, self.n_classes)
         params = list(self.body_.parameters()) + list(self.head_.parameters())
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        Xt = self._t(X)
+        Xt = self._tensor(X)
         if self.multilabel:
             yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
             loss_fn = nn.BCEWithLogitsLoss()
@@ -137,35 +279,61 @@ class MLPModel:
             yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
             loss_fn = nn.CrossEntropyLoss()
         n = Xt.shape[0]
+        val = None
+        if self.training == "early-stop" and n >= self.min_rows_for_validation:
+            n_val = int(min(self.val_cap, max(1, round(self.val_share * n))))
+            perm = torch.randperm(n, generator=g)
+            val, tr = perm[:n_val], perm[n_val:]
+            Xv, yv = Xt[val], yt[val]
+            Xt, yt = Xt[tr], yt[tr]
+            n = Xt.shape[0]
         bs = min(self.batch_size, n)
         steps_per_epoch = max(1, n // bs)
-        total = self.epochs * steps_per_epoch
+        budget = self.epochs * steps_per_epoch
         if self.max_steps is not None:
-            total = min(total, max(self.max_steps, steps_per_epoch))
-        self.body_.train()
-        step = 0
-        while step < total:
-            perm = torch.randperm(n, generator=g)
+            budget = min(budget, max(self.max_steps, steps_per_epoch))
+        best, best_epoch, best_state, epoch, step = float("inf"), 0, None, 0, 0
+        while step < budget:
+            self.body_.train()
+            order = torch.randperm(n, generator=g)
             for i in range(steps_per_epoch):
-                idx = perm[i * bs : (i + 1) * bs]
+                idx = order[i * bs : (i + 1) * bs]
                 opt.zero_grad()
                 loss = loss_fn(self.head_(self.body_(Xt[idx])), yt[idx])
                 loss.backward()
                 opt.step()
                 step += 1
-                if step >= total:
+                if step >= budget:
                     break
+            epoch += 1
+            if val is None:
+                continue
+            self.body_.eval()
+            with torch.no_grad():
+                vl = float(loss_fn(self.head_(self.body_(Xv)), yv))
+            if vl < best - 1e-6:
+                best, best_epoch = vl, epoch
+                best_state = ([p.detach().clone() for p in self.body_.parameters()],
+                              [p.detach().clone() for p in self.head_.parameters()])
+            elif epoch - best_epoch >= self.patience:
+                break
+        if best_state is not None:
+            with torch.no_grad():
+                for p, b in zip(list(self.body_.parameters()) + list(self.head_.parameters()),
+                                best_state[0] + best_state[1]):
+                    p.copy_(b)
         self.body_.eval()
+        self.history_.append((epoch, best_epoch if val is not None else epoch, int(n)))
         return self
 
-    def _forward(self, X, chunk=8192):
+    def _forward(self, X, chunk=65536):
         import torch
 
-        Xt = self._t(X)
+        X = np.asarray(X)
         H, Z = [], []
         with torch.no_grad():
-            for a in range(0, Xt.shape[0], chunk):
-                h = self.body_(Xt[a : a + chunk])
+            for a in range(0, X.shape[0], chunk):
+                h = self.body_(self._tensor(X[a : a + chunk]))
                 H.append(h.numpy())
                 Z.append(self.head_(h).numpy())
         return np.concatenate(H), np.concatenate(Z)
@@ -185,24 +353,20 @@ class MLPModel:
         return np.ascontiguousarray(H, dtype=np.float32)
 
 
-#: Epochs of the MLP trained on the whole pool (the reference for the target accuracy).
-REFERENCE_EPOCHS = 10
-
-
 def make_model(name: str, n_classes: int, multilabel: bool, seed: int, threads: int | None = None,
-               reference: bool = False, epochs: int = 30, max_steps: int | None = 1000):
+               reference: bool = False, epochs: int = 30, max_steps: int | None = None,
+               training: str = "early-stop", warm_start: bool = True):
     """A fresh model by name.
 
-    ``epochs`` and ``max_steps`` set the MLP's training budget per round (ignored
-    by ``logreg``). ``reference=True`` is the model trained on the whole pool that
-    sets the target accuracy: the MLP then trains ``REFERENCE_EPOCHS`` full epochs instead of the
-    step cap, since a capped reference (2 epochs of a 60K pool) would be weaker than
-    models trained on a fraction of the pool and make the target meaningless.
+    ``epochs``, ``max_steps`` and ``training`` set the MLP's training rule per
+    round (see :class:`MLPModel`); ``warm_start`` applies to ``logreg``.
+    ``reference=True`` is the model trained on the whole pool that sets the
+    target metric: the same rule, without a step cap (a capped reference would
+    be weaker than models trained on a fraction of the pool).
     """
     if name == "logreg":
-        return LogRegModel(n_classes, multilabel, seed=seed)
+        return LogRegModel(n_classes, multilabel, seed=seed, warm_start=warm_start)
     if name == "mlp":
-        if reference:
-            return MLPModel(n_classes, multilabel, epochs=REFERENCE_EPOCHS, max_steps=None, seed=seed, threads=threads)
-        return MLPModel(n_classes, multilabel, epochs=epochs, max_steps=max_steps, seed=seed, threads=threads)
+        return MLPModel(n_classes, multilabel, epochs=epochs, max_steps=None if reference else max_steps,
+                        seed=seed, threads=threads, training=training)
     raise BatchalInputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

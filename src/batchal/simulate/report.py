@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write
-from .models import REFERENCE_EPOCHS
 
-COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "select_seconds",
+COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accuracy", "rare_recall", "micro_ap",
+           "select_seconds", "fit_seconds", "train_epochs",
            "batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share",
            "diag_k_m", "diag_candidate_clusters", "diag_candidate_repeat_share",
            "diag_margin_batch_clusters", "diag_margin_batch_repeat_share",
@@ -198,8 +198,11 @@ def summary_markdown(res) -> str:
     lines = [f"# Simulation: {res.dataset}", ""]
     budget = ""
     if cfg.model == "mlp":
-        cap = cfg.max_steps
-        budget = f" ({cfg.epochs} epochs, " + (f"at most {cap:,} steps)" if cap else "no step cap)")
+        cap = f", at most {cfg.max_steps:,} steps" if cfg.max_steps else ""
+        budget = (f" (training `{cfg.training}`: " + ("epochs until a held-out 10% of the labeled set stops improving, "
+                  f"at most {cfg.epochs}" if cfg.training == "early-stop" else f"{cfg.epochs} full epochs") + f"{cap})")
+    elif cfg.model == "logreg":
+        budget = " (warm-started each round)" if cfg.warm_start else " (cold-started each round)"
     lines.append(
         f"model `{cfg.model}`{budget}, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
         f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "
@@ -217,8 +220,14 @@ def summary_markdown(res) -> str:
             f"pool rows are single, {100 * red['share_rows_in_groups_of_10_plus']:.1f}% in groups of 10 or more). "
             f"Rows per multiplicity: {top}, ... The test split is untouched."
         )
-    ref = f" ({REFERENCE_EPOCHS} epochs)" if cfg.model == "mlp" else ""
-    lines.append(f"\nSame model trained on the whole pool{ref}: {metric} {res.full_score:.4f}.")
+    seed_m = float(np.nanmean(_by(res.rows, strategies[0])[1][0]))
+    lines.append(f"\nCurve range: {metric} {seed_m:.4f} from the seed set ({cfg.seed_size:,} labels) and "
+                 f"{res.full_score:.4f} for the same model trained on the whole pool (same training rule, no step "
+                 f"cap){_rise_note(seed_m, res.full_score)}. Judge every saving below against this range.")
+    peak = getattr(res, "peak_rss", None)
+    if peak:
+        lines.append(f"\nPeak memory (resident): {peak['main'] / 2**30:.2f} GiB in the main process, "
+                     f"{peak['largest_worker'] / 2**30:.2f} GiB in the largest worker process.")
     # per-round table
     lines += ["", f"## {metric} per round (mean ± standard error over trials)", ""]
     curves = {s: _by(res.rows, s) for s in strategies}
@@ -264,6 +273,8 @@ def summary_markdown(res) -> str:
             vs = [verdict(curves[s][1][i] - mg[i])[2] for i in range(1, mg.shape[0])]
             counts.append(f"{s}: {vs.count('above')} above / {vs.count('within spread')} within / {vs.count('below')} below")
         lines.append("Rounds vs margin: " + "; ".join(counts) + ".")
+    lines += _versus_random(res, curves)
+    lines += _extra_metrics(res)
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
         space = ("the seed model's embedding" if cfg.cluster_space == "embedding"
@@ -271,10 +282,15 @@ def summary_markdown(res) -> str:
         lines += ["", f"## Clustering (one per trial, on {space})", ""]
         lines.append("| trial | method | clusters | threshold | singleton share | label purity | seconds |")
         lines.append("|---:|---|---:|---:|---:|---:|---:|")
+        seen = set()
         for d in cms:
+            if d["trial"] in seen:  # every spec of a trial reads the same clustering
+                continue
+            seen.add(d["trial"])
             purity = f"{d['purity']:.3f}" if d.get("purity") is not None else "—"
+            secs = f"{d['cluster_seconds']:.1f}" + (" (cached)" if d.get("cluster_cached") else "")
             lines.append(f"| {d['trial']} | {d['cluster_method']} | {d['n_clusters']:,} | {d['threshold']:.4g} | "
-                         f"{d['singleton_share']:.3f} | {purity} | {d['cluster_seconds']:.1f} |")
+                         f"{d['singleton_share']:.3f} | {purity} | {secs} |")
         lines += ["", "Label purity: share of pool rows whose true label is their cluster's majority label "
                   "(multi-class only); a low purity means the clusters do not follow the classes."]
     diag_cols = ["batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share"]
@@ -313,6 +329,74 @@ def summary_markdown(res) -> str:
     lines += ["", "Outputs: `results.csv` (one row per strategy, trial and round), `curves.png`, "
               "`diagnostics.png`, `cluster_sizes.png`, `run.json`.", ""]
     return "\n".join(lines)
+
+
+def _rise_note(seed: float, full: float) -> str:
+    """Flags a curve too flat to show differences between strategies."""
+    rise = full - seed
+    if rise < 0.02:
+        return (f"; the curve rises only {rise:+.4f} from seed set to whole pool: too flat for this pool to "
+                "separate strategies")
+    return f"; a rise of {rise:.4f}"
+
+
+def _versus_random(res, curves) -> list[str]:
+    """Per round, each strategy against random (paired by trial): where active selection falls below random.
+
+    Below random is the low-budget regime of Hacohen et al. (ICML 2022): while the
+    labeled set is small for the task, uncertain items are the hard, atypical ones.
+    """
+    strategies = res.config.strategies
+    if "random" not in strategies:
+        return []
+    others = [s for s in strategies if s != "random"]
+    _, rnd = curves["random"]
+    lines = ["", "## Minus random, per round (paired by trial; verdict at 2 standard errors)", ""]
+    lines.append("| labels | " + " | ".join(others) + " |")
+    lines.append("|---:|" + "---|" * len(others))
+    lab0 = curves["random"][0]
+    below = {s: [] for s in others}
+    for i in range(1, rnd.shape[0]):
+        cells = []
+        for s in others:
+            m, se, v = verdict(curves[s][1][i] - rnd[i])
+            cells.append(f"{m:+.4f} ± {se:.4f} {v}")
+            if v == "below":
+                below[s].append(int(lab0[i]))
+        lines.append(f"| {int(lab0[i]):,} | " + " | ".join(cells) + " |")
+    flagged = {s: v for s, v in below.items() if v}
+    lines.append("")
+    if flagged:
+        lines.append("**Below random** (the low-budget regime, where uncertainty picks atypical items; Hacohen et "
+                     "al. 2022): " + "; ".join(f"{s} at {', '.join(f'{x:,}' for x in v)} labels"
+                                               for s, v in flagged.items()) + ".")
+    else:
+        lines.append("No strategy is below random at any round.")
+    return lines
+
+
+def _extra_metrics(res) -> list[str]:
+    """Balanced accuracy and rare-class recall (multi-class), pooled AP (multi-label): first and last round."""
+    cols = ["micro_ap"] if res.metric_name == "mAP" else ["balanced_accuracy", "rare_recall"]
+    names = {"micro_ap": "pooled (micro) AP", "balanced_accuracy": "balanced accuracy",
+             "rare_recall": "recall of the rarest classes"}
+    if not any(c in r for r in res.rows for c in cols):
+        return []
+    last = max(r["round"] for r in res.rows)
+    lines = ["", "## " + ", ".join(names[c] for c in cols) + " (mean over trials: seed set -> last round)", ""]
+    lines.append("| strategy | " + " | ".join(names[c] for c in cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for s in res.config.strategies:
+        cells = []
+        for c in cols:
+            a = [r[c] for r in res.rows if r["strategy"] == s and r["round"] == 0 and c in r]
+            b = [r[c] for r in res.rows if r["strategy"] == s and r["round"] == last and c in r]
+            cells.append(f"{np.nanmean(a):.4f} -> {np.nanmean(b):.4f}" if a and b else "—")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if "rare_recall" in cols:
+        lines += ["", "Rarest classes: the (at most 5) classes least frequent in the pool; on a balanced pool "
+                  "they are arbitrary."]
+    return lines
 
 
 def _plt():

@@ -4,13 +4,18 @@ Each (trial, strategy) run: a uniform random seed set (the same for every
 strategy of a trial), a model trained on it, then rounds of
 select -> reveal labels -> retrain -> evaluate on the test split. As in the
 paper, Cluster-Margin clusters the pool once per trial, on the embedding of
-the model trained on the seed set. Runs execute in parallel processes.
+the model trained on the seed set; that clustering is computed once and shared
+by every spec of the trial (once per dataset, and cached on disk, where the
+embedding does not depend on the labels: see :mod:`.clusters`). Runs execute
+in parallel processes.
 """
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,8 +23,10 @@ import numpy as np
 from .._validation import BatchalInputError
 from ..selectors import Pool
 from ..selectors.spec import parse_spec, split_specs
+from . import clusters as _clusters
+from .clusters import cluster_purity  # noqa: F401  (public name kept here)
 from .datasets import Dataset
-from .models import MODELS, make_model
+from .models import MODELS, TRAINING, make_model
 
 
 @dataclass
@@ -33,7 +40,9 @@ class SimulationConfig:
     trials: int = 3
     model: str = "logreg"
     epochs: int = 30
-    max_steps: int | None = 1000
+    max_steps: int | None = None
+    training: str = "early-stop"
+    warm_start: bool = True
     margin_factor: float = 10.0
     max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
@@ -41,6 +50,7 @@ class SimulationConfig:
     cluster_space: str = "embedding"
     cluster_method: str = "auto"
     knn: int = 50
+    cluster_cache: bool = True
     badge_partitions: int = 1
     seed: int = 0
     n_jobs: int | None = None
@@ -56,6 +66,8 @@ class SimulationConfig:
             raise BatchalInputError(f"cluster_space must be 'embedding' or 'input'; got {self.cluster_space!r}")
         if self.model not in MODELS:
             raise BatchalInputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.training not in TRAINING:
+            raise BatchalInputError(f"training must be one of {', '.join(TRAINING)}; got {self.training!r}")
         if self.max_steps is not None and int(self.max_steps) < 1:
             raise BatchalInputError(f"max_steps must be >= 1 (or None for no cap); got {self.max_steps}")
         for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
@@ -68,14 +80,49 @@ class SimulationConfig:
             )
 
 
-def _metric(dataset: Dataset, P: np.ndarray) -> float:
-    """Accuracy (multi-class) or macro mAP over classes present in the test set (multi-label)."""
+#: classes whose recall is reported as the rare-class recall (the rarest in the pool)
+N_RARE = 5
+
+
+def rare_classes(dataset: Dataset) -> np.ndarray:
+    """The ``min(N_RARE, n_classes // 2)`` classes rarest in the pool (ties: lower class id), multi-class only."""
+    counts = np.bincount(np.asarray(dataset.y), minlength=dataset.n_classes)
+    present = np.flatnonzero(counts)
+    k = max(1, min(N_RARE, present.shape[0] // 2))
+    return present[np.argsort(counts[present], kind="stable")[:k]]
+
+
+def evaluate(dataset: Dataset, P: np.ndarray, rare: np.ndarray | None = None) -> dict:
+    """Test metrics of predictions ``P`` on the test split.
+
+    Multi-class: ``accuracy`` (the headline), ``balanced_accuracy`` (mean recall
+    over the classes in the test split) and ``rare_recall`` (mean recall of the
+    pool's rarest classes, :func:`rare_classes`). Multi-label: ``accuracy`` holds
+    the macro average precision over classes present in the test split (the
+    headline mAP, as Open Images reports), ``micro_ap`` the pooled one.
+    """
+    yt = dataset.y_test
     if dataset.multilabel:
         from sklearn.metrics import average_precision_score
 
-        keep = dataset.y_test.sum(0) > 0
-        return float(average_precision_score(dataset.y_test[:, keep], P[:, keep], average="macro"))
-    return float((P.argmax(1) == dataset.y_test).mean())
+        keep = yt.sum(0) > 0
+        return {"accuracy": float(average_precision_score(yt[:, keep], P[:, keep], average="macro")),
+                "micro_ap": float(average_precision_score(yt[:, keep], P[:, keep], average="micro"))}
+    pred = P.argmax(1)
+    n_c = max(dataset.n_classes, P.shape[1])
+    hit = np.bincount(yt[pred == yt], minlength=n_c).astype(float)
+    tot = np.bincount(yt, minlength=n_c).astype(float)
+    recall = np.where(tot > 0, hit / np.maximum(tot, 1), np.nan)
+    out = {"accuracy": float((pred == yt).mean()), "balanced_accuracy": float(np.nanmean(recall))}
+    if rare is not None:
+        r = recall[rare]
+        out["rare_recall"] = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+    return out
+
+
+def _metric(dataset: Dataset, P: np.ndarray) -> float:
+    """The headline metric: accuracy (multi-class) or macro mAP (multi-label)."""
+    return evaluate(dataset, P)["accuracy"]
 
 
 def _limit_threads(n: int | None) -> None:
@@ -92,15 +139,6 @@ def _limit_threads(n: int | None) -> None:
         pass
 
 
-def cluster_purity(clusters: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows whose label is the majority label of their cluster (a diagnostic of the embedding)."""
-    cl_lab, counts = np.unique(np.stack([clusters.astype(np.int64), y.astype(np.int64)], 1), axis=0,
-                               return_counts=True)
-    best = np.zeros(int(clusters.max()) + 1, dtype=np.int64)
-    np.maximum.at(best, cl_lab[:, 0], counts)
-    return float(best.sum() / clusters.shape[0])
-
-
 def trial_seed(base: int, trial: int) -> int:
     return int(base) * 10_007 + int(trial)
 
@@ -109,6 +147,132 @@ def selector_defaults(cfg: SimulationConfig) -> dict:
     """Configuration values a strategy spec falls back to for parameters it does not set."""
     return {"margin_factor": cfg.margin_factor, "max_candidate_share": cfg.max_candidate_share,
             "partitions": cfg.badge_partitions, "progress": False}
+
+
+def _new_model(dataset: Dataset, cfg: SimulationConfig, ts: int, threads: int | None, reference: bool = False):
+    return make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
+                      reference=reference, epochs=cfg.epochs, max_steps=cfg.max_steps, training=cfg.training,
+                      warm_start=cfg.warm_start)
+
+
+def seed_set(n: int, cfg: SimulationConfig, trial: int) -> np.ndarray:
+    """The trial's uniform random seed set (the same for every strategy of the trial)."""
+    return np.random.default_rng(trial_seed(cfg.seed, trial)).choice(n, size=cfg.seed_size, replace=False)
+
+
+def _say(cfg: SimulationConfig, text: str) -> None:
+    """A progress line on stderr when progress is on and stderr is not a terminal (logs, CI, nohup)."""
+    if cfg.progress and not sys.stderr.isatty():
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def trial_clusters(dataset: Dataset, cfg: SimulationConfig, trial: int, threads: int | None = None):
+    """The trial's one-time clustering, shared by its specs; returns ``(labels, diagnostics)``.
+
+    Clusters the seed model's embedding (or the input, ``cluster_space="input"``).
+    When no label enters that embedding the result is the same for every trial:
+    the clustering then uses the run's seed, not the trial's, so trials share it
+    (and the disk cache serves every later run on the same pool).
+    """
+    _limit_threads(threads)
+    ts = trial_seed(cfg.seed, trial)
+    X, y = dataset.X, dataset.y
+    model = _new_model(dataset, cfg, ts, threads)
+    model.set_pool(X)
+    free = _clusters.labels_free(cfg, model)
+    if cfg.cluster_space == "input":
+        E = np.ascontiguousarray(X, dtype=np.float32)
+    else:
+        if not free:
+            labeled = seed_set(X.shape[0], cfg, trial)
+            model.fit(X[labeled], y[labeled])
+        E = model.embed(X)
+    params = _clusters.clustering_params(cfg, cfg.seed if free else ts)
+    res = _clusters.cluster_embedding(E, params, cache=cfg.cluster_cache)
+    del E
+    diag = _clusters.diagnostics(res, y, dataset.multilabel)
+    _say(cfg, f"clustering for trial {trial}{' (shared by every trial)' if free else ''}: "
+              f"{diag['n_clusters']:,} clusters, {res['method']}, "
+              + ("from the cache" if res["cached"] else f"{res['seconds']:.0f} s"))
+    return res["labels"], diag
+
+
+def _batch_diagnostics(dataset, labeled_before, batch, P, clusters, sel_diag) -> dict:
+    row = {}
+    if dataset.multilabel:
+        m = np.abs(2.0 * P[batch] - 1.0).min(1)
+    else:
+        top2 = np.sort(P[batch], axis=1)[:, -2:]
+        m = top2[:, 1] - top2[:, 0]
+    row["batch_mean_margin"] = float(m.mean())
+    if not dataset.multilabel:
+        freq = np.bincount(dataset.y[batch], minlength=dataset.n_classes) / batch.shape[0]
+        nz = freq[freq > 0]
+        row["batch_label_entropy"] = float(-(nz * np.log(nz)).sum())
+    if clusters is not None:
+        row["batch_clusters"] = int(np.unique(clusters[batch]).shape[0])
+    if dataset.source is not None:
+        row["batch_copy_share"] = copy_share(dataset.source, labeled_before, batch)
+    row.update({f"diag_{k}": v for k, v in sel_diag.items()})
+    return row
+
+
+def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, threads: int | None = None,
+            clusters: tuple | None = None):
+    """One strategy (a spec) over all rounds of one trial; returns (rows, diagnostics).
+
+    ``clusters`` is the trial's ``(labels, diagnostics)`` from :func:`trial_clusters`,
+    computed here when the spec reads clusters and none is given.
+    """
+    _limit_threads(threads)
+    spec = parse_spec(strategy)
+    ts = trial_seed(cfg.seed, trial)
+    X, y = dataset.X, dataset.y
+    labeled = seed_set(X.shape[0], cfg, trial)
+    t_run = time.perf_counter()
+    model = _new_model(dataset, cfg, ts, threads)
+    model.set_pool(X)
+    model.fit(X[labeled], y[labeled])
+    diag = {"trial": trial, "strategy": strategy}
+    cl = None
+    if "clusters" in spec.requires:
+        if clusters is None:
+            clusters = trial_clusters(dataset, cfg, trial, threads)
+        cl = clusters[0]
+        diag.update(clusters[1])
+    rare = None if dataset.multilabel else rare_classes(dataset)
+    rows = []
+
+    def record(r, sel_seconds, fit_seconds, extra=None):
+        row = dict(strategy=strategy, trial=trial, round=r, n_labeled=int(labeled.shape[0]),
+                   select_seconds=sel_seconds, fit_seconds=fit_seconds)
+        row.update(evaluate(dataset, model.predict_proba(dataset.X_test), rare))
+        if hasattr(model, "history_") and model.history_:
+            row["train_epochs"] = model.history_[-1][0]
+        if extra:
+            row.update(extra)
+        rows.append(row)
+        _say(cfg, f"trial {trial} {strategy} round {r}/{cfg.rounds}: {row['n_labeled']:,} labels, "
+                  f"{'mAP' if dataset.multilabel else 'accuracy'} {row['accuracy']:.4f} "
+                  f"(select {sel_seconds:.1f} s, fit {fit_seconds:.1f} s; {time.perf_counter() - t_run:.0f} s in this run)")
+
+    record(0, 0.0, 0.0)
+    for r in range(1, cfg.rounds + 1):
+        P = model.predict_proba(X)
+        E = model.embed(X) if "embeddings" in spec.requires else None
+        t0 = time.perf_counter()
+        selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
+        batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl, labeled=labeled,
+                                     multilabel=dataset.multilabel), cfg.batch_size)
+        dt = time.perf_counter() - t0
+        del E
+        extra = _batch_diagnostics(dataset, labeled, batch, P, cl, dict(getattr(selector, "diagnostics_", {})))
+        del P
+        labeled = np.concatenate([labeled, batch])
+        t1 = time.perf_counter()
+        model.fit(X[labeled], y[labeled])
+        record(r, dt, time.perf_counter() - t1, extra)
+    return rows, diag
 
 
 def copy_share(source: np.ndarray, labeled_before: np.ndarray, batch: np.ndarray) -> float:
@@ -121,83 +285,16 @@ def copy_share(source: np.ndarray, labeled_before: np.ndarray, batch: np.ndarray
     return dup / max(batch.shape[0], 1)
 
 
-def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, threads: int | None = None):
-    """One strategy (a spec) over all rounds of one trial; returns (rows, diagnostics)."""
-    _limit_threads(threads)
-    spec = parse_spec(strategy)
-    ts = trial_seed(cfg.seed, trial)
-    rng = np.random.default_rng(ts)
-    X, y = dataset.X, dataset.y
-    n = X.shape[0]
-    labeled = rng.choice(n, size=cfg.seed_size, replace=False)
-    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
-                       epochs=cfg.epochs, max_steps=cfg.max_steps)
-    model.set_pool(X)
-    model.fit(X[labeled], y[labeled])
-    diag = {"trial": trial, "strategy": strategy}
-    clusters = None
-    if "clusters" in spec.requires:
-        from ..clustering import AverageLinkage
-
-        t0 = time.perf_counter()
-        hac = AverageLinkage(mean_cluster_size=cfg.mean_cluster_size, metric=cfg.metric,
-                             method=cfg.cluster_method, knn=cfg.knn, random_state=ts)
-        hac.fit(model.embed(X) if cfg.cluster_space == "embedding" else X)
-        clusters = hac.labels_
-        sizes = np.bincount(clusters)
-        diag.update(cluster_seconds=time.perf_counter() - t0, n_clusters=int(sizes.shape[0]),
-                    threshold=float(hac.threshold_), cluster_method=hac.method_,
-                    singleton_share=float((sizes == 1).mean()), cluster_sizes=sizes.tolist(),
-                    purity=None if dataset.multilabel else cluster_purity(clusters, y))
-    rows = []
-
-    def record(r, sel_seconds, batch=None, P=None):
-        row = dict(strategy=strategy, trial=trial, round=r, n_labeled=int(labeled.shape[0]),
-                   accuracy=_metric(dataset, model.predict_proba(dataset.X_test)),
-                   select_seconds=sel_seconds)
-        if batch is not None and P is not None:
-            if dataset.multilabel:
-                m = np.abs(2.0 * P[batch] - 1.0).min(1)
-            else:
-                top2 = np.sort(P[batch], axis=1)[:, -2:]
-                m = top2[:, 1] - top2[:, 0]
-            row["batch_mean_margin"] = float(m.mean())
-            if not dataset.multilabel:
-                freq = np.bincount(y[batch], minlength=dataset.n_classes) / batch.shape[0]
-                nz = freq[freq > 0]
-                row["batch_label_entropy"] = float(-(nz * np.log(nz)).sum())
-            if clusters is not None:
-                row["batch_clusters"] = int(np.unique(clusters[batch]).shape[0])
-            if dataset.source is not None:
-                row["batch_copy_share"] = copy_share(dataset.source, labeled[: labeled.shape[0] - batch.shape[0]], batch)
-            row.update({f"diag_{k}": v for k, v in sel_diag.items()})
-        rows.append(row)
-
-    sel_diag: dict = {}
-    record(0, 0.0)
-    for r in range(1, cfg.rounds + 1):
-        P = model.predict_proba(X)
-        E = model.embed(X) if "embeddings" in spec.requires else None
-        t0 = time.perf_counter()
-        selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
-        batch = selector.select(Pool(probs=P, embeddings=E, clusters=clusters, labeled=labeled,
-                                     multilabel=dataset.multilabel), cfg.batch_size)
-        dt = time.perf_counter() - t0
-        sel_diag = dict(getattr(selector, "diagnostics_", {}))
-        labeled = np.concatenate([labeled, batch])
-        model.fit(X[labeled], y[labeled])
-        record(r, dt, batch, P)
-    return rows, diag
-
-
 def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None = None) -> float:
     """Test metric of the same model trained on the whole labeled pool (the reference for targets)."""
     _limit_threads(threads)
-    model = make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=cfg.seed, threads=threads,
-                       reference=True)
+    model = _new_model(dataset, cfg, cfg.seed, threads, reference=True)
     model.set_pool(dataset.X)
+    t0 = time.perf_counter()
     model.fit(dataset.X, dataset.y)
-    return _metric(dataset, model.predict_proba(dataset.X_test))
+    score = _metric(dataset, model.predict_proba(dataset.X_test))
+    _say(cfg, f"whole-pool reference: {score:.4f} ({time.perf_counter() - t0:.0f} s)")
+    return score
 
 
 _WORKER_DATASET: Dataset | None = None
@@ -208,12 +305,23 @@ def _init_worker(dataset: Dataset) -> None:
     _WORKER_DATASET = dataset
 
 
-def _worker_run(cfg, trial, strategy):
-    return run_one(_WORKER_DATASET, cfg, trial, strategy, threads=1)
+def _worker_run(cfg, trial, strategy, clusters):
+    return run_one(_WORKER_DATASET, cfg, trial, strategy, threads=1, clusters=clusters)
 
 
 def _worker_full(cfg):
     return full_pool_score(_WORKER_DATASET, cfg, threads=1)
+
+
+def _worker_clusters(cfg, trial):
+    return trial_clusters(_WORKER_DATASET, cfg, trial, threads=1)
+
+
+def peak_rss_bytes() -> dict:
+    """Peak resident memory of this process and of the largest finished child process (bytes; Linux)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+            "largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale}
 
 
 @dataclass
@@ -228,6 +336,10 @@ class SimulationResult:
     metric_name: str
     seconds: float
     redundancy: dict | None = None
+    #: peak resident memory in bytes: ``main`` (this process), ``largest_worker``
+    peak_rss: dict | None = None
+    #: pool and test sizes, classes
+    pool: dict | None = None
 
     def to_frame(self):
         import pandas as pd  # optional; only for users who want a DataFrame
@@ -235,29 +347,48 @@ class SimulationResult:
         return pd.DataFrame(self.rows)
 
 
-def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> SimulationResult:
-    """Run every (trial, strategy) pair, in parallel processes when ``cfg.n_jobs > 1``.
-
-    Writes ``results.csv``, ``curves.png`` and ``summary.md`` to ``out_dir`` when given.
-    """
-    cfg.validate(dataset.X.shape[0])
-    # longest first (greedy diversity selectors, then cluster-margin's clustering), so
-    # no core idles at the end behind one long job
+def _plan(dataset: Dataset, cfg: SimulationConfig):
+    """Cluster jobs (trial -> the trial whose clustering it reuses) and the runs, longest first."""
+    needs = [s for s in cfg.strategies if "clusters" in parse_spec(s).requires]
+    shared = _clusters.labels_free(cfg, _new_model(dataset, cfg, cfg.seed, None)) if needs else False
+    owner = {t: (0 if shared else t) for t in range(cfg.trials)} if needs else {}
+    # longest first (greedy diversity selectors, then cluster-margin), so no core idles at the end
     cost = {"coreset": 0, "badge": 1, "cluster-margin": 2}
     jobs = sorted(((t, s) for t in range(cfg.trials) for s in cfg.strategies),
                   key=lambda j: (cost.get(parse_spec(j[1]).name, 3), j[0]))
+    return owner, jobs
+
+
+def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> SimulationResult:
+    """Run every (trial, strategy) pair, in parallel processes when ``cfg.n_jobs > 1``.
+
+    The pool is clustered once per trial (once in all where the embedding does
+    not depend on the labels), before the specs that read the clusters start.
+    Writes ``results.csv``, ``curves.png`` and ``summary.md`` to ``out_dir`` when given.
+    """
+    cfg.validate(dataset.X.shape[0])
+    owner, jobs = _plan(dataset, cfg)
+    cluster_jobs = sorted(set(owner.values()))
     n_jobs = cfg.n_jobs or min(os.cpu_count() or 1, len(jobs) + 1)
     t_start = time.perf_counter()
     rows, diags = [], []
-    progress = _progress(cfg.progress, len(jobs) + 1)
+    progress = _progress(cfg.progress, len(jobs) + len(cluster_jobs) + 1)
+    reads = {s: "clusters" in parse_spec(s).requires for s in cfg.strategies}
+
+    def collect(r, d):
+        rows.extend(r)
+        diags.append(d)
+        progress.advance()
+
     if n_jobs <= 1:
         full = full_pool_score(dataset, cfg)
         progress.advance()
-        for t, s in jobs:
-            r, d = run_one(dataset, cfg, t, s)
-            rows += r
-            diags.append(d)
+        done = {}
+        for t in cluster_jobs:
+            done[t] = trial_clusters(dataset, cfg, t)
             progress.advance()
+        for t, s in jobs:
+            collect(*run_one(dataset, cfg, t, s, clusters=done[owner[t]] if reads[s] else None))
     else:
         import multiprocessing as mp
 
@@ -265,21 +396,40 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
         # the dataset travels once per worker (initializer), not once per job
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker, initargs=(dataset,)) as ex:
-            fut_full = ex.submit(_worker_full, cfg)
-            futs = [ex.submit(_worker_run, cfg, t, s) for t, s in jobs]
-            for f in as_completed(futs + [fut_full]):
-                if f is not fut_full:
-                    r, d = f.result()
-                    rows += r
-                    diags.append(d)
-                progress.advance()
-            full = fut_full.result()
+            pending = {ex.submit(_worker_clusters, cfg, t): ("clusters", t) for t in cluster_jobs}
+            pending[ex.submit(_worker_full, cfg)] = ("full", None)
+            waiting = []
+            done: dict = {}
+            for t, s in jobs:
+                if reads[s]:
+                    waiting.append((t, s))
+                else:
+                    pending[ex.submit(_worker_run, cfg, t, s, None)] = ("run", None)
+            full = None
+            while pending:
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    kind, t = pending.pop(f)
+                    if kind == "clusters":
+                        done[t] = f.result()
+                        progress.advance()
+                        # the specs reading this clustering go ahead of the runs not yet started
+                        for tt, s in [j for j in waiting if owner[j[0]] == t]:
+                            pending[ex.submit(_worker_run, cfg, tt, s, done[t])] = ("run", None)
+                        waiting = [j for j in waiting if owner[j[0]] != t]
+                    elif kind == "full":
+                        full = f.result()
+                        progress.advance()
+                    else:
+                        collect(*f.result())
     progress.close()
     rows.sort(key=lambda r: (cfg.strategies.index(r["strategy"]), r["trial"], r["round"]))
     diags.sort(key=lambda d: (cfg.strategies.index(d["strategy"]), d["trial"]))
+    pool = {"rows": int(dataset.X.shape[0]), "features": int(dataset.X.shape[1]), "test_rows": int(dataset.X_test.shape[0]),
+            "classes": int(dataset.n_classes), "multilabel": bool(dataset.multilabel)}
     res = SimulationResult(cfg, dataset.name, rows, diags, full,
                            "mAP" if dataset.multilabel else "accuracy", time.perf_counter() - t_start,
-                           redundancy=dataset.redundancy)
+                           redundancy=dataset.redundancy, peak_rss=peak_rss_bytes(), pool=pool)
     if out_dir is not None:
         from .report import write_outputs
 
