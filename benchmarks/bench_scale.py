@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Label savings at the paper's scale: pools of 1M rows, batches of 1%, 3% and 10% of the pool.
+
+Each configuration (pool, model, batch share) is one ``batchal simulate`` command,
+printed before it runs so the exact command is on record; its wall time is
+measured around the process. Every configuration replays 6 rounds from a seed set
+of 1% of the pool, 3 trials, with random, margin, the paper's ``cluster-margin``,
+the recommended spec and BADGE with the paper's random partitioning (each part
+picks 1,000). Coreset is left out: k-center greedy is O(pool x batch) per round
+and has no partitioned form here (BENCHMARKS.md, *Selection*). The summaries
+and per-round results are copied to ``benchmarks/results/scale/`` (small files,
+committed); the raw output folders stay under ``--work``.
+
+Usage::
+
+    python benchmarks/bench_scale.py run --pools mnist1d --models logreg --shares 0.01 0.03 0.1
+    python benchmarks/bench_scale.py run --pools mnist1d --models mlp --shares 0.1 -- --training full
+    python benchmarks/bench_scale.py table      # the scale table and the figure from results/scale/
+
+Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale"
+FIGURES = HERE / "figures"
+
+#: name -> (simulate options that load the pool, pool rows) ; rows set the batch and seed sizes
+POOLS = {
+    "mnist1d": (["--dataset", "mnist1d", "--size", "1000000"], 1_000_000),
+    "blobs": (["--dataset", "blobs", "--size", "1000000"], 1_000_000),
+}
+SHARES = (0.01, 0.03, 0.10)
+SEED_SHARE = 0.01
+ROUNDS = 6
+TRIALS = 3
+
+
+def strategies(batch: int) -> list[str]:
+    """The compared specs; BADGE splits the pool so that each part picks 1,000 items."""
+    from batchal.selectors import RECOMMENDED
+
+    return ["random", "margin", "cluster-margin", RECOMMENDED, f"badge:partitions={max(1, batch // 1000)}"]
+
+
+def tag(pool: str, model: str, share: float, suffix: str = "") -> str:
+    return f"{model}-{pool}-b{round(share * 1000):03d}" + (f"-{suffix}" if suffix else "")
+
+
+def command(pool: str, model: str, share: float, out: Path, extra: list[str]) -> list[str]:
+    opts, rows = POOLS[pool]
+    batch = int(round(share * rows))
+    seed = int(round(SEED_SHARE * rows))
+    return ["batchal", "simulate", *opts, "--model", model, "--seed-size", str(seed), "--batch-size", str(batch),
+            "--rounds", str(ROUNDS), "--trials", str(TRIALS), "--strategies", ",".join(strategies(batch)),
+            "--out", str(out), *extra]
+
+
+def run(args) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rc = 0
+    for pool in args.pools:
+        for model in args.models:
+            for share in args.shares:
+                name = tag(pool, model, share, args.tag)
+                out = args.work / name
+                cmd = command(pool, model, share, out, [a for a in args.extra if a != "--"])
+                print("$ " + " ".join(cmd), flush=True)
+                t0 = time.perf_counter()
+                p = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+                wall = time.perf_counter() - t0
+                print(f"  exit {p.returncode}, {wall:,.0f} s", flush=True)
+                if p.returncode != 0:
+                    rc = 1
+                    continue
+                shutil.copy(out / "results.csv", RESULTS / f"{name}_results.csv")
+                meta = json.loads((out / "run.json").read_text())
+                meta.update(command=" ".join(cmd), wall_seconds=wall,
+                            load_average=Path("/proc/loadavg").read_text().split()[:3])
+                (RESULTS / f"{name}_run.json").write_text(json.dumps(meta, indent=1, default=str))
+                text = (out / "summary.md").read_text()
+                (RESULTS / f"{name}_summary.md").write_text(text + f"\n\nCommand ({wall:,.0f} s wall):\n\n    {' '.join(cmd)}\n")
+                shutil.copy(out / "curves.png", FIGURES / f"scale-{name}_curves.png")
+    return rc
+
+
+def _load(name: str):
+    rows = []
+    with open(RESULTS / f"{name}_results.csv") as fh:
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                if v == "":
+                    continue
+                try:
+                    row[k] = int(v) if k in ("trial", "round", "n_labeled") else float(v)
+                except ValueError:
+                    row[k] = v
+            rows.append(row)
+    meta = json.loads((RESULTS / f"{name}_run.json").read_text())
+    return rows, meta
+
+
+def summarise(name: str) -> dict:
+    """The scale table's entries for one configuration."""
+    from batchal.simulate.report import _by, ratio_to_margin, verdict
+
+    rows, meta = _load(name)
+    strategies_ = meta["config"]["strategies"]
+    curves = {s: _by(rows, s) for s in strategies_}
+    target = float(np.nanmean(curves["random"][1][-1]))
+    ratios = ratio_to_margin(rows, strategies_, target)
+    from batchal.simulate.report import savings_table
+
+    margin_labels = savings_table(rows, strategies_, target)["margin"]["labels"]
+    mg = curves["margin"][1]
+    rounds = {}
+    for s in strategies_:
+        if s == "margin":
+            continue
+        vs = [verdict(curves[s][1][i] - mg[i])[2] for i in range(1, mg.shape[0])]
+        rounds[s] = (vs.count("above"), vs.count("within spread"), vs.count("below"))
+    diag = {}
+    for s in strategies_:
+        rs = [r for r in rows if r["strategy"] == s and r["round"] > 0]
+        for c in ("batch_copy_share", "diag_margin_batch_near_duplicate_share", "diag_margin_batch_repeat_share"):
+            v = [r[c] for r in rs if c in r]
+            if v:
+                diag.setdefault(s, {})[c] = float(np.mean(v))
+    return {"name": name, "strategies": strategies_, "target": target, "ratios": ratios, "rounds": rounds,
+            "margin_labels": margin_labels, "seed_metric": float(np.nanmean(curves["random"][1][0])),
+            "full": meta["full_pool_score"], "diag": diag, "wall": meta["wall_seconds"],
+            "peak": meta.get("peak_rss"), "config": meta["config"], "metric": meta["metric"],
+            "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}}
+
+
+def _short(spec: str) -> str:
+    from batchal.selectors import RECOMMENDED
+
+    if spec == RECOMMENDED:
+        return "recommended"
+    return re.sub(r":partitions=\d+", " (part.)", spec)
+
+
+def table(args) -> int:
+    from batchal.simulate.report import fmt_ratio
+
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*_results.csv"))
+    if args.only:
+        names = [n for n in names if any(re.search(o, n) for o in args.only)]
+    if not names:
+        print("no results under", RESULTS)
+        return 1
+    S = [summarise(n) for n in names]
+    head = ["configuration", "seed set -> whole pool", "random's final", "margin's labels"]
+    others = ["cluster-margin", "recommended", "badge (part.)"]
+    print("| " + " | ".join(head + [f"{o} / margin" for o in others]
+                             + ["rounds vs margin (recommended)", "copies in margin's batch", "near-dup. share", "wall", "peak"]) + " |")
+    print("|---|" + "---:|" * (len(head) - 1 + len(others)) + "---|---:|---:|---:|---:|")
+    for s in S:
+        by_short = {_short(k): k for k in s["strategies"]}
+        ml = np.asarray(s["margin_labels"], dtype=float)
+        mlab = f"{np.nanmean(ml):,.0f}" if np.isfinite(ml).any() else "never"
+        cells = [s["name"], f"{s['seed_metric']:.3f} -> {s['full']:.3f}", f"{s['target']:.3f}", mlab]
+        cells += [fmt_ratio(s["ratios"][by_short[o]]) if o in by_short else "—" for o in others]
+        rec = by_short.get("recommended")
+        cells.append("/".join(map(str, s["rounds"][rec])) if rec else "—")
+        d = s["diag"]
+        cs = d.get("margin", {}).get("batch_copy_share")
+        nd = d.get(rec, {}).get("diag_margin_batch_near_duplicate_share") if rec else None
+        cells.append("—" if cs is None else f"{100 * cs:.0f}%")
+        cells.append("—" if nd is None else f"{100 * nd:.0f}%")
+        cells.append(f"{s['wall'] / 60:.1f} min")
+        peak = s["peak"]
+        cells.append("—" if not peak else f"{max(peak['main'], peak['largest_worker']) / 2**30:.1f} GiB")
+        print("| " + " | ".join(cells) + " |")
+    figure(S)
+    return 0
+
+
+def figure(S: list[dict]) -> None:
+    """Labels saved against batch size: one panel per pool and model, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for s in S:
+        m = re.match(r"(.+)-b(\d+)(?:-(.+))?$", s["name"])
+        if m is None or m.group(3):
+            continue  # ablations (suffixed) are not on the figure
+        groups.setdefault(m.group(1), []).append((int(m.group(2)) / 10, s))
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, (g, items) in zip(axes[0], sorted(groups.items())):
+        items.sort(key=lambda x: x[0])
+        specs = [k for k in items[0][1]["strategies"] if k not in ("margin",)]
+        for spec in specs:
+            xs, ys = [], []
+            for share, s in items:
+                key = next((k for k in s["strategies"] if _short(k) == _short(spec)), None)
+                if key is None:
+                    continue
+                r, note = s["ratios"][key]
+                if np.isfinite(r):
+                    xs.append(share)
+                    ys.append(100 * (1 - r))
+            if xs:
+                ax.plot(xs, ys, marker="o", label=_short(spec), lw=2 if _short(spec) == "recommended" else 1.2)
+        ax.axhline(0, color="gray", lw=1, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks([1, 3, 10])
+        ax.set_xticklabels(["1%", "3%", "10%"])
+        ax.set_xlabel("batch size (share of the pool)")
+        ax.set_ylabel("labels saved vs margin (%)")
+        ax.set_title(g, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Labels to reach random's final metric, saved against margin's (higher is better)", fontsize=10)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(FIGURES / "scale_labels_saved.png", dpi=110)
+    print(f"\nfigure: {FIGURES / 'scale_labels_saved.png'}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run configurations (one batchal simulate each)")
+    r.add_argument("--pools", nargs="+", default=list(POOLS), choices=list(POOLS))
+    r.add_argument("--models", nargs="+", default=["logreg"], choices=["logreg", "mlp"])
+    r.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
+    r.add_argument("--tag", default="", help="suffix of the result names (ablations, e.g. 'full' with --training full)")
+    r.add_argument("--work", type=Path, default=Path("/tmp/batchal-scale"))
+    r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: further options for batchal simulate")
+    t = sub.add_parser("table", help="the scale table (markdown) and figure from results/scale/")
+    t.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
+    args = ap.parse_args(argv)
+    return run(args) if args.cmd == "run" else table(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
