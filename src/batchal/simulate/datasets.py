@@ -259,8 +259,14 @@ def load_mnist1d(n: int = 100_000, n_test: int = 10_000, seed: int = 0, progress
     """MNIST-1D (Greydanus, 2020) generated offline with the ``mnist1d`` package and cached.
 
     Generation costs about 1 ms per example, so the arrays are cached as
-    ``mnist1d_{n}_{n_test}_{seed}.npz`` under :func:`cache_dir`.
+    ``mnist1d_{n}_{n_test}_{seed}.npz`` under :func:`cache_dir`. Pools larger
+    than 100K are generated in resumable cached chunks by
+    :func:`batchal.simulate.pools.load_mnist1d_chunked` (memory-mapped).
     """
+    if n > 100_000:
+        from .pools import load_mnist1d_chunked
+
+        return load_mnist1d_chunked(n, n_test, seed, progress)
     path = cache_dir() / f"mnist1d_{n}_{n_test}_{seed}.npz"
     if path.exists():
         with np.load(path) as z:
