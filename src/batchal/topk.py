@@ -21,7 +21,7 @@ What is exact from top-k and what is not (``TopK.uncertainty``):
 Near-duplicates (``cluster-margin:order=margin:tol=T``) compare two rows on the union
 of their classes: a class missing from a row's top-k can only take values the layout
 allows there (multi-class: ``[0, b]``, ``b`` the smaller of the row's k-th probability
-and its residual mass ``1 - sum(top_probs)``; multi-label: at least the k-th entry's
+and its residual mass ``1 - sum(top_probs)`` (plus the 0.001 a row's sum may be off); multi-label: at least the k-th entry's
 distance from 0.5 away from 0.5), and counts with the value *nearest* the other row's
 (``near_duplicate_gap``). Two rows are near-duplicates when some dense matrix with
 these entries makes them so: whenever the entries decide (every class in both rows,
@@ -158,14 +158,15 @@ class TopK:
     def missing_bounds(self, multilabel: bool) -> np.ndarray:
         """Per row, what a class missing from its top-k may be: see :func:`near_duplicate_gap`.
 
-        Multi-class: the upper bound ``b = min(p_k, max(0, 1 - sum(top_probs)))`` of its
-        probability. Multi-label: the distance ``h = |p_k - 0.5|`` from 0.5 it is at least
+        Multi-class: the upper bound ``b = min(p_k, max(0, 1 - sum(top_probs)) + 0.001)`` of its
+        probability (the slack is the tolerance on a row's sum). Multi-label: the distance ``h = |p_k - 0.5|`` from 0.5 it is at least
         at (``p_k`` the entry farthest from 0.5). float32 (n,).
         """
         p = np.asarray(self.probs, dtype=np.float64)
         if multilabel:
             return np.abs(p - 0.5).max(axis=1).astype(np.float32)
-        resid = np.maximum(0.0, 1.0 - p.sum(axis=1))
+        # rows may sum to 1 within PROBA_ATOL (as dense rows): the residual is a bound only with that slack
+        resid = np.maximum(0.0, 1.0 - p.sum(axis=1)) + PROBA_ATOL
         return np.minimum(p.min(axis=1), resid).astype(np.float32)
 
     def argmax_classes(self) -> np.ndarray:
@@ -355,9 +356,48 @@ def read_topk(path, *, name: str = "--probs", multilabel: bool = False, n_classe
     return _read_topk_parquet(p, label, multilabel, n_classes, id_column, check)
 
 
-def _read_topk_parquet(p: Path, label: str, multilabel: bool, n_classes, id_column, check: bool):
+def topk_from_table(t, label: str, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, probs)`` of a table's ``top_classes`` and ``top_probs`` list columns, (m, k) each.
+
+    Refuses a non-list column, null rows or values, and k varying between rows (or between
+    the two columns), naming ``label`` and the first offending row (``start`` = the table's
+    first row in the file).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    m, k, out = t.num_rows, None, []
+    for col in TOPK_COLUMNS:
+        a = t.column(col).combine_chunks()
+        if not (pa.types.is_list(a.type) or pa.types.is_large_list(a.type) or pa.types.is_fixed_size_list(a.type)):
+            raise BatchalInputError(f"{label}: column {col!r} must be a list column; got {a.type}")
+        if a.null_count:
+            r = int(np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))[0])
+            raise BatchalInputError(f"{label}: column {col!r} has a missing (null) row (first at row {start + r})")
+        lens = (np.full(m, a.type.list_size) if pa.types.is_fixed_size_list(a.type)
+                else pc.list_value_length(a).to_numpy(zero_copy_only=False))
+        k = int(lens[0]) if k is None else k
+        if k == 0:
+            raise BatchalInputError(f"{label}: column {col!r} has empty rows (k = 0)")
+        if (lens != k).any():
+            r = int(np.flatnonzero(lens != k)[0])
+            raise BatchalInputError(f"{label}: k varies between rows: column {col!r} has {int(lens[r])} entries at "
+                                    f"row {start + r}, {k} at row {start} (k is fixed per file)")
+        flat = a.flatten()
+        if flat.null_count:
+            r = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // k
+            raise BatchalInputError(f"{label}: column {col!r} has a null value (first at row {start + r})")
+        out.append(flat.to_numpy(zero_copy_only=False).reshape(m, k))
+    cb, pb = out
+    if not np.issubdtype(cb.dtype, np.integer):
+        raise BatchalInputError(f"{label}: top_classes must hold integer class ids; got {cb.dtype}")
+    if not np.issubdtype(pb.dtype, np.floating):
+        raise BatchalInputError(f"{label}: top_probs must hold floats; got {pb.dtype}")
+    return cb, pb
+
+
+def _read_topk_parquet(p: Path, label: str, multilabel: bool, n_classes, id_column, check: bool):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = _parquet_files(p)
@@ -389,38 +429,17 @@ def _read_topk_parquet(p: Path, label: str, multilabel: bool, n_classes, id_colu
             m = t.num_rows
             if m == 0:
                 continue
-            blocks = []
-            for col in TOPK_COLUMNS:
-                a = t.column(col).combine_chunks()
-                if not (pa.types.is_list(a.type) or pa.types.is_large_list(a.type) or pa.types.is_fixed_size_list(a.type)):
-                    raise BatchalInputError(f"{label}: column {col!r} must be a list column; got {a.type}")
-                if a.null_count:
-                    r = int(np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))[0])
-                    raise BatchalInputError(f"{label}: column {col!r} has a missing (null) row (first at row {start + r})")
-                lens = (np.full(m, a.type.list_size) if pa.types.is_fixed_size_list(a.type)
-                        else pc.list_value_length(a).to_numpy(zero_copy_only=False))
-                if k is None:
-                    k = int(lens[0])
-                    if k == 0:
-                        raise BatchalInputError(f"{label}: column {col!r} has empty rows (k = 0)")
-                    C = np.empty((n, k), dtype=np.int32)
-                    P = np.empty((n, k), dtype=np.float32)
-                if (lens != k).any():
-                    r = int(np.flatnonzero(lens != k)[0])
-                    raise BatchalInputError(f"{label}: k varies between rows: column {col!r} has {int(lens[r])} "
-                                            f"entries at row {start + r}, {k} before (k is fixed per file)")
-                flat = a.flatten()
-                if flat.null_count:
-                    r = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // k
-                    raise BatchalInputError(f"{label}: column {col!r} has a null value (first at row {start + r})")
-                blocks.append(flat.to_numpy(zero_copy_only=False).reshape(m, k))
-            cb, pb = blocks
-            if not np.issubdtype(cb.dtype, np.integer):
-                raise BatchalInputError(f"{label}: top_classes must hold integer class ids; got {cb.dtype}")
-            if not np.issubdtype(pb.dtype, np.floating):
-                raise BatchalInputError(f"{label}: top_probs must hold floats; got {pb.dtype}")
+            where = label if len(files) == 1 else f"{label} ({f.name}; rows numbered over all shards)"
+            cb, pb = topk_from_table(t, where, start)
+            if k is None:
+                k = cb.shape[1]
+                C = np.empty((n, k), dtype=np.int32)
+                P = np.empty((n, k), dtype=np.float32)
+            elif cb.shape[1] != k:
+                raise BatchalInputError(f"{where}: k varies between rows: {cb.shape[1]} entries at row {start}, "
+                                        f"{k} before (k is fixed per file)")
             if check:  # validated as read: the error names the file's row, and bad values never reach int32
-                check_topk_block(cb, pb, label, start, multilabel, n_classes)
+                check_topk_block(cb, pb, where, start, multilabel, n_classes)
             elif (cb < 0).any() or (cb > np.iinfo(np.int32).max).any():
                 raise BatchalInputError(f"{label}: top_classes has class ids outside int32")
             C[start:start + m] = cb
