@@ -129,19 +129,7 @@ class TopK:
         and ``"least-confidence"`` (multi-class). Entropy and the mean aggregate need every
         class and are refused.
         """
-        if multilabel:
-            if kind != "margin":
-                raise BatchalInputError(f"only the margin score is defined for multi-label input, not {kind!r}")
-            if aggregate != "min":
-                raise BatchalInputError(
-                    f"{self.name}: the multi-label {aggregate!r} aggregate averages over every class, which top-k "
-                    "predictions do not hold; use aggregate 'min' (exact from top-k) or dense probabilities")
-        elif kind not in ("margin", "least-confidence"):
-            if kind == "entropy":
-                raise BatchalInputError(
-                    f"{self.name}: entropy needs every class's probability, which top-k predictions do not hold; "
-                    "use margin or least-confidence (exact from top-k) or dense probabilities")
-            raise BatchalInputError(f"unknown score {kind!r}; choose one of ['entropy', 'least-confidence', 'margin']")
+        check_topk_score(kind, multilabel, aggregate, self.name)
         self.check(multilabel, row_offset, chunk_rows)
         out = np.empty(self.n, dtype=np.float32)
         for a, b in iter_chunks(self.n, chunk_rows):
@@ -172,6 +160,23 @@ class TopK:
     def argmax_classes(self) -> np.ndarray:
         """The most probable class of each row (multi-class: the first entry)."""
         return np.asarray(self.classes[:, 0], dtype=np.int64)
+
+
+def check_topk_score(kind: str, multilabel: bool, aggregate: str, name: str = "top-k predictions") -> None:
+    """Refuse a score top-k predictions cannot give exactly (before any row is read)."""
+    if multilabel:
+        if kind != "margin":
+            raise BatchalInputError(f"only the margin score is defined for multi-label input, not {kind!r}")
+        if aggregate != "min":
+            raise BatchalInputError(
+                f"{name}: the multi-label {aggregate!r} aggregate averages over every class, which top-k "
+                "predictions do not hold; use aggregate 'min' (exact from top-k) or dense probabilities")
+    elif kind not in ("margin", "least-confidence"):
+        if kind == "entropy":
+            raise BatchalInputError(
+                f"{name}: entropy needs every class's probability, which top-k predictions do not hold; "
+                "use margin or least-confidence (exact from top-k) or dense probabilities")
+        raise BatchalInputError(f"unknown score {kind!r}; choose one of ['entropy', 'least-confidence', 'margin']")
 
 
 def check_topk_block(classes: np.ndarray, probs: np.ndarray, name: str, offset: int = 0, multilabel: bool = False,

@@ -159,6 +159,10 @@ class RayPool(Pool):
 
         from ._session import input_errors
 
+        if self.source.topk:  # refused before any task starts
+            from ...topk import check_topk_score
+
+            check_topk_score(kind, self.multilabel, self.aggregate, self.source.name)
         lab = np.flatnonzero(self.labeled_mask).astype(np.int64)
         lab_ref = ray.put(lab)
         src_ref = ray.put(self.source)
