@@ -242,3 +242,32 @@ def test_multilabel_order_is_nearest_half_first(tmp_path):
     bad = _bad(tmp_path, "mlbad", [[0, 1]] * 2, [[0.45, 0.9], [0.05, 0.6]])
     with pytest.raises(BatchalInputError, match=r"nearest 0.5 first .*row 1"):
         read_topk(bad, multilabel=True)
+
+
+# ------------------------------------------------------------------ the command line
+def test_cli_select_from_topk_files_and_scores_equals_dense(tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal.cli import app
+
+    P, cl = redundant_pool(n=1500)
+    np.save(tmp_path / "P.npy", P)
+    np.save(tmp_path / "C.npy", cl)
+    np.save(tmp_path / "S.npy", batchal.margin(P))
+    _write_shards(tmp_path / "preds", P, 5)
+    c, p = topk_predictions(P, 5)
+    np.savez(tmp_path / "T.npz", top_classes=c, top_probs=p)
+    run = CliRunner().invoke
+    for spec in ("margin", "cluster-margin:order=margin:tol=0.1", "cluster-margin"):
+        base = ["select", "-s", spec, "-k", "120", "--clusters", str(tmp_path / "C.npy"), "--seed", "4", "-q"]
+        outs = {}
+        for tag, src in (("dense", ["--probs", "P.npy"]), ("parquet", ["--probs", "preds"]),
+                         ("npz", ["--probs", "T.npz"]), ("scores", ["--scores", "S.npy"])):
+            if tag == "scores" and "tol" in spec:
+                continue
+            src = [src[0], str(tmp_path / src[1])]
+            r = run(app, base + src + ["--out", str(tmp_path / f"{tag}.npy")])
+            assert r.exit_code == 0, r.output
+            outs[tag] = np.load(tmp_path / f"{tag}.npy")
+        for tag, got in outs.items():
+            np.testing.assert_array_equal(got, outs["dense"], err_msg=f"{spec} {tag}")
