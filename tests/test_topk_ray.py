@@ -63,3 +63,22 @@ def test_ray_topk_refuses_bad_rows_naming_file_and_row(engine, tmp_path):
         engine.select("margin", 10, probs=d)
     with pytest.raises(BatchalInputError, match="entropy needs every class"):
         engine.select("entropy", 10, probs=d)
+
+
+def test_campaign_select_on_ray_with_topk_equals_local(engine, tmp_path):
+    import shutil
+
+    from batchal import Campaign
+    from campaign_util import make_pool
+
+    ids, _ = make_pool(tmp_path / "pool.parquet", n=700)
+    c = Campaign.init(tmp_path / "a", tmp_path / "pool.parquet", classes=[f"c{i}" for i in range(30)])
+    c.cluster(mean_cluster_size=10)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    P, _ = redundant_pool(n=700, seed=5)
+    cl, pr = topk_predictions(P, 4)
+    pq.write_table(topk_table(ids, cl, pr, n_classes=30), tmp_path / "top.parquet")
+    local = Campaign(tmp_path / "a").select(80, tmp_path / "top.parquet", seed=3)
+    on_ray = Campaign(tmp_path / "b").select(80, tmp_path / "top.parquet", seed=3, engine=engine)
+    assert list(on_ray.ids) == list(local.ids) and len(local.ids) == 80
+    np.testing.assert_array_equal(on_ray.scores, local.scores)

@@ -340,8 +340,10 @@ class Campaign:
         ----------
         batch_size : int
         predictions : path, optional
-            Parquet (an id column and a ``probs`` or ``logits`` list column) or a
-            ``.npy`` of shape (n, C) in the campaign's row order. Needed by every
+            Parquet (an id column and a ``probs`` or ``logits`` list column, or the
+            top-k layout: ``top_classes`` and ``top_probs`` list columns) or a
+            ``.npy`` of shape (n, C) (``.npz`` of the two top-k arrays) in the
+            campaign's row order. Needed by every
             strategy that reads predictions; items that can be selected must all
             have one (labeled and pending items may be missing).
         strategy : str
@@ -379,8 +381,10 @@ class Campaign:
             preds = None
             t_open = time.perf_counter()
             if predictions is not None:
+                vocab = self._meta(conn, "classes")
                 preds = read_predictions(predictions, index, id_column=id_column or self._meta(conn, "id_column"),
-                                         probs_column=probs_column, logits_column=logits_column, multilabel=multilabel)
+                                         probs_column=probs_column, logits_column=logits_column, multilabel=multilabel,
+                                         n_classes=len(vocab) if vocab else None)
             t1 = time.perf_counter()
             opened = conn.execute("SELECT round, batch_size, strategy, seed, predictions_sha256, seed_used, multilabel "
                                   "FROM rounds WHERE status='open'").fetchone()
@@ -400,7 +404,7 @@ class Campaign:
             if "predictions" in needs and preds is None:
                 raise BatchalInputError(f"strategy {spec.name!r} needs --predictions")
             classes = self._meta(conn, "classes")
-            if preds is not None and classes and preds.array.shape[1] != len(classes):
+            if preds is not None and preds.kind != "topk" and classes and preds.array.shape[1] != len(classes):
                 raise BatchalInputError(f"--predictions has {preds.array.shape[1]} classes; the campaign has "
                                         f"{len(classes)} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
             clusters = self._clusters(conn)
@@ -413,7 +417,7 @@ class Campaign:
                 # a strategy that reads nothing (random seed round): the Pool still needs its size
                 pool_clusters = clusters if clusters is not None else np.zeros(n, dtype=np.int64)
             seed_used = int(seed) if seed is not None else secrets.randbits(63)
-            probs = preds.array if preds is not None and preds.kind == "probs" else None
+            probs = preds.array if preds is not None and preds.kind in ("probs", "topk") else None
             logits = preds.array if preds is not None and preds.kind == "logits" else None
             eng, owned = _engine_arg(engine)  # made here, not earlier: a reused round needs none
             try:
@@ -938,6 +942,17 @@ def _top_labels(array, idx: np.ndarray, kind: str, multilabel: bool, classes) ->
     """The model's answer for each selected row, as a label: top class, or every class with p >= 0.5."""
     from .pool import canonical_label
 
+    from ..topk import TopK
+
+    if isinstance(array, TopK):
+        # top-k rows: the first entry (multi-class), or the listed classes with p >= 0.5 (multi-label: classes
+        # left out of the k nearest 0.5 are unknown, so a confident positive may be missing from the pre-annotation)
+        t = array.take(idx)
+        name = (lambda c: classes[c]) if classes else str
+        if not multilabel:
+            return [name(int(c)) for c in t.classes[:, 0]]
+        return [canonical_label([name(int(c)) for c, q in zip(cr, pr) if q >= 0.5]) or None
+                for cr, pr in zip(t.classes, t.probs)]
     A = np.asarray(array[idx], dtype=np.float64)
     names = np.array(classes if classes else [str(i) for i in range(A.shape[1])], dtype=object)
     if not multilabel:

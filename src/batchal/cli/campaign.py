@@ -130,7 +130,7 @@ def cluster(
 def select(
     directory: Path = DirArg,
     batch_size: int = typer.Option(..., "--batch-size", "-k"),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Parquet (id + probs/logits list column) or .npy in the pool's order"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Parquet (id + probs/logits list column, or id + top_classes/top_probs: top-k) or .npy (.npz of top-k) in the pool's order"),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="strategy spec (default: `batchal strategies --recommended`)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="same seed, same batch (drawn and recorded when omitted)"),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help=".csv (ids), .jsonl, or .json (Label Studio tasks)"),
