@@ -103,3 +103,28 @@ def test_topk_predictions_refused_in_a_campaign(clustered, tmp_path):
     assert r.exit_code == 2
     s = json.loads(run("status", d, "--json").stdout)
     assert s["rounds"] == []  # nothing recorded
+
+
+def test_precomputed_clusters(tmp_path):
+    ids, E = make_pool(tmp_path / "pool.parquet", n=300)
+    run("init", tmp_path / "c", "--pool", tmp_path / "pool.parquet", "--classes", ",".join(VOCAB))
+    cl = np.arange(300) // 10
+    np.save(tmp_path / "C.npy", cl)
+    r = run("cluster", tmp_path / "c", "--clusters", tmp_path / "C.npy")
+    assert "30 over 300 rows" in r.output and "precomputed" in r.output
+    assert "nothing to do" in run("cluster", tmp_path / "c", "--clusters", tmp_path / "C.npy").output
+    np.save(tmp_path / "C2.npy", cl[:-1])
+    r = run("cluster", tmp_path / "c", "--clusters", tmp_path / "C2.npy", "--force", ok=False)
+    assert r.exit_code == 2 and "299 cluster ids" in r.output
+    r = run("cluster", tmp_path / "c", "--clusters", tmp_path / "C.npy", "--mean-cluster-size", 5, ok=False)
+    assert r.exit_code == 2
+    from batchal import Campaign
+
+    c = Campaign(tmp_path / "c")
+    P, _ = redundant_pool(n=300, C=C, active=3, seed=1)
+    cls, pr = topk_predictions(P, 4)
+    pq.write_table(topk_table(ids, cls, pr, n_classes=C), tmp_path / "top.parquet")
+    got = c.select(30, tmp_path / "top.parquet", strategy="cluster-margin", seed=0)
+    dense = __import__("batchal").select("cluster-margin", 30, probs=P, clusters=cl, seed=0)
+    assert list(got.ids) == [ids[i] for i in dense]
+    assert "ok" in run("check", tmp_path / "c").output
