@@ -1013,11 +1013,14 @@ def _top_labels(array, idx: np.ndarray, kind: str, multilabel: bool, classes) ->
         # top-k rows: the first entry (multi-class), or the listed classes with p >= 0.5 (multi-label: classes
         # left out of the k nearest 0.5 are unknown, so a confident positive may be missing from the pre-annotation)
         t = array.take(idx)
-        name = (lambda c: classes[c]) if classes else str
+        names = np.array(classes if classes else [str(i) for i in range(int(t.classes.max()) + 1)], dtype=object)
         if not multilabel:
-            return [name(int(c)) for c in t.classes[:, 0]]
-        return [canonical_label([name(int(c)) for c, q in zip(cr, pr) if q >= 0.5]) or None
-                for cr, pr in zip(t.classes, t.probs)]
+            return names[t.classes[:, 0]].tolist()
+        pos = t.probs >= 0.5
+        out = [None] * t.n
+        for i in np.flatnonzero(pos.any(axis=1)).tolist():  # rows with no listed positive stay None
+            out[i] = canonical_label(names[t.classes[i][pos[i]]].tolist())
+        return out
     A = np.asarray(array[idx], dtype=np.float64)
     names = np.array(classes if classes else [str(i) for i in range(A.shape[1])], dtype=object)
     if not multilabel:
