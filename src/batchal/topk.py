@@ -150,12 +150,16 @@ class TopK:
         probability (the slack is the tolerance on a row's sum). Multi-label: the distance ``h = |p_k - 0.5|`` from 0.5 it is at least
         at (``p_k`` the entry farthest from 0.5). float32 (n,).
         """
-        p = np.asarray(self.probs, dtype=np.float64)
-        if multilabel:
-            return np.abs(p - 0.5).max(axis=1).astype(np.float32)
-        # rows may sum to 1 within PROBA_ATOL (as dense rows): the residual is a bound only with that slack
-        resid = np.maximum(0.0, 1.0 - p.sum(axis=1)) + PROBA_ATOL
-        return np.minimum(p.min(axis=1), resid).astype(np.float32)
+        out = np.empty(self.n, dtype=np.float32)
+        for a, b in iter_chunks(self.n):  # by chunks: float64 temporaries of k_m x k rows would double the peak
+            p = np.asarray(self.probs[a:b], dtype=np.float64)
+            if multilabel:
+                out[a:b] = np.abs(p - 0.5).max(axis=1)
+            else:
+                # rows may sum to 1 within PROBA_ATOL (as dense rows): the residual is a bound only with that slack
+                resid = np.maximum(0.0, 1.0 - p.sum(axis=1)) + PROBA_ATOL
+                out[a:b] = np.minimum(p.min(axis=1), resid)
+        return out
 
     def argmax_classes(self) -> np.ndarray:
         """The most probable class of each row (multi-class: the first entry)."""
@@ -457,9 +461,12 @@ def _read_topk_parquet(p: Path, label: str, multilabel: bool, n_classes, id_colu
     tk = TopK(C, P, n_classes, label)
     if check:
         tk._checked.add((bool(multilabel), n_classes))
-    if id_column:
-        return tk, pa.chunked_array([c for a in ids for c in a.chunks]).combine_chunks()
-    return tk
+    out = (tk, pa.chunked_array([c for a in ids for c in a.chunks]).combine_chunks()) if id_column else tk
+    del ids, t
+    # the row groups' buffers went back to Arrow's allocator, which keeps them; hand them to the OS
+    # so the selection that follows does not stack on top of them (about 1 GB at 10M x 10)
+    pa.default_memory_pool().release_unused()
+    return out
 
 
 def check_scores(scores, name: str = "scores") -> np.ndarray:

@@ -433,11 +433,13 @@ def _read_topk_predictions(p: Path, index: IdIndex, id_column: str, multilabel: 
     tk, raw_ids = read_topk(p, name="--predictions", multilabel=multilabel, n_classes=n_classes, id_column=id_column)
     ids = normalise_ids(raw_ids, f"--predictions {p.name}: column {id_column!r}")
     rows = index.rows(ids, f"--predictions {p.name}")
+    pa.default_memory_pool().release_unused()  # the id join's hash table: back to the OS before selecting
     unknown = np.flatnonzero(rows < 0)
     if unknown.size:
         raise BatchalInputError(f"--predictions {p.name} has {unknown.size:,} ids that are not in the campaign: "
                                 f"{format_ids(ids.take(pa.array(unknown[:5])).to_pylist())}"
                                 + (f" and {unknown.size - 5:,} more" if unknown.size > 5 else ""))
+    del raw_ids, ids
     counts = np.bincount(rows, minlength=n)
     if (counts > 1).any():
         dup = np.flatnonzero(counts > 1)

@@ -192,7 +192,7 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     cids = np.ascontiguousarray(cids, dtype=np.int64)
     if isinstance(probs, TopK):
         passes = _round_robin.near_duplicate_passes_topk(
-            cids, np.ascontiguousarray(probs.classes, dtype=np.int64), np.ascontiguousarray(probs.probs, dtype=np.float32),
+            cids, np.ascontiguousarray(probs.classes), np.ascontiguousarray(probs.probs, dtype=np.float32),
             probs.missing_bounds(multilabel), float(tol), int(max_reps), bool(multilabel))
     else:
         P = np.ascontiguousarray(probs, dtype=np.float32)
