@@ -102,6 +102,27 @@ def _inputs(d: Path) -> None:
     np.savez(d / "d_nanX.npz", X=np.where(np.arange(300)[:, None] == 3, np.nan, X), y=y)
     np.savez(d / "d_absent.npz", X=X[:200], y=(X[:200, 0] > 0).astype(int), X_test=X[200:],
              y_test=(X[200:, 0] > 0).astype(int) + 2)
+    # top-k predictions (issue 21): one file per defect of the layout, each at row 7
+    from batchal import topk_predictions, topk_table
+
+    tc, tp = topk_predictions(P, 3)
+    np.savez(d / "TK.npz", top_classes=tc, top_probs=tp)
+    pq.write_table(topk_table(None, tc, tp, n_classes=4), d / "TK.parquet")
+    np.save(d / "S.npy", rng.uniform(size=N))
+    np.save(d / "S_nan.npy", np.where(np.arange(N) == 7, np.nan, rng.uniform(size=N)))
+    bad = {"vocab": (lambda c, p: c.__setitem__((7, 1), 9)), "dup": (lambda c, p: c.__setitem__((7, 1), c[7, 0])),
+           "range": (lambda c, p: p.__setitem__((7, 2), -0.5)), "nan": (lambda c, p: p.__setitem__((7, 1), np.nan)),
+           "unsorted": (lambda c, p: p.__setitem__(7, p[7, ::-1].copy()))}
+    for tag, spoil in bad.items():
+        c, p = tc.copy(), tp.copy()
+        spoil(c, p)
+        pq.write_table(topk_table(None, c, p, n_classes=4), d / f"TK_{tag}.parquet")
+        np.savez(d / f"TK_{tag}.npz", top_classes=c, top_probs=p, n_classes=4)
+    rows_c = [list(map(int, r)) for r in tc]
+    rows_p = [list(map(float, r)) for r in tp]
+    rows_c[7], rows_p[7] = rows_c[7][:2], rows_p[7][:2]
+    pq.write_table(pa.table({"top_classes": pa.array(rows_c, pa.list_(pa.int32())),
+                             "top_probs": pa.array(rows_p, pa.list_(pa.float32()))}), d / "TK_ragged.parquet")
     # places that cannot take an output
     (d / "afile").write_text("not a directory")
     (d / "adir.npy").mkdir()
@@ -158,6 +179,33 @@ CASES = [
     ("select-out-in-file", (*SEL, "--out", "afile/b.npy"), ["--out", "afile"]),
     ("select-out-is-dir", (*SEL, "--out", "adir.npy"), ["--out", "adir.npy"]),
     ("select-out-proc", (*SEL, "--out", "/proc/b.npy"), ["--out", "/proc"]),
+    # --- top-k predictions and precomputed scores (issue 21): the file and the first offending row ---
+    *[(f"topk-{tag}-{ext}", ("select", "-s", "cluster-margin:order=margin:tol=0.1", "-k", 5, "--probs",
+                             f"TK_{tag}.{ext}", "--clusters", "C.npy", "--out", OUT_NPY),
+       ["--probs", f"TK_{tag}.{ext}", "row 7", *extra])
+      for tag, extra in [("vocab", ["class id 9", "vocabulary of 4"]), ("dup", ["repeats a class id"]),
+                         ("range", ["outside [0, 1]"]), ("nan", ["NaN"]), ("unsorted", ["not sorted"])]
+      for ext in ("parquet", "npz")],
+    ("topk-ragged", ("select", "-s", "margin", "-k", 5, "--probs", "TK_ragged.parquet", "--out", OUT_NPY),
+     ["--probs", "TK_ragged.parquet", "k varies", "row 7"]),
+    ("topk-vocab-option", ("select", "-s", "margin", "-k", 5, "--probs", "TK.parquet", "--n-classes", 3,
+                           "--out", OUT_NPY), ["--probs", "TK.parquet", "vocabulary of 3"]),
+    ("topk-entropy", ("select", "-s", "entropy", "-k", 5, "--probs", "TK.npz", "--out", OUT_NPY),
+     ["--probs", "TK.npz", "entropy"]),
+    ("topk-badge", ("select", "-s", "badge", "-k", 5, "--probs", "TK.parquet", "--embeddings", "E.npy",
+                    "--out", OUT_NPY), ["badge", "top-k"]),
+    ("topk-mean", ("select", "-s", "margin", "-k", 5, "--probs", "TK.parquet", "--multilabel", "--aggregate", "mean",
+                   "--out", OUT_NPY), ["--probs", "TK.parquet", "mean"]),
+    ("n-classes-dense", (*SEL, "--n-classes", 4, "--out", OUT_NPY), ["--n-classes", "P.npy"]),
+    ("scores-nan", ("select", "-s", "margin", "-k", 5, "--scores", "S_nan.npy", "--out", OUT_NPY),
+     ["--scores", "NaN", "row 7"]),
+    ("scores-and-probs", ("select", "-s", "margin", "-k", 5, "--scores", "S.npy", "--probs", "P.npy",
+                          "--out", OUT_NPY), ["--scores", "--probs"]),
+    ("scores-2d", ("select", "-s", "margin", "-k", 5, "--scores", "P.npy", "--out", OUT_NPY), ["--scores", "shape"]),
+    ("scores-tol", ("select", "-s", "cluster-margin:order=margin:tol=0.1", "-k", 5, "--scores", "S.npy",
+                    "--clusters", "C.npy", "--out", OUT_NPY), ["tol", "scores"]),
+    ("scores-ray", ("select", "-s", "margin", "-k", 5, "--scores", "S.npy", "--engine", "ray", "--out", OUT_NPY),
+     ["--scores", "--engine local"]),
     # --- cluster ---
     ("cluster-out-in-file", (*CLU, "--out", "afile/C.npy"), ["--out", "afile"]),
     ("cluster-out-is-dir", (*CLU, "--out", "adir.npy"), ["--out", "adir.npy"]),

@@ -5,6 +5,7 @@ from .clustering import AverageLinkage, cluster
 from .scores import entropy, least_confidence, margin, multilabel_margin, softmax, uncertainty
 from .selectors import Pool, Selector, available_strategies, get_selector, register
 from .campaign import Campaign
+from .topk import TopK, read_topk, topk_predictions, topk_table
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "Campaign",
     "Pool",
     "Selector",
+    "TopK",
     "available_strategies",
     "cluster",
     "entropy",
@@ -21,8 +23,11 @@ __all__ = [
     "least_confidence",
     "margin",
     "multilabel_margin",
+    "read_topk",
     "register",
     "select",
     "softmax",
+    "topk_predictions",
+    "topk_table",
     "uncertainty",
 ]

@@ -101,8 +101,8 @@ def unread_input_warnings(arrays: dict, requires, strategy: str, labels: dict | 
         read |= {"probs", "logits"}
     msgs = []
     for key, arr in arrays.items():
-        if arr is None or key in read or key == "labeled":
-            continue
+        if arr is None or key in read or key == "labeled" or not isinstance(arr, np.ndarray):
+            continue  # top-k predictions (not an array) are validated whenever they are read
         bad = first_nonfinite(arr)
         if bad is not None:
             label = (labels or {}).get(key, key)

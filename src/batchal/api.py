@@ -19,6 +19,7 @@ def select(
     embeddings=None,
     clusters=None,
     labeled=None,
+    scores=None,
     multilabel: bool = False,
     aggregate: str = "min",
     seed=None,
@@ -33,10 +34,16 @@ def select(
         ``NAME:key=value[:key=value...]`` whose parameters override ``**params``.
     batch_size : int
     probs, logits : (n, C) arrays, optional
-        Predictions (exactly one when the strategy needs them).
+        Predictions (exactly one when the strategy needs them). ``probs`` may be a
+        :class:`batchal.topk.TopK` (top-k predictions, e.g. from
+        :func:`batchal.topk.read_topk`): margin, least-confidence and cluster-margin
+        (the near-duplicate test included) then read only the k entries per row.
     embeddings : (n, d) array, optional
     clusters : (n,) int array, optional
     labeled : int indices or bool mask, optional
+    scores : (n,) array, optional
+        Precomputed uncertainty, smaller = more uncertain (instead of predictions;
+        margin and cluster-margin without ``tol``).
     multilabel : bool
         Columns are independent binary problems (multi-label margin).
     aggregate : {"min", "mean"}
@@ -62,6 +69,7 @@ def select(
     selector = spec.make(random_state=seed, **params)
     arrays = dict(probs=probs, logits=logits, embeddings=embeddings, clusters=clusters)
     pool = Pool(
+        scores=scores,
         probs=probs,
         logits=logits,
         embeddings=embeddings,

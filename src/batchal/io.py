@@ -23,7 +23,7 @@ import numpy as np
 
 from ._validation import BatchalInputError, BatchalOutputError
 
-__all__ = ["load_array", "save_indices", "atomic_write", "atomic_directory", "check_output",
+__all__ = ["load_array", "load_predictions", "save_indices", "atomic_write", "atomic_directory", "check_output",
            "clean_stale_temps", "TMP_TAG"]
 
 #: Marks every temporary batchal writes; followed by ``-HOST-PID-``: a hash of the host name
@@ -71,6 +71,19 @@ def load_array(path, *, name: str = "array", columns: list[str] | None = None, t
     except Exception as exc:  # a corrupt file must name itself, not surface as a numpy traceback
         raise BatchalInputError(f"{name}: cannot read {p}: {exc}") from exc
     raise BatchalInputError(f"{name}: unsupported file type {suffix!r} ({p}); use .npy, .npz, .parquet or .csv")
+
+
+def load_predictions(path, *, name: str = "--probs", multilabel: bool = False, n_classes: int | None = None):
+    """Predictions from a file: a :class:`batchal.topk.TopK` when the file holds the top-k layout
+    (Parquet columns or ``.npz`` arrays ``top_classes`` and ``top_probs``), else :func:`load_array`'s
+    dense (n, C) array. Top-k files are validated as read (:func:`batchal.topk.read_topk`)."""
+    from .topk import is_topk_file, read_topk
+
+    if Path(path).exists() and is_topk_file(path):
+        return read_topk(path, name=name, multilabel=multilabel, n_classes=n_classes)
+    if n_classes is not None:
+        raise BatchalInputError(f"--n-classes applies to top-k predictions (top_classes, top_probs); {path} is dense")
+    return load_array(path, name=name)
 
 
 def _check_npy(p: Path, name: str) -> None:

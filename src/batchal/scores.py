@@ -17,6 +17,10 @@ which with many classes is dominated by the confidently-absent ones and ranks
 items mostly by how many labels they carry. We default to ``"min"`` because
 large multi-label vocabularies (Open Images has ~600 trainable classes) would
 otherwise wash out the signal.
+
+Top-k predictions (a few class ids and probabilities per row, for vocabularies
+too large for an (n, C) matrix) are scored by :meth:`batchal.topk.TopK.uncertainty`,
+which gives exactly these margins and least confidences, and refuses the rest.
 """
 from __future__ import annotations
 

@@ -256,7 +256,7 @@ class Campaign:
     # ------------------------------------------------------------------ cluster
     def cluster(self, *, mean_cluster_size: float | None = None, threshold: float | None = None,
                 metric: str = "cosine", method: str = "auto", knn: int = 50, seed: int = 0,
-                force: bool = False, progress: bool = False, engine=None) -> dict:
+                force: bool = False, progress: bool = False, engine=None, clusters=None) -> dict:
         """The one-time average-linkage clustering of the pool, stored with its parameters, tree and report.
 
         Running it again with the same parameters is a no-op; with other
@@ -273,9 +273,19 @@ class Campaign:
             must be on storage every worker sees at the same path. The engine
             only computes: what is written, and in which transaction, is the same
             for every engine (the engine is not part of the recorded parameters).
+        clusters : (n,) int array or path, optional
+            A precomputed clustering (one cluster id per item, in the campaign's
+            order) used instead of clustering here, e.g. one made on another
+            system. No tree is kept; the recorded parameters are the ids' hash.
+            ``add`` then puts each new item in its nearest neighbour's cluster
+            (``metric``), whatever the distance (the threshold is infinite).
         """
         from ..clustering.report import write_report
 
+        if clusters is not None:
+            if threshold is not None or mean_cluster_size is not None:
+                raise BatchalInputError("give --clusters (a precomputed clustering) or a cut, not both")
+            return self._cluster_given(clusters, metric, force)
         if threshold is not None and mean_cluster_size is not None:
             raise BatchalInputError("give a threshold or a mean cluster size, not both")
         if threshold is None and mean_cluster_size is None:
@@ -330,6 +340,61 @@ class Campaign:
             self._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"], threshold=rep["threshold"]))
         return rep
 
+    def _cluster_given(self, clusters, metric: str, force: bool) -> dict:
+        """Record a precomputed clustering (see :meth:`cluster`), in one transaction like a computed one."""
+        import hashlib
+        from types import SimpleNamespace
+
+        from ..clustering.report import write_report
+        from ..io import load_array
+
+        name = "--clusters"
+        src = str(Path(clusters).resolve()) if isinstance(clusters, (str, Path)) else "array"
+        labels = load_array(clusters, name=name) if isinstance(clusters, (str, Path)) else np.asarray(clusters)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise BatchalInputError(f"{name} must be one integer cluster id per item; got shape {labels.shape}, "
+                                    f"dtype {labels.dtype}")
+        labels = np.asarray(labels, dtype=np.int64)
+        params = dict(precomputed=hashlib.sha256(labels.tobytes()).hexdigest(), metric=metric)
+        with self._store.write("cluster") as conn:
+            n = self._index(conn).n
+            if labels.shape[0] != n:
+                raise BatchalInputError(f"{name} has {labels.shape[0]:,} cluster ids; the campaign has {n:,} items")
+            cur = conn.execute("SELECT gen, params, report FROM clustering ORDER BY gen DESC LIMIT 1").fetchone()
+            if cur is not None:
+                if json.loads(cur[1]) == params:
+                    return dict(json.loads(cur[2]), unchanged=True)
+                if not force:
+                    raise BatchalInputError(
+                        f"the campaign is already clustered ({json.loads(cur[1])}); the clustering is one-time, "
+                        "pass --force to replace it")
+            model = SimpleNamespace(labels_=labels, threshold_=float("inf"), metric=metric, method_="precomputed",
+                                    method_reason_=f"cluster ids given ({src})")
+            gen = 0 if cur is None else cur[0] + 1
+            cfile = self._store.write_npy(conn, "clusters", labels)
+            stem = self._store.new_name(f"clusters-gen{gen}", ".npy", where="reports")
+            rep = write_report(model, self._store.path_of(stem))
+            for key in ("report", "histogram"):
+                if rep.get(key) and Path(rep[key]).exists():
+                    rel = f"reports/{Path(rep[key]).name}"
+                    self._store.register(conn, rel, "report")
+                    rep[key] = rel
+            if cur is not None:
+                old = [self._meta(conn, "clusters_file"),
+                       *[r[0] for r in conn.execute("SELECT tree_file FROM clustering WHERE tree_file IS NOT NULL")],
+                       *[r[0] for r in conn.execute("SELECT name FROM files WHERE kind='report' AND name NOT IN (?, ?)",
+                                                    (rep.get("report"), rep.get("histogram")))]]
+                for old_name in old:
+                    if old_name:
+                        self._store.forget(conn, old_name)
+                conn.execute("UPDATE clustering SET tree_file=NULL")
+            conn.execute("INSERT INTO clustering(gen, params, metric, threshold, n_rows, tree_file, report, created_at) "
+                         "VALUES (?,?,?,?,?,?,?,?)",
+                         (gen, json.dumps(params), metric, float("inf"), n, None, json.dumps(rep), now()))
+            self._store.set_meta(conn, "clusters_file", cfile)
+            self._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"], threshold=None))
+        return rep
+
     # ------------------------------------------------------------------ select
     def select(self, batch_size: int, predictions=None, *, strategy: str | None = None, seed: int | None = None,
                id_column: str | None = None, probs_column: str | None = None, logits_column: str | None = None,
@@ -340,8 +405,10 @@ class Campaign:
         ----------
         batch_size : int
         predictions : path, optional
-            Parquet (an id column and a ``probs`` or ``logits`` list column) or a
-            ``.npy`` of shape (n, C) in the campaign's row order. Needed by every
+            Parquet (an id column and a ``probs`` or ``logits`` list column, or the
+            top-k layout: ``top_classes`` and ``top_probs`` list columns) or a
+            ``.npy`` of shape (n, C) (``.npz`` of the two top-k arrays) in the
+            campaign's row order. Needed by every
             strategy that reads predictions; items that can be selected must all
             have one (labeled and pending items may be missing).
         strategy : str
@@ -379,8 +446,10 @@ class Campaign:
             preds = None
             t_open = time.perf_counter()
             if predictions is not None:
+                vocab = self._meta(conn, "classes")
                 preds = read_predictions(predictions, index, id_column=id_column or self._meta(conn, "id_column"),
-                                         probs_column=probs_column, logits_column=logits_column, multilabel=multilabel)
+                                         probs_column=probs_column, logits_column=logits_column, multilabel=multilabel,
+                                         n_classes=len(vocab) if vocab else None)
             t1 = time.perf_counter()
             opened = conn.execute("SELECT round, batch_size, strategy, seed, predictions_sha256, seed_used, multilabel "
                                   "FROM rounds WHERE status='open'").fetchone()
@@ -400,7 +469,7 @@ class Campaign:
             if "predictions" in needs and preds is None:
                 raise BatchalInputError(f"strategy {spec.name!r} needs --predictions")
             classes = self._meta(conn, "classes")
-            if preds is not None and classes and preds.array.shape[1] != len(classes):
+            if preds is not None and preds.kind != "topk" and classes and preds.array.shape[1] != len(classes):
                 raise BatchalInputError(f"--predictions has {preds.array.shape[1]} classes; the campaign has "
                                         f"{len(classes)} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
             clusters = self._clusters(conn)
@@ -413,7 +482,7 @@ class Campaign:
                 # a strategy that reads nothing (random seed round): the Pool still needs its size
                 pool_clusters = clusters if clusters is not None else np.zeros(n, dtype=np.int64)
             seed_used = int(seed) if seed is not None else secrets.randbits(63)
-            probs = preds.array if preds is not None and preds.kind == "probs" else None
+            probs = preds.array if preds is not None and preds.kind in ("probs", "topk") else None
             logits = preds.array if preds is not None and preds.kind == "logits" else None
             eng, owned = _engine_arg(engine)  # made here, not earlier: a reused round needs none
             try:
@@ -938,6 +1007,20 @@ def _top_labels(array, idx: np.ndarray, kind: str, multilabel: bool, classes) ->
     """The model's answer for each selected row, as a label: top class, or every class with p >= 0.5."""
     from .pool import canonical_label
 
+    from ..topk import TopK
+
+    if isinstance(array, TopK):
+        # top-k rows: the first entry (multi-class), or the listed classes with p >= 0.5 (multi-label: classes
+        # left out of the k nearest 0.5 are unknown, so a confident positive may be missing from the pre-annotation)
+        t = array.take(idx)
+        names = np.array(classes if classes else [str(i) for i in range(int(t.classes.max()) + 1)], dtype=object)
+        if not multilabel:
+            return names[t.classes[:, 0]].tolist()
+        pos = t.probs >= 0.5
+        out = [None] * t.n
+        for i in np.flatnonzero(pos.any(axis=1)).tolist():  # rows with no listed positive stay None
+            out[i] = canonical_label(names[t.classes[i][pos[i]]].tolist())
+        return out
     A = np.asarray(array[idx], dtype=np.float64)
     names = np.array(classes if classes else [str(i) for i in range(A.shape[1])], dtype=object)
     if not multilabel:

@@ -315,17 +315,26 @@ class Predictions:
 
 
 def read_predictions(path, index: IdIndex, *, id_column: str = "id", probs_column: str | None = None,
-                     logits_column: str | None = None, multilabel: bool = False) -> Predictions:
+                     logits_column: str | None = None, multilabel: bool = False,
+                     n_classes: int | None = None) -> Predictions:
     """Read predictions keyed by id (Parquet) or in campaign row order (``.npy``).
 
     Values are validated in file order, so an error names the file's row or id.
     Unknown ids and ids given twice are errors; which rows must be covered is the
-    caller's rule (``have``).
+    caller's rule (``have``). Top-k predictions (Parquet with ``top_classes`` and
+    ``top_probs`` list columns beside the id column, or an ``.npz`` of those two
+    arrays in the campaign's order) give ``kind="topk"`` and a
+    :class:`batchal.topk.TopK` as ``array``; their class ids are checked against
+    ``n_classes`` (the campaign's classes) when given.
     """
+    from ..topk import is_topk_file
+
     p = Path(path)
     if not p.exists():
         raise BatchalInputError(f"--predictions: no such file {p}")
     n = index.n
+    if not (probs_column or logits_column) and is_topk_file(p):
+        return _read_topk_predictions(p, index, id_column, multilabel, n_classes)
     if p.suffix.lower() == ".npy":
         if probs_column or logits_column:
             kind = "logits" if logits_column else "probs"
@@ -402,6 +411,63 @@ def read_predictions(path, index: IdIndex, *, id_column: str = "id", probs_colum
     if have is not None:
         h.update(np.packbits(have).tobytes())
     return Predictions(kind, full, have, h.hexdigest(), str(p.resolve()))
+
+
+def _read_topk_predictions(p: Path, index: IdIndex, id_column: str, multilabel: bool, n_classes) -> Predictions:
+    """Top-k predictions aligned with the campaign's rows (the dense path's rules, two (n, k) arrays)."""
+    from ..topk import TopK, read_topk
+
+    n = index.n
+    if p.suffix.lower() == ".npz":
+        tk = read_topk(p, name="--predictions", multilabel=multilabel, n_classes=n_classes)
+        if tk.n != n:
+            raise BatchalInputError(f"--predictions {p.name} has {tk.n:,} rows; an .npz of top-k predictions has one "
+                                    f"row per campaign item, in the campaign's order ({n:,} rows)")
+        return Predictions("topk", tk, None, _hash_topk(tk), str(p.resolve()))
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(_parquet_files(p)[0]).names
+    if id_column not in names:
+        raise BatchalInputError(f"--predictions {p.name} has no id column {id_column!r} (columns: {', '.join(names)}); "
+                                "name it with --id-column")
+    tk, raw_ids = read_topk(p, name="--predictions", multilabel=multilabel, n_classes=n_classes, id_column=id_column)
+    ids = normalise_ids(raw_ids, f"--predictions {p.name}: column {id_column!r}")
+    rows = index.rows(ids, f"--predictions {p.name}")
+    pa.default_memory_pool().release_unused()  # the id join's hash table: back to the OS before selecting
+    unknown = np.flatnonzero(rows < 0)
+    if unknown.size:
+        raise BatchalInputError(f"--predictions {p.name} has {unknown.size:,} ids that are not in the campaign: "
+                                f"{format_ids(ids.take(pa.array(unknown[:5])).to_pylist())}"
+                                + (f" and {unknown.size - 5:,} more" if unknown.size > 5 else ""))
+    del raw_ids, ids
+    counts = np.bincount(rows, minlength=n)
+    if (counts > 1).any():
+        dup = np.flatnonzero(counts > 1)
+        raise BatchalInputError(f"--predictions {p.name} lists {dup.size:,} ids more than once, e.g. "
+                                f"{format_ids(index.take(dup[:5]))}")
+    if rows.shape[0] == n and (rows == np.arange(n)).all():
+        return Predictions("topk", tk, None, _hash_topk(tk), str(p.resolve()))
+    # rows without predictions get a neutral filler (classes 0..k-1, equal probabilities, never read:
+    # the caller refuses them when they are selectable and blanks their recorded margin)
+    k = tk.k
+    C = np.broadcast_to(np.arange(k, dtype=np.int32), (n, k)).copy()
+    P = np.full((n, k), 1.0 / k if not multilabel else 0.5, dtype=np.float32)
+    C[rows], P[rows] = tk.classes, tk.probs
+    del tk
+    have = counts.astype(bool)
+    full = TopK(C, P, n_classes, f"--predictions {p}")
+    full._checked.add((bool(multilabel), n_classes))  # every row read was validated; fillers are never scored
+    h = hashlib.sha256(_hash_topk(full).encode())
+    h.update(np.packbits(have).tobytes())
+    return Predictions("topk", full, have, h.hexdigest(), str(p.resolve()))
+
+
+def _hash_topk(tk) -> str:
+    h = hashlib.sha256(f"topk:{tk.shape}".encode())
+    for A in (tk.classes, tk.probs):
+        for a, b in iter_chunks(A.shape[0], 1 << 18):
+            h.update(np.ascontiguousarray(A[a:b]).tobytes())
+    return h.hexdigest()
 
 
 def _validate(A, kind: str, name: str, multilabel: bool) -> None:

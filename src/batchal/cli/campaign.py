@@ -102,6 +102,7 @@ def cluster(
     knn: int = typer.Option(50, "--knn", help="neighbours per row for the graph method"),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="replace an existing clustering"),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="a precomputed clustering: one int cluster id per item, in the campaign's order (.npy); nothing is clustered here"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
@@ -115,7 +116,8 @@ def cluster(
         c = _open(directory)  # not a campaign: refused before a Ray instance is started
         with _engine_for(engine, ray_address, quiet) as eng:
             rep = c.cluster(mean_cluster_size=mean_cluster_size, threshold=threshold, metric=metric.value,
-                            method=method.value, knn=knn, seed=seed, force=force, progress=not quiet, engine=eng)
+                            method=method.value, knn=knn, seed=seed, force=force, progress=not quiet, engine=eng,
+                            clusters=clusters)
     if rep.get("unchanged"):
         err.print("already clustered with these parameters (nothing to do)", highlight=False, markup=False)
     if not quiet:
@@ -130,7 +132,7 @@ def cluster(
 def select(
     directory: Path = DirArg,
     batch_size: int = typer.Option(..., "--batch-size", "-k"),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Parquet (id + probs/logits list column) or .npy in the pool's order"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Parquet (id + probs/logits list column, or id + top_classes/top_probs: top-k) or .npy (.npz of top-k) in the pool's order"),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="strategy spec (default: `batchal strategies --recommended`)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="same seed, same batch (drawn and recorded when omitted)"),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help=".csv (ids), .jsonl, or .json (Label Studio tasks)"),

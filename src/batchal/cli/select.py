@@ -25,9 +25,11 @@ def select(
     strategy: str = typer.Option(..., "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 (see `batchal strategies`)"),
     batch_size: int = typer.Option(..., "--batch-size", "-k", min=1, help="how many rows to select"),
     out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
-    probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities"),
+    probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities, or top-k predictions (Parquet columns / .npz arrays top_classes and top_probs)"),
     logits: Optional[Path] = typer.Option(None, "--logits", help="(n, C) logits (softmax applied; sigmoid with --multilabel)"),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="(n, d) embeddings (coreset, badge)"),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="(n,) precomputed uncertainty, smaller = more uncertain (margin, cluster-margin without tol)"),
+    n_classes: Optional[int] = typer.Option(None, "--n-classes", min=1, help="top-k --probs: size of the class vocabulary (class ids are checked against it; default: the file's n_classes metadata)"),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids from `batchal cluster` (cluster-margin)"),
     labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled (a batch file of an earlier round works)"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids, one per pool row; a .csv output then also lists the ids"),
@@ -42,8 +44,9 @@ def select(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Pick the next batch of rows to label."""
-    from ..io import check_output, load_array, save_indices
+    from ..io import check_output, load_array, load_predictions, save_indices
     from ..selectors.spec import parse_spec
+    from ..topk import check_scores
     from .._validation import check_ids, unread_input_warnings
 
     try:
@@ -51,29 +54,33 @@ def select(
     except BatchalInputError as exc:
         _fail(f"--strategy: {exc}")
     check_output(out_path, name="--out", suffixes=(".npy", ".csv"))
-    if probs is not None and logits is not None:
-        _fail("give --probs or --logits, not both")
+    given = [o for o, v in (("--probs", probs), ("--logits", logits), ("--scores", scores)) if v is not None]
+    if len(given) > 1:
+        _fail(f"give one of --probs, --logits or --scores, not {' and '.join(given)}")
     # command-line options are defaults; a value in the spec wins
     defaults = dict(margin_factor=margin_factor, max_candidate_share=max_candidate_share,
                     partitions=partitions, progress=not quiet)
     if engine is EngineName.ray or ray_address is not None:
+        if scores is not None:
+            _fail("--scores: the ray engine scores predictions where they lie; with precomputed scores use --engine local")
         return _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
-                           multilabel, aggregate, seed, quiet, engine, ray_address)
+                           multilabel, aggregate, seed, quiet, engine, ray_address, n_classes)
     t0 = time.perf_counter()
     try:
         arrays = dict(
-            probs=load_array(probs, name="--probs") if probs else None,
+            probs=load_predictions(probs, name="--probs", multilabel=multilabel, n_classes=n_classes) if probs else None,
             logits=load_array(logits, name="--logits") if logits else None,
             embeddings=load_array(embeddings, name="--embeddings") if embeddings else None,
             clusters=load_array(clusters, name="--clusters") if clusters else None,
             labeled=load_array(labeled, name="--labeled") if labeled else None,
         )
+        score_arr = check_scores(load_array(scores, name="--scores"), "--scores") if scores else None
         id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         t1 = time.perf_counter()
         from ..selectors import Pool
 
         selector = spec.make(random_state=seed, defaults=defaults)
-        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, **arrays)
+        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, **arrays)
         if id_arr is not None and id_arr.shape[0] != pool.n:
             raise BatchalInputError(f"--ids has {id_arr.shape[0]:,} rows but the pool has {pool.n:,}; "
                                     "give one id per pool row")
@@ -102,7 +109,7 @@ def select(
 
 
 def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,
-                multilabel, aggregate, seed, quiet, engine, ray_address):
+                multilabel, aggregate, seed, quiet, engine, ray_address, n_classes=None):
     """``select --engine ray``: predictions are read and scored by the Ray workers where they lie."""
     from ..io import load_array, save_indices
     from .._validation import check_ids
@@ -128,7 +135,7 @@ def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters,
                              clusters=load_array(clusters, name="--clusters") if clusters else None,
                              labeled=load_array(labeled, name="--labeled") if labeled else None,
                              multilabel=multilabel, aggregate=aggregate.value, seed=seed, progress=not quiet,
-                             defaults=defaults)
+                             defaults=defaults, n_classes=n_classes)
         id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         if id_arr is not None and id_arr.shape[0] <= int(idx.max()):
             raise BatchalInputError(f"--ids has {id_arr.shape[0]} rows but the pool has more")

@@ -8,11 +8,14 @@ import numpy as np
 from .base import Engine
 
 
-def _array(x, name: str):
-    """A path is loaded (``.npy`` memory-mapped, Parquet read); an array is returned as is."""
+def _array(x, name: str, multilabel: bool = False):
+    """A path is loaded (``.npy`` memory-mapped, Parquet read; ``probs`` may be top-k predictions);
+    an array is returned as is."""
     if isinstance(x, (str, Path)):
-        from ..io import load_array
+        from ..io import load_array, load_predictions
 
+        if name == "probs":
+            return load_predictions(x, name=name, multilabel=multilabel)
         return load_array(x, name=name)
     return x
 
@@ -27,7 +30,7 @@ class LocalEngine(Engine):
         """:func:`batchal.select`; array arguments may also be paths."""
         from ..api import select
 
-        return select(strategy, batch_size, probs=_array(probs, "probs"), logits=_array(logits, "logits"),
+        return select(strategy, batch_size, probs=_array(probs, "probs", multilabel), logits=_array(logits, "logits"),
                       embeddings=_array(embeddings, "embeddings"), clusters=_array(clusters, "clusters"),
                       labeled=_array(labeled, "labeled"), multilabel=multilabel, aggregate=aggregate, seed=seed,
                       **params)
@@ -37,7 +40,7 @@ class LocalEngine(Engine):
         """An in-memory :class:`batchal.selectors.Pool` (arrays kept as given; ``progress`` unused)."""
         from ..selectors import Pool
 
-        return Pool(probs=_array(probs, "probs"), logits=_array(logits, "logits"),
+        return Pool(probs=_array(probs, "probs", multilabel), logits=_array(logits, "logits"),
                     embeddings=_array(embeddings, "embeddings"), clusters=_array(clusters, "clusters"),
                     labeled=_array(labeled, "labeled"), multilabel=multilabel, aggregate=aggregate)
 

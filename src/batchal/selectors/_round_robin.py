@@ -111,3 +111,83 @@ def near_duplicate_passes(cids, P, tol, max_reps):
             prev_rep[i] = last_rep[c]
             last_rep[c] = i
     return passes
+
+
+@njit(cache=True)
+def _missing_gap(p, bound, multilabel):
+    """Smallest possible |p - x| for a class value x missing from a row's top-k.
+
+    Multi-class: x lies in [0, bound]. Multi-label: x lies at least ``bound`` away from
+    0.5 (the row kept the classes nearest 0.5), on either side.
+    """
+    if multilabel:
+        g = bound - abs(p - 0.5)
+    else:
+        g = p - bound
+    return g if g > 0.0 else 0.0
+
+
+@njit(cache=True)
+def topk_close(ci, pi, bi, cj, pj, bj, tol, multilabel):
+    """Whether two top-k rows can be near-duplicates: every class of their union within ``tol``.
+
+    A class in both rows compares its two probabilities (float32 arithmetic, as the dense
+    kernel); a class in one row only compares with the value the other row's layout allows
+    nearest to it (:func:`_missing_gap`); a class in neither row can be equal in both.
+    O(k^2) per pair, with no allocation (k is small: 10 at the paper's size).
+    """
+    k = ci.shape[0]
+    for a in range(k):
+        c = ci[a]
+        found = -1
+        for b in range(k):
+            if cj[b] == c:
+                found = b
+                break
+        if found >= 0:
+            if abs(pi[a] - pj[found]) > tol:
+                return False
+        elif _missing_gap(pi[a], bj, multilabel) > tol:
+            return False
+    for b in range(k):
+        c = cj[b]
+        found = False
+        for a in range(k):
+            if ci[a] == c:
+                found = True
+                break
+        if not found and _missing_gap(pj[b], bi, multilabel) > tol:
+            return False
+    return True
+
+
+@njit(cache=True)
+def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
+    """:func:`near_duplicate_passes` for top-k rows, comparing pairs with :func:`topk_close`.
+
+    The same scan and representative bookkeeping as the dense kernel; with ``k = C``
+    (every class listed) the comparisons, and so the passes, are the dense ones.
+    """
+    m = cids.shape[0]
+    last_rep = np.full(cids.max() + 1, -1, dtype=np.int64)
+    prev_rep = np.full(m, -1, dtype=np.int64)
+    dups = np.zeros(m, dtype=np.int32)
+    passes = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        c = cids[i]
+        j = last_rep[c]
+        seen = 0
+        found = -1
+        while j >= 0 and seen < max_reps:
+            if topk_close(cls[i], P[i], bounds[i], cls[j], P[j], bounds[j], tol, multilabel):
+                found = j
+                break
+            j = prev_rep[j]
+            seen += 1
+        if found >= 0:
+            dups[found] += 1
+            passes[i] = dups[found]
+        else:
+            prev_rep[i] = last_rep[c]
+            last_rep[c] = i
+    return passes

@@ -66,6 +66,12 @@ class BadgeSelector(Selector):
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         from .._validation import BatchalInputError
 
+        if not pool.has_dense_predictions:
+            # BADGE's gradient embedding (p - onehot(argmax p)) x h reads every class's probability; a top-k
+            # row drops the rest and a score drops all of them, so the k-means++ geometry would be another one
+            raise BatchalInputError("strategy 'badge' needs dense probabilities or logits (its gradient embeddings "
+                                    "read every class); top-k predictions and precomputed scores are refused: use "
+                                    "margin or cluster-margin with them")
         m = int(self.partitions)
         if m < 1 or m > k:
             raise BatchalInputError(f"partitions must be between 1 and the batch size ({k}); got {self.partitions}")

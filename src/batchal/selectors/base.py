@@ -26,7 +26,16 @@ class Pool:
     Parameters
     ----------
     probs, logits : array of shape (n, C), optional
-        Predicted class probabilities, or logits. At most one.
+        Predicted class probabilities, or logits. At most one. ``probs`` may also be
+        a :class:`batchal.topk.TopK` (top-k predictions; moved to ``topk``).
+    topk : TopK, optional
+        Top-k predictions: (n, k) class ids and their probabilities, never an
+        (n, C) matrix. Margin, least confidence and the multi-label min-margin are
+        exactly the dense scores; entropy, the mean aggregate and BADGE are refused.
+    scores : float array of shape (n,), optional
+        A precomputed uncertainty score per row, **smaller = more uncertain** (a
+        margin the user's model already reduced). Read by margin and cluster-margin
+        (not by the near-duplicate test, which needs probabilities).
     embeddings : array of shape (n, d), optional
     clusters : int array of shape (n,), optional
         One cluster id per row from a one-time clustering of the whole pool.
@@ -44,6 +53,8 @@ class Pool:
     clusters: np.ndarray | None = None
     labeled: np.ndarray | None = None
     multilabel: bool = False
+    topk: object = None
+    scores: np.ndarray | None = None
     aggregate: str = "min"
     n: int = field(init=False)
     labeled_mask: np.ndarray = field(init=False, repr=False)
@@ -53,9 +64,23 @@ class Pool:
     distributed: ClassVar[bool] = False
 
     def __post_init__(self):
-        if self.probs is not None and self.logits is not None:
-            raise BatchalInputError("give probs or logits, not both")
+        from ..topk import TopK, check_scores
+
+        if isinstance(self.probs, TopK):
+            if self.topk is not None:
+                raise BatchalInputError("give top-k predictions once (probs or topk)")
+            self.topk, self.probs = self.probs, None
+        given = [k for k in ("probs", "logits", "topk", "scores") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise BatchalInputError(f"give one kind of predictions (probs, logits, top-k or scores), not {' and '.join(given)}")
         sizes = {}
+        if self.topk is not None:
+            if not isinstance(self.topk, TopK):
+                raise BatchalInputError("topk must be a batchal.topk.TopK (top-k class ids and probabilities)")
+            sizes["probs"] = self.topk.n
+        if self.scores is not None:
+            self.scores = check_scores(self.scores, "scores")
+            sizes["scores"] = self.scores.shape[0]
         if self.probs is not None:
             self.probs = check_2d(self.probs, "probs")
             sizes["probs"] = self.probs.shape[0]
@@ -71,7 +96,7 @@ class Pool:
                 raise BatchalInputError(f"clusters must be a 1-d array of ints; got shape {c.shape}")
             sizes["clusters"] = c.shape[0]
         if not sizes:
-            raise BatchalInputError("the pool is empty: give probs/logits, embeddings or clusters")
+            raise BatchalInputError("the pool is empty: give probs/logits/scores, embeddings or clusters")
         if len(set(sizes.values())) > 1:
             desc = ", ".join(f"{k} has {v} rows" for k, v in sizes.items())
             raise BatchalInputError(f"inputs disagree on the number of rows: {desc}")
@@ -82,6 +107,11 @@ class Pool:
 
     @property
     def has_predictions(self) -> bool:
+        return self.probs is not None or self.logits is not None or self.topk is not None or self.scores is not None
+
+    @property
+    def has_dense_predictions(self) -> bool:
+        """An (n, C) matrix of probabilities or logits (what BADGE's gradient embeddings need)."""
         return self.probs is not None or self.logits is not None
 
     @property
@@ -90,6 +120,13 @@ class Pool:
 
     def uncertainty(self, kind: str = "margin") -> np.ndarray:
         """Cached per-row uncertainty (larger = more uncertain); see :func:`batchal.scores.uncertainty`."""
+        if kind not in self._cache and self.scores is not None:
+            if kind != "margin":
+                raise BatchalInputError(f"precomputed scores stand for the margin (smaller = more uncertain); "
+                                        f"the {kind!r} score needs predicted probabilities")
+            self._cache[kind] = -np.asarray(self.scores, dtype=np.float32)
+        elif kind not in self._cache and self.topk is not None:
+            self._cache[kind] = self.topk.uncertainty(kind, multilabel=self.multilabel, aggregate=self.aggregate)
         if kind not in self._cache:
             self._cache[kind] = _scores.uncertainty(
                 kind, self.probs, logits=self.logits, multilabel=self.multilabel, aggregate=self.aggregate
@@ -104,11 +141,18 @@ class Pool:
         """
         return top_k(self.uncertainty(kind), self.labeled_mask, k)
 
-    def rows_probs(self, rows: np.ndarray) -> np.ndarray:
+    def rows_probs(self, rows: np.ndarray):
         """Predicted probabilities of ``rows`` only, in that order (softmax, or sigmoid when
-        multi-label, of the logits when logits were given); a distributed pool overrides it."""
+        multi-label, of the logits when logits were given; a :class:`batchal.topk.TopK` of
+        those rows for top-k input); a distributed pool overrides it."""
         from .. import scores
 
+        if self.scores is not None:
+            raise BatchalInputError("this strategy compares predicted probabilities (the near-duplicate test of "
+                                    "tol=...); precomputed scores hold one number per row: give probabilities or "
+                                    "top-k predictions, or drop tol")
+        if self.topk is not None:
+            return self.topk.check(self.multilabel).take(rows)
         order = np.argsort(rows, kind="stable")
         back = np.empty_like(order)
         back[order] = np.arange(order.shape[0])

@@ -150,8 +150,8 @@ def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) 
     return candidates[part[np.argsort(keys[part], kind="stable")]].astype(np.int64)
 
 
-def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, probs: np.ndarray, k: int,
-                               tol: float, max_reps: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, probs, k: int,
+                               tol: float, max_reps: int = 256, multilabel: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Margin order, each group of near-duplicates giving one item per pass.
 
     Parameters
@@ -159,14 +159,19 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     candidates : int array of shape (m,)
         Row indices, **most uncertain first**.
     cluster_ids : int array of shape (m,)
-    probs : float array of shape (m, C)
+    probs : float array of shape (m, C), or :class:`batchal.topk.TopK` of m rows
         The candidates' predicted probabilities (per-class probabilities for multi-label).
+        Top-k rows compare on the union of their classes, a class missing from a row
+        counting with the value nearest the other row's that the layout allows there
+        (see :mod:`batchal.topk`); with every class listed this is the dense test.
     k : int
     tol : float
         Two candidates of one cluster are near-duplicates when no class
         probability differs by more than ``tol``.
     max_reps : int
         Representatives of a cluster compared per candidate (a cost bound).
+    multilabel : bool
+        Top-k rows hold the classes nearest 0.5 (only read for top-k input).
 
     Returns
     -------
@@ -181,9 +186,17 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     pool without near-duplicates this is exactly margin; items are skipped only
     as far as the candidates are redundant.
     """
+    from ..topk import TopK
+
     cids, _ = _dense_cluster_ids(np.asarray(cluster_ids))
-    P = np.ascontiguousarray(probs, dtype=np.float32)
-    passes = _round_robin.near_duplicate_passes(np.ascontiguousarray(cids, dtype=np.int64), P, float(tol), int(max_reps))
+    cids = np.ascontiguousarray(cids, dtype=np.int64)
+    if isinstance(probs, TopK):
+        passes = _round_robin.near_duplicate_passes_topk(
+            cids, np.ascontiguousarray(probs.classes), np.ascontiguousarray(probs.probs, dtype=np.float32),
+            probs.missing_bounds(multilabel), float(tol), int(max_reps), bool(multilabel))
+    else:
+        P = np.ascontiguousarray(probs, dtype=np.float32)
+        passes = _round_robin.near_duplicate_passes(cids, P, float(tol), int(max_reps))
     m = passes.shape[0]
     keys = passes * m + np.arange(m)
     part = np.argpartition(keys, k - 1)[:k] if k < m else np.arange(m)
@@ -304,7 +317,7 @@ class ClusterMarginSelector(Selector):
             if not (np.isfinite(self.tol) and 0 <= self.tol <= 1):
                 raise BatchalInputError(f"tol must be in [0, 1]; got {self.tol}")
             probs = pool.rows_probs(cand)
-            batch, passes = near_duplicate_round_robin(cand, cids, probs, k, self.tol)
+            batch, passes = near_duplicate_round_robin(cand, cids, probs, k, self.tol, multilabel=pool.multilabel)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
             return batch

@@ -121,17 +121,26 @@ class RowSource:
         Named in error messages.
     """
 
-    def __init__(self, blocks: list[Block], n: int, columns=None, name: str = "input"):
+    def __init__(self, blocks: list[Block], n: int, columns=None, name: str = "input", topk: bool = False,
+                 n_classes: int | None = None):
         self.blocks = blocks
         self.n = n
         self.columns = columns
         self.name = name
+        #: blocks are top-k predictions (:class:`batchal.topk.TopK`), read from two list columns
+        self.topk = topk
+        self.n_classes = n_classes
 
     @classmethod
     def open(cls, x, *, name: str, kind: str | None = None, column: str | None = None,
-             id_column: str | None = "id", ray=None) -> "RowSource":
+             id_column: str | None = "id", ray=None, n_classes: int | None = None) -> "RowSource":
         """From a Parquet path (file, directory or list), ``.npy`` paths (one, or a list whose rows
-        follow each other, as a campaign's shards), or an in-memory array."""
+        follow each other, as a campaign's shards), an in-memory array, or top-k predictions
+        (Parquet with ``top_classes`` and ``top_probs`` columns, or a :class:`batchal.topk.TopK`)."""
+        from ...topk import TopK
+
+        if isinstance(x, TopK):
+            return cls._topk_array(x, name, ray, n_classes)
         if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path))):
             paths = [Path(x)] if isinstance(x, (str, Path)) else [Path(f) for f in x]
             npy = [f.suffix.lower() == ".npy" for f in paths]
@@ -139,20 +148,29 @@ class RowSource:
                 return cls._npy(paths, name)
             if any(npy):
                 raise BatchalInputError(f"{name}: give .npy files or Parquet files, not both")
-            return cls._parquet(x, name, kind or name, column, id_column)
+            src = cls._parquet(x, name, kind or name, column, id_column)
+            if src.topk and n_classes is not None:
+                src.n_classes = n_classes
+            return src
         return cls._array(np.asanyarray(x), name, ray)
 
     @classmethod
     def _parquet(cls, path, name, kind, column, id_column):
         import pyarrow.parquet as pq
 
-        blocks, start, cols = [], 0, None
+        from ...topk import TOPK_COLUMNS, _n_classes_meta
+
+        blocks, start, cols, n_classes = [], 0, None, None
         for f in parquet_files(path):
             try:
                 pf = pq.ParquetFile(f)
             except Exception as exc:
                 raise BatchalInputError(f"{name}: cannot read {f}: {exc}") from None
-            c = value_columns(pf.schema_arrow, column, kind, id_column, f)
+            if column is None and kind == "probs" and set(TOPK_COLUMNS) <= set(pf.schema_arrow.names):
+                c = list(TOPK_COLUMNS)  # the top-k layout, recognised by its column names
+                n_classes = n_classes if n_classes is not None else _n_classes_meta(pf.schema_arrow)
+            else:
+                c = value_columns(pf.schema_arrow, column, kind, id_column, f)
             if cols is None:
                 cols = c
             elif c != cols:
@@ -164,7 +182,17 @@ class RowSource:
                     start += m
         if start == 0:
             raise BatchalInputError(f"{name}: {path} holds no rows")
-        return cls(blocks, start, cols, name)
+        return cls(blocks, start, cols, name, topk=cols == list(TOPK_COLUMNS), n_classes=n_classes)
+
+    @classmethod
+    def _topk_array(cls, tk, name: str, ray, n_classes):
+        """Top-k predictions held by the driver: object-store chunks of (classes, probs) pairs."""
+        blocks = []
+        for a in range(0, tk.n, CHUNK_ROWS):
+            b = min(tk.n, a + CHUNK_ROWS)
+            part = (np.ascontiguousarray(tk.classes[a:b]), np.ascontiguousarray(tk.probs[a:b]))
+            blocks.append(Block("ref", ray.put(part), 0, a, b - a))
+        return cls(blocks, tk.n, None, name, topk=True, n_classes=n_classes if n_classes is not None else tk.n_classes)
 
     @classmethod
     def _npy(cls, paths: list, name: str):
@@ -198,16 +226,27 @@ class RowSource:
             blocks.append(Block("ref", ray.put(np.ascontiguousarray(arr[a:b])), 0, a, b - a))
         return cls(blocks, n, None, name)
 
-    def read(self, block: Block) -> np.ndarray:
-        """The rows of one block (in a worker)."""
+    def read(self, block: Block):
+        """The rows of one block (in a worker): an array, or a :class:`batchal.topk.TopK` for top-k input."""
         if block.kind == "ref":
             import ray
 
-            return ray.get(block.where)
+            got = ray.get(block.where)
+            if self.topk:
+                from ...topk import TopK
+
+                return TopK(got[0], got[1], self.n_classes, self.name)
+            return got
         if block.kind == "npy":
             arr = np.load(block.where, mmap_mode="r", allow_pickle=False)
             return np.asarray(arr[block.part:block.part + block.rows])
         import pyarrow.parquet as pq
 
         t = pq.ParquetFile(block.where).read_row_group(block.part, columns=self.columns)
+        if self.topk:
+            from ...topk import TopK, topk_from_table
+
+            where = f"{self.name} {block.where}"
+            c, p = topk_from_table(t, where, block.start)
+            return TopK(c, p, self.n_classes, where)
         return table_values(t, f"{self.name} ({block.where})")

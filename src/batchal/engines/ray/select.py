@@ -12,6 +12,8 @@ engine's batch for the same inputs and seed.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..._validation import BatchalInputError, check_clusters, labeled_mask
@@ -49,14 +51,17 @@ def _block_top(src: RowSource, block: Block, kind: str, is_logits: bool, multila
     from ...selectors.base import top_k
 
     x = src.read(block)
-    if x.ndim != 2:
-        raise BatchalInputError(f"{src.name} must be 2-d (n, C); a block has shape {x.shape}")
-    try:
-        u = uncertainty(kind, None if is_logits else x, logits=x if is_logits else None, multilabel=multilabel,
-                        aggregate=aggregate, row_offset=block.start)
-    except BatchalInputError as exc:
-        where = f" ({block.where})" if block.kind != "ref" else ""
-        raise BatchalInputError(f"{exc}{where}") from None
+    if src.topk:  # validated and scored by the local engine's code; its messages name the file and pool row
+        u = x.uncertainty(kind, multilabel=multilabel, aggregate=aggregate, row_offset=block.start)
+    else:
+        if x.ndim != 2:
+            raise BatchalInputError(f"{src.name} must be 2-d (n, C); a block has shape {x.shape}")
+        try:
+            u = uncertainty(kind, None if is_logits else x, logits=x if is_logits else None, multilabel=multilabel,
+                            aggregate=aggregate, row_offset=block.start)
+        except BatchalInputError as exc:
+            where = f" ({block.where})" if block.kind != "ref" else ""
+            raise BatchalInputError(f"{exc}{where}") from None
     mask = np.zeros(x.shape[0], dtype=bool)
     if labeled is not None and labeled.shape[0]:
         lo, hi = np.searchsorted(labeled, [block.start, block.start + block.rows])
@@ -68,9 +73,13 @@ def _block_top(src: RowSource, block: Block, kind: str, is_logits: bool, multila
     return u[local], local.astype(np.int64) + block.start, x.shape[1]
 
 
-def _block_rows(source: RowSource, block, rows: np.ndarray) -> np.ndarray:
-    """The given global rows of one block (a Ray task): the candidates' predictions, where they lie."""
+def _block_rows(source: RowSource, block, rows: np.ndarray):
+    """The given global rows of one block (a Ray task): the candidates' predictions, where they lie
+    (``(classes, probs)`` of those rows for top-k input)."""
     x = source.read(block)
+    if source.topk:
+        t = x.take(rows - block.start)
+        return np.asarray(t.classes), np.asarray(t.probs)
     return np.asarray(x[rows - block.start], dtype=np.float64)
 
 
@@ -87,7 +96,7 @@ class RayPool(Pool):
 
     def __init__(self, source: RowSource, *, is_logits: bool = False, clusters=None, labeled=None,
                  multilabel: bool = False, aggregate: str = "min", max_inflight: int = 4, progress: bool = False):
-        self.probs = self.logits = self.embeddings = None
+        self.probs = self.logits = self.embeddings = self.topk = self.scores = None
         self.source = source
         self.is_logits = is_logits
         self.multilabel = multilabel
@@ -127,6 +136,15 @@ class RayPool(Pool):
                     refs.append(task.remote(src_ref, b, rows[sel]))
                     where.append(sel)
             parts = ray.get(refs)
+        if self.source.topk:
+            from ...topk import TopK
+
+            k = parts[0][0].shape[1]
+            cls = np.empty((rows.shape[0], k), dtype=np.int32)
+            prb = np.empty((rows.shape[0], k), dtype=np.float32)
+            for sel, (c, p) in zip(where, parts):
+                cls[sel], prb[sel] = c, p
+            return TopK(cls, prb, self.source.n_classes, self.source.name)
         out = np.empty((rows.shape[0], parts[0].shape[1] if parts else 0), dtype=np.float64)
         for sel, part in zip(where, parts):
             out[sel] = part
@@ -141,6 +159,10 @@ class RayPool(Pool):
 
         from ._session import input_errors
 
+        if self.source.topk:  # refused before any task starts
+            from ...topk import check_topk_score
+
+            check_topk_score(kind, self.multilabel, self.aggregate, self.source.name)
         lab = np.flatnonzero(self.labeled_mask).astype(np.int64)
         lab_ref = ray.put(lab)
         src_ref = ray.put(self.source)
@@ -177,7 +199,7 @@ class RayPool(Pool):
 
 def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel: bool = False,
              aggregate: str = "min", column: str | None = None, id_column: str | None = "id",
-             progress: bool = False, max_inflight: int | None = None) -> RayPool:
+             progress: bool = False, max_inflight: int | None = None, n_classes: int | None = None) -> RayPool:
     """The :class:`RayPool` over ``probs`` or ``logits`` (Parquet shards, a shared ``.npy``, or an array).
 
     ``clusters`` and ``labeled`` are arrays or paths, kept on the driver
@@ -191,7 +213,11 @@ def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel
         raise BatchalInputError("give probs or logits, not both")
     x = probs if probs is not None else logits
     kind = "probs" if probs is not None else "logits"
-    src = RowSource.open(x, name=kind, kind=kind, column=column, id_column=id_column, ray=ray)
+    if logits is not None and not isinstance(logits, (str, Path, list, tuple, np.ndarray)):
+        raise BatchalInputError("top-k predictions are probabilities: pass them as probs")
+    src = RowSource.open(x, name=kind, kind=kind, column=column, id_column=id_column, ray=ray, n_classes=n_classes)
+    if n_classes is not None and not src.topk:
+        raise BatchalInputError("n_classes applies to top-k predictions (top_classes, top_probs)")
     if clusters is not None and not isinstance(clusters, np.ndarray):
         clusters = load_array(clusters, name="clusters")
     if labeled is not None and not isinstance(labeled, np.ndarray):
@@ -207,13 +233,16 @@ def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel
 def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=None, labeled=None,
                multilabel: bool = False, aggregate: str = "min", seed=None, column: str | None = None,
                id_column: str | None = "id", progress: bool = False, max_inflight: int | None = None,
-               defaults: dict | None = None, **params) -> np.ndarray:
+               defaults: dict | None = None, n_classes: int | None = None, **params) -> np.ndarray:
     """The next batch, with the predictions read and scored by Ray workers.
 
     Parameters are those of :func:`batchal.select`; ``probs``/``logits`` may be
     Parquet shards (a file, a directory, a list of files: ``column`` or a
     ``probs``/``logits`` list column, or numeric columns but ``id_column``), a
-    ``.npy`` path every worker can read, or an array. ``clusters`` and
+    ``.npy`` path every worker can read, or an array; or top-k predictions: Parquet
+    shards with ``top_classes`` and ``top_probs`` list columns, or a
+    :class:`batchal.topk.TopK` (``n_classes``: the vocabulary size their class ids
+    are checked against; default the files' metadata). ``clusters`` and
     ``labeled`` are arrays or paths (``clusters`` is only read at the candidates).
     """
     spec = check_ray_strategy(strategy)
@@ -225,6 +254,6 @@ def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=N
                                     "logits (they also give the pool's size)")
     pool = ray_pool(probs=probs, logits=logits, clusters=clusters, labeled=labeled, multilabel=multilabel,
                     aggregate=aggregate, column=column, id_column=id_column, progress=progress,
-                    max_inflight=max_inflight)
+                    max_inflight=max_inflight, n_classes=n_classes)
     selector = spec.make(random_state=seed, defaults=defaults, **params)
     return selector.select(pool, batch_size)
