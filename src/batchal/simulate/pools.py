@@ -21,7 +21,8 @@ from .._progress import progress as _progress
 from .._validation import BatchalInputError
 from .datasets import Dataset, cache_dir
 
-__all__ = ["load_mnist1d_chunked", "load_fmnist_web", "load_manyclass", "load_multilabel_vocab", "MNIST1D_CHUNK"]
+__all__ = ["load_mnist1d_chunked", "load_fmnist_web", "load_manyclass", "load_multilabel_vocab", "long_tail", "POOLS",
+           "MNIST1D_CHUNK"]
 
 #: rows per MNIST-1D generation chunk (about 50 s of one core each)
 MNIST1D_CHUNK = 50_000
@@ -323,6 +324,24 @@ def _embed(layers, X: np.ndarray) -> np.ndarray:
 FMNIST_COARSE = (0, 1, 0, 1, 0, 2, 0, 2, 3, 2)
 
 
+def _fashion_mnist() -> Dataset:
+    """Fashion-MNIST as :func:`~batchal.simulate.datasets.load_fashion_mnist` gives it, decoded once.
+
+    The idx files are gzip-compressed (seconds to decode); their uint8 pixels
+    are cached as ``.npy`` files and memory-mapped.
+    """
+    from .datasets import load_fashion_mnist
+
+    path = cache_dir() / "fashion-mnist-u8"
+    got = _cached(path, ("X", "y", "X_test", "y_test"))
+    if got is None:
+        fm = load_fashion_mnist()
+        got = _save(path, {"X": np.round(fm.X * 255).astype(np.uint8), "y": fm.y,
+                           "X_test": np.round(fm.X_test * 255).astype(np.uint8), "y_test": fm.y_test})
+    return Dataset("fashion-mnist", got["X"].astype(np.float32) / 255.0, np.asarray(got["y"]),
+                   got["X_test"].astype(np.float32) / 255.0, np.asarray(got["y_test"]), image_shape=(28, 28))
+
+
 def _tail_keep(counts: np.ndarray, a: float, ranks: np.ndarray) -> np.ndarray:
     """Rows to keep per class for frequencies proportional to 1/rank^a; the rank-1 class keeps all, each >= 1."""
     top = counts[np.argmin(ranks)]
@@ -358,8 +377,10 @@ def _multiplicity_stats(mult: np.ndarray) -> dict:
 
 
 def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float = 0.5, feature_size: int = 5000,
-                    hidden: int = 64, coarse: bool = False, tail: float | None = None, seed: int = 0,
-                    progress: bool = False, block: int = 8192) -> Dataset:
+                    hidden: int = 256, coarse: bool = False, n_sources: int | None = None,
+                    tail: float | None = None,
+                    tail_seed: int | None = None, seed: int = 0, progress: bool = False,
+                    block: int = 8192) -> Dataset:
     """A web-like pool of ``size`` rows from Fashion-MNIST: heavy-tailed copies, frozen features.
 
     The 60K training images are split (stratified, seeded) into a *feature part*
@@ -390,11 +411,16 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     coarse : bool
         Train the feature network on four superclasses (:data:`FMNIST_COARSE`)
         instead of the ten classes: a weaker embedding for the ten.
+    n_sources : int or None
+        Use a stratified random subset of this many source images (fewer
+        sources, more copies each); None: the whole source part.
     tail : float or None
         Long tail: keep source images per class in proportion to 1/rank^tail
         (ranks by a seeded permutation; the top class keeps all its sources),
         then expand the copies to ``size`` rows. The test split gets the same
         class proportions. None: balanced.
+    tail_seed : int or None
+        Seeds the class ranks and the kept sources of the tail (None: ``seed``).
     seed : int
     progress : bool
     block : int
@@ -408,8 +434,6 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
         ``redundancy`` the parameters, multiplicity statistics and the rows of
         each kind (original, near-exact, augmented).
     """
-    from .datasets import load_fashion_mnist
-
     size = _check_int(size, "size", 1)
     a = _check_float(a, "a", 1.0, open_low=True)
     augmented = _check_float(augmented, "augmented", 0.0, 1.0)
@@ -420,22 +444,30 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     if tail is not None:
         tail = _check_float(tail, "tail", 0.0, open_low=True)
     seed = _seed(seed)
+    tail_seed = seed if tail_seed is None else _seed(tail_seed)
+    if n_sources is not None:
+        n_sources = _check_int(n_sources, "n_sources", 10)
+        if n_sources > 60_000 - feature_size:
+            raise BatchalInputError(f"n_sources must be <= {60_000 - feature_size} (60K minus feature_size); "
+                                    f"got {n_sources}")
     block = _check_int(block, "block", 1)
     net_key = {"f": feature_size, "h": hidden, "c": int(bool(coarse)), "s": seed}
-    params = {"n": size, "a": a, "aug": augmented, **net_key, "t": "none" if tail is None else tail, "b": block}
+    params = {"n": size, "a": a, "aug": augmented, **net_key, "ns": "all" if n_sources is None else n_sources,
+              "t": "none" if tail is None else tail,
+              "ts": tail_seed, "b": block}
     path = cache_dir() / _key("fmnist-web-v1", params)
     name = "fmnist-web" if tail is None else "fmnist-web-lt"
     names = ("X", "y", "source", "X_test", "y_test")
     got = _cached(path, names)
     if got is None or not (path / "meta.json").exists():
-        got = _make_fmnist_web(path, load_fashion_mnist(), size, a, augmented, feature_size, hidden, bool(coarse),
-                               tail, seed, progress, block, net_key, params)
+        got = _make_fmnist_web(path, _fashion_mnist(), size, a, augmented, feature_size, hidden, bool(coarse),
+                               n_sources, tail, tail_seed, seed, progress, block, net_key, params)
     meta = json.loads((path / "meta.json").read_text())
     return Dataset(name, got["X"], got["y"], got["X_test"], got["y_test"], source=got["source"], redundancy=meta)
 
 
-def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse, tail, seed, progress, block,
-                     net_key, params) -> dict:
+def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse, n_sources, tail, tail_seed, seed,
+                     progress, block, net_key, params) -> dict:
     from sklearn.model_selection import train_test_split
 
     X, y = fm.X, fm.y
@@ -444,11 +476,14 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
     target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
     layers = _feature_net(X[feat], target, (hidden,), seed, 200, cache_dir() / _key("fmnist-web-net-v1", net_key))
     rng = np.random.default_rng([seed, 0xFEB])
+    if n_sources is not None and n_sources < src.shape[0]:
+        src = np.sort(train_test_split(src, train_size=n_sources, stratify=y[src], random_state=seed)[0])
     Xt, yt = fm.X_test, fm.y_test
-    if tail is not None:
-        ranks = _class_ranks(10, seed)
-        src = src[_tail_rows(y[src], tail, ranks, rng)]
-        keep_t = _tail_rows(yt, tail, ranks, rng)
+    if tail is not None:  # the tail is drawn over the source images, before any copy is made
+        ranks = _class_ranks(10, tail_seed)
+        trng = np.random.default_rng([tail_seed, 0x7A11, 1])
+        src = src[_tail_rows(y[src], tail, ranks, trng)]
+        keep_t = _tail_rows(yt, tail, ranks, trng)
         Xt, yt = Xt[keep_t], yt[keep_t]
     if size < src.shape[0]:  # fewer rows than sources: a random subset of the sources, once each
         src = np.sort(rng.choice(src, size, replace=False))
@@ -463,7 +498,8 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
                            rng.uniform(0.9, 1.1, size)])
     out = np.empty((size, hidden), dtype=np.float32)
     n_blocks = -(-size // block)
-    with _progress(size, f"{path.name[:14]}: copies", enabled=progress, unit="row") as bar:
+    with _progress(size, f"{'fmnist-web' if tail is None else 'fmnist-web-lt'}: copies", enabled=progress,
+                   unit="row") as bar:
         for k in range(n_blocks):
             lo, hi = k * block, min(size, (k + 1) * block)
             brng = np.random.default_rng([seed, 0xB10C, k])  # per block: the result does not depend on the order
@@ -501,7 +537,7 @@ def _manyclass_templates(n_classes: int, template_seed: int) -> np.ndarray:
     return x / 6.0
 
 
-def _manyclass_rows(templates: np.ndarray, y: np.ndarray, rng, length: int, shift: int = 48) -> np.ndarray:
+def _manyclass_rows(templates: np.ndarray, y: np.ndarray, rng, length: int, shift: int) -> np.ndarray:
     """MNIST-1D's transform (pad, dilate, scale, translate, correlated + iid noise, shear, subsample), vectorised."""
     from scipy.ndimage import gaussian_filter1d
 
@@ -527,17 +563,19 @@ def _manyclass_rows(templates: np.ndarray, y: np.ndarray, rng, length: int, shif
     return (x[:, i0] * (1 - f) + x[:, i0 + 1] * f).astype(np.float32)
 
 
-def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 40, n_test: int = 20_000,
-                   seed: int = 0, template_seed: int = 0, progress: bool = False) -> Dataset:
+def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 40, shift: int = 8,
+                   n_test: int = 20_000, seed: int = 0, template_seed: int = 0, progress: bool = False) -> Dataset:
     """A many-class pool: MNIST-1D-style 1-D signals of ``n_classes`` random templates.
 
     Each class is a random smooth template put through MNIST-1D's transforms
     (Greydanus 2020: random padding and dilation, scale, circular translation,
     correlated background noise, iid noise, shear, subsampling to ``length``),
     re-implemented vectorised (about 1M rows a minute instead of 17). The
-    translation makes the classes far from linearly separable: the curve of a
-    linear model and of an MLP still rises at 10% of a 1M pool. Classes are
-    balanced (to within one row); features standardised with pool statistics.
+    translation (up to ``shift`` of 72 positions; MNIST-1D's 48 leaves a linear
+    model near chance) makes the classes far from linearly separable: the
+    curve of a linear model and of an MLP still rises at 10% of a 1M pool.
+    Classes are balanced over pool and test together (to within one row);
+    features standardised with pool statistics.
 
     Parameters
     ----------
@@ -547,6 +585,8 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
         Number of classes (templates), >= 2.
     length : int
         Signal length (features), >= 8.
+    shift : int
+        Largest circular translation, in [1, 72].
     seed : int
         Draws the rows.
     template_seed : int
@@ -563,9 +603,12 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     n_test = _check_int(n_test, "n_test", 1)
     n_classes = _check_int(n_classes, "n_classes", 2)
     length = _check_int(length, "length", 8)
+    shift = _check_int(shift, "shift", 1)
+    if shift > 72:
+        raise BatchalInputError(f"shift must be <= 72 (the dilated signal's length); got {shift}")
     seed = _seed(seed)
     template_seed = _check_int(template_seed, "template_seed", 0)
-    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "s": seed,
+    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift, "s": seed,
                                                "ts": template_seed})
     names = ("X", "y", "X_test", "y_test")
     got = _cached(path, names)
@@ -579,7 +622,8 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
         with _progress(total, "manyclass rows", enabled=progress, unit="row") as bar:
             for k, lo in enumerate(range(0, total, step)):
                 hi = min(total, lo + step)
-                X[lo:hi] = _manyclass_rows(templates, y[lo:hi], np.random.default_rng([seed, 0x3C, k]), length)
+                X[lo:hi] = _manyclass_rows(templates, y[lo:hi], np.random.default_rng([seed, 0x3C, k]), length,
+                                           shift)
                 bar.update(hi - lo)
         mu = X[:size].mean(0, dtype=np.float64)
         sd = X[:size].std(0, dtype=np.float64) + 1e-6
@@ -697,3 +741,92 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
             X[rows] += concepts[absent]
         got = _save(path, {"X": X[:size], "y": Y[:size], "X_test": X[size:], "y_test": Y[size:]})
     return Dataset("multilabel-vocab", got["X"], got["y"], got["X_test"], got["y_test"])
+
+
+# ----------------------------------------------------------------------------- long tails of any pool
+
+def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
+    """A long-tailed version of ``dataset``: class frequencies proportional to 1/rank^a.
+
+    Class ranks are a seeded permutation; the rank-1 class keeps all its rows,
+    the class of rank r about 1/r^a of that many (at least one). Rows kept are
+    a uniform random subset within each class. Copies follow their source: in a
+    pool with ``source`` whole groups of copies are kept or dropped (the counts
+    per class are then counts of sources); the web pool
+    (:func:`load_fmnist_web`) is regenerated with its source images tailed and
+    expanded back to its full size. The test split gets the same class
+    proportions (its rank-1 class whole), so its accuracy weighs classes as the
+    pool does; report balanced accuracy and the rarest classes' recall beside it.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        A multi-class dataset.
+    a : float
+        Tail exponent, > 0 (1: Zipf).
+    seed : int
+        Seeds the ranks and the rows kept.
+
+    Returns
+    -------
+    Dataset
+        Named ``<name>-lt``; ``redundancy`` (when present) gains ``long_tail``.
+    """
+    import dataclasses
+
+    a = _check_float(a, "a", 0.0, open_low=True)
+    seed = _seed(seed)
+    if dataset.multilabel:
+        raise BatchalInputError("dataset: long_tail needs a multi-class dataset (1-d y); "
+                                "load_multilabel_vocab has long-tailed labels already")
+    red = dataset.redundancy or {}
+    if str(red.get("spec", "")).startswith("web:") and "params" in red:
+        q = red["params"]
+        return load_fmnist_web(q["n"], a=q["a"], augmented=q["aug"], feature_size=q["f"], hidden=q["h"],
+                               coarse=bool(q["c"]), n_sources=None if q["ns"] == "all" else q["ns"],
+                               tail=a, tail_seed=seed, seed=q["s"], block=q["b"])
+    y = np.asarray(dataset.y)
+    ranks = _class_ranks(dataset.n_classes, seed)
+    rng = np.random.default_rng([seed, 0x7A11, 2])
+    if dataset.source is not None:
+        src, first = np.unique(dataset.source, return_index=True)
+        kept = src[_tail_rows(y[first], a, ranks, rng)]
+        rows = np.flatnonzero(np.isin(dataset.source, kept))
+    else:
+        rows = _tail_rows(y, a, ranks, rng)
+    test = _tail_rows(np.asarray(dataset.y_test), a, ranks, rng)
+    info = {"a": a, "seed": seed, "class_ranks": ranks.tolist(),
+            "pool_class_counts": np.bincount(y[rows], minlength=ranks.shape[0]).tolist()}
+    return dataclasses.replace(
+        dataset, name=f"{dataset.name}-lt", X=np.asarray(dataset.X[rows]), y=y[rows],
+        X_test=np.asarray(dataset.X_test[test]), y_test=np.asarray(dataset.y_test)[test],
+        source=None if dataset.source is None else np.asarray(dataset.source)[rows],
+        redundancy=None if dataset.redundancy is None else {**dataset.redundancy, "long_tail": info})
+
+
+#: names :func:`~batchal.simulate.datasets.load_dataset` accepts for these pools, with their default sizes
+POOLS = {
+    "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail: 292,896 rows kept
+    "fmnist-web": 1_000_000,
+    "fmnist-web-lt": 1_000_000,
+    "manyclass": 1_000_000,
+    "multilabel-vocab": 200_000,
+}
+
+
+def load_pool(name: str, size: int | None = None, seed: int = 0, progress: bool = False) -> Dataset:
+    """Load one of :data:`POOLS` by name; ``size`` None takes its default size."""
+    n = POOLS[name] if size is None else size
+    if name == "mnist1d-lt":
+        from .datasets import load_mnist1d
+
+        if n < 20:
+            raise BatchalInputError(f"--size {n}: too small a pool for mnist1d-lt")
+        return long_tail(load_mnist1d(n=n, seed=seed, progress=progress), 1.0, seed)
+    if name == "fmnist-web":
+        return load_fmnist_web(n, seed=seed, progress=progress)
+    if name == "fmnist-web-lt":
+        return load_fmnist_web(n, tail=1.0, seed=seed, progress=progress)
+    if name == "manyclass":
+        return load_manyclass(n, seed=seed, progress=progress)
+    return load_multilabel_vocab(n, seed=seed, progress=progress)
