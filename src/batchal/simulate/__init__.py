@@ -2,6 +2,7 @@
 from .datasets import DATASETS, Dataset, load_dataset, load_npz
 from .models import MODELS, LogRegModel, MLPModel, make_model
 from .report import labels_to_reach, savings_table, summary_markdown, write_outputs
+from .pools import POOLS, load_fmnist_web, load_manyclass, load_mnist1d_chunked, load_multilabel_vocab, long_tail
 from .redundancy import RedundancySpec, make_redundant, parse_redundancy
 from .runner import SimulationConfig, SimulationResult, simulate
 
@@ -24,4 +25,10 @@ __all__ = [
     "make_redundant",
     "parse_redundancy",
     "RedundancySpec",
+    "POOLS",
+    "load_fmnist_web",
+    "load_manyclass",
+    "load_mnist1d_chunked",
+    "load_multilabel_vocab",
+    "long_tail",
 ]

@@ -16,7 +16,9 @@ import numpy as np
 from .._validation import BatchalInputError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("digits", "fashion-mnist", "mnist1d", "blobs", "multilabel")
+DATASETS = ("digits", "fashion-mnist", "mnist1d", "blobs", "multilabel",
+            # the generated pools of .pools, in the paper's regime (1M rows by default)
+            "mnist1d-lt", "fmnist-web", "fmnist-web-lt", "manyclass", "multilabel-vocab")
 
 
 @dataclass
@@ -332,7 +334,9 @@ def subsample_pool(ds: Dataset, size: int | None, seed: int = 0) -> Dataset:
 
 
 def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress: bool = False) -> Dataset:
-    """Load a built-in dataset by name (``digits``, ``fashion-mnist``, ``mnist1d``, ``blobs``, ``multilabel``).
+    """Load a built-in dataset by name (``digits``, ``fashion-mnist``, ``mnist1d``, ``blobs``, ``multilabel``,
+    or one of the generated pools of :mod:`batchal.simulate.pools`: ``mnist1d-lt``, ``fmnist-web``,
+    ``fmnist-web-lt``, ``manyclass``, ``multilabel-vocab``).
 
     ``size`` sets the pool size of generated datasets (mnist1d, blobs, multilabel)
     and draws a stratified random subset of that many pool rows from the fixed
@@ -345,6 +349,10 @@ def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress:
     makers = {"mnist1d": lambda: load_mnist1d(n=size or 100_000, seed=seed, progress=progress),
               "blobs": lambda: load_blobs(n=size or 20_000, seed=seed),
               "multilabel": lambda: load_multilabel(n=size or 6_000, seed=seed)}
+    if name in DATASETS[5:]:
+        from .pools import load_pool
+
+        return load_pool(name, size, seed, progress)
     if name in makers:
         try:
             return makers[name]()
