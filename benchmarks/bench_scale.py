@@ -40,7 +40,11 @@ FIGURES = HERE / "figures"
 #: name -> (simulate options that load the pool, pool rows) ; rows set the batch and seed sizes
 POOLS = {
     "mnist1d": (["--dataset", "mnist1d", "--size", "1000000"], 1_000_000),
-    "blobs": (["--dataset", "blobs", "--size", "1000000"], 1_000_000),
+    "mnist1d-lt": (["--dataset", "mnist1d-lt"], 292_896),
+    "fmnist-web": (["--dataset", "fmnist-web"], 1_000_000),
+    "fmnist-web-lt": (["--dataset", "fmnist-web-lt"], 1_000_000),
+    "manyclass": (["--dataset", "manyclass"], 1_000_000),
+    "multilabel-vocab": (["--dataset", "multilabel-vocab"], 200_000),
 }
 SHARES = (0.01, 0.03, 0.10)
 SEED_SHARE = 0.01
