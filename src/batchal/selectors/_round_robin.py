@@ -72,48 +72,6 @@ def margin_order_keys(cids, n_ids):
 
 
 @njit(cache=True)
-def near_duplicate_passes(cids, P, tol, max_reps):
-    """Pass number of each candidate (already in margin order) under near-duplicate grouping.
-
-    A candidate is a near-duplicate of an earlier *representative* of its
-    cluster when no class probability differs by more than ``tol``; its pass is
-    then that representative's running count of duplicates, else it becomes a
-    representative with pass 0. At most ``max_reps`` most recent representatives
-    of a cluster are compared, which bounds the cost at O(m * max_reps * C) even
-    for one huge cluster. Hand-written: a sequential scan whose state (the
-    representatives seen so far) changes at every step, which numpy cannot express.
-    """
-    m, C = P.shape
-    last_rep = np.full(cids.max() + 1, -1, dtype=np.int64)
-    prev_rep = np.full(m, -1, dtype=np.int64)
-    dups = np.zeros(m, dtype=np.int32)
-    passes = np.zeros(m, dtype=np.int64)
-    for i in range(m):
-        c = cids[i]
-        j = last_rep[c]
-        seen = 0
-        found = -1
-        while j >= 0 and seen < max_reps:
-            close = True
-            for q in range(C):
-                if abs(P[i, q] - P[j, q]) > tol:
-                    close = False
-                    break
-            if close:
-                found = j
-                break
-            j = prev_rep[j]
-            seen += 1
-        if found >= 0:
-            dups[found] += 1
-            passes[i] = dups[found]
-        else:
-            prev_rep[i] = last_rep[c]
-            last_rep[c] = i
-    return passes
-
-
-@njit(cache=True)
 def _missing_gap(p, bound, multilabel):
     """Smallest possible |p - x| for a class value x missing from a row's top-k.
 
@@ -162,11 +120,26 @@ def topk_close(ci, pi, bi, cj, pj, bj, tol, multilabel):
 
 
 @njit(cache=True)
-def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
-    """:func:`near_duplicate_passes` for top-k rows, comparing pairs with :func:`topk_close`.
+def _dense_close(P, i, j, tol):
+    """Whether no class probability of rows ``i`` and ``j`` differs by more than ``tol``."""
+    for q in range(P.shape[1]):
+        if abs(P[i, q] - P[j, q]) > tol:
+            return False
+    return True
 
-    The same scan and representative bookkeeping as the dense kernel; with ``k = C``
-    (every class listed) the comparisons, and so the passes, are the dense ones.
+
+@njit(cache=True)
+def _passes(cids, P, cls, bounds, tol, max_reps, mode):
+    """The near-duplicate scan shared by dense (``mode`` 0) and top-k rows (1: multi-class, 2: multi-label).
+
+    A candidate is a near-duplicate of an earlier *representative* of its
+    cluster when the two rows are close (:func:`_dense_close` or
+    :func:`topk_close`); its pass is then that representative's running count
+    of duplicates, else it becomes a representative with pass 0. At most
+    ``max_reps`` most recent representatives of a cluster are compared, which
+    bounds the cost at O(m * max_reps * C) even for one huge cluster.
+    Hand-written: a sequential scan whose state (the representatives seen so
+    far) changes at every step, which numpy cannot express.
     """
     m = cids.shape[0]
     last_rep = np.full(cids.max() + 1, -1, dtype=np.int64)
@@ -179,7 +152,11 @@ def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
         seen = 0
         found = -1
         while j >= 0 and seen < max_reps:
-            if topk_close(cls[i], P[i], bounds[i], cls[j], P[j], bounds[j], tol, multilabel):
+            if mode == 0:
+                close = _dense_close(P, i, j, tol)
+            else:
+                close = topk_close(cls[i], P[i], bounds[i], cls[j], P[j], bounds[j], tol, mode == 2)
+            if close:
                 found = j
                 break
             j = prev_rep[j]
@@ -191,3 +168,17 @@ def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
             prev_rep[i] = last_rep[c]
             last_rep[c] = i
     return passes
+
+
+def near_duplicate_passes(cids, P, tol, max_reps):
+    """Pass number of each candidate (already in margin order): near-duplicates when every class is within ``tol``."""
+    none = np.zeros((0, 1), dtype=np.int32)
+    return _passes(cids, P, none, np.zeros(0, dtype=np.float32), tol, max_reps, 0)
+
+
+def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
+    """:func:`near_duplicate_passes` for top-k rows, comparing pairs with :func:`topk_close`.
+
+    With ``k = C`` (every class listed) the comparisons, and so the passes, are the dense ones.
+    """
+    return _passes(cids, P, cls, bounds, tol, max_reps, 2 if multilabel else 1)
