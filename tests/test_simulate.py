@@ -277,3 +277,22 @@ def test_extra_metrics_and_summary_sections(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     for part in ("Curve range", "Minus random, per round", "balanced accuracy", "Peak memory"):
         assert part in text, part
+
+
+def test_whitened_logreg_converges_faster_to_the_same_model():
+    """Whitening decorrelates the input: the same linear model, reached in far fewer L-BFGS iterations."""
+    from batchal.simulate.models import LogRegModel
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(4000, 12))
+    A = rng.normal(size=(12, 12)) @ np.diag(np.logspace(0, 2.5, 12))  # correlated, badly scaled features
+    X = (Z @ A).astype(np.float32)
+    y = (Z[:, :3] @ rng.normal(size=(3, 4)) + rng.gumbel(size=(4000, 4))).argmax(1)  # noisy: a finite optimum
+    # a negligible penalty (large C): the two parametrisations then share one optimum
+    white = LogRegModel(4, C=1e6, whiten=True).set_pool(X).fit(X, y)
+    plain = LogRegModel(4, C=1e6, max_iter=5000).set_pool(X).fit(X, y)
+    assert white.n_iter_[0] < plain.n_iter_[0]
+    diff = np.abs(white.predict_proba(X) - plain.predict_proba(X))
+    assert diff.mean() < 0.003 and diff.max() < 0.05  # each solver's own tolerance
+    assert white.embed(X).shape == X.shape  # the clustering still reads the standardised input
+    np.testing.assert_allclose(white.embed(X).std(0), 1, atol=1e-3)

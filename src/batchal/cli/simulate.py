@@ -45,6 +45,7 @@ def simulate(
     training: Training = typer.Option(Training.early_stop, "--training", help="MLP: early-stop = epochs over the labeled set until a held-out 10% of it (at most 20,000 rows) stops improving for 3 epochs; full = --epochs full epochs (converged: check a conclusion with it)"),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="logreg: start each round's fit from the previous round's coefficients (same optimum, fewer iterations)"),
+    whiten: bool = typer.Option(False, "--whiten/--no-whiten", help="logreg: fit on the input whitened with the pool's covariance: far fewer iterations on correlated features, but the L2 penalty then acts on whitened coefficients (default: standardised input)"),
     cluster_cache: bool = typer.Option(True, "--cluster-cache/--no-cluster-cache", help="reuse a clustering of the same embedding and parameters from the cache ($BATCHAL_CACHE or ~/.cache/batchal)"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
     max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (1 = the paper's rule)"),
@@ -77,7 +78,7 @@ def simulate(
         cfg = SimulationConfig(
             strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
-            epochs=epochs, max_steps=max_steps or None, training=training.value, warm_start=warm_start,
+            epochs=epochs, max_steps=max_steps or None, training=training.value, warm_start=warm_start, whiten=whiten,
             cluster_cache=cluster_cache,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, cluster_space=cluster_space.value, knn=knn, badge_partitions=partitions, seed=seed,

@@ -10,7 +10,8 @@ trial) or not (once per dataset, cached).
 Training scales with the labeled set, so pools of 1M rows replay in minutes:
 
 - logistic regression is warm-started from the previous round's solution
-  (the problem is convex: the same optimum, reached in fewer iterations);
+  (the problem is convex: the same optimum, reached in fewer iterations),
+  optionally on the whitened input (far fewer iterations on correlated features);
 - multi-label logistic regression fits every class at once (one L-BFGS over
   the whole weight matrix, streamed over row chunks) instead of one model per
   class, which at 1,000 classes would be 1,000 fits a round;
@@ -34,20 +35,32 @@ class _Standardise:
 
     mu_ = None
     sd_ = None
+    #: also accumulate the pool's covariance (for whitening)
+    _covariance = False
 
     def set_pool(self, X):
         X = np.asarray(X)
-        mu = np.zeros(X.shape[1])
-        sq = np.zeros(X.shape[1])
+        d = X.shape[1]
+        mu = np.zeros(d)
+        sq = np.zeros(d)
+        G = np.zeros((d, d)) if self._covariance else None
         for a in range(0, X.shape[0], 65536):  # streamed: the pool may be memory-mapped
             c = np.asarray(X[a : a + 65536], dtype=np.float64)
             mu += c.sum(0)
             sq += (c * c).sum(0)
-        mu /= X.shape[0]
-        sd = np.sqrt(np.maximum(sq / X.shape[0] - mu * mu, 0.0))
+            if G is not None:
+                G += c.T @ c
+        n = X.shape[0]
+        mu /= n
+        sd = np.sqrt(np.maximum(sq / n - mu * mu, 0.0))
         self.mu_ = mu.astype(np.float32)
         self.sd_ = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
+        if G is not None:
+            self._set_whitening(G / n - np.outer(mu, mu))
         return self
+
+    def _set_whitening(self, cov: np.ndarray) -> None:
+        pass
 
     def _t(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -66,26 +79,54 @@ class LogRegModel(_Standardise):
         One sigmoid per class, all fitted jointly (:class:`_JointSigmoid`).
     C : float
         Inverse L2 strength, as scikit-learn's.
-    max_iter : int
-        L-BFGS iterations per fit at most.
+    max_iter : int, default 1000
+        L-BFGS iterations per fit at most (scikit-learn's default tolerance decides
+        convergence; 300 stopped short on 256 correlated features at 10K rows, which
+        needed 522).
     warm_start : bool, default True
         Start each fit from the previous one's coefficients (classes seen for
         the first time start at zero). The objective is convex, so the optimum
         is the same; only the iterations to reach it shrink.
+    whiten : bool, default False
+        Fit on the input whitened with the pool's covariance (PCA, directions of
+        variance below 1e-6 of the largest dropped): the same model family,
+        reached in far fewer L-BFGS iterations on correlated features (the
+        web-like pool's 256 ReLU features at 10K rows: 64 iterations whitened,
+        522 standardised), but the L2 penalty then acts on the whitened
+        coefficients, a different regulariser (measured there: 0.829 against
+        0.840 test accuracy at 10K rows, equal at 110K). The embedding the
+        clustering reads stays the standardised input.
     """
 
     embedding_uses_labels = False
 
-    def __init__(self, n_classes: int, multilabel: bool = False, C: float = 1.0, max_iter: int = 300, seed: int = 0,
-                 warm_start: bool = True):
+    def __init__(self, n_classes: int, multilabel: bool = False, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
+                 warm_start: bool = True, whiten: bool = False):
         self.n_classes = n_classes
         self.multilabel = multilabel
         self.C = C
         self.max_iter = max_iter
         self.seed = seed
         self.warm_start = warm_start
+        self.whiten = whiten
+        self._covariance = whiten
+        self.W_ = None
         self.model_ = None
         self.n_iter_: list[int] = []
+
+    def _set_whitening(self, cov: np.ndarray) -> None:
+        # the correlation matrix, not the covariance: a feature's scale must not decide
+        # which directions fall under the cut-off
+        sd = self.sd_.astype(np.float64)
+        w, V = np.linalg.eigh(cov / np.outer(sd, sd))
+        keep = w > 1e-6 * max(float(w.max()), 1e-300)
+        self.W_ = ((V[:, keep] / np.sqrt(w[keep])) / sd[:, None]).astype(np.float32)
+
+    def _w(self, X) -> np.ndarray:
+        """The model's input: whitened (``whiten``) or standardised."""
+        if self.W_ is None:
+            return self._t(X)
+        return (np.asarray(X, dtype=np.float32) - self.mu_) @ self.W_
 
     def fit(self, X, y):
         import warnings
@@ -93,7 +134,7 @@ class LogRegModel(_Standardise):
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        Xt = self._t(X)
+        Xt = self._w(X)
         if self.multilabel:
             prev = self.model_ if self.warm_start else None
             self.model_ = _JointSigmoid(self.C, self.max_iter).fit(Xt, y, init=None if prev is None else prev.W_)
@@ -132,7 +173,7 @@ class LogRegModel(_Standardise):
     def predict_proba(self, X, chunk: int = 262144) -> np.ndarray:
         out = np.zeros((np.asarray(X).shape[0], self.n_classes), dtype=np.float32)
         for a in range(0, out.shape[0], chunk):
-            Xt = self._t(X[a : a + chunk])
+            Xt = self._w(X[a : a + chunk])
             if self.multilabel:
                 out[a : a + chunk] = self.model_.predict_proba(Xt)
             else:
@@ -355,17 +396,17 @@ class MLPModel(_Standardise):
 
 def make_model(name: str, n_classes: int, multilabel: bool, seed: int, threads: int | None = None,
                reference: bool = False, epochs: int = 30, max_steps: int | None = None,
-               training: str = "early-stop", warm_start: bool = True):
+               training: str = "early-stop", warm_start: bool = True, whiten: bool = False):
     """A fresh model by name.
 
     ``epochs``, ``max_steps`` and ``training`` set the MLP's training rule per
-    round (see :class:`MLPModel`); ``warm_start`` applies to ``logreg``.
+    round (see :class:`MLPModel`); ``warm_start`` and ``whiten`` apply to ``logreg``.
     ``reference=True`` is the model trained on the whole pool that sets the
     target metric: the same rule, without a step cap (a capped reference would
     be weaker than models trained on a fraction of the pool).
     """
     if name == "logreg":
-        return LogRegModel(n_classes, multilabel, seed=seed, warm_start=warm_start)
+        return LogRegModel(n_classes, multilabel, seed=seed, warm_start=warm_start, whiten=whiten)
     if name == "mlp":
         return MLPModel(n_classes, multilabel, epochs=epochs, max_steps=None if reference else max_steps,
                         seed=seed, threads=threads, training=training)

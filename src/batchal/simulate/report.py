@@ -202,7 +202,8 @@ def summary_markdown(res) -> str:
         budget = (f" (training `{cfg.training}`: " + ("epochs until a held-out 10% of the labeled set stops improving, "
                   f"at most {cfg.epochs}" if cfg.training == "early-stop" else f"{cfg.epochs} full epochs") + f"{cap})")
     elif cfg.model == "logreg":
-        budget = " (warm-started each round)" if cfg.warm_start else " (cold-started each round)"
+        budget = (f" ({'whitened' if getattr(cfg, 'whiten', False) else 'standardised'} input, "
+                  f"{'warm' if cfg.warm_start else 'cold'}-started each round)")
     lines.append(
         f"model `{cfg.model}`{budget}, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
         f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "

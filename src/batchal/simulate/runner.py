@@ -43,6 +43,7 @@ class SimulationConfig:
     max_steps: int | None = None
     training: str = "early-stop"
     warm_start: bool = True
+    whiten: bool = False
     margin_factor: float = 10.0
     max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
@@ -152,7 +153,7 @@ def selector_defaults(cfg: SimulationConfig) -> dict:
 def _new_model(dataset: Dataset, cfg: SimulationConfig, ts: int, threads: int | None, reference: bool = False):
     return make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
                       reference=reference, epochs=cfg.epochs, max_steps=cfg.max_steps, training=cfg.training,
-                      warm_start=cfg.warm_start)
+                      warm_start=cfg.warm_start, whiten=cfg.whiten)
 
 
 def seed_set(n: int, cfg: SimulationConfig, trial: int) -> np.ndarray:
