@@ -14,7 +14,7 @@ attached here as a method. A reader follows a command from here to its module.
 """
 from __future__ import annotations
 
-from . import adding, checking, clustering, creating, exporting, labeling, selecting, status
+from . import adding, checking, clustering, creating, exporting, labeling, metrics, selecting, status
 from .core import CampaignCore
 from .selecting import Batch
 
@@ -47,3 +47,9 @@ class Campaign(CampaignCore):
     status = status.status                       # campaign status
     add = adding.add                             # campaign add
     check = checking.check                       # campaign check
+    record_metrics = metrics.record_metrics      # campaign metric
+
+    def metrics(self) -> dict:
+        """The recorded user metrics, ``{round: {name: value}}``."""
+        with self._store.read() as conn:
+            return metrics.metrics(conn)

@@ -109,6 +109,17 @@ def check(campaign, *, hashes: bool = True) -> list[str]:
                  "WHERE b.item_id IS NOT l.item_id")[0][0]
         if mism:
             problems.append(f"{mism} labels carry an id other than their item's")
+        # stopping signals: every round selected with predictions since the stop set was drawn has them
+        first = campaign._meta(conn, "stop_set_round")
+        if first is not None:
+            lacking = q("SELECT round FROM rounds r WHERE round >= ? AND predictions_sha256 IS NOT NULL AND NOT EXISTS "
+                        "(SELECT 1 FROM stop_rounds s WHERE s.round=r.round)", first)
+            if lacking:
+                problems.append(f"rounds with predictions but no stop signals: {[x[0] for x in lacking]}")
+            size = campaign._meta(conn, "stop_set_size")
+            rows = campaign._store.load_npy(campaign._meta(conn, "stop_set_file"))
+            if rows.shape != (size,) or (size and (rows.min() < 0 or rows.max() >= n or (np.diff(rows) <= 0).any())):
+                problems.append(f"the stop set is not {size} distinct sorted rows of the pool")
         imported = q("SELECT coalesce(sum(n_new), 0) FROM imports")[0][0]
         labeled = q("SELECT count(*) FROM labels")[0][0]
         if imported != labeled:

@@ -53,7 +53,7 @@ class LabelFile:
 
 
 def read_labels(path, *, id_column: str = "id", label_column: str = "label", fmt: str | None = None) -> LabelFile:
-    """Read ``id,label`` CSV, Parquet, or a Label Studio JSON export (see ``labelstudio.read_export``)."""
+    """Read ``id,label`` CSV, Parquet, or a Label Studio JSON export (see :func:`read_export`)."""
     p = Path(path)
     if not p.exists():
         raise BatchalInputError(f"labels: no such file {p}")

@@ -10,6 +10,7 @@ import numpy as np
 from .._validation import BatchalInputError
 from .core import engine_arg
 from .pool import format_ids, read_predictions
+from .stop import record_round
 from .store import crash_point, now
 
 __all__ = ["Batch", "select"]
@@ -179,12 +180,29 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
             "INSERT INTO batch_items(round, pos, row, item_id, score, pred) VALUES (?,?,?,?,?,?)",
             ((r, j, int(idx[j]), item_ids[j], sc[j], labels[j]) for j in by_row.tolist()))
         crash_point("select:inserted")
+        stop = None
+        if preds is not None:
+            # in this transaction: a round never has its batch without its stop-set signals, nor the reverse
+            stop = record_round(campaign, conn, r, preds, multilabel, excluded, seed_used)
+            crash_point("select:signals")
         campaign._store.log(conn, "select", dict(round=r, batch_size=int(batch_size), strategy=spec.text,
-                                             seed=seed_used))
+                                                 seed=seed_used, stop=stop, diagnostics=_plain(selector)))
     t3 = time.perf_counter()
     return Batch(r, item_ids, scores, labels, False, spec.text, seed_used,
                  dict(open=t_open - t0, read=t1 - t_open, select=t2 - t1, record=t3 - t2),
                  dict(getattr(selector, "diagnostics_", {}) or {}))
+
+
+def _plain(selector) -> dict:
+    """The selector's diagnostics as JSON numbers (kept in the history for the report's batch composition)."""
+    out = {}
+    for k, v in (getattr(selector, "diagnostics_", None) or {}).items():
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            out[k] = v
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+    return out
+
 
 def _reuse(campaign, conn, opened, batch_size, strategy, seed, preds, multilabel, predictions) -> Batch:
     r, k0, strat0, seed0, sha0, seed_used, ml0 = opened

@@ -1,14 +1,23 @@
-"""``campaign status``: counts per round, as a dict (text and plots: :mod:`.report`).
-"""
+"""``campaign status``: counts, stopping signals and metrics per round, as a dict (text and plots: :mod:`.report`)."""
 from __future__ import annotations
 
 import json
+
+from .metrics import metrics as read_metrics
+from .stop import RULE, advice, stop_rounds
 
 __all__ = ["status"]
 
 
 def status(campaign) -> dict:
-    """Pool size, labeled, pending, available; per round: selected, labeled, open, label counts."""
+    """Pool size, labeled, pending, available; per round: selected, labeled, open, label counts.
+
+    Each round also carries ``stop`` (``kappa``, ``changed``, ``uncertainty``: the
+    stopping signals on the stop set, None where undefined, e.g. the first round,
+    or ``stop`` None for a round selected without predictions) and ``metrics``
+    (the user's ``{name: value}``); the top level ``stop_advice`` is the
+    documented rule's sentence when it holds, else None, and ``stop_rule`` the rule.
+    """
     with campaign._store.read() as conn:
         n = campaign._meta(conn, "n_items")
         rounds = []
@@ -26,6 +35,15 @@ def status(campaign) -> dict:
                                returned=ret, open=status == "open", strategy=strat, opened_at=opened,
                                closed_at=closed, close_reason=reason,
                                labels=dict(sorted(dist.get(r, {}).items(), key=lambda kv: -kv[1]))))
+        signals = stop_rounds(conn)
+        user = read_metrics(conn)
+        for x in rounds:
+            sig = signals.get(x["round"])
+            x["stop"] = None if sig is None else {k: sig[k] for k in ("kappa", "changed", "uncertainty",
+                                                                      "uncertainty_kind", "n", "prev_round")}
+            x["metrics"] = user.get(x["round"], {})
+        stop_set = dict(size=campaign._meta(conn, "stop_set_size"), seed=campaign._meta(conn, "stop_set_seed"),
+                        drawn_in_round=campaign._meta(conn, "stop_set_round"))
         labeled = conn.execute("SELECT count(*) FROM labels").fetchone()[0]
         cl = conn.execute("SELECT params, threshold, report FROM clustering ORDER BY gen DESC LIMIT 1").fetchone()
         shards = conn.execute("SELECT count(*) FROM shards").fetchone()[0]
@@ -38,4 +56,6 @@ def status(campaign) -> dict:
         clustering = dict(params=json.loads(cl[0]), threshold=cl[1], n_clusters=rep.get("n_clusters"),
                           singleton_share=rep.get("singleton_share"))
     return dict(info, pool=n, labeled=labeled, pending=pending, available=n - labeled - pending,
-                shards=shards, clustering=clustering, rounds=rounds)
+                shards=shards, clustering=clustering, rounds=rounds,
+                stop_set=stop_set if stop_set["size"] is not None else None, stop_rule=RULE,
+                stop_advice=advice(signals))
