@@ -29,7 +29,7 @@ def _predictions(path, ids, base, noise, w):
     pq.write_table(pa.table({"id": ids, "probs": fsl(P)}), path)
 
 
-def four_rounds(tmp: Path, weights=(0.02, 0.006, 0.003, 0.001)) -> Path:
+def four_rounds(tmp: Path, weights=(0.025, 0.012, 0.006, 0.003)) -> Path:
     """A 4-round campaign whose predictions settle: kappa >= 0.99 in rounds 2, 3 and 4 (the rule holds)."""
     ids, _ = make_pool(tmp / "pool.parquet", n=N)
     d = tmp / "c"

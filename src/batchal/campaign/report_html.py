@@ -50,10 +50,11 @@ def report_data(campaign) -> dict:
 
 
 def _png(fig) -> str:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    for ax in fig.axes:  # rounds are whole numbers
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in fig.axes:  # rounds are whole numbers (a boxplot labels its own positions: left as it is)
+        if isinstance(ax.xaxis.get_major_formatter(), ScalarFormatter):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -148,6 +149,7 @@ def _plots(data: dict) -> list[tuple[str, str, str]]:
         un = [np.nan if v.get("uncertainty") is None else v["uncertainty"] for v in st]
         c2.plot(x, ch, "o-", color="#ed7d31", label="changed predictions (%)")
         c2.set(xlabel="round", ylabel="changed (%)", title="changed predictions and uncertainty")
+        c2.set_ylim(bottom=0, top=max(1.0, 1.1 * np.nanmax(ch)) if np.isfinite(ch).any() else 1.0)
         t = c2.twinx()
         t.plot(x, un, "s--", color="#70ad47", label="mean uncertainty")
         t.set_ylabel("mean uncertainty")
