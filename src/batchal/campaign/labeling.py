@@ -64,7 +64,7 @@ def label(campaign, labels=None, *, close: bool = False, id_column: str | None =
         result["open_round"] = None if (opened is None or result["closed"]) else opened[0]
         if result["new"] or result["closed"]:
             campaign._store.log(conn, "label", dict(source=str(labels), new=result["new"], same=result["same"],
-                                                closed=result["closed"], returned=result["returned"]))
+                                                    closed=result["closed"], returned=result["returned"]))
         crash_point("label:recorded")
     return result
 
