@@ -64,7 +64,18 @@ def checked(d):
     c = Campaign(d)
     problems = c.check()
     assert problems == [], problems
+    assert signals_match_rounds(c)
     return c
+
+
+def signals_match_rounds(c) -> bool:
+    """Every round selected with predictions has its stop-set signals, and no signals lack their round's batch."""
+    q = c._store.conn.execute
+    with_preds = {r for (r,) in q("SELECT round FROM rounds WHERE predictions_sha256 IS NOT NULL")}
+    signals = {r for (r,) in q("SELECT round FROM stop_rounds")}
+    batches = {r for (r,) in q("SELECT DISTINCT round FROM batch_items")}
+    drawn = c._meta(c._store.conn, "stop_set_file") is not None
+    return with_preds == signals and signals <= batches and drawn == bool(signals)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -112,11 +123,15 @@ def test_injected_kill_points(pool):
     assert checked(d).cluster(mean_cluster_size=10)["unchanged"]
     assert no_leftovers(d)
     sel = dict(batch_size=100, predictions=str(tmp / "pred.parquet"), seed=5)
-    for point in ("file-tmp:scores", "file-written:scores", "select:inserted", "select:before-commit"):
+    for point in ("file-tmp:scores", "file-written:scores", "select:inserted", "file-tmp:stopset",
+                  "file-written:stopset", "file-tmp:stoppreds", "file-written:stoppreds", "select:signals",
+                  "select:before-commit"):
         assert child(d, "select", point, **sel) == killed, point
         assert checked(d).status()["rounds"] == [], point
+        assert checked(d).status()["stop_set"] is None, point
     assert child(d, "select", "select:after-commit", **sel) == killed
     c = checked(d)
+    assert c.status()["rounds"][0]["stop"]["n"] == 1000  # committed: the batch and its signals
     b = c.select(**sel)
     assert b.reused and len(b) == 100 and no_leftovers(d)
     write_label_csv(tmp / "l.csv", b.ids[:60])

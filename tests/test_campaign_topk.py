@@ -79,10 +79,21 @@ def test_three_rounds_with_topk_parquet_equal_dense(clustered, tmp_path, multila
             write_label_csv(tmp_path / f"l{rnd}.csv", batch, labels)
             assert "round %d closed" % rnd in run("label", dirs[kind], tmp_path / f"l{rnd}.csv").output
         labeled += batch
+    stops = {}
     for kind, d in dirs.items():
         s = json.loads(run("status", d, "--json").stdout)
         assert (s["labeled"], s["pending"]) == (180, 0)
         assert "ok" in run("check", d).output
+        stops[kind] = [r["stop"] for r in s["rounds"]]
+        assert stops[kind][0]["kappa"] is None and all(-1 <= x["kappa"] <= 1 and 0 <= x["changed"] <= 1
+                                                       for x in stops[kind][1:])
+    # the stopping signals from top-k: the dense ones where the predicted labels are the same (multi-class:
+    # the top class), the uncertainty the exact margin-based one instead of the entropy
+    assert [x["uncertainty_kind"] for x in stops["top"]] == ["margin"] * 3
+    assert [x["uncertainty_kind"] for x in stops["dense"]] == ["entropy"] * 3
+    if not multilabel:
+        assert [(x["kappa"], x["changed"], x["n"]) for x in stops["top"]] == \
+            [(x["kappa"], x["changed"], x["n"]) for x in stops["dense"]]
 
 
 def test_topk_predictions_refused_in_a_campaign(clustered, tmp_path):

@@ -263,6 +263,12 @@ CASES = [
      ["not a campaign"]),
     ("campaign-cluster-ray-not-a-campaign", ("campaign", "cluster", "{out}/c", "--engine", "ray"),
      ["not a campaign"]),
+    # --- campaign metric / report (issue 22): an unknown campaign directory, a report that is not .html ---
+    ("campaign-metric-not-a-campaign", ("campaign", "metric", "{out}/c", "--round", 1, "--name", "val_acc",
+                                        "--value", 0.5), ["not a campaign"]),
+    ("campaign-metric-half-given", ("campaign", "metric", "{out}/c", "--round", 1, "--name", "val_acc"), ["--value"]),
+    ("campaign-report-not-a-campaign", ("campaign", "report", "{out}/c", "--out", "{out}/r.html"), ["not a campaign"]),
+    ("campaign-report-not-html", ("campaign", "report", "{out}/c", "--out", "{out}/r.png"), ["--out", "r.png"]),
     # --- demo ---
     ("demo-out-in-file", ("demo", "--out", "afile/demo", "-q"), ["--out", "afile"]),
 ]
@@ -435,3 +441,54 @@ def test_strategies_prints_plain_text(server):
     rc, out, _ = server.run("strategies")
     assert rc == 0 and "``" not in out and ":func:" not in out
     assert "margin: The k unlabeled rows with the smallest margin" in out
+
+
+def test_campaign_metric_bad_input_is_refused_and_changes_nothing(server, tmp_path):
+    """A metric for a missing round, a NaN or infinite value, a bad CSV: exit 2, one error line, nothing recorded."""
+    from batchal.campaign import Campaign
+
+    sys.path.insert(0, str(HERE))
+    from campaign_util import make_pool, make_predictions
+
+    ids, _ = make_pool(tmp_path / "pool.parquet", n=200)
+    make_predictions(tmp_path / "p.parquet", ids)
+    c = tmp_path / "c"
+    for argv in (("campaign", "init", c, "--pool", tmp_path / "pool.parquet"),
+                 ("campaign", "select", c, "-k", 10, "--predictions", tmp_path / "p.parquet", "--strategy", "margin",
+                  "--seed", 0, "-q"),
+                 ("campaign", "metric", c, "--round", 1, "--name", "val_acc", "--value", 0.61)):
+        rc, _, stderr = server.run(*argv)
+        assert rc == 0, stderr
+    (tmp_path / "bad.csv").write_text("round,name,value\n1,val_acc,0.7\n2,val_acc,0.8\n")
+    (tmp_path / "nan.csv").write_text("round,name,value\n1,loss,nan\n")
+    (tmp_path / "text.csv").write_text("round,name,value\n1,loss,low\n")
+    (tmp_path / "cols.csv").write_text("r,n,v\n1,loss,1\n")
+
+    def state():
+        with Campaign(c) as cc:
+            return cc.metrics(), cc._store.conn.execute("SELECT count(*) FROM history").fetchone()[0]
+
+    before = state()
+    assert before[0] == {1: {"val_acc": 0.61}}
+    for argv, names in [
+        (("--round", 2, "--name", "val_acc", "--value", 0.7), ["no round 2", "rounds: 1"]),
+        (("--round", 1, "--name", "val_acc", "--value", "nan"), ["finite", "nan"]),
+        (("--round", 1, "--name", "val_acc", "--value", "inf"), ["finite", "inf"]),
+        (("--round", 1, "--name", " ", "--value", 1), ["name"]),
+        (("--csv", tmp_path / "bad.csv"), ["no round 2"]),  # the valid row 1 is not recorded either
+        (("--csv", tmp_path / "nan.csv"), ["finite"]),
+        (("--csv", tmp_path / "text.csv"), ["line 2", "'low'"]),
+        (("--csv", tmp_path / "cols.csv"), ["round,name,value"]),
+        (("--csv", tmp_path / "none.csv"), ["no such file"]),
+        (("--csv", tmp_path / "bad.csv", "--round", 1), ["not both"]),
+    ]:
+        rc, stdout, stderr = server.run("campaign", "metric", c, *argv)
+        lines = stderr.splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and stdout == "", (argv, stderr)
+        for name in names:
+            assert name in lines[0], (name, lines[0])
+        assert state() == before, argv
+    rc, stdout, _ = server.run("campaign", "status", c, "--json")
+    s = json.loads(stdout)
+    assert s["rounds"][0]["metrics"] == {"val_acc": 0.61} and s["stop_advice"] is None
+    assert set(s["rounds"][0]["stop"]) >= {"kappa", "changed", "uncertainty"} and s["rounds"][0]["stop"]["kappa"] is None

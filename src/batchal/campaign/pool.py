@@ -18,7 +18,7 @@ from .._validation import BatchalInputError, check_finite_block, check_proba_blo
 from .store import sha256_file
 
 __all__ = [
-    "IdIndex", "PoolFiles", "read_pool", "read_predictions", "read_labels", "canonical_label",
+    "IdIndex", "PoolFiles", "read_pool", "read_predictions", "read_parquet",
     "id_kind", "format_ids",
 ]
 
@@ -489,83 +489,3 @@ def _hash_array(A, kind: str) -> str:
     for a, b in iter_chunks(A.shape[0], 1 << 18):
         h.update(np.ascontiguousarray(A[a:b]).tobytes())
     return h.hexdigest()
-
-
-# ------------------------------------------------------------------ labels
-def canonical_label(value) -> str:
-    """One label as text: a class name, or several (multi-label) sorted and joined by ``|``."""
-    if isinstance(value, (list, tuple)):
-        parts = [str(v).strip() for v in value]
-    else:
-        parts = [s.strip() for s in str(value).split("|")]
-    parts = sorted(set(x for x in parts if x))
-    return "|".join(parts)
-
-
-@dataclass
-class LabelFile:
-    """Labels read from a file: ids (pyarrow), one canonical label each; what was skipped and why."""
-
-    ids: pa.Array
-    labels: list
-    format: str
-    sha256: str
-    skipped: dict = field(default_factory=dict)
-    campaigns: set = field(default_factory=set)  # campaign ids named in a Label Studio export
-
-
-def read_labels(path, *, id_column: str = "id", label_column: str = "label", fmt: str | None = None) -> LabelFile:
-    """Read ``id,label`` CSV, Parquet, or a Label Studio JSON export (see ``labelstudio.read_export``)."""
-    p = Path(path)
-    if not p.exists():
-        raise BatchalInputError(f"labels: no such file {p}")
-    suffix = p.suffix.lower()
-    fmt = fmt or {".csv": "csv", ".parquet": "parquet", ".json": "labelstudio"}.get(suffix)
-    if fmt is None:
-        raise BatchalInputError(f"labels file {p.name}: use .csv (id,label), .parquet or a Label Studio .json export")
-    sha = sha256_file(p)
-    if fmt == "labelstudio":
-        from .labelstudio import read_export
-
-        return read_export(p, id_key=id_column, sha256=sha)
-    if fmt == "csv":
-        import pyarrow.csv as pacsv
-
-        try:
-            # every column as text: an id like 007 must stay 007 in a campaign of string ids
-            table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
-                column_types={id_column: pa.large_string(), label_column: pa.large_string()},
-                strings_can_be_null=False))
-        except pa.ArrowInvalid as exc:
-            raise BatchalInputError(f"labels {p.name}: cannot read the CSV: {exc}") from exc
-    elif fmt == "parquet":
-        try:
-            table = read_parquet(p)
-        except Exception as exc:
-            raise BatchalInputError(f"labels {p.name}: cannot read {p}: {exc}") from exc
-    else:
-        raise BatchalInputError(f"unknown labels format {fmt!r}; use csv, parquet or labelstudio")
-    for c in (id_column, label_column):
-        if c not in table.column_names:
-            raise BatchalInputError(f"labels {p.name} has no column {c!r} (columns: {', '.join(table.column_names)}); "
-                                    "name them with --id-column / --label-column")
-    ids = table.column(id_column).combine_chunks()
-    if ids.null_count:
-        raise BatchalInputError(f"labels {p.name}: {ids.null_count} rows have no id")
-    lab = table.column(label_column).combine_chunks()
-    t = lab.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        labels = [canonical_label(v) if v is not None else "" for v in lab.to_pylist()]
-    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t):
-        raw = lab.cast(pa.large_string())
-        if pc.any(pc.match_substring(raw.fill_null(""), "|")).as_py():
-            labels = [canonical_label(v) if v is not None else "" for v in raw.to_pylist()]
-        else:
-            labels = pc.utf8_trim_whitespace(raw.fill_null("")).to_pylist()
-    else:
-        raise BatchalInputError(f"labels {p.name}: column {label_column!r} must hold text (or a list of texts); got {t}")
-    empty = [i for i, v in enumerate(labels) if not v]
-    if empty:
-        raise BatchalInputError(f"labels {p.name}: {len(empty):,} rows have an empty label, e.g. id "
-                                f"{ids[empty[0]].as_py()!r}")
-    return LabelFile(ids=ids, labels=labels, format=fmt, sha256=sha)

@@ -1,4 +1,4 @@
-"""Status of a campaign as text and as a plot."""
+"""Status of a campaign as text and as a plot (the HTML page: :mod:`.report_html`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +30,27 @@ def format_status(s: dict, top: int = 5) -> str:
             dist += f", ... ({len(r['labels'])} labels)"
         lines.append(f"round {r['round']} [{state}] {r['strategy']}: {r['selected']:,} selected, "
                      f"{r['labeled']:,} labeled{extra}" + (f"; {dist}" if dist else ""))
+        st = r.get("stop")
+        if st is not None:
+            lines.append(f"  stop signals on {st['n']:,} stop-set items: kappa {_num(st['kappa'])}, "
+                         f"changed {_pct(st['changed'])}, uncertainty {_num(st['uncertainty'])} "
+                         f"({st['uncertainty_kind']})" + ("" if st["prev_round"] is not None else
+                                                         " (first round with predictions: nothing to compare)"))
+        if r.get("metrics"):
+            lines.append("  metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items()))
+    if s.get("stop_set"):
+        lines.append(f"stop rule: {s['stop_rule']}")
+        lines.append(f"advice: {s['stop_advice']}" if s.get("stop_advice") else
+                     "advice: the stop rule does not hold yet")
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def plot_status(s: dict, path, top: int = 8) -> Path:

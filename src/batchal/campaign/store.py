@@ -88,6 +88,21 @@ CREATE INDEX labels_round ON labels(round);
 CREATE TABLE history(seq INTEGER PRIMARY KEY, at TEXT NOT NULL, command TEXT NOT NULL, detail TEXT NOT NULL);
 """
 
+#: Tables added after schema version 1: created (IF NOT EXISTS) inside every writing command's
+#: transaction, so a campaign made before them gains them at its next command, atomically.
+ADDITIONS = """
+-- per round with predictions: the stop set's predicted labels (an .npz) and the stopping signals
+-- against prev_round (see batchal.stopping); written in the select transaction with the round's batch
+CREATE TABLE IF NOT EXISTS stop_rounds(
+    round INTEGER PRIMARY KEY REFERENCES rounds(round), preds_file TEXT NOT NULL REFERENCES files(name),
+    prev_round INTEGER, n INTEGER NOT NULL, kappa REAL, changed REAL, uncertainty REAL,
+    uncertainty_kind TEXT NOT NULL);
+-- the team's own per-round measurements (`campaign metric`), e.g. validation accuracy
+CREATE TABLE IF NOT EXISTS metrics(
+    round INTEGER NOT NULL REFERENCES rounds(round), name TEXT NOT NULL, value REAL NOT NULL,
+    recorded_at TEXT NOT NULL, PRIMARY KEY(round, name));
+"""
+
 
 class CampaignBusyError(BatchalInputError):
     """Another command holds the campaign's write lock for longer than the timeout."""
@@ -253,6 +268,8 @@ class Store:
             if create and not self._has_schema():
                 for stmt in _statements(SCHEMA):
                     conn.execute(stmt)
+            for stmt in _statements(ADDITIONS):
+                conn.execute(stmt)
             self.arrays.mkdir(exist_ok=True)
             self.reports.mkdir(exist_ok=True)
             self._collect_garbage()

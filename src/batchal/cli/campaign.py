@@ -268,6 +268,45 @@ def status(
         err.print(f"plot -> {plot}", highlight=False, markup=False)
 
 
+@campaign_app.command("metric")
+def metric(
+    directory: Path = DirArg,
+    round_: Optional[int] = typer.Option(None, "--round", "-r", help="the round the measurement belongs to"),
+    name: Optional[str] = typer.Option(None, "--name", help="e.g. val_acc"),
+    value: Optional[float] = typer.Option(None, "--value", help="a finite number"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="many at once: a CSV with the header round,name,value"),
+):
+    """Record a per-round measurement of your own (validation accuracy, ...); shown by status and report."""
+    from ..campaign.metrics import read_metric_csv
+
+    one = (round_, name, value)
+    if csv_path is not None and any(x is not None for x in one):
+        _fail("give --csv FILE, or --round, --name and --value, not both")
+    if csv_path is None and any(x is None for x in one):
+        _fail("give --round, --name and --value (or --csv FILE with round,name,value rows)")
+    with _errors():
+        c = _open(directory)
+        rows = read_metric_csv(csv_path) if csv_path is not None else [one]
+        r = c.record_metrics(rows)
+    err.print(f"metrics: {r['new']:,} new, {r['replaced']:,} replaced, {r['same']:,} already recorded",
+              highlight=False, markup=False)
+
+
+@campaign_app.command("report")
+def report(
+    directory: Path = DirArg,
+    out_path: Path = typer.Option(..., "--out", "-o", help="the .html file to write (one self-contained page)"),
+):
+    """One self-contained HTML page of the campaign: labels, batches, stopping signals, metrics."""
+    from ..campaign.report_html import write_report
+
+    if out_path.suffix.lower() not in (".html", ".htm"):
+        _fail(f"--out {out_path.name}: end it in .html")
+    with _errors():
+        p = write_report(_open(directory), out_path)
+    err.print(f"report -> {p}", highlight=False, markup=False)
+
+
 @campaign_app.command("add")
 def add(
     directory: Path = DirArg,
