@@ -319,17 +319,23 @@ class StopTracker:
         self.prev: StopPredictions | None = None
         self.history: list[dict] = []
 
-    def update(self, predictions, *, labeled=None, kind: str | None = None, multilabel: bool = False) -> dict:
+    def update(self, predictions, *, labeled=None, kind: str | None = None, multilabel: bool = False,
+               subset: bool = False) -> dict:
         """One round: ``predictions`` of the whole pool ((n, C) probabilities/logits or a TopK).
 
         ``labeled`` is a bool mask over the pool (labeled or pending rows, left
-        out of the comparison). Returns the round's signals and ``advice``.
+        out of the comparison). ``subset=True``: ``predictions`` are already the
+        stop set's rows, in the order of :attr:`rows` (a simulator predicts only
+        those). Returns the round's signals and ``advice``.
         """
         from .topk import TopK
 
         if kind is None:
             kind = "topk" if isinstance(predictions, TopK) else "probs"
-        sub = predictions.take(self.rows) if kind == "topk" else np.asarray(predictions[self.rows])
+        if subset:
+            sub = predictions
+        else:
+            sub = predictions.take(self.rows) if kind == "topk" else np.asarray(predictions[self.rows])
         cur = stop_predictions(sub, kind=kind, multilabel=multilabel)
         mask = None if labeled is None else ~np.asarray(labeled, dtype=bool)[self.rows]
         s = compare(self.prev, cur, mask)

@@ -10,7 +10,8 @@ import numpy as np
 from ..io import atomic_write
 
 COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accuracy", "rare_recall", "micro_ap",
-           "select_seconds", "fit_seconds", "train_epochs",
+           "select_seconds", "fit_seconds", "train_epochs", "stop_kappa", "stop_changed", "stop_uncertainty",
+           "stop_advice",
            "batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share",
            "diag_k_m", "diag_candidate_clusters", "diag_candidate_repeat_share",
            "diag_margin_batch_clusters", "diag_margin_batch_repeat_share",
@@ -276,6 +277,7 @@ def summary_markdown(res) -> str:
         lines.append("Rounds vs margin: " + "; ".join(counts) + ".")
     lines += _versus_random(res, curves)
     lines += _extra_metrics(res)
+    lines += _stopping(res)
     cms = [d for d in res.diagnostics if "n_clusters" in d]
     if cms:
         space = ("the seed model's embedding" if cfg.cluster_space == "embedding"
@@ -397,6 +399,45 @@ def _extra_metrics(res) -> list[str]:
     if "rare_recall" in cols:
         lines += ["", "Rarest classes: the (at most 5) classes least frequent in the pool; on a balanced pool "
                   "they are arbitrary."]
+    return lines
+
+
+def stop_rounds(rows, strategy: str, within: float = 0.005) -> list[tuple]:
+    """Per trial: (labels at which the stopping rule first advises stopping or None, labels at which the
+    metric first comes within ``within`` of its final value)."""
+    out = []
+    for t in sorted({r["trial"] for r in rows if r["strategy"] == strategy}):
+        rs = sorted((r for r in rows if r["strategy"] == strategy and r["trial"] == t), key=lambda r: r["round"])
+        final = rs[-1]["accuracy"]
+        advised = next((r["n_labeled"] for r in rs if r.get("stop_advice") in (True, "True")), None)
+        close = next(r["n_labeled"] for r in rs if r["accuracy"] >= final - within)
+        out.append((advised, close))
+    return out
+
+
+def _stopping(res) -> list[str]:
+    """The label-free stopping signals (batchal.stopping) against where the curve actually flattened."""
+    if not any("stop_kappa" in r for r in res.rows):
+        return []
+    lines = ["", "## Stopping signals (stabilising predictions on a fixed stop set; rule: kappa >= 0.99 for 3 "
+             "successive rounds)", ""]
+    lines.append("| strategy | kappa per round (mean over trials) | rule says stop at (labels, per trial) | "
+                 "metric within 0.005 of its final value at |")
+    lines.append("|---|---|---|---|")
+    for s in res.config.strategies:
+        rs = [r for r in res.rows if r["strategy"] == s]
+        rounds = sorted({r["round"] for r in rs})
+        kap = []
+        for rd in rounds[1:]:
+            v = [r["stop_kappa"] for r in rs if r["round"] == rd and r.get("stop_kappa") not in (None, "")]
+            kap.append(f"{np.mean(v):.3f}" if v else "—")
+        pairs = stop_rounds(res.rows, s)
+        adv = ", ".join("never" if a is None else f"{a:,}" for a, _ in pairs)
+        close = ", ".join(f"{c:,}" for _, c in pairs)
+        lines.append(f"| {s} | {' '.join(kap)} | {adv} | {close} |")
+    lines += ["", "Cohen's kappa between successive rounds' predicted classes on a fixed random stop set "
+              "(its unlabeled members), as `batchal campaign status` computes it; \"never\" means the rule "
+              "did not fire within the rounds run."]
     return lines
 
 

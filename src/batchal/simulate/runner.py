@@ -26,6 +26,7 @@ from ..selectors.spec import parse_spec, split_specs
 from . import clusters as _clusters
 from .clusters import cluster_purity  # noqa: F401  (public name kept here)
 from .datasets import Dataset
+from ..stopping import StopTracker
 from .models import MODELS, TRAINING, make_model
 
 
@@ -242,12 +243,20 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
         cl = clusters[0]
         diag.update(clusters[1])
     rare = None if dataset.multilabel else rare_classes(dataset)
+    # the campaign's label-free stopping signals, computed the same way (batchal.stopping)
+    tracker = StopTracker(X.shape[0], seed=ts)
     rows = []
 
     def record(r, sel_seconds, fit_seconds, extra=None):
         row = dict(strategy=strategy, trial=trial, round=r, n_labeled=int(labeled.shape[0]),
                    select_seconds=sel_seconds, fit_seconds=fit_seconds)
         row.update(evaluate(dataset, model.predict_proba(dataset.X_test), rare))
+        mask = np.zeros(X.shape[0], dtype=bool)
+        mask[labeled] = True
+        stop = tracker.update(model.predict_proba(X[tracker.rows]), labeled=mask, subset=True,
+                              multilabel=dataset.multilabel)
+        row.update(stop_kappa=stop["kappa"], stop_changed=stop["changed"], stop_uncertainty=stop["uncertainty"],
+                   stop_advice=stop["advice"] is not None)
         if hasattr(model, "history_") and model.history_:
             row["train_epochs"] = model.history_[-1][0]
         if extra:
