@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .balance import balanced_top
 from .base import Pool, Selector, register
 
 
@@ -19,11 +20,34 @@ class RandomSelector(Selector):
 
 
 class _TopUncertainty(Selector):
+    """The ``k`` most uncertain unlabeled rows by one score.
+
+    Parameters
+    ----------
+    balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
+        Move the batch's share per predicted class toward a target: per-class quotas
+        filled in this score's order (see :mod:`batchal.selectors.balance`). None: the
+        plain ranking.
+    random_state : int, Generator or None
+
+    Attributes
+    ----------
+    balance_ : dict
+        With ``balance``: ``target``, ``quota`` and ``batch_counts`` per class of the last call.
+    """
+
     score: str = "margin"
     requires = ("predictions",)
 
+    def __init__(self, balance: str | dict | None = None, random_state=None):
+        super().__init__(random_state=random_state)
+        self.balance = balance
+
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
-        return pool.top_uncertain(self.score, k)
+        if self.balance is None:
+            return pool.top_uncertain(self.score, k)
+        batch, self.balance_ = balanced_top(pool, self.balance, self.score, k)
+        return batch
 
 
 @register
