@@ -123,6 +123,9 @@ def _inputs(d: Path) -> None:
     rows_c[7], rows_p[7] = rows_c[7][:2], rows_p[7][:2]
     pq.write_table(pa.table({"top_classes": pa.array(rows_c, pa.list_(pa.int32())),
                              "top_probs": pa.array(rows_p, pa.list_(pa.float32()))}), d / "TK_ragged.parquet")
+    # balance share tables (issue 26)
+    (d / "shares_sum.json").write_text('{"0": 0.5, "1": 0.4}')
+    (d / "shares_unknown.json").write_text('{"0": 0.5, "9": 0.5}')
     # places that cannot take an output
     (d / "afile").write_text("not a directory")
     (d / "adir.npy").mkdir()
@@ -206,6 +209,23 @@ CASES = [
                     "--clusters", "C.npy", "--out", OUT_NPY), ["tol", "scores"]),
     ("scores-ray", ("select", "-s", "margin", "-k", 5, "--scores", "S.npy", "--engine", "ray", "--out", OUT_NPY),
      ["--scores", "--engine local"]),
+    # --- balance (issue 26) ---
+    ("balance-unknown-value", ("select", "-s", "margin:balance=sideways", "-k", 5, "--probs", "P.npy",
+                               "--out", OUT_NPY), ["--strategy", "balance", "sideways"]),
+    ("balance-shares-sum", ("select", "-s", "cluster-margin:balance=shares_sum.json", "-k", 5, "--probs", "P.npy",
+                            "--clusters", "C.npy", "--out", OUT_NPY), ["--strategy", "shares_sum.json", "sum to 1"]),
+    ("balance-unknown-class", ("select", "-s", "margin:balance=shares_unknown.json", "-k", 5, "--probs", "P.npy",
+                               "--out", OUT_NPY), ["balance", "class 9", "4 classes"]),
+    ("balance-missing-file", ("select", "-s", "margin:balance=nope.json", "-k", 5, "--probs", "P.npy",
+                              "--out", OUT_NPY), ["--strategy", "nope.json"]),
+    ("balance-random", ("select", "-s", "random:balance=uniform", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--strategy", "random", "balance"]),
+    ("balance-coreset", ("select", "-s", "coreset:balance=input", "-k", 5, "--embeddings", "E.npy",
+                         "--out", OUT_NPY), ["--strategy", "coreset", "balance"]),
+    ("balance-scores", ("select", "-s", "margin:balance=uniform", "-k", 5, "--scores", "S.npy", "--out", OUT_NPY),
+     ["balance", "scores"]),
+    ("balance-ray", ("select", "-s", "margin:balance=uniform", "-k", 5, "--probs", "P.npy", "--engine", "ray",
+                     "--out", OUT_NPY), ["balance", "--engine local"]),
     # --- cluster ---
     ("cluster-out-in-file", (*CLU, "--out", "afile/C.npy"), ["--out", "afile"]),
     ("cluster-out-is-dir", (*CLU, "--out", "adir.npy"), ["--out", "adir.npy"]),

@@ -106,6 +106,10 @@ def select(
             from ..selectors.cluster_margin import describe_redundancy
 
             err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
+        if getattr(selector, "balance_", None):
+            from ..selectors.balance import describe_balance
+
+            err.print(describe_balance(selector.balance_), highlight=False, markup=False)
 
 
 def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,

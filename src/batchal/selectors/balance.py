@@ -39,7 +39,8 @@ from numba import njit
 
 from .._validation import BatchalInputError, iter_chunks
 
-__all__ = ["check_balance", "target_shares", "class_quotas", "quota_fill", "row_labels", "balanced_order_fill"]
+__all__ = ["check_balance", "target_shares", "class_quotas", "quota_fill", "row_labels", "balanced_order_fill",
+           "balanced_top", "describe_balance"]
 
 #: Tolerance on the sum of a share table.
 SHARE_ATOL = 1e-6
@@ -322,7 +323,7 @@ def balanced_order_fill(pool, balance, order: np.ndarray, k: int, *, whole: bool
     Returns
     -------
     (positions into ``order`` of the batch, ascending; diagnostics dict with
-    ``target``, ``quota`` and ``batch_counts`` per class).
+    ``k`` and ``target``, ``quota`` and ``batch_counts`` per class).
     """
     bal = check_balance(balance)
     indptr, indices, n_classes = row_labels(pool)
@@ -335,7 +336,8 @@ def balanced_order_fill(pool, balance, order: np.ndarray, k: int, *, whole: bool
     quota = class_quotas(k, target, avail)
     pos = quota_fill(order, indptr, indices, quota, k)
     picked = np.asarray(order, dtype=np.int64)[pos]
-    diag = {"target": target, "quota": quota, "batch_counts": label_counts(indptr, indices, picked, n_classes)}
+    diag = {"k": k, "target": target, "quota": quota,
+            "batch_counts": label_counts(indptr, indices, picked, n_classes)}
     return pos, diag
 
 
@@ -361,4 +363,20 @@ def balanced_top(pool, balance, kind: str, k: int) -> tuple[np.ndarray, dict]:
             break
         depth = min(unl_n, 2 * depth)
     picked = order[pos]
-    return picked, {"target": target, "quota": quota, "batch_counts": label_counts(indptr, indices, picked, n_classes)}
+    return picked, {"k": k, "target": target, "quota": quota,
+                    "batch_counts": label_counts(indptr, indices, picked, n_classes)}
+
+
+def describe_balance(diag: dict, top: int = 8) -> str:
+    """One line on a balanced batch (printed by ``batchal select``): per class, batch count / target.
+
+    At most ``top`` classes are named (those with the largest target), so that a
+    vocabulary of thousands stays one line.
+    """
+    target, counts = diag["target"], diag["batch_counts"]
+    k = diag["k"]
+    named = np.flatnonzero((target > 0) | (counts > 0))
+    shown = named[np.argsort(-target[named], kind="stable")][:top]
+    parts = [f"{c}: {int(counts[c])}/{target[c] * k:.1f}" for c in shown]
+    more = f" (+{named.shape[0] - shown.shape[0]} classes)" if named.shape[0] > shown.shape[0] else ""
+    return "balance: batch count / target per predicted class: " + ", ".join(parts) + more

@@ -128,6 +128,14 @@ def parse_spec(spec) -> StrategySpec:
         if key in params:
             raise BatchalInputError(f"strategy spec {text!r}: parameter {key!r} given twice")
         params[key] = _checked(text, name, key, _value(val), sig.parameters[key])
+    if params.get("balance") is not None:
+        # a bad value or share table is refused with the spec, before any input is read
+        from .balance import check_balance
+
+        try:
+            check_balance(params["balance"])
+        except BatchalInputError as exc:
+            raise BatchalInputError(f"strategy spec {text!r}: {exc}") from None
     return StrategySpec(name, params, text)
 
 
