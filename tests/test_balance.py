@@ -263,3 +263,31 @@ def test_balance_needs_classes_and_is_refused_on_ray():
         select("margin:balance=uniform", 10, scores=np.random.default_rng(0).random(100))
     with pytest.raises(BatchalInputError, match="balance is not distributed"):
         check_ray_strategy("cluster-margin:order=margin:tol=0.1:balance=input")
+
+
+def test_campaign_select_takes_a_balanced_spec(tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal.cli import app
+    from campaign_util import CLASSES, make_pool as make_campaign_pool, make_predictions
+
+    ids, _ = make_campaign_pool(tmp_path / "pool.parquet")
+    P = make_predictions(tmp_path / "pred.parquet", ids)
+    P[:, 2] *= 0.3  # class 2 rarely the top-1 prediction, so the plain batch is unbalanced
+    P /= P.sum(1, keepdims=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from campaign_util import fsl
+
+    pq.write_table(pa.table({"id": ids, "probs": fsl(P.astype(np.float32))}), tmp_path / "pred.parquet")
+    runner = CliRunner()
+    for args in (["init", tmp_path / "c", "--pool", tmp_path / "pool.parquet", "--classes", ",".join(CLASSES)],
+                 ["cluster", tmp_path / "c", "--mean-cluster-size", 10, "-q"],
+                 ["select", tmp_path / "c", "--predictions", tmp_path / "pred.parquet", "-k", 30, "--strategy",
+                  "cluster-margin:order=margin:tol=0.1:balance=uniform", "--out", tmp_path / "r1.csv"]):
+        r = runner.invoke(app, ["campaign", *map(str, args)])
+        assert r.exit_code == 0, r.output
+    picked = tmp_path.joinpath("r1.csv").read_text().splitlines()[1:]
+    row = {i: j for j, i in enumerate(ids)}
+    counts = np.bincount(P[[row[i] for i in picked]].argmax(1), minlength=3)
+    assert counts.tolist() == [10, 10, 10]
