@@ -126,6 +126,10 @@ def _inputs(d: Path) -> None:
     # balance share tables (issue 26)
     (d / "shares_sum.json").write_text('{"0": 0.5, "1": 0.4}')
     (d / "shares_unknown.json").write_text('{"0": 0.5, "9": 0.5}')
+    # similar (issue 26): queries
+    np.save(d / "Q.npy", E[:3] + 0.1)
+    np.save(d / "Q_dim.npy", E[:3, :4])
+    np.save(d / "Q_nan.npy", np.where(np.arange(3)[:, None] == 1, np.nan, E[:3]))
     # places that cannot take an output
     (d / "afile").write_text("not a directory")
     (d / "adir.npy").mkdir()
@@ -137,6 +141,7 @@ CLU = ("cluster", "-e", "E.npy", "-q")
 REC = ("recut", "--tree", "T.npy", "-q")
 SIM = ("simulate", "--data", "d.npz", "--seed-size", 10, "--batch-size", 10, "--rounds", 2, "--trials", 1,
        "--jobs", 1, "-q")
+SIMQ = ("similar", "-e", "E.npy", "--query", "Q.npy")
 OUT_NPY = "{out}/b.npy"
 OUT_SIM = "{out}/sim"
 
@@ -226,6 +231,15 @@ CASES = [
      ["balance", "scores"]),
     ("balance-ray", ("select", "-s", "margin:balance=uniform", "-k", 5, "--probs", "P.npy", "--engine", "ray",
                      "--out", OUT_NPY), ["balance", "--engine local"]),
+    # --- similar (issue 26) ---
+    ("similar-query-dim", (*SIMQ[:-1], "Q_dim.npy", "-k", 5, "--out", OUT_NPY), ["--query", "dimension 4", "5"]),
+    ("similar-k-too-large", (*SIMQ, "-k", 56, "--labeled", "L.npy", "--out", OUT_NPY), ["-k", "55"]),
+    ("similar-query-nan", (*SIMQ[:-1], "Q_nan.npy", "-k", 5, "--out", OUT_NPY), ["--query", "NaN", "row 1"]),
+    ("similar-embeddings-nan", ("similar", "-e", "E_nan.npy", "--query", "Q.npy", "-k", 5, "--out", OUT_NPY),
+     ["--embeddings", "NaN", "row 7"]),
+    ("similar-no-query", ("similar", "-e", "E.npy", "-k", 5, "--out", OUT_NPY), ["--query", "--query-rows"]),
+    ("similar-probs-rows", (*SIMQ, "-k", 5, "--probs", "P_1d.npy", "--out", OUT_NPY), ["--probs"]),
+    ("similar-out-suffix", (*SIMQ, "-k", 5, "--out", "{out}/rows.txt"), ["--out"]),
     # --- cluster ---
     ("cluster-out-in-file", (*CLU, "--out", "afile/C.npy"), ["--out", "afile"]),
     ("cluster-out-is-dir", (*CLU, "--out", "adir.npy"), ["--out", "adir.npy"]),
