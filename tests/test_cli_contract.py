@@ -130,6 +130,11 @@ def _inputs(d: Path) -> None:
     np.save(d / "Q.npy", E[:3] + 0.1)
     np.save(d / "Q_dim.npy", E[:3, :4])
     np.save(d / "Q_nan.npy", np.where(np.arange(3)[:, None] == 1, np.nan, E[:3]))
+    # selection configs (issue 26)
+    (d / "cfg_key.toml").write_text('strategy = "margin"\nbatch = 3\n')
+    (d / "cfg_sum.toml").write_text('strategy = "margin"\nbalance = {"0" = 0.5, "1" = 0.4}\n')
+    (d / "cfg_col.toml").write_text('strategy = "margin"\nmetadata = "meta.parquet"\n[filters]\nlang = "en"\n')
+    pq.write_table(pa.table({"source": ["web"] * N}), d / "meta.parquet")
     # places that cannot take an output
     (d / "afile").write_text("not a directory")
     (d / "adir.npy").mkdir()
@@ -231,6 +236,18 @@ CASES = [
      ["balance", "scores"]),
     ("balance-ray", ("select", "-s", "margin:balance=uniform", "-k", 5, "--probs", "P.npy", "--engine", "ray",
                      "--out", OUT_NPY), ["balance", "--engine local"]),
+    # --- select --config (issue 26) ---
+    ("config-unknown-key", ("select", "--config", "cfg_key.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_key.toml", "batch", "unknown key"]),
+    ("config-shares-sum", ("select", "--config", "cfg_sum.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_sum.toml", "balance", "sum to 1"]),
+    ("config-column-missing", ("select", "--config", "cfg_col.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_col.toml", "filters.lang", "no column 'lang'"]),
+    ("config-and-strategy", ("select", "--config", "cfg_col.toml", "-s", "entropy", "-k", 5, "--probs", "P.npy",
+                             "--out", OUT_NPY), ["--strategy", "cfg_col.toml"]),
+    ("config-missing", ("select", "--config", "nope.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "nope.toml"]),
+    ("select-no-strategy", ("select", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY), ["--strategy"]),
     # --- similar (issue 26) ---
     ("similar-query-dim", (*SIMQ[:-1], "Q_dim.npy", "-k", 5, "--out", OUT_NPY), ["--query", "dimension 4", "5"]),
     ("similar-k-too-large", (*SIMQ, "-k", 56, "--labeled", "L.npy", "--out", OUT_NPY), ["-k", "55"]),

@@ -22,7 +22,8 @@ class Aggregate(str, Enum):
 
 @app.command()
 def select(
-    strategy: str = typer.Option(..., "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 (see `batchal strategies`)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 or margin:balance=uniform (see `batchal strategies`); required unless --config gives it"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): strategy, balance, score thresholds, metadata filters, a query set (README, *One selection config*)"),
     batch_size: int = typer.Option(..., "--batch-size", "-k", min=1, help="how many rows to select"),
     out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
     probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities, or top-k predictions (Parquet columns / .npz arrays top_classes and top_probs)"),
@@ -49,8 +50,22 @@ def select(
     from ..topk import check_scores
     from .._validation import check_ids, unread_input_warnings
 
+    cfg = None
+    if config is not None:
+        from ..selection_config import load_config
+
+        try:
+            cfg = load_config(config)
+        except BatchalInputError as exc:
+            _fail(str(exc))
+        if strategy is not None and cfg.strategy is not None:
+            _fail(f"--strategy: --config {config} gives a strategy too; give it in one place")
+        if engine is EngineName.ray or ray_address is not None:
+            _fail("--config: the ray engine does not apply selection configs; use --engine local")
+    if strategy is None and (cfg is None or cfg.strategy is None):
+        _fail("--strategy: give a strategy spec (or strategy = \"SPEC\" in --config)")
     try:
-        spec = parse_spec(strategy)
+        spec = parse_spec(strategy if strategy is not None else cfg.strategy)
     except BatchalInputError as exc:
         _fail(f"--strategy: {exc}")
     check_output(out_path, name="--out", suffixes=(".npy", ".csv"))
@@ -79,12 +94,19 @@ def select(
         t1 = time.perf_counter()
         from ..selectors import Pool
 
-        selector = spec.make(random_state=seed, defaults=defaults)
         pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, **arrays)
+        if cfg is not None:
+            from ..selection_config import apply_config
+
+            # the config's rules narrow the candidates: rows outside them count as labeled for this pick
+            spec, pool.labeled_mask = apply_config(cfg, pool, arrays["embeddings"], strategy=strategy)
+        selector = spec.make(random_state=seed, defaults=defaults)
         if id_arr is not None and id_arr.shape[0] != pool.n:
             raise BatchalInputError(f"--ids has {id_arr.shape[0]:,} rows but the pool has {pool.n:,}; "
                                     "give one id per pool row")
-        for msg in unread_input_warnings(arrays, spec.requires, spec.name,
+        read_by_config = ("embeddings",) if cfg is not None and cfg.similar is not None else ()
+        for msg in unread_input_warnings({k: v for k, v in arrays.items() if k not in read_by_config},
+                                         spec.requires, spec.name,
                                          labels={k: f"--{k}" for k in arrays}):
             err.print(f"[bold yellow]warning:[/] {escape(msg)}", highlight=False)
         idx = selector.select(pool, batch_size)
