@@ -291,3 +291,64 @@ def test_campaign_select_takes_a_balanced_spec(tmp_path):
     row = {i: j for j, i in enumerate(ids)}
     counts = np.bincount(P[[row[i] for i in picked]].argmax(1), minlength=3)
     assert counts.tolist() == [10, 10, 10]
+
+
+def _sources(n, seed=4):
+    r = np.random.default_rng(seed)
+    return np.array(["web", "camera", "scan", "phone"])[np.minimum(r.geometric(0.45, n) - 1, 3)]
+
+
+@pytest.mark.parametrize("base", BALANCED)
+def test_balance_by_a_metadata_column(base):
+    arrays = make_pool(n=3000, n_clusters=300)
+    src = _sources(3000)
+    k = 80
+    unl = np.ones(3000, bool)
+    unl[arrays["labeled"]] = False
+    vals = np.array(["camera", "phone", "scan", "web"])
+    inp = np.array([(src[unl] == v).mean() for v in vals])
+    for bal, target in [(None, np.full(4, 0.25)), ("uniform", np.full(4, 0.25)), ("input", inp),
+                        ({"web": 0.7, "phone": 0.3}, np.array([0, 0.3, 0, 0.7]))]:
+        b = select(base, k, seed=0, metadata={"source": src}, balance_by="source", balance=bal, **arrays)
+        assert b.shape == (k,) and np.unique(b).shape[0] == k
+        counts = np.array([(src[b] == v).sum() for v in vals])
+        assert (np.abs(counts - target * k) <= 1).all(), (bal, counts, target * k)
+    # the spec form, and a column name that reads as a number stays a name
+    b = select(f"{base}:balance_by=1", k, seed=0, metadata={"1": src}, **arrays)
+    assert np.abs(np.array([(src[b] == v).sum() for v in vals]) - k / 4).max() <= 1
+
+
+def test_balance_by_errors():
+    arrays = make_pool()
+    src = _sources(600)
+    with pytest.raises(BatchalInputError, match="the pool has no metadata"):
+        select("margin:balance_by=source", 10, **arrays)
+    with pytest.raises(BatchalInputError, match="no column 'lang'"):
+        select("margin:balance_by=lang", 10, metadata={"source": src}, **arrays)
+    with pytest.raises(BatchalInputError, match="source='tv' does not occur"):
+        select("margin", 10, balance_by="source", balance={"tv": 1.0}, metadata={"source": src}, **arrays)
+    with pytest.raises(BatchalInputError, match="has 5 values but the pool has 600"):
+        select("margin:balance_by=source", 10, metadata={"source": src[:5]}, **arrays)
+    with pytest.raises(BatchalInputError, match="random takes no balance"):
+        select("random:balance_by=source", 10, metadata={"source": src}, **arrays)
+
+
+def test_cli_and_config_balance_by(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from batchal.cli import app
+
+    arrays = make_pool(n=1000)
+    src = _sources(1000)
+    np.save(tmp_path / "P.npy", arrays["probs"])
+    pq.write_table(pa.table({"source": src, "other": np.arange(1000)}), tmp_path / "meta.parquet")
+    ref = select("margin:balance_by=source", 40, metadata={"source": src}, probs=arrays["probs"])
+    (tmp_path / "s.toml").write_text('strategy = "margin"\nbalance_by = "source"\nmetadata = "meta.parquet"\n')
+    for extra in (["-s", "margin:balance_by=source", "--metadata", str(tmp_path / "meta.parquet")],
+                  ["--config", str(tmp_path / "s.toml")]):
+        r = CliRunner().invoke(app, ["select", *extra, "-k", "40", "--probs", str(tmp_path / "P.npy"),
+                                     "--out", str(tmp_path / "b.npy")])
+        assert r.exit_code == 0, r.output
+        np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), ref)

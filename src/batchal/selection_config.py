@@ -5,6 +5,7 @@
 
     strategy = "cluster-margin:order=margin:tol=0.1"   # a spec, as --strategy takes
     balance = "uniform"             # or "input", a JSON file of shares, or a table {"0" = 0.5, "3" = 0.5}
+    balance_by = "source"           # balance over a metadata column's values instead of predicted classes
     max_margin = 0.3                # score thresholds: only rows at most this certain are candidates
     max_confidence = 0.9            # top-1 probability at most this
     min_entropy = 0.5               # entropy at least this
@@ -42,7 +43,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 __all__ = ["SelectionConfig", "load_config", "apply_config"]
 
-_TOP = {"strategy": str, "balance": (str, dict), "max_margin": (int, float), "max_confidence": (int, float),
+_TOP = {"strategy": str, "balance": (str, dict), "balance_by": str, "max_margin": (int, float), "max_confidence": (int, float),
         "min_entropy": (int, float), "metadata": str, "filters": dict, "similar": dict}
 _SIMILAR = {"query": str, "query_rows": str, "k": int, "metric": str, "nprobe": int}
 
@@ -59,6 +60,8 @@ class SelectionConfig:
         A strategy spec.
     balance : str, dict or None
         As the ``balance`` spec key (a path already resolved against the file's folder).
+    balance_by : str or None
+        A metadata column to balance over (read from ``metadata``).
     thresholds : dict
         ``max_margin``, ``max_confidence``, ``min_entropy`` that were given.
     metadata : Path or None
@@ -71,6 +74,7 @@ class SelectionConfig:
     path: Path
     strategy: str | None = None
     balance: object = None
+    balance_by: str | None = None
     thresholds: dict = field(default_factory=dict)
     metadata: Path | None = None
     filters: dict = field(default_factory=dict)
@@ -130,12 +134,18 @@ def load_config(path) -> SelectionConfig:
         if "balance" in raw and "balance" in spec.params:
             raise cfg.err("balance", "also given in the strategy spec; give it once")
         cfg.strategy = spec.text
+    if "balance_by" in raw:
+        if "metadata" not in raw:
+            raise cfg.err("balance_by", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the column from")
+        if "strategy" in raw and "balance_by" in parse_spec(raw["strategy"]).params:
+            raise cfg.err("balance_by", "also given in the strategy spec; give it once")
+        cfg.balance_by = raw["balance_by"]
     if "balance" in raw:
         bal = raw["balance"]
         if isinstance(bal, str) and bal not in ("uniform", "input"):
             bal = str(base / bal)
         try:
-            check_balance(bal)
+            check_balance(bal, raw.get("balance_by"))
         except BatchalInputError as exc:
             raise cfg.err("balance", str(exc)) from None
         cfg.balance = bal
@@ -240,14 +250,27 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
     if text is None:
         raise cfg.err("strategy", "missing: give strategy = \"SPEC\" in the config or --strategy")
     spec = parse_spec(text)
-    if cfg.balance is not None:
-        if "balance" in spec.params:
-            raise cfg.err("balance", "also given in the strategy spec; give it once")
-        if not spec.accepts("balance"):
-            raise cfg.err("balance", f"{spec.name} takes no balance; balance applies to margin, entropy, "
-                                     "least-confidence and cluster-margin")
-        label = cfg.balance if isinstance(cfg.balance, str) else "table"
-        spec = StrategySpec(spec.name, {**spec.params, "balance": cfg.balance}, f"{spec.text}:balance={label}")
+    for key in ("balance", "balance_by"):
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if key in spec.params:
+            raise cfg.err(key, "also given in the strategy spec; give it once")
+        if not spec.accepts(key):
+            raise cfg.err(key, f"{spec.name} takes no balance; balance applies to margin, entropy, "
+                               "least-confidence and cluster-margin")
+        label = value if isinstance(value, str) else "table"
+        spec = StrategySpec(spec.name, {**spec.params, key: value}, f"{spec.text}:{key}={label}")
+    if cfg.balance_by is not None and pool.metadata is None:
+        from .io import ParquetColumns
+
+        try:
+            pool.metadata = ParquetColumns(cfg.metadata, f"--config {cfg.path}: metadata")
+        except BatchalInputError as exc:
+            raise cfg.err("metadata", str(exc)) from None
+        if cfg.balance_by not in pool.metadata.column_names:
+            raise cfg.err("balance_by", f"the metadata {cfg.metadata} has no column {cfg.balance_by!r} "
+                                        f"(columns: {', '.join(pool.metadata.column_names)})")
     excluded = pool.labeled_mask.copy()
     th = cfg.thresholds
     if th:

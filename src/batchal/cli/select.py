@@ -33,6 +33,7 @@ def select(
     n_classes: Optional[int] = typer.Option(None, "--n-classes", min=1, help="top-k --probs: size of the class vocabulary (class ids are checked against it; default: the file's n_classes metadata)"),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids from `batchal cluster` (cluster-margin)"),
     labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled (a batch file of an earlier round works)"),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="per-row metadata (Parquet, one row per pool row) for balance_by=COLUMN"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids, one per pool row; a .csv output then also lists the ids"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
     max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (not below 2 x batch size); 1 = the paper's rule"),
@@ -94,7 +95,10 @@ def select(
         t1 = time.perf_counter()
         from ..selectors import Pool
 
-        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, **arrays)
+        from ..io import ParquetColumns
+
+        meta = ParquetColumns(metadata, "--metadata") if metadata is not None else None
+        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, metadata=meta, **arrays)
         if cfg is not None:
             from ..selection_config import apply_config
 

@@ -47,16 +47,20 @@ SHARE_ATOL = 1e-6
 _KEYWORDS = ("uniform", "input")
 
 
-def check_balance(balance):
+def check_balance(balance, by: str | None = None):
     """Validate a ``balance`` value without reading the pool.
 
     Parameters
     ----------
     balance : {"uniform", "input"}, str path of a JSON file, dict or None
+    by : str, optional
+        The metadata column balanced over (``balance_by``): the table's keys are
+        then the column's values (as text), not class ids.
 
     Returns
     -------
-    None, ``"uniform"``, ``"input"`` or a dict ``{int class: float share}``.
+    None, ``"uniform"``, ``"input"`` or a dict ``{int class: float share}``
+    (``{str value: float share}`` with ``by``).
 
     Raises
     ------
@@ -86,8 +90,13 @@ def check_balance(balance):
         raise BatchalInputError(f"balance must be 'uniform', 'input', a dict of shares or a JSON file; got {balance!r}")
     if not isinstance(table, dict) or not table:
         raise BatchalInputError(f"{where} must be a non-empty object class -> share")
-    out: dict[int, float] = {}
+    out: dict = {}
     for key, share in table.items():
+        if by is not None:  # a value of the metadata column, matched as text
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not np.isfinite(share) or share < 0:
+                raise BatchalInputError(f"{where}: the share of {by}={key!r} must be a number >= 0; got {share!r}")
+            out[str(key)] = float(share)
+            continue
         try:
             c = int(key)
             if isinstance(key, float) or str(c) != str(key).strip():
@@ -107,7 +116,7 @@ def check_balance(balance):
     return out
 
 
-def target_shares(balance, n_classes: int, input_counts: np.ndarray) -> np.ndarray:
+def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None, by: str | None = None) -> np.ndarray:
     """The target share of every class, float64 (n_classes,), summing to 1.
 
     Parameters
@@ -116,6 +125,10 @@ def target_shares(balance, n_classes: int, input_counts: np.ndarray) -> np.ndarr
     n_classes : int
     input_counts : int array (n_classes,)
         Predicted-class counts over the pool's unlabeled rows (read for ``"input"``).
+    names : array of str, optional
+        With ``by``: the column value of each class id (a share table is keyed by them).
+    by : str, optional
+        The metadata column (named in errors).
     """
     if balance == "uniform":
         return np.full(n_classes, 1.0 / n_classes)
@@ -125,6 +138,17 @@ def target_shares(balance, n_classes: int, input_counts: np.ndarray) -> np.ndarr
             raise BatchalInputError("balance=input: no unlabeled row has a positive predicted label to take "
                                     "the distribution from")
         return np.asarray(input_counts, dtype=np.float64) / total
+    if names is not None:
+        where = {str(v): i for i, v in enumerate(names)}
+        bad = [v for v in balance if v not in where]
+        if bad:
+            shown = ", ".join(map(str, list(where)[:10])) + (" ..." if len(where) > 10 else "")
+            raise BatchalInputError(f"balance: {by}={bad[0]!r} does not occur in the metadata column {by!r} "
+                                    f"(values: {shown})")
+        t = np.zeros(n_classes)
+        for v, share in balance.items():
+            t[where[v]] = share
+        return t
     bad = [c for c in balance if c >= n_classes]
     if bad:
         raise BatchalInputError(f"balance: class {bad[0]} does not exist; the predictions have {n_classes} classes "
@@ -246,17 +270,27 @@ def quota_fill(order: np.ndarray, indptr: np.ndarray, indices: np.ndarray, quota
     return np.flatnonzero(taken).astype(np.int64)
 
 
-def row_labels(pool) -> tuple[np.ndarray, np.ndarray, int]:
-    """Each pool row's predicted classes as a CSR ``(indptr, indices, n_classes)``, cached on the pool.
+def row_labels(pool, by: str | None = None) -> tuple[np.ndarray, np.ndarray, int, object]:
+    """Each pool row's classes as a CSR ``(indptr, indices, n_classes, names)``, cached on the pool.
 
     Multi-class: the top-1 class (one per row; ties to the smaller class id).
     Multi-label: every class with ``p > 0.5`` (possibly none). Streams over row
-    chunks: memory is O(n) ints, never the (n, C) predictions.
+    chunks: memory is O(n) ints, never the (n, C) predictions. ``names`` is None.
+    With ``by``: the value of the metadata column ``by`` (one per row; ``names``
+    holds the distinct values, sorted, as class ids index them).
     """
-    from ..topk import TopK  # noqa: F401  (pool.rows_probs returns one for top-k input)
-
-    if "balance_labels" in pool._cache:
-        return pool._cache["balance_labels"]
+    key = ("balance_labels", by)
+    if key in pool._cache:
+        return pool._cache[key]
+    if by is not None:
+        values = pool.metadata_column(by)
+        try:
+            names, inv = np.unique(values, return_inverse=True)
+        except TypeError:  # mixed kinds in an object column: compare them as text
+            names, inv = np.unique(values.astype(str), return_inverse=True)
+        pool._cache[key] = (np.arange(pool.n + 1, dtype=np.int64), inv.astype(np.int64).ravel(),
+                            int(names.shape[0]), names)
+        return pool._cache[key]
     if pool.scores is not None or not pool.has_predictions:
         raise BatchalInputError("balance needs predicted probabilities (a class per row); precomputed scores "
                                 "hold one number per row")
@@ -288,8 +322,8 @@ def row_labels(pool) -> tuple[np.ndarray, np.ndarray, int]:
             parts.append(np.argmax(np.asarray(block), axis=1).astype(np.int64))
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     indices = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-    pool._cache["balance_labels"] = (indptr, indices, n_classes)
-    return pool._cache["balance_labels"]
+    pool._cache[key] = (indptr, indices, n_classes, None)
+    return pool._cache[key]
 
 
 def label_counts(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_classes: int) -> np.ndarray:
@@ -306,7 +340,27 @@ def label_counts(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_cl
     return counts
 
 
-def balanced_order_fill(pool, balance, order: np.ndarray, k: int, *, whole: bool) -> tuple[np.ndarray, dict]:
+def _targets(pool, balance, by, k):
+    """Labels, the pool's counts over unlabeled rows and the target shares (``balance`` None with ``by``: uniform)."""
+    bal = check_balance("uniform" if balance is None else balance, by)
+    indptr, indices, n_classes, names = row_labels(pool, by)
+    if n_classes == 0:
+        raise BatchalInputError("balance: the predictions have no classes")
+    unl = np.flatnonzero(~pool.labeled_mask)
+    pool_counts = label_counts(indptr, indices, unl, n_classes)
+    target = target_shares(bal, n_classes, pool_counts, names, by)
+    return indptr, indices, n_classes, names, pool_counts, target
+
+
+def _diag(k, target, quota, counts, names):
+    d = {"k": k, "target": target, "quota": quota, "batch_counts": counts}
+    if names is not None:
+        d["names"] = names
+    return d
+
+
+def balanced_order_fill(pool, balance, order: np.ndarray, k: int, *, whole: bool,
+                        by: str | None = None) -> tuple[np.ndarray, dict]:
     """The balanced batch from a strategy's ordered candidates.
 
     Parameters
@@ -319,41 +373,31 @@ def balanced_order_fill(pool, balance, order: np.ndarray, k: int, *, whole: bool
     whole : bool
         True: the candidates are every unlabeled row (availability is the pool's);
         False: the candidate set is ``order`` itself (Cluster-Margin's ``M``).
+    by : str, optional
+        Balance over the values of this metadata column instead of predicted classes.
 
     Returns
     -------
     (positions into ``order`` of the batch, ascending; diagnostics dict with
     ``k`` and ``target``, ``quota`` and ``batch_counts`` per class).
     """
-    bal = check_balance(balance)
-    indptr, indices, n_classes = row_labels(pool)
-    if n_classes == 0:
-        raise BatchalInputError("balance: the predictions have no classes")
-    unl = np.flatnonzero(~pool.labeled_mask)
-    pool_counts = label_counts(indptr, indices, unl, n_classes)
-    target = target_shares(bal, n_classes, pool_counts)
+    indptr, indices, n_classes, names, pool_counts, target = _targets(pool, balance, by, k)
     avail = pool_counts if whole else label_counts(indptr, indices, np.asarray(order, dtype=np.int64), n_classes)
     quota = class_quotas(k, target, avail)
     pos = quota_fill(order, indptr, indices, quota, k)
     picked = np.asarray(order, dtype=np.int64)[pos]
-    diag = {"k": k, "target": target, "quota": quota,
-            "batch_counts": label_counts(indptr, indices, picked, n_classes)}
-    return pos, diag
+    return pos, _diag(k, target, quota, label_counts(indptr, indices, picked, n_classes), names)
 
 
-def balanced_top(pool, balance, kind: str, k: int) -> tuple[np.ndarray, dict]:
+def balanced_top(pool, balance, kind: str, k: int, by: str | None = None) -> tuple[np.ndarray, dict]:
     """Balanced uncertainty sampling: quotas filled in the order of ``kind``'s uncertainty over the pool.
 
     The order is read as growing prefixes of the ranking (``4k``, doubled until
     the quotas are filled, at most the whole unlabeled pool): the quota scan is
     online, so a prefix that fills them gives the batch the whole ranking would.
     """
-    bal = check_balance(balance)
-    indptr, indices, n_classes = row_labels(pool)
+    indptr, indices, n_classes, names, pool_counts, target = _targets(pool, balance, by, k)
     unl_n = pool.n_unlabeled
-    unl = np.flatnonzero(~pool.labeled_mask)
-    pool_counts = label_counts(indptr, indices, unl, n_classes)
-    target = target_shares(bal, n_classes, pool_counts)
     quota = class_quotas(k, target, pool_counts)
     depth = min(unl_n, 4 * k)
     while True:
@@ -363,8 +407,7 @@ def balanced_top(pool, balance, kind: str, k: int) -> tuple[np.ndarray, dict]:
             break
         depth = min(unl_n, 2 * depth)
     picked = order[pos]
-    return picked, {"k": k, "target": target, "quota": quota,
-                    "batch_counts": label_counts(indptr, indices, picked, n_classes)}
+    return picked, _diag(k, target, quota, label_counts(indptr, indices, picked, n_classes), names)
 
 
 def describe_balance(diag: dict, top: int = 8) -> str:
@@ -377,6 +420,8 @@ def describe_balance(diag: dict, top: int = 8) -> str:
     k = diag["k"]
     named = np.flatnonzero((target > 0) | (counts > 0))
     shown = named[np.argsort(-target[named], kind="stable")][:top]
-    parts = [f"{c}: {int(counts[c])}/{target[c] * k:.1f}" for c in shown]
+    names = diag.get("names")
+    parts = [f"{c if names is None else names[c]}: {int(counts[c])}/{target[c] * k:.1f}" for c in shown]
     more = f" (+{named.shape[0] - shown.shape[0]} classes)" if named.shape[0] > shown.shape[0] else ""
-    return "balance: batch count / target per predicted class: " + ", ".join(parts) + more
+    what = "predicted class" if names is None else "metadata value"
+    return f"balance: batch count / target per {what}: " + ", ".join(parts) + more

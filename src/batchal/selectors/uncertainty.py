@@ -28,6 +28,10 @@ class _TopUncertainty(Selector):
         Move the batch's share per predicted class toward a target: per-class quotas
         filled in this score's order (see :mod:`batchal.selectors.balance`). None: the
         plain ranking.
+    balance_by : str or None, default None
+        Balance over the values of this metadata column of the pool (a source, a
+        camera, a language) instead of the predicted classes; ``balance`` then gives
+        the target (default ``uniform``; a share table is keyed by the column's values).
     random_state : int, Generator or None
 
     Attributes
@@ -39,14 +43,15 @@ class _TopUncertainty(Selector):
     score: str = "margin"
     requires = ("predictions",)
 
-    def __init__(self, balance: str | dict | None = None, random_state=None):
+    def __init__(self, balance: str | dict | None = None, balance_by: str | None = None, random_state=None):
         super().__init__(random_state=random_state)
         self.balance = balance
+        self.balance_by = balance_by
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
-        if self.balance is None:
+        if self.balance is None and self.balance_by is None:
             return pool.top_uncertain(self.score, k)
-        batch, self.balance_ = balanced_top(pool, self.balance, self.score, k)
+        batch, self.balance_ = balanced_top(pool, self.balance, self.score, k, by=self.balance_by)
         return batch
 
 

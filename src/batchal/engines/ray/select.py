@@ -41,7 +41,7 @@ def check_ray_strategy(strategy):
     if spec.name not in RAY_STRATEGIES:
         raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
                                 f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
-    if spec.params.get("balance") is not None:
+    if spec.params.get("balance") is not None or spec.params.get("balance_by") is not None:
         # class quotas need every row's predicted class; the ray pool only gathers per-block top-k lists
         raise BatchalInputError(f"strategy {spec.text!r}: balance is not distributed yet; use --engine local")
     return spec
