@@ -236,6 +236,14 @@ CASES = [
      ["balance", "scores"]),
     ("balance-ray", ("select", "-s", "margin:balance=uniform", "-k", 5, "--probs", "P.npy", "--engine", "ray",
                      "--out", OUT_NPY), ["balance", "--engine local"]),
+    # --- dedup (issue 26) ---
+    ("dedup-threshold-negative", ("dedup", "-e", "E.npy", "--threshold", -1, "--out", "{out}/g.parquet"),
+     ["--threshold"]),
+    ("dedup-metric", ("dedup", "-e", "E.npy", "--threshold", 0.1, "--metric", "l1", "--out", "{out}/g.parquet"),
+     ["--metric"]),
+    ("dedup-out-suffix", ("dedup", "-e", "E.npy", "--threshold", 0.1, "--out", "{out}/g.npy"), ["--out"]),
+    ("dedup-nan", ("dedup", "-e", "E_nan.npy", "--threshold", 0.1, "--out", "{out}/g.parquet"),
+     ["--embeddings", "NaN"]),
     # --- select --config (issue 26) ---
     ("config-unknown-key", ("select", "--config", "cfg_key.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
      ["--config", "cfg_key.toml", "batch", "unknown key"]),
