@@ -112,3 +112,16 @@ def test_cli_similar(tmp_path):
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"),
                                   batchal.similar(X, Q, 20, labeled=np.arange(10)))
+
+
+def test_an_index_is_built_once_and_queried_again():
+    from batchal.similar import SimilarIndex
+
+    X, Q = _clustered(n=8000)
+    index = SimilarIndex(X, method="ivf")
+    assert index.method == "ivf"
+    a = index.query(Q, 50)
+    np.testing.assert_array_equal(a, batchal.similar(X, Q, 50, method="ivf"))
+    b = index.query(Q[:2], 30, labeled=a)  # the next round: what was taken is now labeled
+    assert b.shape == (30,) and not np.isin(b, a).any()
+    assert SimilarIndex(X[:500]).method == "flat"

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._validation import BatchalInputError, check_finite, iter_chunks, labeled_mask
 
-__all__ = ["similar", "SIMILAR_METRICS", "DEFAULT_NPROBE"]
+__all__ = ["similar", "SimilarIndex", "SIMILAR_METRICS", "DEFAULT_NPROBE"]
 
 SIMILAR_METRICS = ("cosine", "euclidean")
 #: IVF cells scanned per query: recall@100 >= 0.95 on the clustered test pools (tests/test_similar.py).
@@ -77,14 +77,12 @@ def _search_flat(X, Qp, allowed, k, metric, chunk_rows):
     return best_d, best_i
 
 
-def _search_ivf(X, Qp, allowed, k, metric, nprobe, seed):
+def _search_ivf(index, Qp, allowed, k, nprobe):
     """Per query: the rows of its ``nprobe`` nearest cells; more cells (doubling) while fewer
     than ``k`` allowed rows were seen, so every list is full."""
     import faiss
 
-    from .clustering.knn import prepare_rows
-
-    Xp, order, cell_ptr, C, _ = prepare_rows(X, metric, method="ivf", random_state=seed)
+    Xp, order, cell_ptr, C, metric = index._Xp, index._order, index._cell_ptr, index._C, index.metric
     ok_sorted = allowed[order]
     fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     nlist = C.shape[0]
@@ -109,6 +107,119 @@ def _search_ivf(X, Qp, allowed, k, metric, nprobe, seed):
             p = min(nlist, 2 * p)
         best_d[j, : bd.shape[1]], best_i[j, : bi.shape[1]] = bd[0], bi[0]
     return best_d, best_i
+
+
+class SimilarIndex:
+    """The pool's embeddings made ready for repeated :meth:`query` calls.
+
+    Building is the costly part above the exact threshold (k-means cells and one
+    float32 copy of the pool in cell order, :func:`batchal.clustering.knn.prepare_rows`);
+    a query then scans only its cells. Below the threshold nothing is copied and
+    every query streams the pool.
+
+    Parameters
+    ----------
+    embeddings : array (n, d)
+    metric : {"cosine", "euclidean"}
+    method : {"auto", "flat", "ivf"}
+        ``auto``: exact up to ``exact_max_rows`` rows (default
+        :data:`batchal.clustering.knn.EXACT_MAX_ROWS`), IVF above.
+    exact_max_rows : int, optional
+    seed : int
+        Seed of the IVF k-means.
+    chunk_rows : int
+        Rows per chunk of the exact search.
+
+    Attributes
+    ----------
+    method : str
+        ``"flat"`` or ``"ivf"``, as chosen.
+    n, dim : int
+    """
+
+    def __init__(self, embeddings, *, metric: str = "cosine", method: str = "auto", exact_max_rows: int | None = None,
+                 seed: int = 0, chunk_rows: int = 1 << 16):
+        from .clustering.knn import EXACT_MAX_ROWS, prepare_rows
+
+        if metric not in SIMILAR_METRICS:
+            raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(SIMILAR_METRICS)}")
+        if method not in ("auto", "flat", "ivf"):
+            raise BatchalInputError(f"unknown search method {method!r}; use auto, flat or ivf")
+        X = embeddings
+        if getattr(X, "ndim", None) != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise BatchalInputError(f"embeddings must be a non-empty 2-d array (n, d); got shape "
+                                    f"{getattr(X, 'shape', None)}")
+        check_finite(X, "embeddings")
+        self.metric, self.chunk_rows = metric, int(chunk_rows)
+        self.n, self.dim = X.shape
+        self._X = X
+        limit = EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
+        self.method = method if method != "auto" else ("flat" if self.n <= limit else "ivf")
+        if self.method == "ivf":
+            self._Xp, self._order, self._cell_ptr, self._C, _ = prepare_rows(X, metric, method="ivf",
+                                                                             random_state=seed)
+
+    def query(self, query=None, k: int = 100, *, query_rows=None, labeled=None, probs=None, logits=None,
+              multilabel: bool = False, nprobe: int = DEFAULT_NPROBE, return_distance: bool = False):
+        """The ``k`` allowed rows nearest to the query set; see :func:`similar` for the parameters."""
+        n, dim, X, metric = self.n, self.dim, self._X, self.metric
+        if (query is None) == (query_rows is None):
+            raise BatchalInputError("give the queries once: query embeddings or query_rows (rows of the pool)")
+        excluded = labeled_mask(labeled, n).copy()
+        if query_rows is not None:
+            qr = np.asarray(query_rows)
+            if qr.ndim != 1 or qr.shape[0] == 0 or not np.issubdtype(qr.dtype, np.integer):
+                raise BatchalInputError(f"query rows must be a non-empty 1-d array of row indices; got shape "
+                                        f"{qr.shape}, dtype {qr.dtype}")
+            if qr.min() < 0 or qr.max() >= n:
+                raise BatchalInputError(f"query rows out of range: {int(qr.min() if qr.min() < 0 else qr.max())} "
+                                        f"(the pool has {n:,} rows)")
+            query = np.asarray(X[np.sort(qr)])
+            excluded[qr] = True
+        Q = np.asarray(query)
+        if Q.ndim == 1:
+            Q = Q[None, :]
+        if Q.ndim != 2 or Q.shape[0] == 0:
+            raise BatchalInputError(f"query must be a non-empty (q, d) array; got shape {np.shape(query)}")
+        if Q.shape[1] != dim:
+            raise BatchalInputError(f"query has dimension {Q.shape[1]} but the embeddings have {dim}")
+        if not np.issubdtype(Q.dtype, np.number):
+            raise BatchalInputError(f"query must hold numbers; got dtype {Q.dtype}")
+        check_finite(Q, "query")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise BatchalInputError(f"k must be a positive integer; got {k!r}")
+        left = int(n - excluded.sum())
+        if k > left:
+            raise BatchalInputError(f"k = {k:,} is larger than the rows that can be returned ({left:,}: the pool "
+                                    "less labeled and query rows)")
+        pool = None
+        if probs is not None or logits is not None:
+            from .selectors.base import Pool
+
+            pool = Pool(probs=probs, logits=logits, multilabel=multilabel)
+            if pool.n != n:
+                raise BatchalInputError(f"predictions have {pool.n:,} rows but the embeddings have {n:,}")
+        Qp = _prep(Q, metric, "query")
+        if self.method == "flat":
+            D, I = _search_flat(X, Qp, ~excluded, int(k), metric, self.chunk_rows)
+        else:
+            if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+                raise BatchalInputError(f"nprobe must be a positive integer; got {nprobe!r}")
+            D, I = _search_ivf(self, Qp, ~excluded, int(k), nprobe)
+        # union of the per-query lists, each row at its nearest query's distance, k smallest
+        flat_i, flat_d = I.ravel(), D.ravel()
+        keep = flat_i >= 0
+        flat_i, flat_d = flat_i[keep], flat_d[keep]
+        o = np.lexsort((flat_i, flat_d))
+        flat_i, flat_d = flat_i[o], flat_d[o]
+        _, first = np.unique(flat_i, return_index=True)
+        first = np.sort(first)[:k]
+        rows, dist = flat_i[first].astype(np.int64), flat_d[first]
+        if pool is not None:
+            m = pool.uncertainty("margin")[rows]  # larger = more uncertain; streamed once per pool
+            o = np.lexsort((rows, dist, -m))
+            rows, dist = rows[o], dist[o]
+        return (rows, dist) if return_distance else rows
 
 
 def similar(embeddings, query=None, k: int = 100, *, query_rows=None, metric: str = "cosine", labeled=None,
@@ -151,6 +262,11 @@ def similar(embeddings, query=None, k: int = 100, *, query_rows=None, metric: st
     -------
     int64 array (k,) of rows (and float64 (k,) distances with ``return_distance``).
 
+    Notes
+    -----
+    Builds a :class:`SimilarIndex` and queries it once; keep the index to query
+    the same pool again without rebuilding it.
+
     Raises
     ------
     BatchalInputError
@@ -158,74 +274,7 @@ def similar(embeddings, query=None, k: int = 100, *, query_rows=None, metric: st
         NaN or inf, a zero row under cosine, ``k`` larger than the rows left, bad
         labeled or query rows.
     """
-    from .clustering.knn import EXACT_MAX_ROWS
-
-    if metric not in SIMILAR_METRICS:
-        raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(SIMILAR_METRICS)}")
-    if method not in ("auto", "flat", "ivf"):
-        raise BatchalInputError(f"unknown search method {method!r}; use auto, flat or ivf")
-    X = embeddings
-    if getattr(X, "ndim", None) != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise BatchalInputError(f"embeddings must be a non-empty 2-d array (n, d); got shape {getattr(X, 'shape', None)}")
-    n, dim = X.shape
-    check_finite(X, "embeddings")
-    if (query is None) == (query_rows is None):
-        raise BatchalInputError("give the queries once: query embeddings or query_rows (rows of the pool)")
-    excluded = labeled_mask(labeled, n).copy()
-    if query_rows is not None:
-        qr = np.asarray(query_rows)
-        if qr.ndim != 1 or qr.shape[0] == 0 or not np.issubdtype(qr.dtype, np.integer):
-            raise BatchalInputError(f"query rows must be a non-empty 1-d array of row indices; got shape {qr.shape}, "
-                                    f"dtype {qr.dtype}")
-        if qr.min() < 0 or qr.max() >= n:
-            raise BatchalInputError(f"query rows out of range: {int(qr.min() if qr.min() < 0 else qr.max())} "
-                                    f"(the pool has {n:,} rows)")
-        query = np.asarray(X[np.sort(qr)])
-        excluded[qr] = True
-    Q = np.asarray(query)
-    if Q.ndim == 1:
-        Q = Q[None, :]
-    if Q.ndim != 2 or Q.shape[0] == 0:
-        raise BatchalInputError(f"query must be a non-empty (q, d) array; got shape {np.shape(query)}")
-    if Q.shape[1] != dim:
-        raise BatchalInputError(f"query has dimension {Q.shape[1]} but the embeddings have {dim}")
-    if not np.issubdtype(Q.dtype, np.number):
-        raise BatchalInputError(f"query must hold numbers; got dtype {Q.dtype}")
-    check_finite(Q, "query")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise BatchalInputError(f"k must be a positive integer; got {k!r}")
-    left = int(n - excluded.sum())
-    if k > left:
-        raise BatchalInputError(f"k = {k:,} is larger than the rows that can be returned ({left:,}: the pool less "
-                                "labeled and query rows)")
-    pool = None
-    if probs is not None or logits is not None:
-        from .selectors.base import Pool
-
-        pool = Pool(probs=probs, logits=logits, multilabel=multilabel)
-        if pool.n != n:
-            raise BatchalInputError(f"predictions have {pool.n:,} rows but the embeddings have {n:,}")
-    Qp = _prep(Q, metric, "query")
-    limit = EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
-    use = method if method != "auto" else ("flat" if n <= limit else "ivf")
-    kq = min(int(k), left)
-    if use == "flat":
-        D, I = _search_flat(X, Qp, ~excluded, kq, metric, chunk_rows)
-    else:
-        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-            raise BatchalInputError(f"nprobe must be a positive integer; got {nprobe!r}")
-        D, I = _search_ivf(X, Qp, ~excluded, kq, metric, nprobe, seed)
-    # union of the per-query lists, each row at its nearest query's distance, k smallest
-    flat_i, flat_d = I.ravel(), D.ravel()
-    keep = flat_i >= 0
-    flat_i, flat_d = flat_i[keep], flat_d[keep]
-    o = np.lexsort((flat_i, flat_d))
-    flat_i, flat_d = flat_i[o], flat_d[o]
-    _, first = np.unique(flat_i, return_index=True)
-    first = np.sort(first)[:k]
-    rows, dist = flat_i[first].astype(np.int64), flat_d[first]
-    if pool is not None:
-        m = pool.uncertainty("margin")[rows]  # larger = more uncertain; computed once per pool, streamed
-        o = np.lexsort((rows, dist, -m))
-        rows, dist = rows[o], dist[o]
-    return (rows, dist) if return_distance else rows
+    index = SimilarIndex(embeddings, metric=metric, method=method, exact_max_rows=exact_max_rows, seed=seed,
+                         chunk_rows=chunk_rows)
+    return index.query(query, k, query_rows=query_rows, labeled=labeled, probs=probs, logits=logits,
+                       multilabel=multilabel, nprobe=nprobe, return_distance=return_distance)
