@@ -352,3 +352,14 @@ def test_cli_and_config_balance_by(tmp_path):
                                      "--out", str(tmp_path / "b.npy")])
         assert r.exit_code == 0, r.output
         np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), ref)
+
+
+def test_balance_by_needs_no_predicted_classes():
+    # precomputed scores carry no class, but a metadata column is a class of its own
+    arrays = make_pool(n=1000)
+    src = _sources(1000)
+    s = np.random.default_rng(2).random(1000)
+    for spec in ("margin:balance_by=source", "cluster-margin:balance_by=source"):
+        b = select(spec, 40, seed=0, scores=s, clusters=arrays["clusters"], metadata={"source": src})
+        counts = np.array([(src[b] == v).sum() for v in ("camera", "phone", "scan", "web")])
+        assert counts.tolist() == [10, 10, 10, 10], (spec, counts)
