@@ -244,6 +244,12 @@ CASES = [
     ("dedup-out-suffix", ("dedup", "-e", "E.npy", "--threshold", 0.1, "--out", "{out}/g.npy"), ["--out"]),
     ("dedup-nan", ("dedup", "-e", "E_nan.npy", "--threshold", 0.1, "--out", "{out}/g.parquet"),
      ["--embeddings", "NaN"]),
+    ("balance-by-column-missing", ("select", "-s", "margin:balance_by=lang", "--metadata", "meta.parquet", "-k", 5,
+                                   "--probs", "P.npy", "--out", OUT_NPY), ["balance_by=lang", "no column 'lang'"]),
+    ("balance-by-no-metadata", ("select", "-s", "margin:balance_by=source", "-k", 5, "--probs", "P.npy",
+                                "--out", OUT_NPY), ["balance_by=source", "--metadata"]),
+    ("balance-by-metadata-missing", ("select", "-s", "margin:balance_by=source", "--metadata", "nope.parquet",
+                                     "-k", 5, "--probs", "P.npy", "--out", OUT_NPY), ["--metadata", "nope.parquet"]),
     # --- select --config (issue 26) ---
     ("config-unknown-key", ("select", "--config", "cfg_key.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
      ["--config", "cfg_key.toml", "batch", "unknown key"]),
