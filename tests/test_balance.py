@@ -256,13 +256,14 @@ def test_bad_share_tables(table, match, tmp_path):
         select(f"cluster-margin:balance={tmp_path / 'broken.json'}", 10, **make_pool())
 
 
-def test_balance_needs_classes_and_is_refused_on_ray():
+def test_balance_needs_classes_and_balance_by_is_refused_on_ray():
     from batchal.engines.ray.select import check_ray_strategy
 
     with pytest.raises(BatchalInputError, match="balance needs predicted probabilities"):
         select("margin:balance=uniform", 10, scores=np.random.default_rng(0).random(100))
-    with pytest.raises(BatchalInputError, match="balance is not distributed"):
-        check_ray_strategy("cluster-margin:order=margin:tol=0.1:balance=input")
+    check_ray_strategy("cluster-margin:order=margin:tol=0.1:balance=input")  # distributed (tests/test_balance_ray.py)
+    with pytest.raises(BatchalInputError, match="balance_by is not distributed"):
+        check_ray_strategy("cluster-margin:order=margin:tol=0.1:balance_by=source")
 
 
 def test_campaign_select_takes_a_balanced_spec(tmp_path):

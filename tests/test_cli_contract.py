@@ -234,8 +234,8 @@ CASES = [
                          "--out", OUT_NPY), ["--strategy", "coreset", "balance"]),
     ("balance-scores", ("select", "-s", "margin:balance=uniform", "-k", 5, "--scores", "S.npy", "--out", OUT_NPY),
      ["balance", "scores"]),
-    ("balance-ray", ("select", "-s", "margin:balance=uniform", "-k", 5, "--probs", "P.npy", "--engine", "ray",
-                     "--out", OUT_NPY), ["balance", "--engine local"]),
+    ("balance-by-ray", ("select", "-s", "margin:balance_by=source", "-k", 5, "--probs", "P.npy", "--engine", "ray",
+                        "--out", OUT_NPY), ["balance_by", "--engine local"]),
     # --- dedup (issue 26) ---
     ("dedup-threshold-negative", ("dedup", "-e", "E.npy", "--threshold", -1, "--out", "{out}/g.parquet"),
      ["--threshold"]),

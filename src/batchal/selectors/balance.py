@@ -28,6 +28,10 @@ with ``p > 0.5``, so a confident positive the top-k layout did not list is not
 seen). A multi-label item is taken while *any* of its labels has quota and
 counts for all of them; items with no positive label, and any shortfall the
 co-occurrence of labels leaves, are filled last in the strategy's order.
+
+On the ray engine each block's classes are found in a Ray task
+(:meth:`batchal.engines.ray.select.RayPool.balance_labels`) with the same
+conversion as here, so the balanced batch is the local one.
 """
 from __future__ import annotations
 
@@ -294,36 +298,54 @@ def row_labels(pool, by: str | None = None) -> tuple[np.ndarray, np.ndarray, int
     if pool.scores is not None or not pool.has_predictions:
         raise BatchalInputError("balance needs predicted probabilities (a class per row); precomputed scores "
                                 "hold one number per row")
+    if pool.distributed:  # the ray engine: each block's labels found where it lies
+        indptr, indices, n_classes = pool.balance_labels()
+        pool._cache[key] = (indptr, indices, n_classes, None)
+        return pool._cache[key]
     if pool.topk is not None:
         n_classes = pool.topk.n_classes
         if n_classes is None:
             n_classes = int(np.asarray(pool.topk.classes).max()) + 1 if pool.n else 0
     else:
         n_classes = int((pool.probs if pool.probs is not None else pool.logits).shape[1])
-    counts = np.zeros(pool.n, dtype=np.int64)
-    parts = []
+    counts, parts = [], []
     for a, b in iter_chunks(pool.n):
-        block = pool.rows_probs(np.arange(a, b, dtype=np.int64))
-        if pool.topk is not None:
-            cls, p = np.asarray(block.classes, dtype=np.int64), np.asarray(block.probs)
-            if pool.multilabel:
-                pos = p > 0.5
-                counts[a:b] = pos.sum(axis=1)
-                parts.append(cls[pos])  # row-major: each row's labels in listed order
-            else:
-                counts[a:b] = 1
-                parts.append(cls[:, 0])
-        elif pool.multilabel:
-            pos = np.asarray(block) > 0.5
-            counts[a:b] = pos.sum(axis=1)
-            parts.append(np.nonzero(pos)[1].astype(np.int64))
-        else:
-            counts[a:b] = 1
-            parts.append(np.argmax(np.asarray(block), axis=1).astype(np.int64))
-    indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    indices = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+        c, lab = block_labels(pool.rows_probs(np.arange(a, b, dtype=np.int64)), pool.multilabel)
+        counts.append(c)
+        parts.append(lab)
+    indptr, indices = labels_csr(counts, parts)
     pool._cache[key] = (indptr, indices, n_classes, None)
     return pool._cache[key]
+
+
+def block_labels(block, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of a block of rows: ``(labels per row, the labels row-major)``, int64.
+
+    ``block`` is what :meth:`batchal.Pool.rows_probs` gives (float32 probabilities,
+    or a :class:`batchal.topk.TopK`); the ray engine's blocks go through the same
+    conversion, so both engines find the same classes.
+    """
+    from ..topk import TopK
+
+    if isinstance(block, TopK):
+        cls, p = np.asarray(block.classes, dtype=np.int64), np.asarray(block.probs)
+        if multilabel:
+            pos = p > 0.5
+            return pos.sum(axis=1).astype(np.int64), cls[pos]  # row-major: each row's labels in listed order
+        return np.ones(cls.shape[0], dtype=np.int64), cls[:, 0].copy()
+    P = np.asarray(block)
+    if multilabel:
+        pos = P > 0.5
+        return pos.sum(axis=1).astype(np.int64), np.nonzero(pos)[1].astype(np.int64)
+    return np.ones(P.shape[0], dtype=np.int64), np.argmax(P, axis=1).astype(np.int64)
+
+
+def labels_csr(counts: list, parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-block ``block_labels`` into one CSR ``(indptr, indices)``."""
+    c = np.concatenate(counts) if counts else np.empty(0, np.int64)
+    indptr = np.concatenate(([0], np.cumsum(c))).astype(np.int64)
+    indices = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+    return indptr, indices
 
 
 def label_counts(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_classes: int) -> np.ndarray:
