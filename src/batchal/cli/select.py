@@ -93,9 +93,8 @@ def select(
         score_arr = check_scores(load_array(scores, name="--scores"), "--scores") if scores else None
         id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         t1 = time.perf_counter()
-        from ..selectors import Pool
-
         from ..io import ParquetColumns
+        from ..selectors import Pool
 
         meta = ParquetColumns(metadata, "--metadata") if metadata is not None else None
         pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, metadata=meta, **arrays)

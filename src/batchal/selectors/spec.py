@@ -121,7 +121,8 @@ def parse_spec(spec) -> StrategySpec:
             raise BatchalInputError(f"strategy spec {text!r}: expected key=value after ':', got {item!r}")
         if key not in allowed and key in ("balance", "balance_by"):
             raise BatchalInputError(f"strategy spec {text!r}: {name} takes no balance (it has no uncertainty order "
-                                    f"to fill per-class quotas in); balance applies to margin, entropy, least-confidence and cluster-margin")
+                                    f"to fill per-class quotas in); balance applies to margin, entropy, "
+                                    f"least-confidence and cluster-margin")
         if key not in allowed:
             hint = f"it takes: {', '.join(allowed)}" if allowed else "it takes no parameters"
             raise BatchalInputError(f"strategy spec {text!r}: {name} has no parameter {key!r}; {hint}")
