@@ -123,6 +123,18 @@ def _inputs(d: Path) -> None:
     rows_c[7], rows_p[7] = rows_c[7][:2], rows_p[7][:2]
     pq.write_table(pa.table({"top_classes": pa.array(rows_c, pa.list_(pa.int32())),
                              "top_probs": pa.array(rows_p, pa.list_(pa.float32()))}), d / "TK_ragged.parquet")
+    # balance share tables (issue 26)
+    (d / "shares_sum.json").write_text('{"0": 0.5, "1": 0.4}')
+    (d / "shares_unknown.json").write_text('{"0": 0.5, "9": 0.5}')
+    # similar (issue 26): queries
+    np.save(d / "Q.npy", E[:3] + 0.1)
+    np.save(d / "Q_dim.npy", E[:3, :4])
+    np.save(d / "Q_nan.npy", np.where(np.arange(3)[:, None] == 1, np.nan, E[:3]))
+    # selection configs (issue 26)
+    (d / "cfg_key.toml").write_text('strategy = "margin"\nbatch = 3\n')
+    (d / "cfg_sum.toml").write_text('strategy = "margin"\nbalance = {"0" = 0.5, "1" = 0.4}\n')
+    (d / "cfg_col.toml").write_text('strategy = "margin"\nmetadata = "meta.parquet"\n[filters]\nlang = "en"\n')
+    pq.write_table(pa.table({"source": ["web"] * N}), d / "meta.parquet")
     # places that cannot take an output
     (d / "afile").write_text("not a directory")
     (d / "adir.npy").mkdir()
@@ -134,6 +146,7 @@ CLU = ("cluster", "-e", "E.npy", "-q")
 REC = ("recut", "--tree", "T.npy", "-q")
 SIM = ("simulate", "--data", "d.npz", "--seed-size", 10, "--batch-size", 10, "--rounds", 2, "--trials", 1,
        "--jobs", 1, "-q")
+SIMQ = ("similar", "-e", "E.npy", "--query", "Q.npy")
 OUT_NPY = "{out}/b.npy"
 OUT_SIM = "{out}/sim"
 
@@ -206,6 +219,58 @@ CASES = [
                     "--clusters", "C.npy", "--out", OUT_NPY), ["tol", "scores"]),
     ("scores-ray", ("select", "-s", "margin", "-k", 5, "--scores", "S.npy", "--engine", "ray", "--out", OUT_NPY),
      ["--scores", "--engine local"]),
+    # --- balance (issue 26) ---
+    ("balance-unknown-value", ("select", "-s", "margin:balance=sideways", "-k", 5, "--probs", "P.npy",
+                               "--out", OUT_NPY), ["--strategy", "balance", "sideways"]),
+    ("balance-shares-sum", ("select", "-s", "cluster-margin:balance=shares_sum.json", "-k", 5, "--probs", "P.npy",
+                            "--clusters", "C.npy", "--out", OUT_NPY), ["--strategy", "shares_sum.json", "sum to 1"]),
+    ("balance-unknown-class", ("select", "-s", "margin:balance=shares_unknown.json", "-k", 5, "--probs", "P.npy",
+                               "--out", OUT_NPY), ["balance", "class 9", "4 classes"]),
+    ("balance-missing-file", ("select", "-s", "margin:balance=nope.json", "-k", 5, "--probs", "P.npy",
+                              "--out", OUT_NPY), ["--strategy", "nope.json"]),
+    ("balance-random", ("select", "-s", "random:balance=uniform", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--strategy", "random", "balance"]),
+    ("balance-coreset", ("select", "-s", "coreset:balance=input", "-k", 5, "--embeddings", "E.npy",
+                         "--out", OUT_NPY), ["--strategy", "coreset", "balance"]),
+    ("balance-scores", ("select", "-s", "margin:balance=uniform", "-k", 5, "--scores", "S.npy", "--out", OUT_NPY),
+     ["balance", "scores"]),
+    ("balance-by-ray", ("select", "-s", "margin:balance_by=source", "-k", 5, "--probs", "P.npy", "--engine", "ray",
+                        "--out", OUT_NPY), ["balance_by", "--engine local"]),
+    # --- dedup (issue 26) ---
+    ("dedup-threshold-negative", ("dedup", "-e", "E.npy", "--threshold", -1, "--out", "{out}/g.parquet"),
+     ["--threshold"]),
+    ("dedup-metric", ("dedup", "-e", "E.npy", "--threshold", 0.1, "--metric", "l1", "--out", "{out}/g.parquet"),
+     ["--metric"]),
+    ("dedup-out-suffix", ("dedup", "-e", "E.npy", "--threshold", 0.1, "--out", "{out}/g.npy"), ["--out"]),
+    ("dedup-nan", ("dedup", "-e", "E_nan.npy", "--threshold", 0.1, "--out", "{out}/g.parquet"),
+     ["--embeddings", "NaN"]),
+    ("balance-by-column-missing", ("select", "-s", "margin:balance_by=lang", "--metadata", "meta.parquet", "-k", 5,
+                                   "--probs", "P.npy", "--out", OUT_NPY), ["balance_by=lang", "no column 'lang'"]),
+    ("balance-by-no-metadata", ("select", "-s", "margin:balance_by=source", "-k", 5, "--probs", "P.npy",
+                                "--out", OUT_NPY), ["balance_by=source", "--metadata"]),
+    ("balance-by-metadata-missing", ("select", "-s", "margin:balance_by=source", "--metadata", "nope.parquet",
+                                     "-k", 5, "--probs", "P.npy", "--out", OUT_NPY), ["--metadata", "nope.parquet"]),
+    # --- select --config (issue 26) ---
+    ("config-unknown-key", ("select", "--config", "cfg_key.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_key.toml", "batch", "unknown key"]),
+    ("config-shares-sum", ("select", "--config", "cfg_sum.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_sum.toml", "balance", "sum to 1"]),
+    ("config-column-missing", ("select", "--config", "cfg_col.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "cfg_col.toml", "filters.lang", "no column 'lang'"]),
+    ("config-and-strategy", ("select", "--config", "cfg_col.toml", "-s", "entropy", "-k", 5, "--probs", "P.npy",
+                             "--out", OUT_NPY), ["--strategy", "cfg_col.toml"]),
+    ("config-missing", ("select", "--config", "nope.toml", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY),
+     ["--config", "nope.toml"]),
+    ("select-no-strategy", ("select", "-k", 5, "--probs", "P.npy", "--out", OUT_NPY), ["--strategy"]),
+    # --- similar (issue 26) ---
+    ("similar-query-dim", (*SIMQ[:-1], "Q_dim.npy", "-k", 5, "--out", OUT_NPY), ["--query", "dimension 4", "5"]),
+    ("similar-k-too-large", (*SIMQ, "-k", 56, "--labeled", "L.npy", "--out", OUT_NPY), ["-k", "55"]),
+    ("similar-query-nan", (*SIMQ[:-1], "Q_nan.npy", "-k", 5, "--out", OUT_NPY), ["--query", "NaN", "row 1"]),
+    ("similar-embeddings-nan", ("similar", "-e", "E_nan.npy", "--query", "Q.npy", "-k", 5, "--out", OUT_NPY),
+     ["--embeddings", "NaN", "row 7"]),
+    ("similar-no-query", ("similar", "-e", "E.npy", "-k", 5, "--out", OUT_NPY), ["--query", "--query-rows"]),
+    ("similar-probs-rows", (*SIMQ, "-k", 5, "--probs", "P_1d.npy", "--out", OUT_NPY), ["--probs"]),
+    ("similar-out-suffix", (*SIMQ, "-k", 5, "--out", "{out}/rows.txt"), ["--out"]),
     # --- cluster ---
     ("cluster-out-in-file", (*CLU, "--out", "afile/C.npy"), ["--out", "afile"]),
     ("cluster-out-is-dir", (*CLU, "--out", "adir.npy"), ["--out", "adir.npy"]),

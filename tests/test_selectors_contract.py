@@ -158,6 +158,31 @@ class TestClusterMarginFactor2(SelectorContract):
     params = {"margin_factor": 2.0}
 
 
+class TestMarginBalanced(SelectorContract):
+    strategy = "margin:balance=uniform"
+
+
+class TestEntropyBalanced(SelectorContract):
+    strategy = "entropy:balance=input"
+
+
+class TestLeastConfidenceBalanced(SelectorContract):
+    strategy = "least-confidence:balance=uniform"
+
+
+class TestClusterMarginBalanced(SelectorContract):
+    strategy = "cluster-margin:balance=uniform"
+
+
+class TestClusterMarginRecommendedBalanced(SelectorContract):
+    strategy = "cluster-margin:order=margin:tol=0.1:balance=input"
+
+
+class TestClusterMarginMarginOrderShares(SelectorContract):
+    strategy = "cluster-margin:order=margin"
+    params = {"balance": {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4}}
+
+
 def test_every_registered_strategy_has_a_contract_test():
     tested = {cls.strategy for cls in SelectorContract.__subclasses__()}
     assert set(available_strategies()) <= tested

@@ -6,6 +6,7 @@ from .scores import entropy, least_confidence, margin, multilabel_margin, softma
 from .selectors import Pool, Selector, available_strategies, get_selector, register
 from .campaign import Campaign
 from .topk import TopK, read_topk, topk_predictions, topk_table
+from .similar import similar
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "read_topk",
     "register",
     "select",
+    "similar",
     "softmax",
     "topk_predictions",
     "topk_table",

@@ -22,6 +22,7 @@ def select(
     scores=None,
     multilabel: bool = False,
     aggregate: str = "min",
+    metadata=None,
     seed=None,
     **params,
 ) -> np.ndarray:
@@ -48,6 +49,8 @@ def select(
         Columns are independent binary problems (multi-label margin).
     aggregate : {"min", "mean"}
         Multi-label margin aggregation.
+    metadata : dict of column -> (n,) array, or a pyarrow Table, optional
+        Per-row metadata read by ``balance_by=COLUMN``.
     seed : int or None
     **params
         Strategy parameters, e.g. ``margin_factor`` for cluster-margin or
@@ -77,6 +80,7 @@ def select(
         labeled=labeled,
         multilabel=multilabel,
         aggregate=aggregate,
+        metadata=metadata,
     )
     for msg in unread_input_warnings(arrays, spec.requires, spec.name):
         warnings.warn(msg, UserWarning, stacklevel=2)

@@ -420,3 +420,32 @@ def save_indices(path, idx: np.ndarray, ids: np.ndarray | None = None, *, name: 
         atomic_write(path, _w, name=name)
     else:
         raise BatchalOutputError(f"{name} must end in .npy or .csv; got {path.name}")
+
+
+class ParquetColumns:
+    """Per-row metadata in a Parquet file (or a directory of shards), read one column at a time.
+
+    Mapping-like (``column_names``, ``table[name]``), as :class:`batchal.Pool`'s
+    ``metadata`` takes it, so only the columns a selection asks for are read.
+
+    Parameters
+    ----------
+    path : str or Path
+    name : str
+        The option or key named in errors.
+    """
+
+    def __init__(self, path, name: str = "--metadata"):
+        import pyarrow.parquet as pq
+
+        self.path, self.name = Path(path), name
+        if not self.path.exists():
+            raise BatchalInputError(f"{name}: no such file {self.path}")
+        try:
+            self._ds = pq.ParquetDataset(self.path)
+            self.column_names = list(self._ds.schema.names)
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise BatchalInputError(f"{name}: {self.path} is not a readable Parquet file or folder: {exc}") from None
+
+    def __getitem__(self, column: str):
+        return self._ds.read(columns=[column]).column(0)

@@ -4,7 +4,7 @@ Each command group lives in its own module; importing them registers the
 commands on the one Typer ``app``.
 """
 from ._common import app
-from . import cluster, select, simulate  # noqa: F401  (registers the commands)
+from . import cluster, dedup, select, similar, simulate  # noqa: F401  (registers the commands)
 from . import campaign  # noqa: F401  (registers `batchal campaign ...`)
 
 __all__ = ["app", "main"]

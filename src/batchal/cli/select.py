@@ -22,7 +22,8 @@ class Aggregate(str, Enum):
 
 @app.command()
 def select(
-    strategy: str = typer.Option(..., "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 (see `batchal strategies`)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 or margin:balance=uniform (see `batchal strategies`); required unless --config gives it"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): strategy, balance, score thresholds, metadata filters, a query set (README, *One selection config*)"),
     batch_size: int = typer.Option(..., "--batch-size", "-k", min=1, help="how many rows to select"),
     out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
     probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities, or top-k predictions (Parquet columns / .npz arrays top_classes and top_probs)"),
@@ -32,6 +33,7 @@ def select(
     n_classes: Optional[int] = typer.Option(None, "--n-classes", min=1, help="top-k --probs: size of the class vocabulary (class ids are checked against it; default: the file's n_classes metadata)"),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids from `batchal cluster` (cluster-margin)"),
     labeled: Optional[Path] = typer.Option(None, "--labeled", help="int row indices already labeled (a batch file of an earlier round works)"),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="per-row metadata (Parquet, one row per pool row) for balance_by=COLUMN"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="(n,) item ids, one per pool row; a .csv output then also lists the ids"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
     max_candidate_share: float = typer.Option(0.1, "--max-candidate-share", callback=finite(0, 1, lo_open=True), help="cluster-margin: cap k_m at this share of the unlabeled rows (not below 2 x batch size); 1 = the paper's rule"),
@@ -49,8 +51,22 @@ def select(
     from ..topk import check_scores
     from .._validation import check_ids, unread_input_warnings
 
+    cfg = None
+    if config is not None:
+        from ..selection_config import load_config
+
+        try:
+            cfg = load_config(config)
+        except BatchalInputError as exc:
+            _fail(str(exc))
+        if strategy is not None and cfg.strategy is not None:
+            _fail(f"--strategy: --config {config} gives a strategy too; give it in one place")
+        if engine is EngineName.ray or ray_address is not None:
+            _fail("--config: the ray engine does not apply selection configs; use --engine local")
+    if strategy is None and (cfg is None or cfg.strategy is None):
+        _fail("--strategy: give a strategy spec (or strategy = \"SPEC\" in --config)")
     try:
-        spec = parse_spec(strategy)
+        spec = parse_spec(strategy if strategy is not None else cfg.strategy)
     except BatchalInputError as exc:
         _fail(f"--strategy: {exc}")
     check_output(out_path, name="--out", suffixes=(".npy", ".csv"))
@@ -77,14 +93,23 @@ def select(
         score_arr = check_scores(load_array(scores, name="--scores"), "--scores") if scores else None
         id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None
         t1 = time.perf_counter()
+        from ..io import ParquetColumns
         from ..selectors import Pool
 
+        meta = ParquetColumns(metadata, "--metadata") if metadata is not None else None
+        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, metadata=meta, **arrays)
+        if cfg is not None:
+            from ..selection_config import apply_config
+
+            # the config's rules narrow the candidates: rows outside them count as labeled for this pick
+            spec, pool.labeled_mask = apply_config(cfg, pool, arrays["embeddings"], strategy=strategy)
         selector = spec.make(random_state=seed, defaults=defaults)
-        pool = Pool(multilabel=multilabel, aggregate=aggregate.value, scores=score_arr, **arrays)
         if id_arr is not None and id_arr.shape[0] != pool.n:
             raise BatchalInputError(f"--ids has {id_arr.shape[0]:,} rows but the pool has {pool.n:,}; "
                                     "give one id per pool row")
-        for msg in unread_input_warnings(arrays, spec.requires, spec.name,
+        read_by_config = ("embeddings",) if cfg is not None and cfg.similar is not None else ()
+        for msg in unread_input_warnings({k: v for k, v in arrays.items() if k not in read_by_config},
+                                         spec.requires, spec.name,
                                          labels={k: f"--{k}" for k in arrays}):
             err.print(f"[bold yellow]warning:[/] {escape(msg)}", highlight=False)
         idx = selector.select(pool, batch_size)
@@ -106,6 +131,10 @@ def select(
             from ..selectors.cluster_margin import describe_redundancy
 
             err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
+        if getattr(selector, "balance_", None):
+            from ..selectors.balance import describe_balance
+
+            err.print(describe_balance(selector.balance_), highlight=False, markup=False)
 
 
 def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters, labeled, ids, defaults,

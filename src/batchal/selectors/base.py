@@ -45,6 +45,9 @@ class Pool:
         Columns of ``probs``/``logits`` are independent binary problems.
     aggregate : {"min", "mean"}
         Multi-label margin aggregation over classes.
+    metadata : dict or pyarrow Table, optional
+        Columns of per-row metadata (a source, a camera, a language), one value per
+        row, read by ``balance_by=COLUMN``; a column is read only when asked for.
     """
 
     probs: np.ndarray | None = None
@@ -56,6 +59,7 @@ class Pool:
     topk: object = None
     scores: np.ndarray | None = None
     aggregate: str = "min"
+    metadata: object = None
     n: int = field(init=False)
     labeled_mask: np.ndarray = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
@@ -161,6 +165,22 @@ class Pool:
         if self.probs is not None:
             return block.astype(np.float32)
         return (1.0 / (1.0 + np.exp(-block)) if self.multilabel else scores.softmax(block)).astype(np.float32)
+
+    def metadata_column(self, name: str) -> np.ndarray:
+        """One metadata column as a 1-d array of ``n`` values (an error names a missing column)."""
+        if self.metadata is None:
+            raise BatchalInputError(f"balance_by={name}: the pool has no metadata (give metadata columns: "
+                                    "--metadata FILE.parquet, or metadata= in the API)")
+        names = list(self.metadata.column_names if hasattr(self.metadata, "column_names") else self.metadata)
+        if name not in names:
+            raise BatchalInputError(f"balance_by={name}: the metadata has no column {name!r} (columns: {', '.join(map(str, names))})")
+        col = self.metadata[name]
+        values = col.to_numpy(zero_copy_only=False) if hasattr(col, "to_numpy") and not isinstance(col, np.ndarray) \
+            else np.asarray(col)
+        if values.ndim != 1 or values.shape[0] != self.n:
+            raise BatchalInputError(f"balance_by={name}: the metadata column has {values.shape[0]:,} values but the "
+                                    f"pool has {self.n:,} rows")
+        return values
 
     def checked_embeddings(self) -> np.ndarray:
         if "emb_ok" not in self._cache:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._validation import BatchalInputError
 from . import _round_robin
+from .balance import balanced_order_fill, check_balance
 from .base import Pool, Selector, register
 
 
@@ -274,6 +275,17 @@ class ClusterMarginSelector(Selector):
         candidates of one cluster whose predicted probabilities differ by at
         most ``tol`` in every class (see :func:`near_duplicate_round_robin`).
         None: every member of a cluster counts as a repeat.
+    balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
+        Move the batch's share per predicted class toward a target (see
+        :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole
+        visiting order of the candidates is formed, and the scan along it takes a
+        candidate only while its class has quota, so the next visit goes to the
+        next cluster whose candidate's class is still short. Quotas are capped by
+        the candidates ``M`` of each class (the rest redistributed); ``input``
+        is the distribution over the whole unlabeled pool.
+    balance_by : str or None, default None
+        Balance over the values of this metadata column of the pool instead of the
+        predicted classes (``balance`` gives the target, default ``uniform``).
     random_state : int, Generator or None
 
     Attributes
@@ -284,14 +296,19 @@ class ClusterMarginSelector(Selector):
         Number of distinct clusters among ``M`` in the last call.
     diagnostics_ : dict
         ``k_m`` and the redundancy of the candidates (:func:`redundancy_diagnostics`).
+    balance_ : dict
+        With ``balance``: ``target``, ``quota`` and ``batch_counts`` per class of the last call.
     """
 
     name = "cluster-margin"
     requires = ("predictions", "clusters")
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
-                 tol: float | None = None, random_state=None):
+                 tol: float | None = None, balance: str | dict | None = None, balance_by: str | None = None,
+                 random_state=None):
         super().__init__(random_state=random_state)
+        self.balance = balance
+        self.balance_by = balance_by
         self.margin_factor = margin_factor
         self.max_candidate_share = max_candidate_share
         self.order = order
@@ -305,6 +322,8 @@ class ClusterMarginSelector(Selector):
             raise BatchalInputError(f"max_candidate_share must be in (0, 1] or None; got {share}")
         if self.order not in ("size", "margin"):
             raise BatchalInputError(f"order must be 'size' (the paper) or 'margin'; got {self.order!r}")
+        balanced = self.balance is not None or self.balance_by is not None
+        check_balance(self.balance, self.balance_by)  # before any work
         k_m = candidate_count(k, pool.n_unlabeled, self.margin_factor, share)
         cand = pool.top_uncertain("margin", k_m)
         cids = np.asarray(pool.clusters[cand])
@@ -317,10 +336,16 @@ class ClusterMarginSelector(Selector):
             if not (np.isfinite(self.tol) and 0 <= self.tol <= 1):
                 raise BatchalInputError(f"tol must be in [0, 1]; got {self.tol}")
             probs = pool.rows_probs(cand)
-            batch, passes = near_duplicate_round_robin(cand, cids, probs, k, self.tol, multilabel=pool.multilabel)
+            # balanced: the whole visiting order of M (its first k are the plain batch), scanned with quotas
+            batch, passes = near_duplicate_round_robin(cand, cids, probs, cand.shape[0] if balanced else k,
+                                                       self.tol, multilabel=pool.multilabel)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
+        elif self.order == "margin":
+            batch = margin_round_robin(cand, cids, cand.shape[0] if balanced else k)
+        else:
+            batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng)
+        if not balanced:
             return batch
-        if self.order == "margin":
-            return margin_round_robin(cand, cids, k)
-        return round_robin(cand, cids, k, rng)
+        pos, self.balance_ = balanced_order_fill(pool, self.balance, batch, k, whole=False, by=self.balance_by)
+        return batch[pos]

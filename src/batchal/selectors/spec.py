@@ -119,12 +119,25 @@ def parse_spec(spec) -> StrategySpec:
         key = key.replace("-", "_")
         if not sep or not key or not val:
             raise BatchalInputError(f"strategy spec {text!r}: expected key=value after ':', got {item!r}")
+        if key not in allowed and key in ("balance", "balance_by"):
+            raise BatchalInputError(f"strategy spec {text!r}: {name} takes no balance (it has no uncertainty order "
+                                    f"to fill per-class quotas in); balance applies to margin, entropy, "
+                                    f"least-confidence and cluster-margin")
         if key not in allowed:
             hint = f"it takes: {', '.join(allowed)}" if allowed else "it takes no parameters"
             raise BatchalInputError(f"strategy spec {text!r}: {name} has no parameter {key!r}; {hint}")
         if key in params:
             raise BatchalInputError(f"strategy spec {text!r}: parameter {key!r} given twice")
-        params[key] = _checked(text, name, key, _value(val), sig.parameters[key])
+        # a column name stays text even when it reads as a number
+        params[key] = val if key == "balance_by" else _checked(text, name, key, _value(val), sig.parameters[key])
+    if params.get("balance") is not None or params.get("balance_by") is not None:
+        # a bad value or share table is refused with the spec, before any input is read
+        from .balance import check_balance
+
+        try:
+            check_balance(params.get("balance"), params.get("balance_by"))
+        except BatchalInputError as exc:
+            raise BatchalInputError(f"strategy spec {text!r}: {exc}") from None
     return StrategySpec(name, params, text)
 
 

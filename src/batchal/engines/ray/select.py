@@ -41,6 +41,9 @@ def check_ray_strategy(strategy):
     if spec.name not in RAY_STRATEGIES:
         raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
                                 f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
+    if spec.params.get("balance_by") is not None:
+        # the metadata columns live on the driver's side only in the local engine
+        raise BatchalInputError(f"strategy {spec.text!r}: balance_by is not distributed yet; use --engine local")
     return spec
 
 
@@ -81,6 +84,27 @@ def _block_rows(source: RowSource, block, rows: np.ndarray):
         t = x.take(rows - block.start)
         return np.asarray(t.classes), np.asarray(t.probs)
     return np.asarray(x[rows - block.start], dtype=np.float64)
+
+
+def _block_labels(source: RowSource, block: Block, is_logits: bool, multilabel: bool):
+    """One block's predicted classes (a Ray task), found as the local engine finds them.
+
+    The block goes through :meth:`batchal.Pool.rows_probs`'s conversion (float32
+    probabilities; softmax, or sigmoid when multi-label, of logits) and then
+    :func:`batchal.selectors.balance.block_labels`, so ties resolve alike.
+    Returns ``(labels per row, labels row-major, n_classes)``.
+    """
+    from ... import scores
+    from ...selectors.balance import block_labels
+
+    x = source.read(block)
+    if source.topk:
+        nc = source.n_classes if source.n_classes is not None else int(np.asarray(x.classes).max()) + 1
+        return (*block_labels(x, multilabel), nc)
+    z = np.asarray(x, dtype=np.float64)
+    if is_logits:
+        z = 1.0 / (1.0 + np.exp(-z)) if multilabel else scores.softmax(z)
+    return (*block_labels(z.astype(np.float32), multilabel), z.shape[1])
 
 
 class RayPool(Pool):
@@ -151,6 +175,25 @@ class RayPool(Pool):
         if not self.is_logits:
             return out.astype(np.float32)
         return (1.0 / (1.0 + np.exp(-out)) if self.multilabel else scores.softmax(out)).astype(np.float32)
+
+    def balance_labels(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every row's predicted classes as a CSR ``(indptr, indices, n_classes)`` (for ``balance``).
+
+        Each block's classes are found in a Ray task where it lies; the driver keeps
+        O(n) ints (one class per row multi-class), never the predictions.
+        """
+        import ray
+
+        from ...selectors.balance import labels_csr
+        from ._session import input_errors
+
+        src_ref = ray.put(self.source)
+        task = ray.remote(num_cpus=1)(_block_labels)
+        blocks = sorted(self.source.blocks, key=lambda b: b.start)
+        with input_errors():
+            parts = ray.get([task.remote(src_ref, b, self.is_logits, self.multilabel) for b in blocks])
+        indptr, indices = labels_csr([p[0] for p in parts], [p[1] for p in parts])
+        return indptr, indices, max((p[2] for p in parts), default=0)
 
     def top_uncertain(self, kind: str, k: int) -> np.ndarray:
         """Per-block top-k in Ray tasks, merged on the driver as results arrive."""

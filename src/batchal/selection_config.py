@@ -1,0 +1,311 @@
+"""One selection config: a TOML file that steers a batch (strategy, balance, thresholds, filters, a query set).
+
+``batchal select --config selection.toml`` (and :func:`load_config` +
+:func:`apply_config` from Python) read::
+
+    strategy = "cluster-margin:order=margin:tol=0.1"   # a spec, as --strategy takes
+    balance = "uniform"             # or "input", a JSON file of shares, or a table {"0" = 0.5, "3" = 0.5}
+    balance_by = "source"           # balance over a metadata column's values instead of predicted classes
+    max_margin = 0.3                # score thresholds: only rows at most this certain are candidates
+    max_confidence = 0.9            # top-1 probability at most this
+    min_entropy = 0.5               # entropy at least this
+    metadata = "meta.parquet"       # one row per pool row, read for [filters]
+    [filters]
+    source = ["web", "camera"]      # a column's value in this list
+    language = "en"                 # equal to this value
+    width = { min = 64, max = 4096 }
+    [similar]                       # candidates: the k unlabeled rows nearest to a query set
+    query = "failures.npy"          # query embeddings (or query_rows = "rows.npy", pool rows)
+    k = 5000
+    metric = "cosine"
+
+Every rule narrows the *candidates*: a row outside them is treated as labeled
+for this selection (never selected; ``balance = "input"`` then reads the
+distribution over the candidates), and the strategy picks its batch among the
+rest, so a threshold or a filter never leaves the batch short when enough
+rows pass. Paths are relative to the config file. Every error names the file
+and the key: an unknown key, a value of the wrong type, a share table not
+summing to 1, a column the metadata lacks, a missing file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import BatchalInputError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
+
+__all__ = ["SelectionConfig", "load_config", "apply_config"]
+
+_TOP = {"strategy": str, "balance": (str, dict), "balance_by": str, "max_margin": (int, float), "max_confidence": (int, float),
+        "min_entropy": (int, float), "metadata": str, "filters": dict, "similar": dict}
+_SIMILAR = {"query": str, "query_rows": str, "k": int, "metric": str, "nprobe": int}
+
+
+@dataclass
+class SelectionConfig:
+    """A validated selection config.
+
+    Attributes
+    ----------
+    path : Path
+        The file it came from (named in every error).
+    strategy : str or None
+        A strategy spec.
+    balance : str, dict or None
+        As the ``balance`` spec key (a path already resolved against the file's folder).
+    balance_by : str or None
+        A metadata column to balance over (read from ``metadata``).
+    thresholds : dict
+        ``max_margin``, ``max_confidence``, ``min_entropy`` that were given.
+    metadata : Path or None
+    filters : dict
+        Column -> a value, a list of values or ``{"min": .., "max": ..}``.
+    similar : dict or None
+        ``query`` or ``query_rows`` (resolved paths), ``k``, ``metric``, ``nprobe``.
+    """
+
+    path: Path
+    strategy: str | None = None
+    balance: object = None
+    balance_by: str | None = None
+    thresholds: dict = field(default_factory=dict)
+    metadata: Path | None = None
+    filters: dict = field(default_factory=dict)
+    similar: dict | None = None
+
+    def err(self, key: str, msg: str) -> BatchalInputError:
+        return BatchalInputError(f"--config {self.path}: {key}: {msg}")
+
+
+def _type_name(t) -> str:
+    names = {str: "a string", dict: "a table", int: "an integer", float: "a number"}
+    ts = t if isinstance(t, tuple) else (t,)
+    if set(ts) == {int, float}:
+        return "a number"
+    return " or ".join(names[x] for x in ts)
+
+
+def _check_type(cfg: SelectionConfig, key: str, value, t) -> None:
+    ts = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) or not isinstance(value, ts):
+        raise cfg.err(key, f"must be {_type_name(t)}; got {value!r}")
+
+
+def load_config(path) -> SelectionConfig:
+    """Read and validate a selection config (TOML).
+
+    Raises
+    ------
+    BatchalInputError
+        Naming the file and the key: unreadable TOML, an unknown key, a wrong
+        type, a threshold out of range, a bad balance value or share table, a
+        filter without ``metadata``, a ``[similar]`` table without one query.
+    """
+    from .selectors.balance import check_balance
+    from .selectors.spec import parse_spec
+
+    p = Path(path)
+    cfg = SelectionConfig(path=p)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise BatchalInputError(f"--config: no such file {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchalInputError(f"--config {p}: cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BatchalInputError(f"--config {p}: not valid TOML: {exc}") from None
+    base = p.parent
+    for key, value in raw.items():
+        if key not in _TOP:
+            raise cfg.err(key, f"unknown key; the config takes: {', '.join(_TOP)}")
+        _check_type(cfg, key, value, _TOP[key])
+    if "strategy" in raw:
+        try:
+            spec = parse_spec(raw["strategy"])
+        except BatchalInputError as exc:
+            raise cfg.err("strategy", str(exc)) from None
+        if "balance" in raw and "balance" in spec.params:
+            raise cfg.err("balance", "also given in the strategy spec; give it once")
+        cfg.strategy = spec.text
+    if "balance_by" in raw:
+        if "metadata" not in raw:
+            raise cfg.err("balance_by", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the column from")
+        if "strategy" in raw and "balance_by" in parse_spec(raw["strategy"]).params:
+            raise cfg.err("balance_by", "also given in the strategy spec; give it once")
+        cfg.balance_by = raw["balance_by"]
+    if "balance" in raw:
+        bal = raw["balance"]
+        if isinstance(bal, str) and bal not in ("uniform", "input"):
+            bal = str(base / bal)
+        try:
+            check_balance(bal, raw.get("balance_by"))
+        except BatchalInputError as exc:
+            raise cfg.err("balance", str(exc)) from None
+        cfg.balance = bal
+    for key in ("max_margin", "max_confidence", "min_entropy"):
+        if key in raw:
+            v = float(raw[key])
+            hi = np.inf if key == "min_entropy" else 1.0
+            if not (np.isfinite(v) and 0 <= v <= hi):
+                raise cfg.err(key, f"must be a number in [0, {'inf' if hi == np.inf else 1}]; got {raw[key]!r}")
+            cfg.thresholds[key] = v
+    if "metadata" in raw:
+        cfg.metadata = base / raw["metadata"]
+    if "filters" in raw:
+        if cfg.metadata is None:
+            raise cfg.err("filters", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the columns from")
+        for col, cond in raw["filters"].items():
+            key = f"filters.{col}"
+            if isinstance(cond, dict):
+                bad = set(cond) - {"min", "max"}
+                if bad or not cond:
+                    raise cfg.err(key, "a range takes min and/or max")
+                for b, v in cond.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        raise cfg.err(f"{key}.{b}", f"must be a number; got {v!r}")
+            elif isinstance(cond, list):
+                if not cond:
+                    raise cfg.err(key, "an empty list keeps nothing")
+            elif not isinstance(cond, (str, int, float, bool)):
+                raise cfg.err(key, f"must be a value, a list of values or {{min, max}}; got {cond!r}")
+            cfg.filters[col] = cond
+    if "similar" in raw:
+        sim = raw["similar"]
+        for key, value in sim.items():
+            if key not in _SIMILAR:
+                raise cfg.err(f"similar.{key}", f"unknown key; [similar] takes: {', '.join(_SIMILAR)}")
+            _check_type(cfg, f"similar.{key}", value, _SIMILAR[key])
+        if ("query" in sim) == ("query_rows" in sim):
+            raise cfg.err("similar", "give one of query (an embeddings file) or query_rows (a file of pool rows)")
+        if "k" not in sim or sim["k"] < 1:
+            raise cfg.err("similar.k", "give how many nearest rows are candidates (a positive integer)")
+        cfg.similar = {**sim}
+        for key in ("query", "query_rows"):
+            if key in sim:
+                cfg.similar[key] = base / sim[key]
+    return cfg
+
+
+def _filter_mask(cfg: SelectionConfig, n: int) -> np.ndarray:
+    """Rows passing every filter, reading only the filtered columns of the metadata."""
+    import pyarrow.parquet as pq
+
+    path = cfg.metadata
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise cfg.err("metadata", f"no such file {path}") from None
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise cfg.err("metadata", f"{path} is not a readable Parquet file: {exc}") from None
+    names = pf.schema_arrow.names
+    if pf.metadata.num_rows != n:
+        raise cfg.err("metadata", f"{path} has {pf.metadata.num_rows:,} rows but the pool has {n:,}")
+    keep = np.ones(n, dtype=bool)
+    for col, cond in cfg.filters.items():
+        if col not in names:
+            raise cfg.err(f"filters.{col}", f"the metadata {path} has no column {col!r} (columns: {', '.join(names)})")
+        values = pf.read(columns=[col]).column(0).to_numpy(zero_copy_only=False)
+        if isinstance(cond, dict):
+            if not np.issubdtype(values.dtype, np.number):
+                raise cfg.err(f"filters.{col}", f"a range needs a numeric column; {col!r} holds {values.dtype}")
+            if "min" in cond:
+                keep &= values >= cond["min"]
+            if "max" in cond:
+                keep &= values <= cond["max"]
+        else:
+            wanted = cond if isinstance(cond, list) else [cond]
+            keep &= np.isin(values, np.array(wanted, dtype=object if values.dtype == object else None))
+    return keep
+
+
+def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str | None = None):
+    """The spec to run and the rows the config rules out.
+
+    Parameters
+    ----------
+    cfg : SelectionConfig
+    pool : batchal.Pool
+        The pool as built from the inputs (its ``labeled`` rows stay excluded).
+    embeddings : array (n, d), optional
+        Needed by ``[similar]``.
+    strategy : str, optional
+        A spec given outside the config (``--strategy``); an error when the config has one too.
+
+    Returns
+    -------
+    (StrategySpec, bool mask of rows to treat as labeled for this selection)
+    """
+    from .selectors.spec import StrategySpec, parse_spec
+
+    if strategy is not None and cfg.strategy is not None:
+        raise cfg.err("strategy", "also given with --strategy; give it in one place")
+    text = strategy if strategy is not None else cfg.strategy
+    if text is None:
+        raise cfg.err("strategy", "missing: give strategy = \"SPEC\" in the config or --strategy")
+    spec = parse_spec(text)
+    for key in ("balance", "balance_by"):
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if key in spec.params:
+            raise cfg.err(key, "also given in the strategy spec; give it once")
+        if not spec.accepts(key):
+            raise cfg.err(key, f"{spec.name} takes no balance; balance applies to margin, entropy, "
+                               "least-confidence and cluster-margin")
+        label = value if isinstance(value, str) else "table"
+        spec = StrategySpec(spec.name, {**spec.params, key: value}, f"{spec.text}:{key}={label}")
+    if cfg.balance_by is not None and pool.metadata is None:
+        from .io import ParquetColumns
+
+        try:
+            pool.metadata = ParquetColumns(cfg.metadata, f"--config {cfg.path}: metadata")
+        except BatchalInputError as exc:
+            raise cfg.err("metadata", str(exc)) from None
+        if cfg.balance_by not in pool.metadata.column_names:
+            raise cfg.err("balance_by", f"the metadata {cfg.metadata} has no column {cfg.balance_by!r} "
+                                        f"(columns: {', '.join(pool.metadata.column_names)})")
+    excluded = pool.labeled_mask.copy()
+    th = cfg.thresholds
+    if th:
+        if not pool.has_predictions:
+            raise cfg.err(next(iter(th)), "a score threshold needs predictions (--probs or --logits)")
+        if "max_margin" in th:
+            excluded |= -pool.uncertainty("margin") > th["max_margin"]
+        if "max_confidence" in th:
+            excluded |= 1.0 - pool.uncertainty("least-confidence") > th["max_confidence"]
+        if "min_entropy" in th:
+            excluded |= pool.uncertainty("entropy") < th["min_entropy"]
+    if cfg.filters:
+        excluded |= ~_filter_mask(cfg, pool.n)
+    if cfg.similar is not None:
+        from .io import load_array
+        from .similar import similar
+
+        if embeddings is None:
+            raise cfg.err("similar", "needs the pool's embeddings (--embeddings)")
+        sim = cfg.similar
+        try:
+            q = load_array(sim["query"], name="similar.query") if "query" in sim else None
+            qr = load_array(sim["query_rows"], name="similar.query_rows") if "query_rows" in sim else None
+            left = excluded.copy()
+            if qr is not None and np.asarray(qr).ndim == 1 and np.issubdtype(np.asarray(qr).dtype, np.integer):
+                left[np.asarray(qr)[(qr >= 0) & (qr < pool.n)]] = True  # query rows are never candidates
+            # fewer rows than k pass the other rules: all of them stay candidates
+            k = min(int(sim["k"]), int((~left).sum()))
+            if k < 1:
+                raise BatchalInputError("no row is left to search: every row is labeled or ruled out")
+            rows = similar(embeddings, q, k, query_rows=qr, metric=sim.get("metric", "cosine"),
+                           labeled=excluded, nprobe=sim.get("nprobe", 16))
+        except BatchalInputError as exc:
+            raise cfg.err("similar", str(exc)) from None
+        near = np.zeros(pool.n, dtype=bool)
+        near[rows] = True
+        excluded |= ~near
+    return spec, excluded
