@@ -298,7 +298,11 @@ def _feature_net(X, y, hidden: tuple, seed: int, max_iter: int, path: Path) -> l
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the mini-batches are small (threads mostly wait, many times slower on a
+    # busy machine) and the weights then do not depend on the machine's thread count
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         net = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=seed).fit(X, y)
     layers = [(np.asarray(W, np.float32), np.asarray(b, np.float32))
@@ -657,7 +661,7 @@ def _multilabel_rows(n: int, concepts: np.ndarray, p: np.ndarray, max_labels: in
 
 
 def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: float = 1.0, dim: int = 64,
-                          max_labels: int = 5, noise: float = 0.5, label_noise: float = 0.05,
+                          max_labels: int = 5, noise: float = 0.25, label_noise: float = 0.05,
                           n_test: int = 20_000, seed: int = 0, progress: bool = False) -> Dataset:
     """A multi-label pool with a large, long-tailed vocabulary (latent concepts, as web image tags).
 
@@ -687,7 +691,9 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
     max_labels : int
         Most concepts per item.
     noise : float
-        Feature noise standard deviation (a concept vector has norm 1).
+        Feature noise standard deviation per dimension (a concept vector has
+        norm 1). At 0.25 a linear head's mAP still rises from 10% of the
+        default pool to all of it (ridge: 0.07 at 1%, 0.27 at 10%, 0.42 whole).
     label_noise : float
         In [0, 1): the rate of missed labels and of items with a spurious one.
     seed : int
