@@ -6,6 +6,12 @@ name holds every generation parameter. Arrays are ``.npy`` files written to a
 temporary directory and moved into place with one ``os.replace`` (a reader
 never sees half a pool), and loaded memory-mapped (``mmap_mode="r"``): a
 1M x 64 float32 pool costs page cache, not process memory.
+
+Names for :func:`~batchal.simulate.datasets.load_dataset` (see :data:`POOLS`):
+``mnist1d-lt`` (MNIST-1D, long-tailed), ``fmnist-web`` and ``fmnist-web-lt``
+(web-like copies of Fashion-MNIST on frozen features), ``manyclass`` (32
+classes of MNIST-1D-style signals), ``multilabel-vocab`` (1,000 long-tailed
+labels). ``mnist1d`` above 100K rows is generated here in chunks.
 """
 from __future__ import annotations
 
@@ -328,22 +334,32 @@ def _embed(layers, X: np.ndarray) -> np.ndarray:
 FMNIST_COARSE = (0, 1, 0, 1, 0, 2, 0, 2, 3, 2)
 
 
-def _fashion_mnist() -> Dataset:
-    """Fashion-MNIST as :func:`~batchal.simulate.datasets.load_fashion_mnist` gives it, decoded once.
+def _fashion_mnist() -> dict:
+    """Fashion-MNIST's uint8 pixels and labels (``X``, ``y``, ``X_test``, ``y_test``), decoded once.
 
-    The idx files are gzip-compressed (seconds to decode); their uint8 pixels
-    are cached as ``.npy`` files and memory-mapped.
+    The idx files are gzip-compressed (seconds to decode); their pixels are
+    cached as ``.npy`` files and memory-mapped. ``X / 255`` in float32 is
+    exactly :func:`~batchal.simulate.datasets.load_fashion_mnist`'s ``X``.
     """
-    from .datasets import load_fashion_mnist
+    from .datasets import FASHION_MNIST_DIR, _read_idx, load_fashion_mnist
 
     path = cache_dir() / "fashion-mnist-u8"
     got = _cached(path, ("X", "y", "X_test", "y_test"))
     if got is None:
-        fm = load_fashion_mnist()
-        got = _save(path, {"X": np.round(fm.X * 255).astype(np.uint8), "y": fm.y,
-                           "X_test": np.round(fm.X_test * 255).astype(np.uint8), "y_test": fm.y_test})
-    return Dataset("fashion-mnist", got["X"].astype(np.float32) / 255.0, np.asarray(got["y"]),
-                   got["X_test"].astype(np.float32) / 255.0, np.asarray(got["y_test"]), image_shape=(28, 28))
+        files = {k: FASHION_MNIST_DIR / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz" for k in
+                 ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+        if not all(f.exists() for f in files.values()):
+            load_fashion_mnist()  # raises the error that says how to install it
+        got = _save(path, {"X": _read_idx(files["train-images"]).reshape(-1, 784),
+                           "y": _read_idx(files["train-labels"]).astype(np.int64),
+                           "X_test": _read_idx(files["t10k-images"]).reshape(-1, 784),
+                           "y_test": _read_idx(files["t10k-labels"]).astype(np.int64)})
+    return got
+
+
+def _pixels(u8: np.ndarray) -> np.ndarray:
+    """uint8 pixels as load_fashion_mnist gives them: float32 in [0, 1]."""
+    return np.asarray(u8).astype(np.float32) / 255.0
 
 
 def _tail_keep(counts: np.ndarray, a: float, ranks: np.ndarray) -> np.ndarray:
@@ -400,6 +416,13 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     up to 10 degrees, scale 0.9-1.1, pixel noise of sd 0.03). The test split is
     Fashion-MNIST's 10K test images through the same network.
 
+    A linear head's curve on frozen features flattens once its ``hidden x 10``
+    weights are well estimated, so the embedding is wide: logistic regression on
+    the source images rose by 0.6 points from 6K to 55K labels with 64 units,
+    1.7 with 128, 2.8 with 256 (a coarse 4-class feature task: 3.0, from a
+    lower start). On the default 1M pool: 0.842 at 10K random rows, 0.851 at
+    30K, 0.855 at 100K, 0.858 at 300K.
+
     Parameters
     ----------
     size : int
@@ -411,7 +434,8 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     feature_size : int
         Images the feature network is trained on (removed from the sources).
     hidden : int
-        Embedding dimension (hidden units of the feature network).
+        Embedding dimension (hidden units of the feature network); the
+        default 1M pool is 1 GB of float32.
     coarse : bool
         Train the feature network on four superclasses (:data:`FMNIST_COARSE`)
         instead of the ten classes: a weaker embedding for the ten.
@@ -474,15 +498,15 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
                      progress, block, net_key, params) -> dict:
     from sklearn.model_selection import train_test_split
 
-    X, y = fm.X, fm.y
+    X, y = fm["X"], np.asarray(fm["y"])
     feat, src = train_test_split(np.arange(X.shape[0]), train_size=feature_size, stratify=y, random_state=seed)
     feat, src = np.sort(feat), np.sort(src)
     target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
-    layers = _feature_net(X[feat], target, (hidden,), seed, 200, cache_dir() / _key("fmnist-web-net-v1", net_key))
+    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, cache_dir() / _key("fmnist-web-net-v1", net_key))
     rng = np.random.default_rng([seed, 0xFEB])
     if n_sources is not None and n_sources < src.shape[0]:
         src = np.sort(train_test_split(src, train_size=n_sources, stratify=y[src], random_state=seed)[0])
-    Xt, yt = fm.X_test, fm.y_test
+    Xt, yt = _pixels(fm["X_test"]), np.asarray(fm["y_test"])
     if tail is not None:  # the tail is drawn over the source images, before any copy is made
         ranks = _class_ranks(10, tail_seed)
         trng = np.random.default_rng([tail_seed, 0x7A11, 1])
@@ -507,7 +531,7 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
         for k in range(n_blocks):
             lo, hi = k * block, min(size, (k + 1) * block)
             brng = np.random.default_rng([seed, 0xB10C, k])  # per block: the result does not depend on the order
-            imgs = X[source[lo:hi]].copy()
+            imgs = _pixels(X[source[lo:hi]])
             kb = kind[lo:hi]
             near = np.flatnonzero(kb == 1)
             if near.size:
