@@ -603,7 +603,9 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     model near chance) makes the classes far from linearly separable: the
     curve of a linear model and of an MLP still rises at 10% of a 1M pool.
     Classes are balanced over pool and test together (to within one row);
-    features standardised with pool statistics.
+    features standardised with pool statistics. On the default 1M pool
+    logistic regression reaches 0.242 at 10K random rows, 0.257 at 100K and
+    0.264 at 300K (chance: 0.031).
 
     Parameters
     ----------
@@ -694,7 +696,8 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
     drawn with probability proportional to 1/rank^a (ranks by a seeded
     permutation of the classes); its features are the sum of its concept
     vectors plus Gaussian noise. With probability ``label_noise`` each true
-    label is missing from ``y`` and an item gets one spurious label. Every class
+    label is missing from ``y`` (at the defaults about 2% of the items are left
+    with no label) and an item gets one spurious label. Every class
     appears in the pool at least once (a class the draws missed is given to a
     random item, features included).
 
@@ -836,7 +839,7 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
 
 #: names :func:`~batchal.simulate.datasets.load_dataset` accepts for these pools, with their default sizes
 POOLS = {
-    "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail: 292,896 rows kept
+    "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail (a=1): 292,897 rows kept
     "fmnist-web": 1_000_000,
     "fmnist-web-lt": 1_000_000,
     "manyclass": 1_000_000,
