@@ -418,10 +418,11 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
 
     A linear head's curve on frozen features flattens once its ``hidden x 10``
     weights are well estimated, so the embedding is wide: logistic regression on
-    the source images rose by 0.6 points from 6K to 55K labels with 64 units,
-    1.7 with 128, 2.8 with 256 (a coarse 4-class feature task: 3.0, from a
-    lower start). On the default 1M pool: 0.842 at 10K random rows, 0.851 at
-    30K, 0.855 at 100K, 0.858 at 300K.
+    the (uncopied) source images rose by 0.6 points from 10K to 55K labels with
+    64 units, and from 6K to 55K by 1.7 with 128 and 2.8 with 256 (a coarse
+    4-class feature task: 3.0, from a lower start). On the default 1M pool it
+    reaches 0.836 at 10K random rows, 0.852 at 100K and 0.853 at 300K: a rise
+    of under two points, the most a linear head on 10 classes showed here.
 
     Parameters
     ----------
@@ -605,7 +606,8 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     Classes are balanced over pool and test together (to within one row);
     features standardised with pool statistics. On the default 1M pool
     logistic regression reaches 0.242 at 10K random rows, 0.257 at 100K and
-    0.264 at 300K (chance: 0.031).
+    0.264 at 300K (chance: 0.031); a 256-256 ReLU MLP (Adam, 3M examples seen,
+    best of 20 validation checks) 0.582, 0.876 and 0.898.
 
     Parameters
     ----------
