@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +191,8 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
         try:
             import mnist1d  # noqa: F401
         except ImportError as exc:
-            raise BatchalInputError("the mnist1d dataset needs the mnist1d package: pip install 'batchal[mnist1d]'") from exc
+            raise BatchalInputError("the mnist1d dataset needs the mnist1d package: "
+                                    "pip install 'batchal[mnist1d]'") from exc
         n_chunks = -(-n // chunk)
         jobs = [(i, chunk) for i in range(n_chunks)] + [(f"test{n_test}", n_test)]
         todo = [j for j in jobs if not _mnist1d_chunk_file(seed, chunk, j[0]).exists()]
@@ -503,7 +503,8 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
     feat, src = train_test_split(np.arange(X.shape[0]), train_size=feature_size, stratify=y, random_state=seed)
     feat, src = np.sort(feat), np.sort(src)
     target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
-    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, cache_dir() / _key("fmnist-web-net-v1", net_key))
+    net_path = cache_dir() / _key("fmnist-web-net-v1", net_key)
+    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, net_path)
     rng = np.random.default_rng([seed, 0xFEB])
     if n_sources is not None and n_sources < src.shape[0]:
         src = np.sort(train_test_split(src, train_size=n_sources, stratify=y[src], random_state=seed)[0])
@@ -640,8 +641,8 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
         raise BatchalInputError(f"shift must be <= 72 (the dilated signal's length); got {shift}")
     seed = _seed(seed)
     template_seed = _check_int(template_seed, "template_seed", 0)
-    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift, "s": seed,
-                                               "ts": template_seed})
+    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift,
+                                               "s": seed, "ts": template_seed})
     names = ("X", "y", "X_test", "y_test")
     got = _cached(path, names)
     if got is None:
