@@ -79,7 +79,7 @@ def test_web_pool_sizes_sources_and_determinism():
     assert d.name == "fmnist-web" and d.X.shape == (3000, 16) and d.X.dtype == np.float32
     assert d.X_test.shape == (10_000, 16)
     fm = pools._fashion_mnist()
-    np.testing.assert_array_equal(d.y, fm.y[d.source])  # each row has its source image's class
+    np.testing.assert_array_equal(d.y, fm["y"][d.source])  # each row has its source image's class
     red = d.redundancy
     assert red["pool_rows"] == 3000 and red["original_rows"] == np.unique(d.source).shape[0] == 300
     assert red["rows_original"] == 300 and red["rows_near_exact"] + red["rows_augmented"] == 2700
@@ -88,7 +88,8 @@ def test_web_pool_sizes_sources_and_determinism():
     orig = np.flatnonzero(kind == 0)[:20]
     net = pools._feature_net(None, None, None, 0, 0, pools.cache_dir() / pools._key(
         "fmnist-web-net-v1", {"f": 200, "h": 16, "c": 0, "s": 0}))
-    np.testing.assert_allclose(d.X[orig], pools._embed(net, fm.X[d.source[orig]]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d.X[orig], pools._embed(net, pools._pixels(fm["X"][d.source[orig]])),
+                               rtol=1e-5, atol=1e-5)
     again = pools.load_fmnist_web(3000, **WEB)  # cache hit
     _same(d, again)
     np.testing.assert_array_equal(d.source, again.source)
@@ -105,7 +106,8 @@ def test_near_exact_copies_closer_than_augmented():
         net = pools._feature_net(None, None, None, 0, 0, pools.cache_dir() / pools._key(
             "fmnist-web-net-v1", {"f": 200, "h": 16, "c": 0, "s": 0}))
         copies = np.flatnonzero(kind > 0)
-        dist[aug] = np.median(np.linalg.norm(d.X[copies] - pools._embed(net, fm.X[d.source[copies]]), axis=1))
+        orig = pools._embed(net, pools._pixels(fm["X"][d.source[copies]]))
+        dist[aug] = np.median(np.linalg.norm(d.X[copies] - orig, axis=1))
     assert dist[0.0] < 0.5 * dist[1.0]
 
 
@@ -115,7 +117,7 @@ def test_web_long_tail_keeps_size_and_copies_follow_sources():
     lt = pools.long_tail(base, a=1.0, seed=3)
     assert lt.name == "fmnist-web-lt" and lt.X.shape[0] == 4000
     ranks = pools._class_ranks(10, 3)
-    src_per_class = np.bincount(pools._fashion_mnist().y[np.unique(lt.source)], minlength=10)
+    src_per_class = np.bincount(pools._fashion_mnist()["y"][np.unique(lt.source)], minlength=10)
     top = src_per_class[ranks == 1][0]
     np.testing.assert_allclose(src_per_class, np.maximum(1, np.round(top / ranks)), atol=1)
     test_counts = np.bincount(lt.y_test, minlength=10)

@@ -6,13 +6,18 @@ name holds every generation parameter. Arrays are ``.npy`` files written to a
 temporary directory and moved into place with one ``os.replace`` (a reader
 never sees half a pool), and loaded memory-mapped (``mmap_mode="r"``): a
 1M x 64 float32 pool costs page cache, not process memory.
+
+Names for :func:`~batchal.simulate.datasets.load_dataset` (see :data:`POOLS`):
+``mnist1d-lt`` (MNIST-1D, long-tailed), ``fmnist-web`` and ``fmnist-web-lt``
+(web-like copies of Fashion-MNIST on frozen features), ``manyclass`` (32
+classes of MNIST-1D-style signals), ``multilabel-vocab`` (1,000 long-tailed
+labels). ``mnist1d`` above 100K rows is generated here in chunks.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +191,8 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
         try:
             import mnist1d  # noqa: F401
         except ImportError as exc:
-            raise BatchalInputError("the mnist1d dataset needs the mnist1d package: pip install 'batchal[mnist1d]'") from exc
+            raise BatchalInputError("the mnist1d dataset needs the mnist1d package: "
+                                    "pip install 'batchal[mnist1d]'") from exc
         n_chunks = -(-n // chunk)
         jobs = [(i, chunk) for i in range(n_chunks)] + [(f"test{n_test}", n_test)]
         todo = [j for j in jobs if not _mnist1d_chunk_file(seed, chunk, j[0]).exists()]
@@ -298,7 +304,11 @@ def _feature_net(X, y, hidden: tuple, seed: int, max_iter: int, path: Path) -> l
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the mini-batches are small (threads mostly wait, many times slower on a
+    # busy machine) and the weights then do not depend on the machine's thread count
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         net = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=seed).fit(X, y)
     layers = [(np.asarray(W, np.float32), np.asarray(b, np.float32))
@@ -324,22 +334,32 @@ def _embed(layers, X: np.ndarray) -> np.ndarray:
 FMNIST_COARSE = (0, 1, 0, 1, 0, 2, 0, 2, 3, 2)
 
 
-def _fashion_mnist() -> Dataset:
-    """Fashion-MNIST as :func:`~batchal.simulate.datasets.load_fashion_mnist` gives it, decoded once.
+def _fashion_mnist() -> dict:
+    """Fashion-MNIST's uint8 pixels and labels (``X``, ``y``, ``X_test``, ``y_test``), decoded once.
 
-    The idx files are gzip-compressed (seconds to decode); their uint8 pixels
-    are cached as ``.npy`` files and memory-mapped.
+    The idx files are gzip-compressed (seconds to decode); their pixels are
+    cached as ``.npy`` files and memory-mapped. ``X / 255`` in float32 is
+    exactly :func:`~batchal.simulate.datasets.load_fashion_mnist`'s ``X``.
     """
-    from .datasets import load_fashion_mnist
+    from .datasets import FASHION_MNIST_DIR, _read_idx, load_fashion_mnist
 
     path = cache_dir() / "fashion-mnist-u8"
     got = _cached(path, ("X", "y", "X_test", "y_test"))
     if got is None:
-        fm = load_fashion_mnist()
-        got = _save(path, {"X": np.round(fm.X * 255).astype(np.uint8), "y": fm.y,
-                           "X_test": np.round(fm.X_test * 255).astype(np.uint8), "y_test": fm.y_test})
-    return Dataset("fashion-mnist", got["X"].astype(np.float32) / 255.0, np.asarray(got["y"]),
-                   got["X_test"].astype(np.float32) / 255.0, np.asarray(got["y_test"]), image_shape=(28, 28))
+        files = {k: FASHION_MNIST_DIR / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz" for k in
+                 ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+        if not all(f.exists() for f in files.values()):
+            load_fashion_mnist()  # raises the error that says how to install it
+        got = _save(path, {"X": _read_idx(files["train-images"]).reshape(-1, 784),
+                           "y": _read_idx(files["train-labels"]).astype(np.int64),
+                           "X_test": _read_idx(files["t10k-images"]).reshape(-1, 784),
+                           "y_test": _read_idx(files["t10k-labels"]).astype(np.int64)})
+    return got
+
+
+def _pixels(u8: np.ndarray) -> np.ndarray:
+    """uint8 pixels as load_fashion_mnist gives them: float32 in [0, 1]."""
+    return np.asarray(u8).astype(np.float32) / 255.0
 
 
 def _tail_keep(counts: np.ndarray, a: float, ranks: np.ndarray) -> np.ndarray:
@@ -396,6 +416,14 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     up to 10 degrees, scale 0.9-1.1, pixel noise of sd 0.03). The test split is
     Fashion-MNIST's 10K test images through the same network.
 
+    A linear head's curve on frozen features flattens once its ``hidden x 10``
+    weights are well estimated, so the embedding is wide: logistic regression on
+    the (uncopied) source images rose by 0.6 points from 10K to 55K labels with
+    64 units, and from 6K to 55K by 1.7 with 128 and 2.8 with 256 (a coarse
+    4-class feature task: 3.0, from a lower start). On the default 1M pool it
+    reaches 0.836 at 10K random rows, 0.852 at 100K and 0.853 at 300K: a rise
+    of under two points, the most a linear head on 10 classes showed here.
+
     Parameters
     ----------
     size : int
@@ -407,7 +435,8 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     feature_size : int
         Images the feature network is trained on (removed from the sources).
     hidden : int
-        Embedding dimension (hidden units of the feature network).
+        Embedding dimension (hidden units of the feature network); the
+        default 1M pool is 1 GB of float32.
     coarse : bool
         Train the feature network on four superclasses (:data:`FMNIST_COARSE`)
         instead of the ten classes: a weaker embedding for the ten.
@@ -470,15 +499,16 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
                      progress, block, net_key, params) -> dict:
     from sklearn.model_selection import train_test_split
 
-    X, y = fm.X, fm.y
+    X, y = fm["X"], np.asarray(fm["y"])
     feat, src = train_test_split(np.arange(X.shape[0]), train_size=feature_size, stratify=y, random_state=seed)
     feat, src = np.sort(feat), np.sort(src)
     target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
-    layers = _feature_net(X[feat], target, (hidden,), seed, 200, cache_dir() / _key("fmnist-web-net-v1", net_key))
+    net_path = cache_dir() / _key("fmnist-web-net-v1", net_key)
+    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, net_path)
     rng = np.random.default_rng([seed, 0xFEB])
     if n_sources is not None and n_sources < src.shape[0]:
         src = np.sort(train_test_split(src, train_size=n_sources, stratify=y[src], random_state=seed)[0])
-    Xt, yt = fm.X_test, fm.y_test
+    Xt, yt = _pixels(fm["X_test"]), np.asarray(fm["y_test"])
     if tail is not None:  # the tail is drawn over the source images, before any copy is made
         ranks = _class_ranks(10, tail_seed)
         trng = np.random.default_rng([tail_seed, 0x7A11, 1])
@@ -503,7 +533,7 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
         for k in range(n_blocks):
             lo, hi = k * block, min(size, (k + 1) * block)
             brng = np.random.default_rng([seed, 0xB10C, k])  # per block: the result does not depend on the order
-            imgs = X[source[lo:hi]].copy()
+            imgs = _pixels(X[source[lo:hi]])
             kb = kind[lo:hi]
             near = np.flatnonzero(kb == 1)
             if near.size:
@@ -575,7 +605,10 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     model near chance) makes the classes far from linearly separable: the
     curve of a linear model and of an MLP still rises at 10% of a 1M pool.
     Classes are balanced over pool and test together (to within one row);
-    features standardised with pool statistics.
+    features standardised with pool statistics. On the default 1M pool
+    logistic regression reaches 0.242 at 10K random rows, 0.257 at 100K and
+    0.264 at 300K (chance: 0.031); a 256-256 ReLU MLP (Adam, 3M examples seen,
+    best of 20 validation checks) 0.582, 0.876 and 0.898.
 
     Parameters
     ----------
@@ -608,8 +641,8 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
         raise BatchalInputError(f"shift must be <= 72 (the dilated signal's length); got {shift}")
     seed = _seed(seed)
     template_seed = _check_int(template_seed, "template_seed", 0)
-    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift, "s": seed,
-                                               "ts": template_seed})
+    path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift,
+                                               "s": seed, "ts": template_seed})
     names = ("X", "y", "X_test", "y_test")
     got = _cached(path, names)
     if got is None:
@@ -657,7 +690,7 @@ def _multilabel_rows(n: int, concepts: np.ndarray, p: np.ndarray, max_labels: in
 
 
 def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: float = 1.0, dim: int = 64,
-                          max_labels: int = 5, noise: float = 0.5, label_noise: float = 0.05,
+                          max_labels: int = 5, noise: float = 0.25, label_noise: float = 0.05,
                           n_test: int = 20_000, seed: int = 0, progress: bool = False) -> Dataset:
     """A multi-label pool with a large, long-tailed vocabulary (latent concepts, as web image tags).
 
@@ -666,7 +699,8 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
     drawn with probability proportional to 1/rank^a (ranks by a seeded
     permutation of the classes); its features are the sum of its concept
     vectors plus Gaussian noise. With probability ``label_noise`` each true
-    label is missing from ``y`` and an item gets one spurious label. Every class
+    label is missing from ``y`` (at the defaults about 2% of the items are left
+    with no label) and an item gets one spurious label. Every class
     appears in the pool at least once (a class the draws missed is given to a
     random item, features included).
 
@@ -687,7 +721,9 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
     max_labels : int
         Most concepts per item.
     noise : float
-        Feature noise standard deviation (a concept vector has norm 1).
+        Feature noise standard deviation per dimension (a concept vector has
+        norm 1). At 0.25 a linear head's mAP still rises from 10% of the
+        default pool to all of it (ridge: 0.07 at 1%, 0.27 at 10%, 0.42 whole).
     label_noise : float
         In [0, 1): the rate of missed labels and of items with a spurious one.
     seed : int
@@ -806,7 +842,7 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
 
 #: names :func:`~batchal.simulate.datasets.load_dataset` accepts for these pools, with their default sizes
 POOLS = {
-    "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail: 292,896 rows kept
+    "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail (a=1): 292,897 rows kept
     "fmnist-web": 1_000_000,
     "fmnist-web-lt": 1_000_000,
     "manyclass": 1_000_000,
