@@ -7,7 +7,8 @@ import pytest
 from batchal._validation import BatchalInputError
 from batchal.simulate import load_dataset
 from batchal.simulate import pools
-from batchal.simulate.datasets import FASHION_MNIST_DIR, check_labels, load_mnist1d
+from batchal.simulate.datasets import FASHION_MNIST_DIR, check_labels
+from batchal.simulate.pools import load_mnist1d
 
 needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
                                   reason="Fashion-MNIST idx files not installed")
@@ -177,7 +178,7 @@ def test_load_dataset_names(monkeypatch):
     import batchal.simulate.datasets as datasets
 
     small = datasets.load_mnist1d
-    monkeypatch.setattr(datasets, "load_mnist1d", lambda n, seed, progress: small(n, 500, seed))  # a small test split
+    monkeypatch.setattr(datasets, "load_mnist1d", lambda n, n_test, seed, progress: small(n, 500, seed))  # a small test split
     d = load_dataset("manyclass", size=3200)
     assert d.name == "manyclass" and d.X.shape[0] == 3200
     assert load_dataset("multilabel-vocab", size=2000).y.shape == (2000, 1000)

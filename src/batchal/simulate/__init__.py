@@ -1,5 +1,6 @@
 """The simulator: replay active learning on labeled data and measure label savings."""
-from .datasets import DATASETS, Dataset, load_dataset, load_npz
+from .catalog import DATASETS, load_dataset
+from .datasets import Dataset, load_npz
 from .models import MODELS, LogRegModel, MLPModel, make_model
 from .report import labels_to_reach, savings_table, summary_markdown, write_outputs
 from .pools import POOLS, load_fmnist_web, load_manyclass, load_mnist1d_chunked, load_multilabel_vocab, long_tail

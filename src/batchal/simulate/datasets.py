@@ -16,10 +16,6 @@ import numpy as np
 from .._validation import BatchalInputError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("digits", "fashion-mnist", "mnist1d", "blobs", "multilabel",
-            # the generated pools of .pools, in the paper's regime (1M rows by default)
-            "mnist1d-lt", "fmnist-web", "fmnist-web-lt", "manyclass", "multilabel-vocab")
-
 
 @dataclass
 class Dataset:
@@ -261,14 +257,10 @@ def load_mnist1d(n: int = 100_000, n_test: int = 10_000, seed: int = 0, progress
     """MNIST-1D (Greydanus, 2020) generated offline with the ``mnist1d`` package and cached.
 
     Generation costs about 1 ms per example, so the arrays are cached as
-    ``mnist1d_{n}_{n_test}_{seed}.npz`` under :func:`cache_dir`. Pools larger
-    than 100K are generated in resumable cached chunks by
-    :func:`batchal.simulate.pools.load_mnist1d_chunked` (memory-mapped).
+    ``mnist1d_{n}_{n_test}_{seed}.npz`` under :func:`cache_dir`. One call of the
+    package's generator: for pools above 100K rows,
+    :func:`batchal.simulate.pools.load_mnist1d` generates in resumable cached chunks.
     """
-    if n > 100_000:
-        from .pools import load_mnist1d_chunked
-
-        return load_mnist1d_chunked(n, n_test, seed, progress)
     path = cache_dir() / f"mnist1d_{n}_{n_test}_{seed}.npz"
     if path.exists():
         with np.load(path) as z:
@@ -331,33 +323,3 @@ def subsample_pool(ds: Dataset, size: int | None, seed: int = 0) -> Dataset:
 
     return dataclasses.replace(ds, name=f"{ds.name}-{size // 1000}k" if size >= 1000 else f"{ds.name}-{size}",
                                X=ds.X[idx], y=ds.y[idx])
-
-
-def load_dataset(name: str, *, size: int | None = None, seed: int = 0, progress: bool = False) -> Dataset:
-    """Load a built-in dataset by name (``digits``, ``fashion-mnist``, ``mnist1d``, ``blobs``, ``multilabel``,
-    or one of the generated pools of :mod:`batchal.simulate.pools`: ``mnist1d-lt``, ``fmnist-web``,
-    ``fmnist-web-lt``, ``manyclass``, ``multilabel-vocab``).
-
-    ``size`` sets the pool size of generated datasets (mnist1d, blobs, multilabel)
-    and draws a stratified random subset of that many pool rows from the fixed
-    ones (digits, fashion-mnist); the test split is kept whole.
-    """
-    if name == "digits":
-        return subsample_pool(load_digits(seed), size, seed)
-    if name == "fashion-mnist":
-        return subsample_pool(load_fashion_mnist(), size, seed)
-    makers = {"mnist1d": lambda: load_mnist1d(n=size or 100_000, seed=seed, progress=progress),
-              "blobs": lambda: load_blobs(n=size or 20_000, seed=seed),
-              "multilabel": lambda: load_multilabel(n=size or 6_000, seed=seed)}
-    if name in DATASETS[5:]:
-        from .pools import load_pool
-
-        return load_pool(name, size, seed, progress)
-    if name in makers:
-        try:
-            return makers[name]()
-        except BatchalInputError:
-            raise
-        except ValueError as exc:  # scikit-learn's stratified split of a pool too small for its classes
-            raise BatchalInputError(f"--size {size}: too small a pool for {name} ({exc})") from None
-    raise BatchalInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or pass --data FILE.npz")

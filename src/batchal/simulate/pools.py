@@ -7,7 +7,7 @@ temporary directory and moved into place with one ``os.replace`` (a reader
 never sees half a pool), and loaded memory-mapped (``mmap_mode="r"``): a
 1M x 64 float32 pool costs page cache, not process memory.
 
-Names for :func:`~batchal.simulate.datasets.load_dataset` (see :data:`POOLS`):
+Names for :func:`~batchal.simulate.catalog.load_dataset` (see :data:`POOLS`):
 ``mnist1d-lt`` (MNIST-1D, long-tailed), ``fmnist-web`` and ``fmnist-web-lt``
 (web-like copies of Fashion-MNIST on frozen features), ``manyclass`` (32
 classes of MNIST-1D-style signals), ``multilabel-vocab`` (1,000 long-tailed
@@ -24,6 +24,7 @@ import numpy as np
 
 from .._progress import progress as _progress
 from .._validation import BatchalInputError
+from . import datasets as _datasets
 from .datasets import Dataset, cache_dir
 
 __all__ = ["load_mnist1d_chunked", "load_fmnist_web", "load_manyclass", "load_multilabel_vocab", "long_tail", "POOLS",
@@ -140,6 +141,14 @@ def _mnist1d_chunk(seed: int, chunk: int, index, rows: int) -> Path:
         np.savez(tmp, X=X, y=y)
         os.replace(tmp, path)
     return path
+
+
+def load_mnist1d(n: int = 100_000, n_test: int = 10_000, seed: int = 0, progress: bool = False) -> Dataset:
+    """MNIST-1D of any size: up to 100K rows the package's one generator call as before
+    (:func:`batchal.simulate.datasets.load_mnist1d`), above it :func:`load_mnist1d_chunked`."""
+    if n > 100_000:
+        return load_mnist1d_chunked(n, n_test, seed, progress)
+    return _datasets.load_mnist1d(n, n_test, seed, progress)
 
 
 def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0, progress: bool = False,
@@ -840,7 +849,7 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
         redundancy=None if dataset.redundancy is None else {**dataset.redundancy, "long_tail": info})
 
 
-#: names :func:`~batchal.simulate.datasets.load_dataset` accepts for these pools, with their default sizes
+#: names :func:`~batchal.simulate.catalog.load_dataset` accepts for these pools, with their default sizes
 POOLS = {
     "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail (a=1): 292,897 rows kept
     "fmnist-web": 1_000_000,
@@ -854,8 +863,6 @@ def load_pool(name: str, size: int | None = None, seed: int = 0, progress: bool 
     """Load one of :data:`POOLS` by name; ``size`` None takes its default size."""
     n = POOLS[name] if size is None else size
     if name == "mnist1d-lt":
-        from .datasets import load_mnist1d
-
         if n < 20:
             raise BatchalInputError(f"--size {n}: too small a pool for mnist1d-lt")
         return long_tail(load_mnist1d(n=n, seed=seed, progress=progress), 1.0, seed)
