@@ -40,8 +40,6 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
         ``add`` then puts each new item in its nearest neighbour's cluster
         (``metric``), whatever the distance (the threshold is infinite).
     """
-    from ..clustering.report import write_report
-
     if clusters is not None:
         if threshold is not None or mean_cluster_size is not None:
             raise BatchalInputError("give --clusters (a precomputed clustering) or a cut, not both")
@@ -73,31 +71,41 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
             if owned:
                 eng.close()
         n_rows = int(model.labels_.shape[0])
-        gen = 0 if cur is None else cur[0] + 1
-        clusters = campaign._store.write_npy(conn, "clusters", model.labels_.astype(np.int64))
         tree = campaign._store.write_npy(conn, "tree", model.linkage_)
-        stem = campaign._store.new_name(f"clusters-gen{gen}", ".npy", where="reports")
-        rep = write_report(model, campaign._store.path_of(stem))
-        for key in ("report", "histogram"):
-            if rep.get(key) and Path(rep[key]).exists():
-                rel = f"reports/{Path(rep[key]).name}"
-                campaign._store.register(conn, rel, "report")
-                rep[key] = rel
-        old_clusters = campaign._meta(conn, "clusters_file")
-        if cur is not None:
-            for name in [old_clusters, *[r[0] for r in conn.execute(
-                    "SELECT tree_file FROM clustering WHERE tree_file IS NOT NULL")],
-                    *[r[0] for r in conn.execute("SELECT name FROM files WHERE kind='report' AND name NOT IN (?, ?)",
-                                                 (rep.get("report"), rep.get("histogram")))]]:
-                if name:
-                    campaign._store.forget(conn, name)
-            conn.execute("UPDATE clustering SET tree_file=NULL")
-        conn.execute("INSERT INTO clustering(gen, params, metric, threshold, n_rows, tree_file, report, created_at) "
-                     "VALUES (?,?,?,?,?,?,?,?)",
-                     (gen, json.dumps(params), metric, float(model.threshold_), n_rows, tree,
-                      json.dumps(rep), now()))
-        campaign._store.set_meta(conn, "clusters_file", clusters)
-        campaign._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"], threshold=rep["threshold"]))
+        rep = _record(campaign, conn, cur, model, model.labels_.astype(np.int64), tree, params, metric, n_rows)
+    return rep
+
+
+def _record(campaign, conn, cur, model, labels, tree, params: dict, metric: str, n_rows: int) -> dict:
+    """Write a clustering's labels and report, retire the previous generation's files and record the new
+    generation, inside the caller's transaction; returns the report."""
+    from ..clustering.report import write_report
+
+    gen = 0 if cur is None else cur[0] + 1
+    clusters = campaign._store.write_npy(conn, "clusters", labels)
+    stem = campaign._store.new_name(f"clusters-gen{gen}", ".npy", where="reports")
+    rep = write_report(model, campaign._store.path_of(stem))
+    for key in ("report", "histogram"):
+        if rep.get(key) and Path(rep[key]).exists():
+            rel = f"reports/{Path(rep[key]).name}"
+            campaign._store.register(conn, rel, "report")
+            rep[key] = rel
+    if cur is not None:
+        old = [campaign._meta(conn, "clusters_file"),
+               *[r[0] for r in conn.execute("SELECT tree_file FROM clustering WHERE tree_file IS NOT NULL")],
+               *[r[0] for r in conn.execute("SELECT name FROM files WHERE kind='report' AND name NOT IN (?, ?)",
+                                            (rep.get("report"), rep.get("histogram")))]]
+        for old_name in old:
+            if old_name:
+                campaign._store.forget(conn, old_name)
+        conn.execute("UPDATE clustering SET tree_file=NULL")
+    threshold = float(model.threshold_)
+    conn.execute("INSERT INTO clustering(gen, params, metric, threshold, n_rows, tree_file, report, created_at) "
+                 "VALUES (?,?,?,?,?,?,?,?)",
+                 (gen, json.dumps(params), metric, threshold, n_rows, tree, json.dumps(rep), now()))
+    campaign._store.set_meta(conn, "clusters_file", clusters)
+    campaign._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"],
+                                              threshold=rep["threshold"] if np.isfinite(threshold) else None))
     return rep
 
 def _cluster_given(campaign, clusters, metric: str, force: bool) -> dict:
@@ -105,7 +113,6 @@ def _cluster_given(campaign, clusters, metric: str, force: bool) -> dict:
     import hashlib
     from types import SimpleNamespace
 
-    from ..clustering.report import write_report
     from ..io import load_array
 
     name = "--clusters"
@@ -130,27 +137,5 @@ def _cluster_given(campaign, clusters, metric: str, force: bool) -> dict:
                     "pass --force to replace it")
         model = SimpleNamespace(labels_=labels, threshold_=float("inf"), metric=metric, method_="precomputed",
                                 method_reason_=f"cluster ids given ({src})")
-        gen = 0 if cur is None else cur[0] + 1
-        cfile = campaign._store.write_npy(conn, "clusters", labels)
-        stem = campaign._store.new_name(f"clusters-gen{gen}", ".npy", where="reports")
-        rep = write_report(model, campaign._store.path_of(stem))
-        for key in ("report", "histogram"):
-            if rep.get(key) and Path(rep[key]).exists():
-                rel = f"reports/{Path(rep[key]).name}"
-                campaign._store.register(conn, rel, "report")
-                rep[key] = rel
-        if cur is not None:
-            old = [campaign._meta(conn, "clusters_file"),
-                   *[r[0] for r in conn.execute("SELECT tree_file FROM clustering WHERE tree_file IS NOT NULL")],
-                   *[r[0] for r in conn.execute("SELECT name FROM files WHERE kind='report' AND name NOT IN (?, ?)",
-                                                (rep.get("report"), rep.get("histogram")))]]
-            for old_name in old:
-                if old_name:
-                    campaign._store.forget(conn, old_name)
-            conn.execute("UPDATE clustering SET tree_file=NULL")
-        conn.execute("INSERT INTO clustering(gen, params, metric, threshold, n_rows, tree_file, report, created_at) "
-                     "VALUES (?,?,?,?,?,?,?,?)",
-                     (gen, json.dumps(params), metric, float("inf"), n, None, json.dumps(rep), now()))
-        campaign._store.set_meta(conn, "clusters_file", cfile)
-        campaign._store.log(conn, "cluster", dict(params=params, n_clusters=rep["n_clusters"], threshold=None))
+        rep = _record(campaign, conn, cur, model, labels, None, params, metric, n)
     return rep

@@ -388,17 +388,7 @@ def read_predictions(path, index: IdIndex, *, id_column: str = "id", probs_colum
         raise BatchalInputError(f"--predictions {p.name} holds no rows")
     _check_finite_rows(A, name, ids)
     _validate(A, kind, name, multilabel)
-    rows = index.rows(ids, f"--predictions {p.name}")
-    unknown = np.flatnonzero(rows < 0)
-    if unknown.size:
-        raise BatchalInputError(f"--predictions {p.name} has {unknown.size:,} ids that are not in the campaign: "
-                                f"{format_ids(ids.take(pa.array(unknown[:5])).to_pylist())}"
-                                + (f" and {unknown.size - 5:,} more" if unknown.size > 5 else ""))
-    counts = np.bincount(rows, minlength=n)
-    if (counts > 1).any():
-        dup = np.flatnonzero(counts > 1)
-        raise BatchalInputError(f"--predictions {p.name} lists {dup.size:,} ids more than once, e.g. "
-                                f"{format_ids(index.take(dup[:5]))}")
+    rows, counts = _join_rows(index, ids, p)
     if rows.shape[0] == n and (rows == np.arange(n)).all():
         full, have = np.ascontiguousarray(A, dtype=np.float32), None
     else:
@@ -411,6 +401,28 @@ def read_predictions(path, index: IdIndex, *, id_column: str = "id", probs_colum
     if have is not None:
         h.update(np.packbits(have).tobytes())
     return Predictions(kind, full, have, h.hexdigest(), str(p.resolve()))
+
+
+def _join_rows(index: IdIndex, ids, p: Path, *, release: bool = False):
+    """The campaign rows of a predictions file's ids, refusing ids not in the campaign and repeated ids.
+
+    Returns ``(rows, counts)``: each id's row and how many ids name each row.
+    ``release`` hands Arrow's freed memory (the join's hash table) back to the OS first.
+    """
+    rows = index.rows(ids, f"--predictions {p.name}")
+    if release:
+        pa.default_memory_pool().release_unused()
+    unknown = np.flatnonzero(rows < 0)
+    if unknown.size:
+        raise BatchalInputError(f"--predictions {p.name} has {unknown.size:,} ids that are not in the campaign: "
+                                f"{format_ids(ids.take(pa.array(unknown[:5])).to_pylist())}"
+                                + (f" and {unknown.size - 5:,} more" if unknown.size > 5 else ""))
+    counts = np.bincount(rows, minlength=index.n)
+    if (counts > 1).any():
+        dup = np.flatnonzero(counts > 1)
+        raise BatchalInputError(f"--predictions {p.name} lists {dup.size:,} ids more than once, e.g. "
+                                f"{format_ids(index.take(dup[:5]))}")
+    return rows, counts
 
 
 def _read_topk_predictions(p: Path, index: IdIndex, id_column: str, multilabel: bool, n_classes) -> Predictions:
@@ -432,19 +444,8 @@ def _read_topk_predictions(p: Path, index: IdIndex, id_column: str, multilabel: 
                                 "name it with --id-column")
     tk, raw_ids = read_topk(p, name="--predictions", multilabel=multilabel, n_classes=n_classes, id_column=id_column)
     ids = normalise_ids(raw_ids, f"--predictions {p.name}: column {id_column!r}")
-    rows = index.rows(ids, f"--predictions {p.name}")
-    pa.default_memory_pool().release_unused()  # the id join's hash table: back to the OS before selecting
-    unknown = np.flatnonzero(rows < 0)
-    if unknown.size:
-        raise BatchalInputError(f"--predictions {p.name} has {unknown.size:,} ids that are not in the campaign: "
-                                f"{format_ids(ids.take(pa.array(unknown[:5])).to_pylist())}"
-                                + (f" and {unknown.size - 5:,} more" if unknown.size > 5 else ""))
+    rows, counts = _join_rows(index, ids, p, release=True)
     del raw_ids, ids
-    counts = np.bincount(rows, minlength=n)
-    if (counts > 1).any():
-        dup = np.flatnonzero(counts > 1)
-        raise BatchalInputError(f"--predictions {p.name} lists {dup.size:,} ids more than once, e.g. "
-                                f"{format_ids(index.take(dup[:5]))}")
     if rows.shape[0] == n and (rows == np.arange(n)).all():
         return Predictions("topk", tk, None, _hash_topk(tk), str(p.resolve()))
     # rows without predictions get a neutral filler (classes 0..k-1, equal probabilities, never read:
