@@ -176,6 +176,7 @@ def _write_all(res, out: Path) -> None:
     meta = {"dataset": res.dataset, "config": {k: v for k, v in vars(res.config).items()},
             "full_pool_score": res.full_score, "metric": res.metric_name, "seconds": res.seconds,
             "diagnostics": diags, "redundancy": getattr(res, "redundancy", None),
+            "peak_rss": getattr(res, "peak_rss", None), "pool": getattr(res, "pool", None),
             "class_names": getattr(res, "class_names", None)}
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
     _plot_curves(res, out / "curves.png")
