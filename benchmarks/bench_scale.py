@@ -210,8 +210,11 @@ def figure(S: list[dict]) -> None:
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    colors = {"random": "tab:gray", "cluster-margin": "tab:orange", "recommended": "tab:green",
+              "badge (part.)": "tab:red"}
     for ax, (g, items) in zip(axes[0], sorted(groups.items())):
         items.sort(key=lambda x: x[0])
+        flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
         specs = [k for k in items[0][1]["strategies"] if k not in ("margin",)]
         for spec in specs:
             xs, ys = [], []
@@ -224,16 +227,19 @@ def figure(S: list[dict]) -> None:
                     xs.append(share)
                     ys.append(100 * (1 - r))
             if xs:
-                ax.plot(xs, ys, marker="o", label=_short(spec), lw=2 if _short(spec) == "recommended" else 1.2)
+                ax.plot(xs, ys, marker="o", label=_short(spec), color=colors.get(_short(spec)),
+                        lw=2 if _short(spec) == "recommended" else 1.2)
         ax.axhline(0, color="gray", lw=1, ls=":")
         ax.set_xscale("log")
         ax.set_xticks([1, 3, 10])
         ax.set_xticklabels(["1%", "3%", "10%"])
         ax.set_xlabel("batch size (share of the pool)")
         ax.set_ylabel("labels saved vs margin (%)")
-        ax.set_title(g, fontsize=10)
+        ax.set_title(g + (f" (curve rises {100 * max(s['full'] - s['seed_metric'] for _, s in items):.1f} points)" if flat else ""), fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.text(0.02, 0.02, "no point: no trial reached the target", transform=ax.transAxes, fontsize=7, color="gray")
     fig.suptitle("Labels to reach random's final metric, saved against margin's (higher is better)", fontsize=10)
     fig.tight_layout()
     FIGURES.mkdir(exist_ok=True)
