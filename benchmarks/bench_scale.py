@@ -63,13 +63,51 @@ def tag(pool: str, model: str, share: float, suffix: str = "") -> str:
     return f"{model}-{pool}-b{round(share * 1000):03d}" + (f"-{suffix}" if suffix else "")
 
 
-def command(pool: str, model: str, share: float, out: Path, extra: list[str]) -> list[str]:
+def command(pool: str, model: str, share: float, out: Path, extra: list[str], specs: list[str] | None = None) -> list[str]:
     opts, rows = POOLS[pool]
     batch = int(round(share * rows))
     seed = int(round(SEED_SHARE * rows))
     return ["batchal", "simulate", *opts, "--model", model, "--seed-size", str(seed), "--batch-size", str(batch),
-            "--rounds", str(ROUNDS), "--trials", str(TRIALS), "--strategies", ",".join(strategies(batch)),
+            "--rounds", str(ROUNDS), "--trials", str(TRIALS), "--strategies", ",".join(specs or strategies(batch)),
             "--out", str(out), *extra]
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path) as fh:
+        rd = csv.DictReader(fh)
+        return list(rd.fieldnames or []), list(rd)
+
+
+def merge_results(name: str, new_csv: Path) -> list[str]:
+    """Add the strategies of a later run (``--specs``) to a configuration's recorded results.
+
+    The runs share seeds, so a strategy in both must have the same curve: its
+    rows are compared (accuracy per trial and round, to 1e-9) and a mismatch
+    refuses the merge, which doubles as a check that the simulator is
+    reproducible. Returns the strategies added.
+    """
+    old_f, new_f = RESULTS / f"{name}_results.csv", new_csv
+    fo, old = _read_csv(old_f)
+    fn, new = _read_csv(new_f)
+    key = lambda r: (r["strategy"], r["trial"], r["round"])  # noqa: E731
+    have = {key(r): r for r in old}
+    added = []
+    for r in new:
+        k = key(r)
+        if k in have:
+            if abs(float(have[k]["accuracy"]) - float(r["accuracy"])) > 1e-9:
+                raise SystemExit(f"{name}: {k} differs between the recorded run and this one "
+                                 f"({have[k]['accuracy']} vs {r['accuracy']}): not merged")
+        else:
+            old.append(r)
+            if r["strategy"] not in added:
+                added.append(r["strategy"])
+    fields = fo + [f for f in fn if f not in fo]
+    with open(old_f, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(old)
+    return added
 
 
 def run(args) -> int:
@@ -80,7 +118,12 @@ def run(args) -> int:
             for share in args.shares:
                 name = tag(pool, model, share, args.tag)
                 out = args.work / name
-                cmd = command(pool, model, share, out, [a for a in args.extra if a != "--"])
+                specs = [x for x in args.specs.split(",") if x] if args.specs else None
+                if specs:
+                    from batchal.selectors import RECOMMENDED
+
+                    specs = [RECOMMENDED if x == "recommended" else x for x in specs]
+                cmd = command(pool, model, share, out, [a for a in args.extra if a != "--"], specs)
                 print("$ " + " ".join(cmd), flush=True)
                 t0 = time.perf_counter()
                 p = subprocess.run(cmd, stdout=subprocess.DEVNULL)
@@ -88,6 +131,20 @@ def run(args) -> int:
                 print(f"  exit {p.returncode}, {wall:,.0f} s", flush=True)
                 if p.returncode != 0:
                     rc = 1
+                    continue
+                if specs and (RESULTS / f"{name}_results.csv").exists():
+                    added = merge_results(name, out / "results.csv")
+                    meta = json.loads((RESULTS / f"{name}_run.json").read_text())
+                    meta["config"]["strategies"] += [x for x in added if x not in meta["config"]["strategies"]]
+                    meta.setdefault("added_runs", []).append(dict(
+                        command=" ".join(cmd), strategies=added, wall_seconds=wall,
+                        load_average=Path("/proc/loadavg").read_text().split()[:3]))
+                    (RESULTS / f"{name}_run.json").write_text(json.dumps(meta, indent=1, default=str))
+                    (RESULTS / f"{name}_summary.md").write_text(
+                        (RESULTS / f"{name}_summary.md").read_text()
+                        + f"\n\nAdded {', '.join(added) or 'nothing new'} ({wall:,.0f} s wall; the shared strategies' "
+                          f"curves matched the recorded run exactly):\n\n    {' '.join(cmd)}\n")
+                    print(f"  merged into {name}: {', '.join(added) or 'nothing new'}", flush=True)
                     continue
                 shutil.copy(out / "results.csv", RESULTS / f"{name}_results.csv")
                 meta = json.loads((out / "run.json").read_text())
@@ -150,11 +207,17 @@ def summarise(name: str) -> dict:
             "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}}
 
 
+#: the recommended spec before issue 20's revision (near-duplicates judged on the predictions)
+EARLIER = "cluster-margin:order=margin:tol=0.1"
+
+
 def _short(spec: str) -> str:
     from batchal.selectors import RECOMMENDED
 
     if spec == RECOMMENDED:
         return "recommended"
+    if spec == EARLIER:
+        return "earlier rec. (tol=0.1)"
     return re.sub(r":partitions=\d+", " (part.)", spec)
 
 
@@ -169,7 +232,7 @@ def table(args) -> int:
         return 1
     S = [summarise(n) for n in names]
     head = ["configuration", "seed set -> whole pool", "random's final", "margin's labels"]
-    others = ["cluster-margin", "recommended", "badge (part.)"]
+    others = ["cluster-margin", "recommended", "earlier rec. (tol=0.1)", "badge (part.)"]
     print("| " + " | ".join(head + [f"{o} / margin" for o in others]
                              + ["rounds vs margin (recommended)", "copies in margin's batch", "near-dup. share", "wall", "peak"]) + " |")
     print("|---|" + "---:|" * (len(head) - 1 + len(others)) + "---|---:|---:|---:|---:|")
@@ -211,11 +274,11 @@ def figure(S: list[dict]) -> None:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
     colors = {"random": "tab:gray", "cluster-margin": "tab:orange", "recommended": "tab:green",
-              "badge (part.)": "tab:red"}
+              "earlier rec. (tol=0.1)": "tab:olive", "badge (part.)": "tab:red"}
     for ax, (g, items) in zip(axes[0], sorted(groups.items())):
         items.sort(key=lambda x: x[0])
         flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
-        specs = [k for k in items[0][1]["strategies"] if k not in ("margin",)]
+        specs = list(dict.fromkeys(k for _, s in items for k in s["strategies"] if k != "margin"))
         for spec in specs:
             xs, ys = [], []
             for share, s in items:
@@ -254,6 +317,8 @@ def main(argv=None) -> int:
     r.add_argument("--pools", nargs="+", default=list(POOLS), choices=list(POOLS))
     r.add_argument("--models", nargs="+", default=["logreg"], choices=["logreg", "mlp"])
     r.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
+    r.add_argument("--specs", default="", help="comma-separated specs instead of the five ('recommended' = the "
+                   "current recommended spec); added to a configuration's recorded results when they exist")
     r.add_argument("--tag", default="", help="suffix of the result names (ablations, e.g. 'full' with --training full)")
     r.add_argument("--work", type=Path, default=Path("/tmp/batchal-scale"))
     r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: further options for batchal simulate")

@@ -355,3 +355,22 @@ def test_seed_round_without_predictions_and_npy_add(camp):
     assert "--pool ids are ints; this campaign's ids are strs" in r.output
     run("add", d, "--pool", tmp / "new.npy", "--ids", tmp / "new_ids.npy")
     assert c.status()["pool"] == 607 and c.check() == []
+
+
+def test_select_with_the_embedding_duplicate_test_reads_the_campaigns_embeddings(camp):
+    """cluster-margin:...:dup= reads the campaign's stored embeddings: the batch the API gives on the same arrays."""
+    import batchal
+
+    tmp, d, ids = camp
+    spec = "cluster-margin:order=margin:dup=0.01"
+    c = Campaign(d)
+    batch = c.select(40, tmp / "pred.parquet", strategy=spec, seed=3)
+    with c._store.read() as conn:
+        E, cl = np.asarray(c._embeddings(conn)), np.asarray(c._clusters(conn))
+    P = pq.read_table(tmp / "pred.parquet").column("probs").combine_chunks().flatten().to_numpy()
+    want = batchal.select(spec, 40, probs=P.reshape(len(ids), -1), embeddings=E, clusters=cl, seed=3)
+    assert batch.ids == [ids[i] for i in want]
+    # the pool's 30 tight groups: the batch spreads over more groups than margin's own list
+    group = {i: g for i, g in zip(ids, cl)}
+    plain = batchal.select("margin", 40, probs=P.reshape(len(ids), -1))
+    assert len({group[i] for i in batch.ids}) >= len({cl[i] for i in plain})

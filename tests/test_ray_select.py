@@ -52,6 +52,21 @@ def test_same_batch_as_local_from_parquet_shards(engine, pool, spec):
     np.testing.assert_array_equal(ray_, local)
 
 
+def test_embedding_near_duplicates_same_batch_as_local(engine, pool, tmp_path):
+    """dup= reads the candidates' embeddings on the driver (a memory-mapped .npy): the local batch."""
+    r = np.random.default_rng(3)
+    E = r.normal(size=(pool["n"], 6)).astype(np.float32)
+    E[1:4000:2] = E[0:3999:2] + 1e-4  # pairs of copies, so that the test defers rows
+    np.save(tmp_path / "E.npy", E)
+    spec = "cluster-margin:order=margin:dup=0.01"
+    kw = dict(clusters=pool["clusters"], labeled=pool["labeled"], seed=2)
+    local = batchal.select(spec, 300, probs=pool["P"], embeddings=E, **kw)
+    np.testing.assert_array_equal(local[:1], batchal.select("margin", 1, probs=pool["P"], labeled=pool["labeled"]))
+    ray_ = engine.select(spec, 300, probs=pool["dir"] / "probs", embeddings=np.load(tmp_path / "E.npy", mmap_mode="r"),
+                         **kw)
+    np.testing.assert_array_equal(ray_, local)
+
+
 def test_same_batch_from_npy_and_array_and_logits(engine, pool):
     kw = dict(clusters=pool["clusters"], labeled=pool["labeled"], seed=5)
     local = batchal.select("cluster-margin", 400, probs=pool["P"], **kw)

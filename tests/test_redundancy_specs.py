@@ -173,6 +173,13 @@ def test_recommended_spec_is_accepted_as_printed(tmp_path):
     res = CliRunner().invoke(app, ["select", "--strategy", printed, "-k", "20", "--probs", str(tmp_path / "probs.npy"),
                                    "--clusters", str(tmp_path / "clusters.npy"), "--labeled",
                                    str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy"), "--seed", "0"])
+    # the near-duplicate test reads the embeddings: without them, one error line that names them
+    assert res.exit_code == 2 and "needs --embeddings" in res.output and "dup=" in res.output
+    assert not (tmp_path / "b.npy").exists()
+    res = CliRunner().invoke(app, ["select", "--strategy", printed, "-k", "20", "--probs", str(tmp_path / "probs.npy"),
+                                   "--embeddings", str(tmp_path / "embeddings.npy"),
+                                   "--clusters", str(tmp_path / "clusters.npy"), "--labeled",
+                                   str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy"), "--seed", "0"])
     assert res.exit_code == 0, res.output
     assert np.load(tmp_path / "b.npy").shape == (20,)
     res = CliRunner().invoke(app, ["simulate", "--dataset", "digits", "--strategies", f"{printed},margin",
@@ -267,3 +274,75 @@ def test_select_cli_prints_the_redundancy_of_the_candidates(tmp_path):
                                    "--labeled", str(tmp_path / "labeled.npy"), "--out", str(tmp_path / "b.npy")])
     assert res.exit_code == 0, res.output
     assert "redundancy: margin's own batch" in res.output and "near-duplicates" in res.output
+
+
+# --- the near-duplicate test on embeddings (dup=) ---------------------------------------------
+
+def reference_embedding_duplicates(cand, cids, E, k, dup):
+    """The plain Python walk of :func:`reference_near_duplicate` with cosine distance on the embeddings."""
+    U = E / np.linalg.norm(E, axis=1, keepdims=True)
+    reps, passes = {}, []
+    for i, c in enumerate(cids):
+        group = reps.setdefault(c, [])
+        for rep in group:
+            if 1.0 - float(U[i] @ U[rep[0]]) <= dup:
+                rep[1] += 1
+                passes.append(rep[1])
+                break
+        else:
+            group.insert(0, [i, 0])
+            passes.append(0)
+    order = sorted(range(len(cand)), key=lambda i: (passes[i], i))
+    return np.asarray(cand)[order[:k]], np.asarray(passes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_embedding_near_duplicates_match_reference(seed):
+    from batchal.selectors.cluster_margin import near_duplicate_round_robin
+
+    r = np.random.default_rng(seed)
+    m, d = int(r.integers(5, 300)), int(r.integers(2, 12))
+    base = r.normal(size=(m // 3 + 1, d))
+    E = (base[r.integers(0, base.shape[0], m)] + r.normal(scale=0.05, size=(m, d))).astype(np.float32)
+    cand = r.permutation(5000)[:m]
+    cids = r.integers(0, 8, m) * 3
+    for dup in (0.0, 0.005, 0.05, 0.5):
+        for k in {1, m // 2 + 1, m}:
+            got, passes = near_duplicate_round_robin(cand, cids, None, k, dup, embeddings=E)
+            want, wpasses = reference_embedding_duplicates(cand, cids, E.astype(np.float64), k, dup)
+            # float32 dot products against float64: a pair within 1e-6 of the threshold may differ
+            np.testing.assert_array_equal(passes, wpasses)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_dup_variant_is_margin_without_copies_and_takes_one_copy_of_each():
+    arrays = make_pool(n=500, n_labeled=0, d=16)
+    kw = dict(probs=arrays["probs"], clusters=arrays["clusters"], embeddings=arrays["embeddings"])
+    # distinct random 16-d rows: none within cosine distance 0.01, so the batch is margin's, in margin's order
+    np.testing.assert_array_equal(select("cluster-margin:order=margin:dup=0.01", 40, **kw),
+                                  select("margin", 40, probs=arrays["probs"]))
+    # every row copied 5 times (embedding noise 1e-3, predictions unchanged): one copy of each item first
+    r = np.random.default_rng(1)
+    E = np.repeat(arrays["embeddings"], 5, axis=0) + r.normal(scale=1e-3, size=(2500, 16)).astype(np.float32)
+    P = np.repeat(arrays["probs"], 5, axis=0)
+    cl, src = np.repeat(arrays["clusters"], 5), np.repeat(np.arange(500), 5)
+    idx = select("cluster-margin:order=margin:dup=0.01:max_candidate_share=1", 40, probs=P, clusters=cl, embeddings=E)
+    assert np.unique(src[idx]).shape[0] == 40
+    assert np.unique(src[select("margin", 40, probs=P)]).shape[0] <= 10
+    # the items are margin's 40 most uncertain distinct items
+    want = select("margin", 40, probs=arrays["probs"])
+    assert sorted(src[idx].tolist()) == sorted(want.tolist())
+
+
+def test_dup_variant_errors_named():
+    arrays = make_pool()
+    with pytest.raises(BatchalInputError, match="order=margin only"):
+        select("cluster-margin:dup=0.01", 5, **arrays)
+    with pytest.raises(BatchalInputError, match="dup must be in"):
+        select("cluster-margin:order=margin:dup=3", 5, **arrays)
+    with pytest.raises(BatchalInputError, match="one near-duplicate test"):
+        select("cluster-margin:order=margin:dup=0.01:tol=0.1", 5, **arrays)
+    with pytest.raises(BatchalInputError, match="needs embeddings"):
+        select("cluster-margin:order=margin:dup=0.01", 5, probs=arrays["probs"], clusters=arrays["clusters"])
+    assert parse_spec("cluster-margin:order=margin:dup=0.01").requires == ("predictions", "clusters", "embeddings")
+    assert "embeddings" not in parse_spec("cluster-margin:order=margin:tol=0.1").requires

@@ -238,3 +238,10 @@ class TestRecommendedSpec(SelectorContract):
 class TestClusterMarginNearDuplicates(SelectorContract):
     strategy = "cluster-margin"
     params = {"order": "margin", "tol": 0.05}
+
+
+class TestClusterMarginEmbeddingDuplicates(SelectorContract):
+    """The near-duplicate test on embeddings (a loose distance, so that it defers often here)."""
+
+    strategy = "cluster-margin"
+    params = {"order": "margin", "dup": 0.3}

@@ -28,7 +28,7 @@ def select(
     out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
     probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities, or top-k predictions (Parquet columns / .npz arrays top_classes and top_probs)"),
     logits: Optional[Path] = typer.Option(None, "--logits", help="(n, C) logits (softmax applied; sigmoid with --multilabel)"),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="(n, d) embeddings (coreset, badge)"),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="(n, d) embeddings (coreset, badge, and the near-duplicate test of cluster-margin:...:dup=)"),
     scores: Optional[Path] = typer.Option(None, "--scores", help="(n,) precomputed uncertainty, smaller = more uncertain (margin, cluster-margin without tol)"),
     n_classes: Optional[int] = typer.Option(None, "--n-classes", min=1, help="top-k --probs: size of the class vocabulary (class ids are checked against it; default: the file's n_classes metadata)"),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="(n,) int cluster ids from `batchal cluster` (cluster-margin)"),
@@ -143,11 +143,11 @@ def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters,
     from ..io import load_array, save_indices
     from .._validation import check_ids
 
-    if embeddings is not None:
-        _fail("--embeddings: the ray engine runs random, margin, entropy, least-confidence and cluster-margin, "
-              "which do not read embeddings; use --engine local")
+    if embeddings is not None and "embeddings" not in spec.requires:
+        _fail(f"--embeddings: {spec.text} does not read embeddings on the ray engine (only cluster-margin's dup= "
+              "near-duplicate test does); drop --embeddings, or use --engine local for coreset and badge")
     for opt, path in (("--probs", probs), ("--logits", logits), ("--clusters", clusters), ("--labeled", labeled),
-                      ("--ids", ids)):
+                      ("--ids", ids), ("--embeddings", embeddings)):
         if path is not None and not path.exists():  # before starting (or joining) a Ray instance
             _fail(f"{opt}: no such file {path}")
     from ..engines import check_strategy
@@ -163,6 +163,7 @@ def _select_ray(spec, batch_size, out_path, probs, logits, embeddings, clusters,
             idx = eng.select(spec, batch_size, probs=probs, logits=logits,
                              clusters=load_array(clusters, name="--clusters") if clusters else None,
                              labeled=load_array(labeled, name="--labeled") if labeled else None,
+                             embeddings=load_array(embeddings, name="--embeddings") if embeddings else None,
                              multilabel=multilabel, aggregate=aggregate.value, seed=seed, progress=not quiet,
                              defaults=defaults, n_classes=n_classes)
         id_arr = check_ids(load_array(ids, name="--ids", text=True)) if ids else None

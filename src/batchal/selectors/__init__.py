@@ -11,8 +11,11 @@ from .badge import BadgeSelector
 from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
 from .spec import StrategySpec, parse_spec, split_specs
 
-#: The spec the README recommends when the pool's redundancy is unknown (BENCHMARKS.md, *Label efficiency*).
-RECOMMENDED = "cluster-margin:order=margin:tol=0.1"
+#: The spec the README recommends when the pool's redundancy is unknown: margin's list in which copies of
+#: a more uncertain candidate (same cluster, embeddings within cosine distance 0.01) wait for a later pass.
+#: Until issue 20 it judged near-duplicates on the predictions (``tol=0.1``), which also deferred distinct
+#: items on many-class and large pools (BENCHMARKS.md, *Label savings at scale*).
+RECOMMENDED = "cluster-margin:order=margin:dup=0.01"
 
 __all__ = [
     "REGISTRY",

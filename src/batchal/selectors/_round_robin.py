@@ -129,12 +129,22 @@ def _dense_close(P, i, j, tol):
 
 
 @njit(cache=True)
+def _cosine_close(E, i, j, tol):
+    """Whether unit rows ``i`` and ``j`` are within cosine distance ``tol`` (``1 - <e_i, e_j> <= tol``)."""
+    dot = 0.0
+    for q in range(E.shape[1]):
+        dot += E[i, q] * E[j, q]
+    return 1.0 - dot <= tol
+
+
+@njit(cache=True)
 def _passes(cids, P, cls, bounds, tol, max_reps, mode):
-    """The near-duplicate scan shared by dense (``mode`` 0) and top-k rows (1: multi-class, 2: multi-label).
+    """The near-duplicate scan shared by dense (``mode`` 0), top-k rows (1: multi-class, 2: multi-label)
+    and unit-norm embeddings (3: cosine distance).
 
     A candidate is a near-duplicate of an earlier *representative* of its
-    cluster when the two rows are close (:func:`_dense_close` or
-    :func:`topk_close`); its pass is then that representative's running count
+    cluster when the two rows are close (:func:`_dense_close`, :func:`topk_close`
+    or :func:`_cosine_close`); its pass is then that representative's running count
     of duplicates, else it becomes a representative with pass 0. At most
     ``max_reps`` most recent representatives of a cluster are compared, which
     bounds the cost at O(m * max_reps * C) even for one huge cluster.
@@ -154,6 +164,8 @@ def _passes(cids, P, cls, bounds, tol, max_reps, mode):
         while j >= 0 and seen < max_reps:
             if mode == 0:
                 close = _dense_close(P, i, j, tol)
+            elif mode == 3:
+                close = _cosine_close(P, i, j, tol)
             else:
                 close = topk_close(cls[i], P[i], bounds[i], cls[j], P[j], bounds[j], tol, mode == 2)
             if close:
@@ -182,3 +194,12 @@ def near_duplicate_passes_topk(cids, cls, P, bounds, tol, max_reps, multilabel):
     With ``k = C`` (every class listed) the comparisons, and so the passes, are the dense ones.
     """
     return _passes(cids, P, cls, bounds, tol, max_reps, 2 if multilabel else 1)
+
+
+def embedding_duplicate_passes(cids, E, dup, max_reps):
+    """:func:`near_duplicate_passes` on embeddings: near-duplicates when their cosine distance is at most ``dup``.
+
+    ``E`` holds the candidates' embeddings, float32 (m, d), each row of unit norm.
+    """
+    none = np.zeros((0, 1), dtype=np.int32)
+    return _passes(cids, E, none, np.zeros(0, dtype=np.float32), dup, max_reps, 3)

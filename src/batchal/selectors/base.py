@@ -166,6 +166,15 @@ class Pool:
             return block.astype(np.float32)
         return (1.0 / (1.0 + np.exp(-block)) if self.multilabel else scores.softmax(block)).astype(np.float32)
 
+    def rows_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of ``rows`` only, in that order, as float32 (read in row order: memory maps stay cheap)."""
+        if self.embeddings is None:
+            raise BatchalInputError("this strategy reads embeddings; the pool has none")
+        order = np.argsort(rows, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(order.shape[0])
+        return np.asarray(self.embeddings[rows[order]], dtype=np.float32)[back]
+
     def metadata_column(self, name: str) -> np.ndarray:
         """One metadata column as a 1-d array of ``n`` values (an error names a missing column)."""
         if self.metadata is None:
@@ -241,6 +250,15 @@ class Selector:
     def __init__(self, random_state=None):
         self.random_state = random_state
 
+    @classmethod
+    def requires_for(cls, params: dict) -> tuple[str, ...]:
+        """What a selector with these parameters reads (``requires``, unless a parameter adds an input)."""
+        return cls.requires
+
+    def requires_reason(self, req: str) -> str:
+        """Why this selector's parameters ask for input ``req`` (named in the error when it is missing)."""
+        return "asked for by its parameters"
+
     def select(self, pool: Pool, batch_size: int) -> np.ndarray:
         """Pick ``batch_size`` unlabeled rows of ``pool``.
 
@@ -251,13 +269,15 @@ class Selector:
         """
         if not isinstance(pool, Pool):
             raise TypeError("select expects a batchal.Pool; build one with Pool(probs=..., ...)")
-        for req in self.requires:
+        for req in self.requires_for(self.get_params()):
             if req == "predictions":
                 if not pool.has_predictions:
                     raise BatchalInputError(f"strategy {self.name!r} needs predicted probabilities or logits")
             elif getattr(pool, req) is None:
                 how = (": one cluster id per pool row, made once with batchal.cluster or `batchal cluster`"
                        if req == "clusters" else "")
+                if req not in type(self).requires:  # asked for by a parameter, not by the strategy itself
+                    how = f" ({self.requires_reason(req)})"
                 raise BatchalInputError(f"strategy {self.name!r} needs {req}{how}")
         k = check_batch_size(batch_size, pool.n_unlabeled)
         rng = np.random.default_rng(self.random_state)

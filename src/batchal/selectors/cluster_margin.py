@@ -152,7 +152,8 @@ def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) 
 
 
 def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, probs, k: int,
-                               tol: float, max_reps: int = 256, multilabel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                               tol: float, max_reps: int = 256, multilabel: bool = False,
+                               embeddings=None) -> tuple[np.ndarray, np.ndarray]:
     """Margin order, each group of near-duplicates giving one item per pass.
 
     Parameters
@@ -173,6 +174,10 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
         Representatives of a cluster compared per candidate (a cost bound).
     multilabel : bool
         Top-k rows hold the classes nearest 0.5 (only read for top-k input).
+    embeddings : float array of shape (m, d), optional
+        The candidates' embeddings. When given, the test compares them instead of
+        ``probs``: two candidates of one cluster are near-duplicates when the cosine
+        distance of their embeddings is at most ``tol``.
 
     Returns
     -------
@@ -191,7 +196,11 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
 
     cids, _ = _dense_cluster_ids(np.asarray(cluster_ids))
     cids = np.ascontiguousarray(cids, dtype=np.int64)
-    if isinstance(probs, TopK):
+    if embeddings is not None:
+        E = np.asarray(embeddings, dtype=np.float32)
+        E = np.ascontiguousarray(E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), np.float32(1e-12)))
+        passes = _round_robin.embedding_duplicate_passes(cids, E, float(tol), int(max_reps))
+    elif isinstance(probs, TopK):
         passes = _round_robin.near_duplicate_passes_topk(
             cids, np.ascontiguousarray(probs.classes), np.ascontiguousarray(probs.probs, dtype=np.float32),
             probs.missing_bounds(multilabel), float(tol), int(max_reps), bool(multilabel))
@@ -275,6 +284,15 @@ class ClusterMarginSelector(Selector):
         candidates of one cluster whose predicted probabilities differ by at
         most ``tol`` in every class (see :func:`near_duplicate_round_robin`).
         None: every member of a cluster counts as a repeat.
+    dup : float or None, default None
+        With ``order="margin"``: the near-duplicate test in the *embedding* space
+        instead: candidates of one cluster whose embeddings are within cosine
+        distance ``dup`` are spread over passes (see
+        :func:`near_duplicate_round_robin`); needs the pool's embeddings (only the
+        candidates' rows are read). Copies of one item (re-uploads, bursts) sit at
+        cosine distances near 0 while distinct items of a pool rarely come within
+        0.01 (BENCHMARKS.md, *Label savings at scale*), so on a pool without copies
+        this is exactly margin. Exclusive with ``tol``.
     balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
         Move the batch's share per predicted class toward a target (see
         :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole
@@ -304,8 +322,8 @@ class ClusterMarginSelector(Selector):
     requires = ("predictions", "clusters")
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
-                 tol: float | None = None, balance: str | dict | None = None, balance_by: str | None = None,
-                 random_state=None):
+                 tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
+                 balance_by: str | None = None, random_state=None):
         super().__init__(random_state=random_state)
         self.balance = balance
         self.balance_by = balance_by
@@ -313,6 +331,15 @@ class ClusterMarginSelector(Selector):
         self.max_candidate_share = max_candidate_share
         self.order = order
         self.tol = tol
+        self.dup = dup
+
+    @classmethod
+    def requires_for(cls, params: dict) -> tuple[str, ...]:
+        """``dup`` reads the candidates' embeddings besides the predictions and clusters."""
+        return cls.requires + (("embeddings",) if params.get("dup") is not None else ())
+
+    def requires_reason(self, req: str) -> str:
+        return f"dup={self.dup} compares the candidates' embeddings: give the pool's embeddings"
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         if not np.isfinite(self.margin_factor) or self.margin_factor < 1:
@@ -330,15 +357,19 @@ class ClusterMarginSelector(Selector):
         self.candidates_ = cand
         self.diagnostics_ = redundancy_diagnostics(cids, k)
         self.n_candidate_clusters_ = self.diagnostics_["candidate_clusters"]
-        if self.tol is not None:
+        if self.tol is not None or self.dup is not None:
+            key, value = ("tol", self.tol) if self.dup is None else ("dup", self.dup)
+            if self.tol is not None and self.dup is not None:
+                raise BatchalInputError("give one near-duplicate test: tol (probabilities) or dup (embeddings)")
             if self.order != "margin":
-                raise BatchalInputError("tol applies with order=margin only")
-            if not (np.isfinite(self.tol) and 0 <= self.tol <= 1):
-                raise BatchalInputError(f"tol must be in [0, 1]; got {self.tol}")
-            probs = pool.rows_probs(cand)
+                raise BatchalInputError(f"{key} applies with order=margin only")
+            if not (np.isfinite(value) and 0 <= value <= (1 if key == "tol" else 2)):
+                raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
+            # (a missing embedding is refused by select(), through requires_for)
+            probs, emb = (None, pool.rows_embeddings(cand)) if key == "dup" else (pool.rows_probs(cand), None)
             # balanced: the whole visiting order of M (its first k are the plain batch), scanned with quotas
             batch, passes = near_duplicate_round_robin(cand, cids, probs, cand.shape[0] if balanced else k,
-                                                       self.tol, multilabel=pool.multilabel)
+                                                       value, multilabel=pool.multilabel, embeddings=emb)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
         elif self.order == "margin":

@@ -62,7 +62,7 @@ class StrategySpec:
 
     @property
     def requires(self) -> tuple[str, ...]:
-        return self.cls.requires
+        return self.cls.requires_for(self.params)
 
     def accepts(self, param: str) -> bool:
         """Whether the strategy's constructor takes ``param``."""

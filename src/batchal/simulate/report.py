@@ -545,7 +545,7 @@ def demo_conclusion(recommended: str) -> str:
         "On the plain pool margin's batches are already diverse: the paper's cluster-margin trades uncertainty "
         "for diversity it does not need. On the redundant pool margin spends labels on copies of the same "
         f"uncertain items, and spreading the batch pays. The recommended spec ({recommended}) is margin's own "
-        "list in which a near-duplicate of a more uncertain candidate (same cluster, predictions within tol) "
-        "waits for a later pass: margin on a clean pool, one item per group of copies on a redundant one "
-        "(BENCHMARKS.md, Label efficiency where it counts)."
+        "list in which a copy of a more uncertain candidate (same cluster, embeddings within cosine distance "
+        "dup) waits for a later pass: margin on a clean pool, one item per group of copies on a redundant one "
+        "(BENCHMARKS.md, Label savings at scale)."
     )

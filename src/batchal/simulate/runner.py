@@ -168,6 +168,13 @@ def _say(cfg: SimulationConfig, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def clustered_embedding(model, X, cfg: SimulationConfig) -> np.ndarray:
+    """The embedding a trial clusters: the seed model's (``model`` fitted on the seed set), or the input."""
+    if cfg.cluster_space == "input":
+        return np.ascontiguousarray(X, dtype=np.float32)
+    return model.embed(X)
+
+
 def trial_clusters(dataset: Dataset, cfg: SimulationConfig, trial: int, threads: int | None = None):
     """The trial's one-time clustering, shared by its specs; returns ``(labels, diagnostics)``.
 
@@ -182,13 +189,10 @@ def trial_clusters(dataset: Dataset, cfg: SimulationConfig, trial: int, threads:
     model = _new_model(dataset, cfg, ts, threads)
     model.set_pool(X)
     free = _clusters.labels_free(cfg, model)
-    if cfg.cluster_space == "input":
-        E = np.ascontiguousarray(X, dtype=np.float32)
-    else:
-        if not free:
-            labeled = seed_set(X.shape[0], cfg, trial)
-            model.fit(X[labeled], y[labeled])
-        E = model.embed(X)
+    if cfg.cluster_space != "input" and not free:
+        labeled = seed_set(X.shape[0], cfg, trial)
+        model.fit(X[labeled], y[labeled])
+    E = clustered_embedding(model, X, cfg)
     params = _clusters.clustering_params(cfg, cfg.seed if free else ts)
     res = _clusters.cluster_embedding(E, params, cache=cfg.cluster_cache)
     del E
@@ -242,6 +246,9 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
             clusters = trial_clusters(dataset, cfg, trial, threads)
         cl = clusters[0]
         diag.update(clusters[1])
+    # cluster-margin's near-duplicate test (dup=) reads the embedding the pool was clustered on, as a
+    # campaign's reads its one embedding; BADGE and coreset read the current model's each round
+    fixed_E = clustered_embedding(model, X, cfg) if {"clusters", "embeddings"} <= set(spec.requires) else None
     rare = None if dataset.multilabel else rare_classes(dataset)
     # the campaign's label-free stopping signals, computed the same way (batchal.stopping)
     tracker = StopTracker(X.shape[0], seed=ts)
@@ -269,7 +276,7 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
     record(0, 0.0, 0.0)
     for r in range(1, cfg.rounds + 1):
         P = model.predict_proba(X)
-        E = model.embed(X) if "embeddings" in spec.requires else None
+        E = fixed_E if fixed_E is not None else (model.embed(X) if "embeddings" in spec.requires else None)
         t0 = time.perf_counter()
         selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
         batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl, labeled=labeled,

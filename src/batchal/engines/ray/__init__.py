@@ -63,17 +63,15 @@ class RayEngine(Engine):
         """The next batch (row indices in selection order), as :func:`batchal.select` returns it.
 
         ``probs``/``logits``: Parquet shards (file, directory or list of files),
-        a ``.npy`` every worker can read, or an array. See
+        a ``.npy`` every worker can read, or an array. ``embeddings`` stay on the
+        driver and are read at the candidates only (``cluster-margin:...:dup=``). See
         :func:`batchal.engines.ray.select.ray_select`.
         """
         from .select import ray_select
 
-        if embeddings is not None:
-            raise BatchalInputError("the ray engine's strategies do not read embeddings; use --engine local "
-                                    "for coreset and badge")
         with input_errors():
             return ray_select(strategy, batch_size, probs=probs, logits=logits, clusters=clusters, labeled=labeled,
-                              multilabel=multilabel, aggregate=aggregate, seed=seed, column=column,
+                              embeddings=embeddings, multilabel=multilabel, aggregate=aggregate, seed=seed, column=column,
                               id_column=id_column, progress=progress, defaults=defaults, **params)
 
     def pool(self, *, probs=None, logits=None, embeddings=None, clusters=None, labeled=None,
@@ -86,16 +84,13 @@ class RayEngine(Engine):
         """
         from .select import ray_pool
 
-        if embeddings is not None:
-            raise BatchalInputError("the ray engine's strategies do not read embeddings; use --engine local "
-                                    "for coreset and badge")
         if probs is None and logits is None:
             from ..local import LocalEngine
 
             return LocalEngine().pool(clusters=clusters, labeled=labeled, multilabel=multilabel, aggregate=aggregate)
         with input_errors():
             return ray_pool(probs=probs, logits=logits, clusters=clusters, labeled=labeled, multilabel=multilabel,
-                            aggregate=aggregate, progress=progress)
+                            aggregate=aggregate, progress=progress, embeddings=embeddings)
 
     # ---------------------------------------------------------------- inference
     def predict(self, pool, model_factory, out, **kw) -> dict:

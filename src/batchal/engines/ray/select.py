@@ -119,8 +119,13 @@ class RayPool(Pool):
     distributed = True
 
     def __init__(self, source: RowSource, *, is_logits: bool = False, clusters=None, labeled=None,
-                 multilabel: bool = False, aggregate: str = "min", max_inflight: int = 4, progress: bool = False):
-        self.probs = self.logits = self.embeddings = self.topk = self.scores = None
+                 multilabel: bool = False, aggregate: str = "min", max_inflight: int = 4, progress: bool = False,
+                 embeddings=None):
+        self.probs = self.logits = self.topk = self.scores = None
+        # like the cluster ids, kept on the driver (a memory map): only the candidates' rows are read (dup=...)
+        self.embeddings = embeddings
+        if embeddings is not None and embeddings.shape[0] != source.n:
+            raise BatchalInputError(f"embeddings have {embeddings.shape[0]:,} rows; the predictions {source.n:,}")
         self.source = source
         self.is_logits = is_logits
         self.multilabel = multilabel
@@ -242,11 +247,13 @@ class RayPool(Pool):
 
 def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel: bool = False,
              aggregate: str = "min", column: str | None = None, id_column: str | None = "id",
-             progress: bool = False, max_inflight: int | None = None, n_classes: int | None = None) -> RayPool:
+             progress: bool = False, max_inflight: int | None = None, n_classes: int | None = None,
+             embeddings=None) -> RayPool:
     """The :class:`RayPool` over ``probs`` or ``logits`` (Parquet shards, a shared ``.npy``, or an array).
 
-    ``clusters`` and ``labeled`` are arrays or paths, kept on the driver
-    (``clusters`` is only read at the candidates). See :func:`ray_select`.
+    ``clusters``, ``labeled`` and ``embeddings`` are arrays or paths, kept on the
+    driver (``clusters`` and ``embeddings`` are only read at the candidates). See
+    :func:`ray_select`.
     """
     import ray
 
@@ -265,15 +272,17 @@ def ray_pool(*, probs=None, logits=None, clusters=None, labeled=None, multilabel
         clusters = load_array(clusters, name="clusters")
     if labeled is not None and not isinstance(labeled, np.ndarray):
         labeled = load_array(labeled, name="labeled")
+    if embeddings is not None and not isinstance(embeddings, np.ndarray):
+        embeddings = load_array(embeddings, name="embeddings")
     if max_inflight is None:
         from ._session import RaySession
 
         max_inflight = 2 * RaySession.cpus()
     return RayPool(src, is_logits=logits is not None, clusters=clusters, labeled=labeled, multilabel=multilabel,
-                   aggregate=aggregate, max_inflight=max_inflight, progress=progress)
+                   aggregate=aggregate, max_inflight=max_inflight, progress=progress, embeddings=embeddings)
 
 
-def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=None, labeled=None,
+def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=None, labeled=None, embeddings=None,
                multilabel: bool = False, aggregate: str = "min", seed=None, column: str | None = None,
                id_column: str | None = "id", progress: bool = False, max_inflight: int | None = None,
                defaults: dict | None = None, n_classes: int | None = None, **params) -> np.ndarray:
@@ -285,8 +294,9 @@ def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=N
     ``.npy`` path every worker can read, or an array; or top-k predictions: Parquet
     shards with ``top_classes`` and ``top_probs`` list columns, or a
     :class:`batchal.topk.TopK` (``n_classes``: the vocabulary size their class ids
-    are checked against; default the files' metadata). ``clusters`` and
-    ``labeled`` are arrays or paths (``clusters`` is only read at the candidates).
+    are checked against; default the files' metadata). ``clusters``, ``labeled``
+    and ``embeddings`` (read by ``cluster-margin:...:dup=``) are arrays or paths
+    (``clusters`` and ``embeddings`` are only read at the candidates).
     """
     spec = check_ray_strategy(strategy)
     if probs is not None and logits is not None:
@@ -297,6 +307,6 @@ def ray_select(strategy, batch_size: int, *, probs=None, logits=None, clusters=N
                                     "logits (they also give the pool's size)")
     pool = ray_pool(probs=probs, logits=logits, clusters=clusters, labeled=labeled, multilabel=multilabel,
                     aggregate=aggregate, column=column, id_column=id_column, progress=progress,
-                    max_inflight=max_inflight, n_classes=n_classes)
+                    max_inflight=max_inflight, n_classes=n_classes, embeddings=embeddings)
     selector = spec.make(random_state=seed, defaults=defaults, **params)
     return selector.select(pool, batch_size)

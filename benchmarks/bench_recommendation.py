@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""The recommended spec's rule against the evidence: one table over plain and redundant pools.
+
+For each configuration (pool, model, batch size) the simulator replays the same
+seed sets for random, margin, the paper's ``cluster-margin``, the earlier
+recommended spec (near-duplicates judged on predicted probabilities,
+``tol=0.1``) and the candidate rule (near-duplicates judged on the embedding,
+cosine distance ``dup``), and reports for each the labels needed to reach
+random's final metric as a ratio to margin's, with the curve's range (seed-set
+model and whole-pool model) beside it so that a ratio from a flat curve is seen
+as such.
+
+Usage::
+
+    python benchmarks/bench_recommendation.py --configs digits digits-redundant mnist1d-mlp
+    python benchmarks/bench_recommendation.py --list
+
+Results (one JSON per configuration) go to ``benchmarks/results/recommendation/``;
+``--table`` prints the markdown table from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "recommendation"
+
+OLD = "cluster-margin:order=margin:tol=0.1"
+SPECS = ["random", "margin", "cluster-margin", OLD, "cluster-margin:order=margin:dup=0.01"]
+
+
+def _pool(name: str):
+    from batchal.simulate import load_dataset, make_redundant
+
+    base, _, red = name.partition("+")
+    kind, _, size = base.partition("@")
+    ds = load_dataset(kind, size=int(size) if size else None)
+    if red:
+        ds = make_redundant(ds, red, seed=0)
+    return ds
+
+
+#: name -> (pool, model, batch share of the pool, trials, extra SimulationConfig fields)
+CONFIGS = {
+    "digits": ("digits", "logreg", 0.025, 10, {}),
+    "digits-redundant": ("digits+zipf", "logreg", 0.025, 10, {}),
+    "digits-mlp": ("digits", "mlp", 0.025, 5, {}),
+    "digits-redundant-mlp": ("digits+zipf", "mlp", 0.025, 5, {}),
+    "mnist1d-mlp": ("mnist1d@20000", "mlp", 0.025, 3, {}),
+    "mnist1d-redundant-mlp": ("mnist1d@10000+zipf", "mlp", 0.025, 3, {}),
+    "fmnist-redundant-logreg": ("fashion-mnist@10000+zipf", "logreg", 0.025, 3, {}),
+    "manyclass-logreg": ("manyclass@12000", "logreg", 0.025, 3, {}),
+    "manyclass-mlp": ("manyclass@100000", "mlp", 0.03, 3, {}),
+    "manyclass-redundant-mlp": ("manyclass@30000+zipf", "mlp", 0.03, 3, {}),
+    "fmnist-web-logreg": ("fmnist-web@100000", "logreg", 0.03, 3, {}),
+}
+
+
+def run(name: str, jobs: int | None) -> dict:
+    from batchal.simulate import SimulationConfig, simulate
+    from batchal.simulate.report import _by, ratio_to_margin, verdict
+
+    pool, model, share, trials, extra = CONFIGS[name]
+    ds = _pool(pool)
+    n = ds.X.shape[0]
+    b = max(10, round(share * n))
+    cfg = SimulationConfig(strategies=SPECS, seed_size=b, batch_size=b, rounds=6, trials=trials, model=model,
+                           progress=False, n_jobs=jobs, **extra)
+    t0 = time.perf_counter()
+    res = simulate(ds, cfg)
+    wall = time.perf_counter() - t0
+    target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
+    ratios = ratio_to_margin(res.rows, SPECS, target)
+    _, m_acc = _by(res.rows, "margin")
+    rounds = {}
+    for s in SPECS[2:]:
+        _, acc = _by(res.rows, s)
+        v = [verdict(acc[i] - m_acc[i])[2] for i in range(1, acc.shape[0])]
+        rounds[s] = [v.count("above"), v.count("within spread"), v.count("below")]
+    _, r_acc = _by(res.rows, "random")
+    out = {"config": name, "pool": pool, "rows": n, "classes": ds.n_classes, "model": model, "batch": b,
+           "trials": trials, "seed_metric": float(np.nanmean(r_acc[0])), "full_metric": res.full_score,
+           "random_final": target, "ratios": {s: list(v) for s, v in ratios.items()}, "rounds_vs_margin": rounds,
+           "final": {s: float(np.nanmean(_by(res.rows, s)[1][-1])) for s in SPECS}, "wall_s": wall}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def table() -> str:
+    from batchal.simulate.report import fmt_ratio
+
+    lines = ["| configuration | rows x classes | model | batch | seed set -> whole pool | random's final | "
+             + " | ".join(f"`{s}` / margin" for s in SPECS[2:]) + " | rounds vs margin (dup) | wall |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * (len(SPECS) - 2) + "---|---:|"]
+    for name in CONFIGS:
+        f = RESULTS / f"{name}.json"
+        if not f.exists():
+            continue
+        r = json.loads(f.read_text())
+        rise = r["full_metric"] - r["seed_metric"]
+        flat = " (flat)" if rise < 0.02 else ""
+        cells = [fmt_ratio(tuple(r["ratios"][s])) for s in SPECS[2:]]
+        rv = r["rounds_vs_margin"][SPECS[-1]]
+        lines.append(f"| {name} | {r['rows']:,} x {r['classes']} | {r['model']} | {r['batch']:,} | "
+                     f"{r['seed_metric']:.3f} -> {r['full_metric']:.3f}{flat} | {r['random_final']:.3f} | "
+                     + " | ".join(cells) + f" | {rv[0]}/{rv[1]}/{rv[2]} | {r['wall_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="*", default=[])
+    ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    a = ap.parse_args(argv)
+    if a.list:
+        print("\n".join(f"{k}: {v[0]}, {v[1]}, batches of {100 * v[2]:g}%, {v[3]} trials" for k, v in CONFIGS.items()))
+        return 0
+    for name in a.configs:
+        if name not in CONFIGS:
+            print(f"unknown configuration {name!r}; --list shows them", file=sys.stderr)
+            return 2
+        r = run(name, a.jobs)
+        print(f"{name}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
+              + ", ".join(f"{s}: {r['ratios'][s]}" for s in SPECS[2:]) + f"; {r['wall_s']:.0f} s", flush=True)
+    if a.table or not a.configs:
+        print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
