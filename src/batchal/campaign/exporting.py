@@ -104,22 +104,33 @@ def _data_columns(campaign, ids: list, columns: list) -> dict:
                                 "(items added from a .npy carry no data columns)")
     return {c: t.column(c).take(pos).to_pylist() for c in columns}
 
-def labels(campaign) -> pa.Table:
-    """The labeled set: ``id``, ``label`` (multi-label ``a|b``), ``round``."""
+def labels(campaign, *, propagated: bool = True) -> pa.Table:
+    """The labeled set: ``id``, ``label`` (multi-label ``a|b``), ``round``, ``propagated``.
+
+    Bought labels first (``propagated`` false), then, with ``propagated=True``, the
+    labels copied from near-duplicate representatives (``propagated`` true; their
+    ``round`` is the round of the label they copy), so a training set can take
+    or leave them.
+    """
+    from .store import has_table
+
     with campaign._store.read() as conn:
-        rows = conn.execute("SELECT item_id, label, round FROM labels ORDER BY round, row").fetchall()
+        rows = conn.execute("SELECT item_id, label, round, 0 FROM labels ORDER BY round, row").fetchall()
+        if propagated and has_table(conn, "propagated"):
+            rows += conn.execute("SELECT item_id, label, round, 1 FROM propagated ORDER BY round, row").fetchall()
         kind = campaign._meta(conn, "id_kind")
     ids = [r[0] for r in rows]
     return pa.table({"id": pa.array(ids, type=pa.int64() if kind == "int" else pa.large_string()),
                      "label": pa.array([r[1] for r in rows], type=pa.large_string()),
-                     "round": pa.array([r[2] for r in rows], type=pa.int64())})
+                     "round": pa.array([r[2] for r in rows], type=pa.int64()),
+                     "propagated": pa.array([bool(r[3]) for r in rows], type=pa.bool_())})
 
-def write_labels(campaign, out) -> Path:
-    """Write the labeled set as ``.csv`` or ``.parquet``."""
+def write_labels(campaign, out, *, propagated: bool = True) -> Path:
+    """Write the labeled set (:func:`labels`) as ``.csv`` or ``.parquet``."""
     from ..io import atomic_write
 
     out = Path(out)
-    t = labels(campaign)
+    t = labels(campaign, propagated=propagated)
     if out.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
