@@ -475,3 +475,30 @@ def _query_id_rows(cfg: SelectionConfig, ids, resolve_ids) -> np.ndarray:
     if unknown.size:
         raise cfg.err("similar.query_ids", f"{unknown.size:,} ids are not in the pool, e.g. {ids[unknown[0]]!r}")
     return rows
+
+
+#: What ``simulate --config`` applies: the rest needs data a simulated pool has not (metadata, item ids, ...)
+SIMULATE_KEYS = ("strategy", "balance", "candidates", "dedup.threshold", "dedup.metric", "dedup.propagate")
+
+
+def simulation_settings(cfg: SelectionConfig) -> dict:
+    """What a config sets in a simulation: ``strategy`` (a spec text, or None) and ``propagate``
+    (the groups' threshold, or None) with ``propagate_metric``.
+
+    Raises
+    ------
+    BatchalInputError
+        Naming the file and the first key the simulator does not apply, or an
+        inline share table (a simulated strategy is a spec text; give the
+        shares as a JSON file).
+    """
+    cfg.refuse(SIMULATE_KEYS, "simulate", "a simulated pool has no metadata, item ids or query files")
+    if isinstance(cfg.balance, dict):
+        raise cfg.err("balance", "simulate takes the shares as a JSON file (balance = \"shares.json\"); "
+                                 "a simulated strategy is a spec text")
+    out = {"strategy": None, "propagate": None, "propagate_metric": cfg.dedup.get("metric", "cosine")}
+    if cfg.strategy is not None or cfg.balance is not None or cfg.candidates is not None:
+        out["strategy"] = config_spec(cfg).text
+    if cfg.dedup.get("propagate"):
+        out["propagate"] = float(cfg.dedup["threshold"])
+    return out
