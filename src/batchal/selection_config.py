@@ -383,6 +383,13 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
     (StrategySpec, bool mask of rows to treat as labeled for this selection)
     """
     spec = config_spec(cfg, strategy)
+    if cfg.balance is not None and cfg.balance not in ("uniform", "input") and cfg.balance_by is None:
+        from .selectors.balance import by_class_name, check_balance
+
+        try:  # a table keyed by class names is checked against the pool's names here, naming the key
+            by_class_name(check_balance(cfg.balance), getattr(pool, "class_names", None))
+        except BatchalInputError as exc:
+            raise cfg.err("balance", str(exc)) from None
     if cfg.balance_by is not None and pool.metadata is None:
         from .io import ParquetColumns
 

@@ -126,7 +126,7 @@ def check_balance(balance, by: str | None = None):
     return out
 
 
-def _by_class_name(balance: dict, class_names) -> dict:
+def by_class_name(balance: dict, class_names) -> dict:
     """A share table with class names as keys, as class ids (ids stay ids); errors name the unknown class."""
     named = [c for c in balance if isinstance(c, str)]
     if not named:
@@ -184,7 +184,7 @@ def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None,
         for v, share in balance.items():
             t[where[v]] = share
         return t
-    balance = _by_class_name(balance, class_names)
+    balance = by_class_name(balance, class_names)
     bad = [c for c in balance if c >= n_classes]
     if bad:
         raise BatchalInputError(f"balance: class {bad[0]} does not exist; the predictions have {n_classes} classes "
