@@ -19,8 +19,6 @@ pool.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import numpy as np
@@ -34,21 +32,15 @@ CACHE_VERSION = 1
 def duplicate_groups(E: np.ndarray, threshold: float, metric: str, *, cache: bool = True) -> np.ndarray:
     """int64 group id of each row of ``E`` (cached under ``cache_dir()/dedup`` when ``cache``)."""
     from ..dedup import near_duplicate_groups
-    from .clusters import embedding_hash
-    from .datasets import cache_dir
+    from .clusters import cache_path
 
     params = {"threshold": float(threshold), "metric": metric, "version": CACHE_VERSION}
-    path = None
-    if cache:
-        key = hashlib.sha256((embedding_hash(E) + json.dumps(params, sort_keys=True)).encode()).hexdigest()[:32]
-        folder = cache_dir() / "dedup"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}.npy"
-        if path.exists():
-            try:
-                return np.load(path).astype(np.int64)
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                pass
+    path = cache_path("dedup", E, params, ".npy") if cache else None
+    if path is not None and path.exists():
+        try:
+            return np.load(path).astype(np.int64)
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            pass
     group = near_duplicate_groups(E, threshold, metric=metric)["group"]
     if path is not None:
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
