@@ -32,7 +32,9 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
         files where they lie, so with a remote cluster the campaign directory
         must be on storage every worker sees at the same path. The engine
         only computes: what is written, and in which transaction, is the same
-        for every engine (the engine is not part of the recorded parameters).
+        for every engine (the engine is not part of the recorded parameters),
+        except the kNN graph kept for :meth:`Campaign.dedup`, which only the
+        local engine keeps (see Notes).
     clusters : (n,) int array or path, optional
         A precomputed clustering (one cluster id per item, in the campaign's
         order) used instead of clustering here, e.g. one made on another
