@@ -232,3 +232,37 @@ def test_cli_kill_points_then_rerun(pool):
     r = subprocess.run(lab + ["--close"], capture_output=True, text=True)
     assert r.returncode == 0 and "50 new labels" in r.stderr
     checked(d)
+
+
+def test_kill_points_of_dedup_propagation_and_undo(pool):
+    """Propagated labels survive kill -9 as bought ones do: all of a command's or none; undo likewise."""
+    tmp, ids = pool
+    d = tmp / "c"
+    killed = -signal.SIGKILL
+    Campaign.init(d, tmp / "pool.parquet").cluster(mean_cluster_size=10, method="graph")
+    for point in ("file-tmp:dedup", "file-written:dedup", "file-written:dedup-rep", "dedup:before-commit"):
+        assert child(d, "dedup", point, threshold=0.0008) == killed, point
+        assert checked(d).status()["dedup"] is None, point
+    assert child(d, "dedup", "dedup:after-commit", threshold=0.0008) == killed
+    c = checked(d)
+    assert c.dedup(0.0008)["unchanged"] and no_leftovers(d)
+    b = c.select(100, tmp / "pred.parquet", seed=5, exclude_duplicates=True)
+    write_label_csv(tmp / "l.csv", b.ids)
+    for point in ("label:propagated", "label:recorded", "label:before-commit"):
+        assert child(d, "label", point, labels=str(tmp / "l.csv"), propagate=True) == killed, point
+        s = checked(d).status()
+        assert (s["labeled"], s["propagated"]) == (0, 0), point
+    assert child(d, "label", "label:after-commit", labels=str(tmp / "l.csv"), propagate=True) == killed
+    s = checked(d).status()
+    assert s["labeled"] == 100 and s["propagated"] > 0
+    r = checked(d).label(tmp / "l.csv", propagate=True)  # the rerun: a no-op
+    assert (r["new"], r["same"], r["propagated"]) == (0, 100, 0)
+    got = Campaign(d).labels().to_pydict()
+    assert sum(got["propagated"]) == s["propagated"]
+    for point in ("undo:deleted", "undo:before-commit"):
+        assert child(d, "undo", point) == killed, point
+        assert checked(d).status()["propagated"] == s["propagated"], point
+    assert child(d, "undo", "undo:after-commit") == killed
+    s = checked(d).status()
+    assert (s["labeled"], s["propagated"], s["rounds"]) == (0, 0, [])
+    assert checked(d).dedup(0.0008)["unchanged"] and no_leftovers(d)  # the next writer removes the round's files

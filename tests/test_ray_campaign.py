@@ -80,7 +80,9 @@ def snapshot(path) -> dict:
             scores=[np.asarray(c._store.load_npy(f)).tobytes() for (f,) in
                     q("SELECT scores_file FROM rounds ORDER BY round")],
             labels=q("SELECT row, item_id, round, label FROM labels ORDER BY row"),
-            files=sorted(q("SELECT kind, count(*) FROM files GROUP BY kind")),
+            # the clustering's kNN graph (kept for `campaign dedup`) is the local engine's alone: the ray
+            # engine's graph stays distributed over its workers, and dedup then searches
+            files=sorted(q("SELECT kind, count(*) FROM files WHERE kind != 'knn' GROUP BY kind")),
             history=[(e, {k: v for k, v in json.loads(x).items() if k != "source"})  # source: the labels file
                      for e, x in q("SELECT command, detail FROM history ORDER BY seq")],
         )
@@ -131,6 +133,9 @@ def test_api_campaign_on_ray_records_the_local_campaign(engine, data, local, mon
     assert not labeled & set(b2.ids)  # labeled items excluded; returned ones may come back
     c.close()
     assert snapshot(d / "ray") == local["snap"]
+    r = Campaign(d / "ray")
+    with r._store.read() as conn:
+        assert r._meta(conn, "knn_graph") is None  # campaign dedup searches there, and says why
 
 
 def test_api_engine_by_name_and_refusals(engine, data, local, tmp_path):

@@ -20,9 +20,19 @@ import numpy as np
 
 from ._validation import BatchalInputError
 
-__all__ = ["near_duplicate_groups", "DEDUP_METRICS"]
+__all__ = ["near_duplicate_groups", "groups_from_knn", "edge_distances", "write_groups", "groups_table",
+           "check_dedup_args", "DEDUP_METRICS"]
 
 DEDUP_METRICS = ("cosine", "euclidean")
+
+
+def check_dedup_args(threshold, metric: str) -> None:
+    """Refuse an unknown metric or a threshold that is not a finite number >= 0."""
+    if metric not in DEDUP_METRICS:
+        raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(DEDUP_METRICS)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+            or not np.isfinite(threshold) or threshold < 0:
+        raise BatchalInputError(f"threshold must be a finite number >= 0; got {threshold!r}")
 
 
 def near_duplicate_groups(embeddings, threshold: float, *, metric: str = "cosine", knn: int = 20,
@@ -52,16 +62,9 @@ def near_duplicate_groups(embeddings, threshold: float, *, metric: str = "cosine
     bought for it is the one nearest to most of its copies. A row without a
     near-duplicate is a group of its own and its own representative.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     from .clustering.knn import knn_graph
 
-    if metric not in DEDUP_METRICS:
-        raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(DEDUP_METRICS)}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
-            or not np.isfinite(threshold) or threshold < 0:
-        raise BatchalInputError(f"threshold must be a finite number >= 0; got {threshold!r}")
+    check_dedup_args(threshold, metric)
     if getattr(embeddings, "ndim", None) != 2:
         raise BatchalInputError(f"embeddings must be a 2-d array (n, d); got shape {getattr(embeddings, 'shape', None)}")
     from ._validation import check_finite
@@ -71,10 +74,36 @@ def near_duplicate_groups(embeddings, threshold: float, *, metric: str = "cosine
     if n < 2:
         raise BatchalInputError("near-duplicate groups need at least 2 rows")
     g = knn_graph(embeddings, knn, metric=metric, method=method, random_state=random_state, progress=progress)
-    src = np.repeat(np.arange(n, dtype=np.int64), g.indices.shape[1]).reshape(g.indices.shape)
-    keep = (g.indices >= 0) & (g.distances <= threshold)
-    a, b = src[keep], g.indices[keep].astype(np.int64)
-    del src, keep, g
+    return groups_from_knn(g.indices, g.distances, threshold)
+
+
+def groups_from_knn(indices: np.ndarray, distances: np.ndarray, threshold: float) -> dict:
+    """Near-duplicate groups from given kNN lists (the kernel of :func:`near_duplicate_groups`).
+
+    A campaign calls it on the kNN graph its clustering stored, so a pool is never
+    searched twice (:func:`batchal.campaign.deduplicating.dedup`).
+
+    Parameters
+    ----------
+    indices : int array (n, k)
+        Row ``i``'s neighbours (``-1``: none).
+    distances : float array (n, k)
+        Their distances, in the metric ``threshold`` is given in.
+    threshold : float
+
+    Returns
+    -------
+    dict of int64 arrays (n,): ``row``, ``group``, ``representative`` (see
+    :func:`near_duplicate_groups`).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = indices.shape[0]
+    src = np.repeat(np.arange(n, dtype=np.int64), indices.shape[1]).reshape(indices.shape)
+    keep = (indices >= 0) & (distances <= threshold)
+    a, b = src[keep], np.asarray(indices)[keep].astype(np.int64)
+    del src, keep
     # undirected edges, each pair once: the degree counts a pair once even when both lists hold it
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     pairs = np.unique(lo * n + hi) if lo.shape[0] else np.empty(0, np.int64)
@@ -96,12 +125,58 @@ def near_duplicate_groups(embeddings, threshold: float, *, metric: str = "cosine
     return {"row": np.arange(n, dtype=np.int64), "group": group, "representative": rep_of_group[group]}
 
 
-def write_groups(path, groups: dict, *, name: str = "--out") -> None:
-    """Write the groups as Parquet (columns ``row``, ``group``, ``representative``), atomically."""
+def edge_distances(embeddings, indices: np.ndarray, metric: str, chunk_rows: int = 8192) -> np.ndarray:
+    """float32 (n, k) distances of stored kNN lists, recomputed from the embeddings (no search).
+
+    A clustering keeps only its neighbour lists (its search returns no distances,
+    to save n x k floats while the HAC runs); the distance of each listed pair
+    costs one dot product, O(n k d) in row chunks, never a scan for candidates.
+
+    Parameters
+    ----------
+    embeddings : array (n, d)
+    indices : int array (n, k), ``-1`` for no neighbour
+    metric : {"cosine", "euclidean"}
+    chunk_rows : int
+    """
+    from ._validation import iter_chunks
+
+    n, k = indices.shape
+    out = np.full((n, k), np.inf, dtype=np.float32)
+    for a, b in iter_chunks(n, chunk_rows):
+        I = np.asarray(indices[a:b], dtype=np.int64)
+        ok = I >= 0
+        A = np.asarray(embeddings[a:b], dtype=np.float64)
+        uniq, inv = np.unique(I[ok], return_inverse=True)
+        srt = np.asarray(embeddings[uniq], dtype=np.float64)  # sorted rows: sequential reads of a memory map
+        B = np.zeros(I.shape + (A.shape[1],))
+        B[ok] = srt[inv]
+        if metric == "cosine":
+            A = A / np.maximum(np.linalg.norm(A, axis=1), 1e-30)[:, None]
+            B = B / np.maximum(np.linalg.norm(B, axis=2), 1e-30)[:, :, None]
+            d = 1.0 - np.einsum("id,ikd->ik", A, B)
+        else:
+            d = np.sqrt(np.maximum(((B - A[:, None, :]) ** 2).sum(2), 0.0))
+        out[a:b] = np.where(ok, np.maximum(d, 0.0), np.inf)
+    return out
+
+
+def groups_table(groups: dict, ids=None):
+    """The groups as a pyarrow Table: ``row``, ``group``, ``representative`` (rows), or with
+    ``ids`` (a pyarrow array, one id per row) ``id``, ``group``, ``representative`` (the representative's id)."""
     import pyarrow as pa
+
+    if ids is None:
+        return pa.table({k: pa.array(groups[k]) for k in ("row", "group", "representative")})
+    return pa.table({"id": ids, "group": pa.array(groups["group"]),
+                     "representative": ids.take(pa.array(groups["representative"]))})
+
+
+def write_groups(path, groups: dict, *, ids=None, name: str = "--out") -> None:
+    """Write the groups as Parquet (:func:`groups_table`'s columns), atomically."""
     import pyarrow.parquet as pq
 
     from .io import atomic_write
 
-    table = pa.table({k: pa.array(groups[k]) for k in ("row", "group", "representative")})
+    table = groups_table(groups, ids)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp), name=name)

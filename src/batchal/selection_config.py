@@ -14,10 +14,23 @@
     source = ["web", "camera"]      # a column's value in this list
     language = "en"                 # equal to this value
     width = { min = 64, max = 4096 }
+    candidates = "neighbours:50"    # SEALS: only the 50 nearest unlabeled rows of each labeled row
     [similar]                       # candidates: the k unlabeled rows nearest to a query set
-    query = "failures.npy"          # query embeddings (or query_rows = "rows.npy", pool rows)
-    k = 5000
+    query = "failures.npy"          # query embeddings (or query_rows = "rows.npy", pool rows;
+    k = 5000                        #   or query_ids = "ids.txt", item ids: campaigns, or select --ids)
     metric = "cosine"
+    [dedup]                         # near-duplicates
+    exclude = true                  # keep rows that are not their group's representative out of the batch
+    groups = "groups.parquet"       # select: a `batchal dedup` output (a campaign uses its own groups)
+    threshold = 0.05                # simulate: the groups' distance for propagate
+    propagate = true                # simulate: copy each batch item's label to its group
+
+``batchal campaign select --config`` reads the same file; there ``balance_by``
+and ``[filters]`` may name columns of the campaign's own Parquet pool (no
+``metadata`` needed), and the resolved config (:meth:`SelectionConfig.resolved`)
+is stored with the round. ``batchal simulate --config`` takes the keys that
+make sense on a simulated pool (strategy, balance, candidates, ``[dedup]``)
+and refuses the others, naming them.
 
 Every rule narrows the *candidates*: a row outside them is treated as labeled
 for this selection (never selected; ``balance = "input"`` then reads the
@@ -44,8 +57,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 __all__ = ["SelectionConfig", "load_config", "apply_config"]
 
 _TOP = {"strategy": str, "balance": (str, dict), "balance_by": str, "max_margin": (int, float), "max_confidence": (int, float),
-        "min_entropy": (int, float), "metadata": str, "filters": dict, "similar": dict}
-_SIMILAR = {"query": str, "query_rows": str, "k": int, "metric": str, "nprobe": int}
+        "min_entropy": (int, float), "metadata": str, "filters": dict, "similar": dict, "candidates": str,
+        "dedup": dict}
+_SIMILAR = {"query": str, "query_rows": str, "query_ids": str, "k": int, "metric": str, "nprobe": int}
+_DEDUP = {"exclude": bool, "groups": str, "threshold": (int, float), "metric": str, "propagate": bool}
+_QUERY_KEYS = ("query", "query_rows", "query_ids")
 
 
 @dataclass
@@ -68,7 +84,11 @@ class SelectionConfig:
     filters : dict
         Column -> a value, a list of values or ``{"min": .., "max": ..}``.
     similar : dict or None
-        ``query`` or ``query_rows`` (resolved paths), ``k``, ``metric``, ``nprobe``.
+        ``query``, ``query_rows`` or ``query_ids`` (resolved paths), ``k``, ``metric``, ``nprobe``.
+    candidates : str or None
+        ``neighbours:K`` (:mod:`batchal.selectors.candidates`).
+    dedup : dict
+        ``exclude``, ``groups`` (a resolved path), ``threshold``, ``metric``, ``propagate`` that were given.
     """
 
     path: Path
@@ -79,13 +99,55 @@ class SelectionConfig:
     metadata: Path | None = None
     filters: dict = field(default_factory=dict)
     similar: dict | None = None
+    candidates: str | None = None
+    dedup: dict = field(default_factory=dict)
+    given: tuple = ()
 
     def err(self, key: str, msg: str) -> BatchalInputError:
         return BatchalInputError(f"--config {self.path}: {key}: {msg}")
 
+    def refuse(self, allowed: tuple, where: str, why: str) -> None:
+        """Refuse every key given outside ``allowed`` (dotted ``dedup.x`` keys included), naming the first."""
+        keys = [*[k for k in self.given if k != "dedup"], *(f"dedup.{k}" for k in self.dedup)]
+        bad = [k for k in keys if k not in allowed]
+        if bad:
+            raise self.err(bad[0], f"{where} does not apply it ({why}); it takes: {', '.join(allowed)}")
+
+    def resolved(self, strategy: str | None = None) -> dict:
+        """The config as JSON values, with what its files held where that decides the batch.
+
+        A share table given as a JSON file is inlined and every other file is
+        named with its SHA-256, so the stored record reproduces a round even
+        after the files change (``campaign select --config`` stores it per round).
+        """
+        from .campaign.store import sha256_file
+        from .selectors.balance import check_balance
+
+        def _file(path):
+            p = Path(path)
+            return {"path": str(p), "sha256": sha256_file(p) if p.is_file() else None}
+
+        out = {"file": _file(self.path), "strategy": strategy if strategy is not None else self.strategy}
+        if self.balance is not None:
+            bal = check_balance(self.balance, self.balance_by)
+            out["balance"] = bal if isinstance(bal, str) else {str(k): v for k, v in bal.items()}
+        for key in ("balance_by", "candidates"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update(self.thresholds)
+        if self.metadata is not None:
+            out["metadata"] = _file(self.metadata)
+        if self.filters:
+            out["filters"] = self.filters
+        if self.similar is not None:
+            out["similar"] = {k: (_file(v) if k in _QUERY_KEYS else v) for k, v in self.similar.items()}
+        if self.dedup:
+            out["dedup"] = {k: (_file(v) if k == "groups" else v) for k, v in self.dedup.items()}
+        return out
+
 
 def _type_name(t) -> str:
-    names = {str: "a string", dict: "a table", int: "an integer", float: "a number"}
+    names = {str: "a string", dict: "a table", int: "an integer", float: "a number", bool: "true or false"}
     ts = t if isinstance(t, tuple) else (t,)
     if set(ts) == {int, float}:
         return "a number"
@@ -94,12 +156,19 @@ def _type_name(t) -> str:
 
 def _check_type(cfg: SelectionConfig, key: str, value, t) -> None:
     ts = t if isinstance(t, tuple) else (t,)
-    if isinstance(value, bool) or not isinstance(value, ts):
+    if (isinstance(value, bool) and bool not in ts) or not isinstance(value, ts):
         raise cfg.err(key, f"must be {_type_name(t)}; got {value!r}")
 
 
-def load_config(path) -> SelectionConfig:
+def load_config(path, *, pool_columns: bool = False) -> SelectionConfig:
     """Read and validate a selection config (TOML).
+
+    Parameters
+    ----------
+    path : path of the TOML file
+    pool_columns : bool
+        The pool carries its own columns (a campaign's Parquet pool):
+        ``balance_by`` and ``[filters]`` then need no ``metadata`` file.
 
     Raises
     ------
@@ -134,8 +203,9 @@ def load_config(path) -> SelectionConfig:
         if "balance" in raw and "balance" in spec.params:
             raise cfg.err("balance", "also given in the strategy spec; give it once")
         cfg.strategy = spec.text
+    cfg.given = tuple(raw)
     if "balance_by" in raw:
-        if "metadata" not in raw:
+        if "metadata" not in raw and not pool_columns:
             raise cfg.err("balance_by", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the column from")
         if "strategy" in raw and "balance_by" in parse_spec(raw["strategy"]).params:
             raise cfg.err("balance_by", "also given in the strategy spec; give it once")
@@ -159,7 +229,7 @@ def load_config(path) -> SelectionConfig:
     if "metadata" in raw:
         cfg.metadata = base / raw["metadata"]
     if "filters" in raw:
-        if cfg.metadata is None:
+        if cfg.metadata is None and not pool_columns:
             raise cfg.err("filters", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the columns from")
         for col, cond in raw["filters"].items():
             key = f"filters.{col}"
@@ -182,36 +252,70 @@ def load_config(path) -> SelectionConfig:
             if key not in _SIMILAR:
                 raise cfg.err(f"similar.{key}", f"unknown key; [similar] takes: {', '.join(_SIMILAR)}")
             _check_type(cfg, f"similar.{key}", value, _SIMILAR[key])
-        if ("query" in sim) == ("query_rows" in sim):
-            raise cfg.err("similar", "give one of query (an embeddings file) or query_rows (a file of pool rows)")
+        if sum(k in sim for k in _QUERY_KEYS) != 1:
+            raise cfg.err("similar", "give one of query (an embeddings file), query_rows (a file of pool rows) or "
+                                     "query_ids (a file of item ids)")
         if "k" not in sim or sim["k"] < 1:
             raise cfg.err("similar.k", "give how many nearest rows are candidates (a positive integer)")
         cfg.similar = {**sim}
-        for key in ("query", "query_rows"):
+        for key in _QUERY_KEYS:
             if key in sim:
                 cfg.similar[key] = base / sim[key]
+    if "candidates" in raw:
+        from .selectors.candidates import parse_candidates
+
+        try:
+            parse_candidates(raw["candidates"])
+        except BatchalInputError as exc:
+            raise cfg.err("candidates", str(exc)) from None
+        if "strategy" in raw and "candidates" in parse_spec(raw["strategy"]).params:
+            raise cfg.err("candidates", "also given in the strategy spec; give it once")
+        cfg.candidates = raw["candidates"]
+    if "dedup" in raw:
+        for key, value in raw["dedup"].items():
+            if key not in _DEDUP:
+                raise cfg.err(f"dedup.{key}", f"unknown key; [dedup] takes: {', '.join(_DEDUP)}")
+            _check_type(cfg, f"dedup.{key}", value, _DEDUP[key])
+        d = dict(raw["dedup"])
+        if "threshold" in d and not (np.isfinite(d["threshold"]) and d["threshold"] >= 0):
+            raise cfg.err("dedup.threshold", f"must be a finite number >= 0; got {d['threshold']!r}")
+        if "metric" in d and d["metric"] not in ("cosine", "euclidean"):
+            raise cfg.err("dedup.metric", f"must be cosine or euclidean; got {d['metric']!r}")
+        if d.get("propagate") and "threshold" not in d:
+            raise cfg.err("dedup.propagate", "needs threshold = T (the groups' largest distance)")
+        if "groups" in d:
+            d["groups"] = base / d["groups"]
+        cfg.dedup = d
     return cfg
 
 
-def _filter_mask(cfg: SelectionConfig, n: int) -> np.ndarray:
-    """Rows passing every filter, reading only the filtered columns of the metadata."""
-    import pyarrow.parquet as pq
+def _filter_mask(cfg: SelectionConfig, pool) -> np.ndarray:
+    """Rows passing every filter, reading only the filtered columns (of ``metadata``, else of the pool's own)."""
+    n = pool.n
+    if cfg.metadata is not None:
+        import pyarrow.parquet as pq
 
-    path = cfg.metadata
-    try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise cfg.err("metadata", f"no such file {path}") from None
-    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise cfg.err("metadata", f"{path} is not a readable Parquet file: {exc}") from None
-    names = pf.schema_arrow.names
-    if pf.metadata.num_rows != n:
-        raise cfg.err("metadata", f"{path} has {pf.metadata.num_rows:,} rows but the pool has {n:,}")
+        path = cfg.metadata
+        try:
+            pf = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise cfg.err("metadata", f"no such file {path}") from None
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise cfg.err("metadata", f"{path} is not a readable Parquet file: {exc}") from None
+        names, where = pf.schema_arrow.names, f"the metadata {path}"
+        if pf.metadata.num_rows != n:
+            raise cfg.err("metadata", f"{path} has {pf.metadata.num_rows:,} rows but the pool has {n:,}")
+        read = lambda col: pf.read(columns=[col]).column(0).to_numpy(zero_copy_only=False)  # noqa: E731
+    elif pool.metadata is not None:
+        names, where = list(pool.metadata.column_names), "the pool"
+        read = lambda col: np.asarray(pool.metadata[col])  # noqa: E731
+    else:
+        raise cfg.err("filters", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the columns from")
     keep = np.ones(n, dtype=bool)
     for col, cond in cfg.filters.items():
         if col not in names:
-            raise cfg.err(f"filters.{col}", f"the metadata {path} has no column {col!r} (columns: {', '.join(names)})")
-        values = pf.read(columns=[col]).column(0).to_numpy(zero_copy_only=False)
+            raise cfg.err(f"filters.{col}", f"{where} has no column {col!r} (columns: {', '.join(names)})")
+        values = read(col)
         if isinstance(cond, dict):
             if not np.issubdtype(values.dtype, np.number):
                 raise cfg.err(f"filters.{col}", f"a range needs a numeric column; {col!r} holds {values.dtype}")
@@ -225,23 +329,10 @@ def _filter_mask(cfg: SelectionConfig, n: int) -> np.ndarray:
     return keep
 
 
-def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str | None = None):
-    """The spec to run and the rows the config rules out.
-
-    Parameters
-    ----------
-    cfg : SelectionConfig
-    pool : batchal.Pool
-        The pool as built from the inputs (its ``labeled`` rows stay excluded).
-    embeddings : array (n, d), optional
-        Needed by ``[similar]``.
-    strategy : str, optional
-        A spec given outside the config (``--strategy``); an error when the config has one too.
-
-    Returns
-    -------
-    (StrategySpec, bool mask of rows to treat as labeled for this selection)
-    """
+def config_spec(cfg: SelectionConfig, strategy: str | None = None):
+    """The spec the config runs: its strategy (or ``strategy``, given outside it) with its ``balance``,
+    ``balance_by`` and ``candidates`` folded in. Needs no pool, so a caller knows what the spec reads
+    before loading anything."""
     from .selectors.spec import StrategySpec, parse_spec
 
     if strategy is not None and cfg.strategy is not None:
@@ -250,7 +341,7 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
     if text is None:
         raise cfg.err("strategy", "missing: give strategy = \"SPEC\" in the config or --strategy")
     spec = parse_spec(text)
-    for key in ("balance", "balance_by"):
+    for key in ("balance", "balance_by", "candidates"):
         value = getattr(cfg, key)
         if value is None:
             continue
@@ -261,6 +352,44 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
                                "least-confidence and cluster-margin")
         label = value if isinstance(value, str) else "table"
         spec = StrategySpec(spec.name, {**spec.params, key: value}, f"{spec.text}:{key}={label}")
+    return spec
+
+
+def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str | None = None, resolve_ids=None,
+                 duplicates: np.ndarray | None = None):
+    """The spec to run and the rows the config rules out.
+
+    Parameters
+    ----------
+    cfg : SelectionConfig
+    pool : batchal.Pool
+        The pool as built from the inputs (its ``labeled`` rows stay excluded;
+        its ``metadata``, when set, serves ``balance_by`` and ``[filters]``
+        without a ``metadata`` file).
+    embeddings : array (n, d), optional
+        Needed by ``[similar]``.
+    strategy : str, optional
+        A spec given outside the config (``--strategy``); an error when the config has one too.
+    resolve_ids : callable, optional
+        Item ids (an array) -> pool rows, ``-1`` for an unknown id: what
+        ``similar.query_ids`` needs (a campaign's id index, or ``select --ids``).
+    duplicates : bool array (n,), optional
+        Rows that are not their near-duplicate group's representative, for
+        ``[dedup] exclude`` (a campaign's own groups); without it they are read
+        from ``[dedup] groups``.
+
+    Returns
+    -------
+    (StrategySpec, bool mask of rows to treat as labeled for this selection)
+    """
+    spec = config_spec(cfg, strategy)
+    if cfg.balance is not None and cfg.balance not in ("uniform", "input") and cfg.balance_by is None:
+        from .selectors.balance import by_class_name, check_balance
+
+        try:  # a table keyed by class names is checked against the pool's names here, naming the key
+            by_class_name(check_balance(cfg.balance), getattr(pool, "class_names", None))
+        except BatchalInputError as exc:
+            raise cfg.err("balance", str(exc)) from None
     if cfg.balance_by is not None and pool.metadata is None:
         from .io import ParquetColumns
 
@@ -268,9 +397,10 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
             pool.metadata = ParquetColumns(cfg.metadata, f"--config {cfg.path}: metadata")
         except BatchalInputError as exc:
             raise cfg.err("metadata", str(exc)) from None
-        if cfg.balance_by not in pool.metadata.column_names:
-            raise cfg.err("balance_by", f"the metadata {cfg.metadata} has no column {cfg.balance_by!r} "
-                                        f"(columns: {', '.join(pool.metadata.column_names)})")
+    if cfg.balance_by is not None and cfg.balance_by not in pool.metadata.column_names:
+        where = f"the metadata {cfg.metadata}" if cfg.metadata is not None else "the pool"
+        raise cfg.err("balance_by", f"{where} has no column {cfg.balance_by!r} "
+                                    f"(columns: {', '.join(pool.metadata.column_names)})")
     excluded = pool.labeled_mask.copy()
     th = cfg.thresholds
     if th:
@@ -283,29 +413,99 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
         if "min_entropy" in th:
             excluded |= pool.uncertainty("entropy") < th["min_entropy"]
     if cfg.filters:
-        excluded |= ~_filter_mask(cfg, pool.n)
+        excluded |= ~_filter_mask(cfg, pool)
+    if cfg.dedup.get("exclude"):
+        excluded |= duplicates if duplicates is not None else _duplicates(cfg, pool.n)
     if cfg.similar is not None:
-        from .io import load_array
-        from .similar import similar
-
-        if embeddings is None:
-            raise cfg.err("similar", "needs the pool's embeddings (--embeddings)")
-        sim = cfg.similar
-        try:
-            q = load_array(sim["query"], name="similar.query") if "query" in sim else None
-            qr = load_array(sim["query_rows"], name="similar.query_rows") if "query_rows" in sim else None
-            left = excluded.copy()
-            if qr is not None and np.asarray(qr).ndim == 1 and np.issubdtype(np.asarray(qr).dtype, np.integer):
-                left[np.asarray(qr)[(qr >= 0) & (qr < pool.n)]] = True  # query rows are never candidates
-            # fewer rows than k pass the other rules: all of them stay candidates
-            k = min(int(sim["k"]), int((~left).sum()))
-            if k < 1:
-                raise BatchalInputError("no row is left to search: every row is labeled or ruled out")
-            rows = similar(embeddings, q, k, query_rows=qr, metric=sim.get("metric", "cosine"),
-                           labeled=excluded, nprobe=sim.get("nprobe", 16))
-        except BatchalInputError as exc:
-            raise cfg.err("similar", str(exc)) from None
-        near = np.zeros(pool.n, dtype=bool)
-        near[rows] = True
-        excluded |= ~near
+        excluded |= ~_near_query(cfg, pool, embeddings, excluded, resolve_ids)
     return spec, excluded
+
+
+def _duplicates(cfg: SelectionConfig, n: int) -> np.ndarray:
+    """Rows that are not their group's representative, from a ``batchal dedup`` file (``row`` layout)."""
+    import pyarrow.parquet as pq
+
+    path = cfg.dedup.get("groups")
+    if path is None:
+        raise cfg.err("dedup.exclude", "needs groups = \"groups.parquet\" (the output of `batchal dedup`)")
+    try:
+        t = pq.ParquetFile(path).read(columns=["row", "representative"])
+    except FileNotFoundError:
+        raise cfg.err("dedup.groups", f"no such file {path}") from None
+    except Exception as exc:  # not Parquet, or without the columns
+        raise cfg.err("dedup.groups", f"{path} is not a `batchal dedup` output (columns row, group, "
+                                      f"representative): {exc}") from None
+    row = t.column("row").to_numpy()
+    rep = t.column("representative").to_numpy()
+    if row.shape[0] != n or not np.array_equal(row, np.arange(n)):
+        raise cfg.err("dedup.groups", f"{path} holds {row.shape[0]:,} rows; the pool has {n:,} (one per pool row)")
+    return rep != row
+
+
+def _near_query(cfg: SelectionConfig, pool, embeddings, excluded: np.ndarray, resolve_ids) -> np.ndarray:
+    """Bool (n,): the ``[similar]`` table's ``k`` rows nearest to its query, among rows not yet excluded."""
+    from .io import load_array
+    from .similar import similar
+
+    if embeddings is None:
+        raise cfg.err("similar", "needs the pool's embeddings (--embeddings)")
+    sim = cfg.similar
+    try:
+        q = load_array(sim["query"], name="similar.query") if "query" in sim else None
+        qr = load_array(sim["query_rows"], name="similar.query_rows") if "query_rows" in sim else None
+        if "query_ids" in sim:
+            qr = _query_id_rows(cfg, load_array(sim["query_ids"], name="similar.query_ids", text=True), resolve_ids)
+        left = excluded.copy()
+        if qr is not None and np.asarray(qr).ndim == 1 and np.issubdtype(np.asarray(qr).dtype, np.integer):
+            left[np.asarray(qr)[(qr >= 0) & (qr < pool.n)]] = True  # query rows are never candidates
+        # fewer rows than k pass the other rules: all of them stay candidates
+        k = min(int(sim["k"]), int((~left).sum()))
+        if k < 1:
+            raise BatchalInputError("no row is left to search: every row is labeled or ruled out")
+        rows = similar(embeddings, q, k, query_rows=qr, metric=sim.get("metric", "cosine"),
+                       labeled=excluded, nprobe=sim.get("nprobe", 16))
+    except BatchalInputError as exc:
+        if str(exc).startswith(f"--config {cfg.path}"):
+            raise
+        raise cfg.err("similar", str(exc)) from None
+    near = np.zeros(pool.n, dtype=bool)
+    near[rows] = True
+    return near
+
+
+def _query_id_rows(cfg: SelectionConfig, ids, resolve_ids) -> np.ndarray:
+    if resolve_ids is None:
+        raise cfg.err("similar.query_ids", "item ids need the pool's ids (select --ids, or a campaign)")
+    ids = np.asarray(ids).ravel()
+    rows = np.asarray(resolve_ids(ids), dtype=np.int64)
+    unknown = np.flatnonzero(rows < 0)
+    if unknown.size:
+        raise cfg.err("similar.query_ids", f"{unknown.size:,} ids are not in the pool, e.g. {ids[unknown[0]]!r}")
+    return rows
+
+
+#: What ``simulate --config`` applies: the rest needs data a simulated pool has not (metadata, item ids, ...)
+SIMULATE_KEYS = ("strategy", "balance", "candidates", "dedup.threshold", "dedup.metric", "dedup.propagate")
+
+
+def simulation_settings(cfg: SelectionConfig) -> dict:
+    """What a config sets in a simulation: ``strategy`` (a spec text, or None) and ``propagate``
+    (the groups' threshold, or None) with ``propagate_metric``.
+
+    Raises
+    ------
+    BatchalInputError
+        Naming the file and the first key the simulator does not apply, or an
+        inline share table (a simulated strategy is a spec text; give the
+        shares as a JSON file).
+    """
+    cfg.refuse(SIMULATE_KEYS, "simulate", "a simulated pool has no metadata, item ids or query files")
+    if isinstance(cfg.balance, dict):
+        raise cfg.err("balance", "simulate takes the shares as a JSON file (balance = \"shares.json\"); "
+                                 "a simulated strategy is a spec text")
+    out = {"strategy": None, "propagate": None, "propagate_metric": cfg.dedup.get("metric", "cosine")}
+    if cfg.strategy is not None or cfg.balance is not None or cfg.candidates is not None:
+        out["strategy"] = config_spec(cfg).text
+    if cfg.dedup.get("propagate"):
+        out["propagate"] = float(cfg.dedup["threshold"])
+    return out

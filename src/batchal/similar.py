@@ -159,6 +159,31 @@ class SimilarIndex:
             self._Xp, self._order, self._cell_ptr, self._C, _ = prepare_rows(X, metric, method="ivf",
                                                                              random_state=seed)
 
+    def _search(self, Qp: np.ndarray, allowed: np.ndarray, k: int, nprobe: int):
+        """Per prepared query, its ``k`` nearest allowed rows: ``(D, I)`` (q, k), ``-1`` where fewer exist."""
+        if self.method == "flat":
+            return _search_flat(self._X, Qp, allowed, k, self.metric, self.chunk_rows)
+        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+            raise BatchalInputError(f"nprobe must be a positive integer; got {nprobe!r}")
+        return _search_ivf(self, Qp, allowed, k, nprobe)
+
+    def neighbourhood(self, rows: np.ndarray, k: int, *, allowed: np.ndarray, nprobe: int = DEFAULT_NPROBE,
+                      chunk: int = 1024) -> np.ndarray:
+        """Bool mask (n,): the union over ``rows`` of each row's ``k`` nearest ``allowed`` rows.
+
+        SEALS' candidate pool (Coleman et al., AAAI 2022): every labeled row
+        contributes its own ``k`` nearest unlabeled neighbours (unlike
+        :meth:`query`, which keeps the ``k`` nearest to the set as a whole).
+        Queries run in chunks of ``chunk`` rows: memory O(chunk x k).
+        """
+        mask = np.zeros(self.n, dtype=bool)
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        for a in range(0, rows.shape[0], chunk):
+            Qp = _prep(np.asarray(self._X[rows[a:a + chunk]]), self.metric, "embeddings", 0)
+            _, I = self._search(Qp, allowed, int(k), nprobe)
+            mask[I[I >= 0]] = True
+        return mask
+
     def query(self, query=None, k: int = 100, *, query_rows=None, labeled=None, probs=None, logits=None,
               multilabel: bool = False, nprobe: int = DEFAULT_NPROBE, return_distance: bool = False):
         """The ``k`` allowed rows nearest to the query set; see :func:`similar` for the parameters."""
@@ -199,13 +224,7 @@ class SimilarIndex:
             pool = Pool(probs=probs, logits=logits, multilabel=multilabel)
             if pool.n != n:
                 raise BatchalInputError(f"predictions have {pool.n:,} rows but the embeddings have {n:,}")
-        Qp = _prep(Q, metric, "query")
-        if self.method == "flat":
-            D, I = _search_flat(X, Qp, ~excluded, int(k), metric, self.chunk_rows)
-        else:
-            if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-                raise BatchalInputError(f"nprobe must be a positive integer; got {nprobe!r}")
-            D, I = _search_ivf(self, Qp, ~excluded, int(k), nprobe)
+        D, I = self._search(_prep(Q, metric, "query"), ~excluded, int(k), nprobe)
         # union of the per-query lists, each row at its nearest query's distance, k smallest
         flat_i, flat_d = I.ravel(), D.ravel()
         keep = flat_i >= 0

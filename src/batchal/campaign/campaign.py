@@ -14,7 +14,8 @@ attached here as a method. A reader follows a command from here to its module.
 """
 from __future__ import annotations
 
-from . import adding, checking, clustering, creating, exporting, labeling, metrics, selecting, status
+from . import (adding, checking, clustering, creating, deduplicating, exporting, labeling, metrics, selecting,
+               status, undoing)
 from .core import CampaignCore
 from .selecting import Batch
 
@@ -38,6 +39,8 @@ class Campaign(CampaignCore):
 
     init = classmethod(creating.init)            # campaign init
     cluster = clustering.cluster                 # campaign cluster
+    dedup = deduplicating.dedup                  # campaign dedup
+    undo = undoing.undo                          # campaign undo
     select = selecting.select                    # campaign select (and the round's stop-set signals)
     label = labeling.label                       # campaign label
     batch = exporting.batch                      # campaign export

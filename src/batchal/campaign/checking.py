@@ -120,8 +120,30 @@ def check(campaign, *, hashes: bool = True) -> list[str]:
             rows = campaign._store.load_npy(campaign._meta(conn, "stop_set_file"))
             if rows.shape != (size,) or (size and (rows.min() < 0 or rows.max() >= n or (np.diff(rows) <= 0).any())):
                 problems.append(f"the stop set is not {size} distinct sorted rows of the pool")
+        problems += _check_propagated(conn)
         imported = q("SELECT coalesce(sum(n_new), 0) FROM imports")[0][0]
         labeled = q("SELECT count(*) FROM labels")[0][0]
         if imported != labeled:
             problems.append(f"{labeled} labels recorded but the imports account for {imported}")
+    return problems
+
+
+def _check_propagated(conn) -> list[str]:
+    """Propagated labels: on items neither bought nor pending, each copying its source's bought label and round."""
+    from .store import has_table
+
+    if not has_table(conn, "propagated"):
+        return []
+    q = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+    problems = []
+    both = q("SELECT p.item_id FROM propagated p JOIN labels l ON l.row=p.row LIMIT 5")
+    if both:
+        problems.append(f"items with a bought and a propagated label: {[x[0] for x in both]}")
+    pending = q("SELECT p.item_id FROM propagated p JOIN batch_items b ON b.row=p.row AND b.returned=0 LIMIT 5")
+    if pending:
+        problems.append(f"propagated labels on items in a batch: {[x[0] for x in pending]}")
+    bad = q("SELECT p.item_id FROM propagated p LEFT JOIN labels l ON l.row=p.source_row WHERE l.row IS NULL "
+            "OR l.label IS NOT p.label OR l.round IS NOT p.round LIMIT 5")
+    if bad:
+        problems.append(f"propagated labels that do not copy their representative's bought label: {[x[0] for x in bad]}")
     return problems

@@ -32,13 +32,24 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
         files where they lie, so with a remote cluster the campaign directory
         must be on storage every worker sees at the same path. The engine
         only computes: what is written, and in which transaction, is the same
-        for every engine (the engine is not part of the recorded parameters).
+        for every engine (the engine is not part of the recorded parameters),
+        except the kNN graph kept for :meth:`Campaign.dedup`, which only the
+        local engine keeps (see Notes).
     clusters : (n,) int array or path, optional
         A precomputed clustering (one cluster id per item, in the campaign's
         order) used instead of clustering here, e.g. one made on another
         system. No tree is kept; the recorded parameters are the ids' hash.
         ``add`` then puts each new item in its nearest neighbour's cluster
         (``metric``), whatever the distance (the threshold is infinite).
+
+    Notes
+    -----
+    The graph method's directed kNN lists are kept (an int32 ``(n, knn)`` file,
+    written from the search's buffer before the HAC reuses it, so no extra
+    memory) and recorded with the clustering in the same transaction:
+    :meth:`Campaign.dedup` reads them instead of searching the pool again. The
+    exact method builds no graph, a precomputed clustering brings none, and the
+    ray engine's graph stays distributed over its workers; dedup then searches.
     """
     if clusters is not None:
         if threshold is not None or mean_cluster_size is not None:
@@ -62,18 +73,47 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
                     f"the campaign is already clustered ({json.loads(cur[1])}); the clustering is one-time, "
                     "pass --force to replace it")
         eng, owned = engine_arg(engine)
+        kept: dict = {}
         try:
             # an engine whose workers read files gets the shards' paths: the pool never passes the driver
             X = campaign._embedding_files(conn) if eng.reads_files else campaign._embeddings(conn)
+            extra = {} if eng.name != "local" else dict(knn_out=_knn_sink(campaign, kept))
             model = eng.cluster(X, threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric,
-                                method=method, knn=knn, progress=progress, random_state=seed)
+                                method=method, knn=knn, progress=progress, random_state=seed, **extra)
         finally:
             if owned:
                 eng.close()
         n_rows = int(model.labels_.shape[0])
         tree = campaign._store.write_npy(conn, "tree", model.linkage_)
+        graph = None
+        if kept:
+            kept.pop("mm").flush()
+            name = campaign._store.adopt(conn, kept["name"], "knn", shape=kept["shape"], dtype=np.int32)
+            graph = dict(file=name, metric=metric, k=int(kept["shape"][1]), n_rows=n_rows)
+        _set_graph(campaign, conn, graph)
         rep = _record(campaign, conn, cur, model, model.labels_.astype(np.int64), tree, params, metric, n_rows)
     return rep
+
+
+def _knn_sink(campaign, kept: dict):
+    """``knn_out`` for :class:`batchal.AverageLinkage`: a memory map in the campaign's arrays, named now,
+    registered by the caller once the clustering is done (an unregistered file is garbage after a crash)."""
+    from numpy.lib.format import open_memmap
+
+    def sink(n: int, k: int):
+        kept["name"] = campaign._store.new_name("knn", ".npy")
+        kept["shape"] = (n, k)
+        kept["mm"] = open_memmap(campaign._store.path_of(kept["name"]), mode="w+", dtype=np.int32, shape=(n, k))
+        return kept["mm"]
+    return sink
+
+
+def _set_graph(campaign, conn, graph: dict | None) -> None:
+    """Record the clustering's kNN graph (None: this clustering has none), retiring the previous one."""
+    old = campaign._meta(conn, "knn_graph")
+    if old is not None:
+        campaign._store.forget(conn, old["file"])
+    campaign._store.set_meta(conn, "knn_graph", graph)
 
 
 def _record(campaign, conn, cur, model, labels, tree, params: dict, metric: str, n_rows: int) -> dict:
@@ -137,5 +177,6 @@ def _cluster_given(campaign, clusters, metric: str, force: bool) -> dict:
                     "pass --force to replace it")
         model = SimpleNamespace(labels_=labels, threshold_=float("inf"), metric=metric, method_="precomputed",
                                 method_reason_=f"cluster ids given ({src})")
+        _set_graph(campaign, conn, None)
         rep = _record(campaign, conn, cur, model, labels, None, params, metric, n)
     return rep

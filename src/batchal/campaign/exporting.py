@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from .._validation import BatchalInputError
@@ -73,53 +74,115 @@ def export(campaign, round: int, out, *, format: str | None = None, data_columns
 def _data_columns(campaign, ids: list, columns: list) -> dict:
     """Values of ``columns`` for ``ids``, read from the pool's Parquet files."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     with campaign._store.read() as conn:
-        files = [r[0] for r in conn.execute("SELECT path FROM pool_files WHERE role='pool' ORDER BY shard, seq")]
-        id_col = campaign._meta(conn, "id_column")
-        index = campaign._index(conn)
-    want = index.cast(pa.array(ids), "batch")
-    found = []
-    for f in files:
-        if not f.endswith(".parquet"):
-            continue
-        if not Path(f).exists():
-            raise BatchalInputError(f"--data-column: the pool file {f} is gone; it holds the data columns")
-        names = pq.read_schema(f).names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise BatchalInputError(f"--data-column {missing[0]!r} is not a column of {f} (columns: {', '.join(names)})")
-        t = pq.ParquetFile(f).read(columns=[id_col, *columns])
-        tid = index.cast(t.column(id_col), f)
-        hit = pc.is_in(tid, value_set=want)
-        sub = t.filter(hit)
-        found.append(pa.table({"__id": tid.filter(hit), **{c: sub.column(c) for c in columns}}))
-    if not found:
-        raise BatchalInputError("--data-column needs a Parquet pool; this campaign's pool has no Parquet files")
-    t = pa.concat_tables(found)
+        src = _pool_source(campaign, conn)
+    want = src[2].cast(pa.array(ids), "batch")
+    t = _pool_columns(src, columns, "--data-column", want)
     pos = pc.index_in(want, value_set=t.column("__id").combine_chunks())
     if pos.null_count:
         raise BatchalInputError(f"--data-column: {pos.null_count} items of the batch are not in the pool files "
                                 "(items added from a .npy carry no data columns)")
     return {c: t.column(c).take(pos).to_pylist() for c in columns}
 
-def labels(campaign) -> pa.Table:
-    """The labeled set: ``id``, ``label`` (multi-label ``a|b``), ``round``."""
+
+def _pool_source(campaign, conn) -> tuple:
+    """``(pool files, id column, id index)``: where a campaign's pool columns are read from."""
+    files = [r[0] for r in conn.execute("SELECT path FROM pool_files WHERE role='pool' ORDER BY shard, seq")]
+    return files, campaign._meta(conn, "id_column"), campaign._index(conn)
+
+
+def _pool_columns(source: tuple, columns: list, what: str, want=None) -> pa.Table:
+    """``__id`` and ``columns`` from the pool's Parquet files (rows whose id is in ``want``, when given)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files, id_col, index = source
+    found = []
+    for f in files:
+        if not f.endswith(".parquet"):
+            continue
+        if not Path(f).exists():
+            raise BatchalInputError(f"{what}: the pool file {f} is gone; it holds the pool's columns")
+        names = pq.read_schema(f).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise BatchalInputError(f"{what} {missing[0]!r} is not a column of the campaign's pool {f} "
+                                    f"(columns: {', '.join(names)})")
+        t = pq.ParquetFile(f).read(columns=[id_col, *columns])
+        tid = index.cast(t.column(id_col), f)
+        if want is not None:
+            hit = pc.is_in(tid, value_set=want)
+            t, tid = t.filter(hit), tid.filter(hit)
+        found.append(pa.table({"__id": tid, **{c: t.column(c) for c in columns}}))
+    if not found:
+        raise BatchalInputError(f"{what} needs a Parquet pool; this campaign's pool has no Parquet files")
+    return pa.concat_tables(found)
+
+
+class PoolColumns:
+    """The columns of a campaign's Parquet pool, one value per campaign row, read one column when asked.
+
+    Mapping-like (``column_names``, ``[name]``), as :class:`batchal.Pool`'s
+    ``metadata`` takes it: ``balance_by=COLUMN`` and a selection config's
+    ``[filters]`` read a campaign's own pool columns (a source, a camera, a language).
+
+    Parameters
+    ----------
+    campaign : Campaign
+    conn : sqlite3.Connection
+        The command's connection (read once, here).
+    what : str
+        Named in errors (the option or key asking for a column).
+    """
+
+    def __init__(self, campaign, conn, what: str = "balance_by"):
+        import pyarrow.parquet as pq
+
+        self.what = what
+        self.source = _pool_source(campaign, conn)
+        parquet = [f for f in self.source[0] if f.endswith(".parquet") and Path(f).exists()]
+        skip = {self.source[1], campaign._meta(conn, "embedding_column")}
+        self.column_names = [c for c in (pq.read_schema(parquet[0]).names if parquet else []) if c not in skip]
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        t = _pool_columns(self.source, [column], self.what)
+        pos = pc.index_in(self.source[2].ids, value_set=t.column("__id").combine_chunks())
+        if pos.null_count:
+            raise BatchalInputError(f"{self.what}={column}: {pos.null_count:,} items of the campaign are not in its "
+                                    "Parquet pool files (items added from a .npy carry no columns)")
+        return t.column(column).combine_chunks().take(pos).to_numpy(zero_copy_only=False)
+
+
+def labels(campaign, *, propagated: bool = True) -> pa.Table:
+    """The labeled set: ``id``, ``label`` (multi-label ``a|b``), ``round``, ``propagated``.
+
+    Bought labels first (``propagated`` false), then, with ``propagated=True``, the
+    labels copied from near-duplicate representatives (``propagated`` true; their
+    ``round`` is the round of the label they copy), so a training set can take
+    or leave them.
+    """
+    from .store import has_table
+
     with campaign._store.read() as conn:
-        rows = conn.execute("SELECT item_id, label, round FROM labels ORDER BY round, row").fetchall()
+        rows = conn.execute("SELECT item_id, label, round, 0 FROM labels ORDER BY round, row").fetchall()
+        if propagated and has_table(conn, "propagated"):
+            rows += conn.execute("SELECT item_id, label, round, 1 FROM propagated ORDER BY round, row").fetchall()
         kind = campaign._meta(conn, "id_kind")
     ids = [r[0] for r in rows]
     return pa.table({"id": pa.array(ids, type=pa.int64() if kind == "int" else pa.large_string()),
                      "label": pa.array([r[1] for r in rows], type=pa.large_string()),
-                     "round": pa.array([r[2] for r in rows], type=pa.int64())})
+                     "round": pa.array([r[2] for r in rows], type=pa.int64()),
+                     "propagated": pa.array([bool(r[3]) for r in rows], type=pa.bool_())})
 
-def write_labels(campaign, out) -> Path:
-    """Write the labeled set as ``.csv`` or ``.parquet``."""
+def write_labels(campaign, out, *, propagated: bool = True) -> Path:
+    """Write the labeled set (:func:`labels`) as ``.csv`` or ``.parquet``."""
     from ..io import atomic_write
 
     out = Path(out)
-    t = labels(campaign)
+    t = labels(campaign, propagated=propagated)
     if out.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 

@@ -16,7 +16,7 @@ __all__ = ["label"]
 
 
 def label(campaign, labels=None, *, close: bool = False, id_column: str | None = None,
-          label_column: str = "label", format: str | None = None) -> dict:
+          label_column: str = "label", format: str | None = None, propagate: bool = False) -> dict:
     """Record labels; a round closes when all its items are labeled, or on ``close=True``.
 
     Parameters
@@ -26,6 +26,14 @@ def label(campaign, labels=None, *, close: bool = False, id_column: str | None =
         columns; a list column for multi-label) or a Label Studio JSON export.
     close : bool
         Close the open round after recording: its unlabeled items return to the pool.
+    propagate : bool
+        Then copy every labeled representative's label to the members of its
+        near-duplicate group (:meth:`Campaign.dedup`) that have no label and are
+        not pending. They are recorded apart, as propagated: never counted as
+        bought labels (``labeled`` in status), listed by ``labels()`` with
+        ``propagated`` true, kept out of later batches, and undone with the round
+        of the label they copy (:meth:`Campaign.undo`). In the same transaction
+        as the labels, so a kill leaves both or neither.
 
     Rules: every id must belong to the campaign and to the open round's batch,
     or already carry the same label (importing the same file again is a
@@ -35,17 +43,20 @@ def label(campaign, labels=None, *, close: bool = False, id_column: str | None =
 
     Returns
     -------
-    dict : counts (``new``, ``same``, ``skipped``) and the rounds closed.
+    dict : counts (``new``, ``same``, ``skipped``, ``propagated``) and the rounds closed.
     """
-    if labels is None and not close:
-        raise BatchalInputError("give a labels file, or --close to close the open round")
+    if labels is None and not close and not propagate:
+        raise BatchalInputError("give a labels file, --close to close the open round, or --propagate")
     with campaign._store.read() as conn:
         id_col = id_column or campaign._meta(conn, "id_column")
     lf = read_labels(labels, id_column=id_col, label_column=label_column, fmt=format) if labels is not None else None
     with campaign._store.write("label") as conn:
-        result = dict(new=0, same=0, skipped=dict(lf.skipped) if lf else {}, closed=[], returned=0)
+        result = dict(new=0, same=0, skipped=dict(lf.skipped) if lf else {}, closed=[], returned=0, propagated=0)
         if lf is not None:
             _record_labels(campaign, conn, lf, Path(labels), result)
+        if propagate:
+            result["propagated"] = _propagate(campaign, conn)
+            crash_point("label:propagated")
         opened = conn.execute("SELECT round FROM rounds WHERE status='open'").fetchone()
         if opened is not None:
             r = opened[0]
@@ -62,9 +73,10 @@ def label(campaign, labels=None, *, close: bool = False, id_column: str | None =
                 result["closed"].append(r)
                 result["returned"] = len(pending)
         result["open_round"] = None if (opened is None or result["closed"]) else opened[0]
-        if result["new"] or result["closed"]:
+        if result["new"] or result["closed"] or result["propagated"]:
             campaign._store.log(conn, "label", dict(source=str(labels), new=result["new"], same=result["same"],
-                                                    closed=result["closed"], returned=result["returned"]))
+                                                    closed=result["closed"], returned=result["returned"],
+                                                    propagated=result["propagated"]))
         crash_point("label:recorded")
     return result
 
@@ -149,3 +161,30 @@ def _record_labels(campaign, conn, lf, path: Path, result: dict) -> None:
                          zip(new_rows.tolist(), index.take(new_rows), rnd[new].tolist(), labels[new].tolist(),
                              [imp] * new.size))
     conn.execute("DELETE FROM q")
+
+
+def _propagate(campaign, conn) -> int:
+    """Copy labeled representatives' labels to their groups' unlabeled, unpending members; returns how many."""
+    from .deduplicating import representatives
+
+    gen, rep = representatives(campaign, conn, "--propagate")
+    m = rep.shape[0]
+    label_of = np.full(m, None, dtype=object)
+    round_of = np.zeros(m, dtype=np.int64)
+    taken = np.zeros(m, dtype=bool)  # labeled, propagated or pending: nothing to propagate to
+    for row, lab, r in conn.execute("SELECT row, label, round FROM labels WHERE row < ?", (m,)):
+        label_of[row], round_of[row] = lab, r
+        taken[row] = True
+    for (row,) in conn.execute("SELECT row FROM propagated WHERE row < ? UNION ALL SELECT row FROM batch_items "
+                               "WHERE returned=0 AND row < ?", (m, m)):
+        taken[row] = True
+    rows = np.flatnonzero(~taken & (rep != np.arange(m)) & (label_of[rep] != None))  # noqa: E711 (elementwise)
+    if not rows.size:
+        return 0
+    src = rep[rows]
+    at = now()
+    conn.executemany("INSERT INTO propagated(row, item_id, round, label, source_row, dedup_gen, at) "
+                     "VALUES (?,?,?,?,?,?,?)",
+                     zip(rows.tolist(), campaign._index(conn).take(rows), round_of[src].tolist(),
+                         label_of[src].tolist(), src.tolist(), [gen] * rows.size, [at] * rows.size))
+    return int(rows.size)

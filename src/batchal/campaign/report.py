@@ -10,9 +10,14 @@ def format_status(s: dict, top: int = 5) -> str:
     """Readable lines for :meth:`Campaign.status`."""
     lines = [
         f"campaign {s['campaign']} ({s['campaign_id'][:8]})",
-        f"pool {s['pool']:,} items in {s['shards']} shard(s): {s['labeled']:,} labeled, {s['pending']:,} pending, "
-        f"{s['available']:,} available",
+        f"pool {s['pool']:,} items in {s['shards']} shard(s): {s['labeled']:,} labeled, "
+        + (f"{s['propagated']:,} propagated (not bought), " if s.get("propagated") else "")
+        + f"{s['pending']:,} pending, {s['available']:,} available",
     ]
+    d = s.get("dedup")
+    if d:
+        lines.append(f"near-duplicates: {d['n_groups']:,} groups over {d['n_rows']:,} items, {d['duplicates']:,} "
+                     f"not representatives ({d['metric']} <= {d['threshold']:g}; {d['source']})")
     cl = s.get("clustering")
     if cl:
         lines.append(f"clustering: {cl['n_clusters']:,} clusters (threshold {cl['threshold']:.4g}, "
@@ -29,7 +34,8 @@ def format_status(s: dict, top: int = 5) -> str:
         if len(r["labels"]) > top:
             dist += f", ... ({len(r['labels'])} labels)"
         lines.append(f"round {r['round']} [{state}] {r['strategy']}: {r['selected']:,} selected, "
-                     f"{r['labeled']:,} labeled{extra}" + (f"; {dist}" if dist else ""))
+                     f"{r['labeled']:,} labeled{extra}"
+                     + (f", {r['propagated']:,} propagated" if r.get("propagated") else "") + (f"; {dist}" if dist else ""))
         st = r.get("stop")
         if st is not None:
             lines.append(f"  stop signals on {st['n']:,} stop-set items: kappa {_num(st['kappa'])}, "

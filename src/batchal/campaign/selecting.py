@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 
@@ -55,7 +56,8 @@ class Batch:
 
 def select(campaign, batch_size: int, predictions=None, *, strategy: str | None = None, seed: int | None = None,
            id_column: str | None = None, probs_column: str | None = None, logits_column: str | None = None,
-           multilabel: bool = False, aggregate: str = "min", engine=None) -> Batch:
+           multilabel: bool = False, aggregate: str = "min", engine=None, config=None,
+           exclude_duplicates: bool = False) -> Batch:
     """Open the next round and select its batch among items neither labeled nor pending.
 
     Parameters
@@ -82,8 +84,24 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
         for every engine. The predictions are read and aligned by id on this
         machine, as locally, and handed to the engine as an array.
 
+    config : path or SelectionConfig, optional
+        A selection config (:mod:`batchal.selection_config`): strategy,
+        balance, thresholds, filters and ``balance_by`` on the columns of the
+        campaign's own Parquet pool, a query set (``query_ids`` are campaign
+        ids), candidates, ``[dedup] exclude``. Validated before anything is
+        read; its resolved form (shares inlined, files hashed) is stored with
+        the round and shown by ``status()``.
+    exclude_duplicates : bool
+        Keep items that are not their near-duplicate group's representative
+        out of the batch (:meth:`Campaign.dedup` first). Items with a
+        propagated label are never candidates, with or without it.
+
+    A share table of ``balance`` may name the campaign's classes (``--classes``)
+    instead of their column ids; ``balance_by=COLUMN`` reads a column of the
+    campaign's Parquet pool.
+
     While the round is open, calling it again with the same batch size,
-    strategy, seed and predictions returns the recorded batch; anything
+    strategy, seed, predictions and config returns the recorded batch; anything
     different is an error (label or close the round first).
     """
     import time
@@ -94,7 +112,14 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise BatchalInputError(f"--batch-size must be a positive integer; got {batch_size!r}")
-    spec = parse_spec(strategy or RECOMMENDED)
+    cfg, resolved = _config(config, strategy)
+    if cfg is not None:
+        from ..selection_config import config_spec
+
+        spec = config_spec(cfg, strategy if strategy is not None or cfg.strategy is not None else RECOMMENDED)
+        exclude_duplicates = exclude_duplicates or bool(cfg.dedup.get("exclude"))
+    else:
+        spec = parse_spec(strategy or RECOMMENDED)
     check_strategy("local" if engine is None else engine, spec)  # before the lock: nothing is touched
     t0 = time.perf_counter()
     with campaign._store.write("select") as conn:
@@ -111,11 +136,19 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
         opened = conn.execute("SELECT round, batch_size, strategy, seed, predictions_sha256, seed_used, multilabel "
                               "FROM rounds WHERE status='open'").fetchone()
         if opened is not None:
-            return _reuse(campaign, conn, opened, batch_size, spec.text, seed, preds, multilabel, predictions)
+            return _reuse(campaign, conn, opened, batch_size, spec.text, seed, preds, multilabel, predictions,
+                          resolved)
         excluded = np.zeros(n, dtype=bool)
-        active = np.fromiter((r for (r,) in conn.execute("SELECT row FROM batch_items WHERE returned=0")),
-                             dtype=np.int64)
-        excluded[active] = True
+        active = np.fromiter((r for (r,) in conn.execute("SELECT row FROM batch_items WHERE returned=0 UNION ALL "
+                                                         "SELECT row FROM propagated")), dtype=np.int64)
+        excluded[active] = True  # labeled (bought or propagated) or pending
+        duplicates = None
+        if exclude_duplicates:
+            from .deduplicating import representatives
+
+            _, rep = representatives(campaign, conn, "--exclude-duplicates")
+            duplicates = np.zeros(n, dtype=bool)  # items added after the dedup are in no group: kept
+            duplicates[: rep.shape[0]] = rep != np.arange(rep.shape[0])
         if preds is not None and preds.have is not None:
             missing = np.flatnonzero(~preds.have & ~excluded)
             if missing.size:
@@ -133,7 +166,7 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
         if "clusters" in needs and clusters is None:
             raise BatchalInputError(f"strategy {spec.name!r} needs the clustering: run `batchal campaign cluster "
                                     f"{campaign.path}` first")
-        emb = campaign._embeddings(conn) if "embeddings" in needs else None
+        emb = campaign._embeddings(conn) if "embeddings" in needs or (cfg and cfg.similar) else None
         pool_clusters = clusters if "clusters" in needs else None
         if preds is None and emb is None and pool_clusters is None:
             # a strategy that reads nothing (random seed round): the Pool still needs its size
@@ -146,6 +179,21 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
             # excluded (labeled and pending items) is the pool's labeled set on every engine
             pool = eng.pool(probs=probs, logits=logits, embeddings=emb, clusters=pool_clusters,
                             labeled=excluded, multilabel=multilabel, aggregate=aggregate)
+            pool.class_names = classes  # a balance share table may name the classes
+            if spec.params.get("balance_by") is not None or (cfg is not None and cfg.metadata is None):
+                from .exporting import PoolColumns
+
+                pool.metadata = PoolColumns(campaign, conn, "balance_by" if cfg is None else f"--config {cfg.path}")
+            if cfg is not None:
+                from ..selection_config import apply_config
+
+                # the config's rules narrow the candidates: rows outside them count as labeled for this pick
+                spec, pool.labeled_mask = apply_config(
+                    cfg, pool, emb, strategy=strategy if strategy is not None or cfg.strategy is not None
+                    else RECOMMENDED, resolve_ids=lambda ids: index.rows(ids, "similar.query_ids"),
+                    duplicates=duplicates)
+            elif duplicates is not None:
+                pool.labeled_mask = excluded | duplicates
             selector = spec.make(random_state=seed_used, defaults=dict(progress=False))
             idx = selector.select(pool, int(batch_size))
         finally:
@@ -179,6 +227,9 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
         conn.executemany(
             "INSERT INTO batch_items(round, pos, row, item_id, score, pred) VALUES (?,?,?,?,?,?)",
             ((r, j, int(idx[j]), item_ids[j], sc[j], labels[j]) for j in by_row.tolist()))
+        if resolved is not None:
+            conn.execute("INSERT INTO round_configs(round, config, sha256) VALUES (?,?,?)",
+                         (r, json.dumps(resolved), _sha(resolved)))
         crash_point("select:inserted")
         stop = None
         if preds is not None:
@@ -204,9 +255,30 @@ def _plain(selector) -> dict:
     return out
 
 
-def _reuse(campaign, conn, opened, batch_size, strategy, seed, preds, multilabel, predictions) -> Batch:
+def _config(config, strategy):
+    """``(SelectionConfig, resolved dict)`` of ``select(config=...)``, or ``(None, None)``."""
+    if config is None:
+        return None, None
+    from ..selection_config import SelectionConfig, load_config
+
+    cfg = config if isinstance(config, SelectionConfig) else load_config(config, pool_columns=True)
+    return cfg, cfg.resolved(strategy)
+
+
+def _sha(resolved: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
+
+def _reuse(campaign, conn, opened, batch_size, strategy, seed, preds, multilabel, predictions, resolved) -> Batch:
     r, k0, strat0, seed0, sha0, seed_used, ml0 = opened
     diffs = []
+    cfg0 = conn.execute("SELECT sha256 FROM round_configs WHERE round=?", (r,)).fetchone()
+    if (cfg0[0] if cfg0 else None) != (_sha(resolved) if resolved is not None else None):
+        diffs.append("another --config" if cfg0 and resolved is not None else
+                     ("a --config" if cfg0 else "no --config"))
+        strategy = strat0  # the config's difference is the one to name
     if k0 != batch_size:
         diffs.append(f"--batch-size {k0} (not {batch_size})")
     if strat0 != strategy:

@@ -36,7 +36,7 @@ import numpy as np
 from .._validation import BatchalInputError
 from ..io import atomic_write
 
-__all__ = ["Store", "CampaignBusyError", "crash_point", "SCHEMA_VERSION"]
+__all__ = ["Store", "CampaignBusyError", "crash_point", "has_table", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 DB_NAME = "campaign.db"
@@ -101,6 +101,22 @@ CREATE TABLE IF NOT EXISTS stop_rounds(
 CREATE TABLE IF NOT EXISTS metrics(
     round INTEGER NOT NULL REFERENCES rounds(round), name TEXT NOT NULL, value REAL NOT NULL,
     recorded_at TEXT NOT NULL, PRIMARY KEY(round, name));
+-- near-duplicate groups (`campaign dedup`): a Parquet file (id, group, representative) and each row's
+-- representative row (.npy), for the first n_rows items; source: the clustering's kNN graph or a search
+CREATE TABLE IF NOT EXISTS dedup(
+    gen INTEGER PRIMARY KEY, params TEXT NOT NULL, source TEXT NOT NULL,
+    groups_file TEXT NOT NULL REFERENCES files(name), rep_file TEXT NOT NULL REFERENCES files(name),
+    n_rows INTEGER NOT NULL, n_groups INTEGER NOT NULL, created_at TEXT NOT NULL);
+-- labels copied from a group's representative (`campaign label --propagate`), never bought: kept apart
+-- from `labels` (which counts what was bought) and undone with the round of the label they copy
+CREATE TABLE IF NOT EXISTS propagated(
+    row INTEGER PRIMARY KEY, item_id NOT NULL, round INTEGER NOT NULL REFERENCES rounds(round),
+    label TEXT NOT NULL, source_row INTEGER NOT NULL, dedup_gen INTEGER NOT NULL REFERENCES dedup(gen),
+    at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS propagated_round ON propagated(round);
+-- the resolved selection config of a round (`campaign select --config`), as JSON: what reproduces it
+CREATE TABLE IF NOT EXISTS round_configs(
+    round INTEGER PRIMARY KEY REFERENCES rounds(round), config TEXT NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -342,6 +358,21 @@ class Store:
         crash_point(f"file-written:{kind}")
         return self.register(conn, name, kind, shape=shape, dtype=dtype)
 
+    def adopt(self, conn, name: str, kind: str, *, shape=None, dtype=None) -> str:
+        """Register a file written in place under a name from :meth:`new_name` (a memory map filled by
+        a long computation, too large to hold and write at once): fsync it and its directory, then
+        register it. Until the commit it is unreferenced, so a crash leaves it to the next writer's
+        garbage collection, as a temporary file."""
+        p = self.path_of(name)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(p.parent)
+        crash_point(f"file-written:{kind}")
+        return self.register(conn, name, kind, shape=shape, dtype=dtype)
+
     def write_npy(self, conn, kind: str, array: np.ndarray) -> str:
         arr = np.ascontiguousarray(array)
         return self.write_file(conn, kind, ".npy", lambda tmp: np.save(tmp, arr), shape=arr.shape, dtype=arr.dtype)
@@ -367,6 +398,11 @@ class Store:
     @staticmethod
     def log(conn, command: str, detail: dict) -> None:
         conn.execute("INSERT INTO history(at, command, detail) VALUES (?,?,?)", (now(), command, json.dumps(detail)))
+
+
+def has_table(conn, name: str) -> bool:
+    """Whether the database has table ``name`` (tables of :data:`ADDITIONS` appear at the first write)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def _statements(script: str):

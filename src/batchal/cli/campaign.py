@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from .._validation import BatchalInputError
-from ._common import Method, Metric, _fail, err, out
+from ._common import Method, Metric, _fail, err, finite, out
 from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine, _SubGroup
 
 campaign_app = typer.Typer(
@@ -144,6 +144,8 @@ def select(
     tasks_per_file: int = typer.Option(100_000, "--tasks-per-file", help="Label Studio: split the tasks into files of this many"),
     ls_from_name: str = typer.Option("label", "--ls-from-name", help="Label Studio: name of the Choices tag"),
     ls_to_name: Optional[str] = typer.Option(None, "--ls-to-name", help="Label Studio: the object tag it labels (default: the first --data-column, else image)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): strategy, balance, thresholds, filters on the pool's columns, a query set, candidates, [dedup] (README, *One selection config*); stored with the round"),
+    exclude_duplicates: bool = typer.Option(False, "--exclude-duplicates", help="keep items that are not their near-duplicate group's representative out of the batch (run `campaign dedup` first)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
@@ -160,6 +162,8 @@ def select(
     use_ray = engine is EngineName.ray or ray_address is not None
     with _errors():
         c = _open(directory)
+        if use_ray and config is not None:
+            raise BatchalInputError("--config: the ray engine does not apply selection configs; use --engine local")
         if use_ray:  # what can be refused is refused before a Ray instance is started
             if predictions is not None and not predictions.exists():
                 raise BatchalInputError(f"--predictions: no such file {predictions}")
@@ -167,7 +171,7 @@ def select(
         with _engine_for(engine, ray_address, quiet) as eng:
             b = c.select(batch_size, predictions, strategy=strategy, seed=seed, id_column=id_column,
                          probs_column=probs_column, logits_column=logits_column, multilabel=multilabel,
-                         engine=eng)
+                         engine=eng, config=config, exclude_duplicates=exclude_duplicates)
         # written after the commit: a crash here loses nothing, the same command writes it again
         files = c.export(b.round, out_path, data_columns=data_column or (), tasks_per_file=tasks_per_file,
                          from_name=ls_from_name, to_name=ls_to_name) if out_path else []
@@ -195,12 +199,13 @@ def label(
     id_column: Optional[str] = typer.Option(None, "--id-column", help="default: the pool's id column"),
     label_column: str = typer.Option("label", "--label-column"),
     fmt: Optional[LabelFormat] = typer.Option(None, "--format", help="default: from the file's extension"),
+    propagate: bool = typer.Option(False, "--propagate", help="then copy each labeled representative's label to its near-duplicate group (`campaign dedup`), recorded as propagated, not bought"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Record labels; importing the same labels again is a no-op."""
     with _errors():
         r = _open(directory).label(labels, close=close, id_column=id_column, label_column=label_column,
-                                   format=fmt.value if fmt else None)
+                                   format=fmt.value if fmt else None, propagate=propagate)
     if not quiet:
         msg = f"{r['new']:,} new labels"
         if r["same"]:
@@ -209,11 +214,62 @@ def label(
             msg += f", {v:,} {k} skipped"
         for rnd in r["closed"]:
             msg += f"; round {rnd} closed" + (f" ({r['returned']:,} unlabeled items back in the pool)" if r["returned"] else "")
+        if propagate:
+            msg += f"; {r['propagated']:,} labels propagated to near-duplicates"
         if r.get("open_round"):
             msg += f"; round {r['open_round']} still open"
         if close and not r["closed"]:
             msg += "; no open round to close"
         err.print(msg, highlight=False, markup=False)
+
+
+class DedupMetric(str, Enum):
+    cosine = "cosine"
+    euclidean = "euclidean"
+
+
+@campaign_app.command("dedup")
+def dedup(
+    directory: Path = DirArg,
+    threshold: float = typer.Option(..., "--threshold", callback=finite(0), help="largest distance between near-duplicates (1 - cos for cosine, L2 for euclidean)"),
+    metric: Optional[DedupMetric] = typer.Option(None, "--metric", help="default: the clustering's (its kNN graph is reused), else cosine"),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the groups here: Parquet with columns id, group, representative"),
+    knn: int = typer.Option(20, "--knn", min=1, help="neighbours per item, only when no stored kNN graph covers the pool"),
+    seed: int = typer.Option(0, "--seed", min=0, help="IVF k-means seed, only when the pool is searched"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Group near-duplicate items from the clustering's kNN graph (no second search); recorded in the campaign."""
+    from ..io import check_output
+
+    if out_path is not None:
+        check_output(out_path, name="--out", suffixes=(".parquet",))
+    with _errors():
+        c = _open(directory)
+        r = c.dedup(threshold, metric=metric.value if metric else None, knn=knn, seed=seed, progress=not quiet)
+        if out_path is not None:  # after the commit: a crash here loses nothing, the same command writes it again
+            from ..io import atomic_write
+
+            src = directory / r["groups_file"]
+            import shutil
+
+            atomic_write(out_path, lambda tmp: shutil.copyfile(src, tmp), name="--out")
+    if not quiet:
+        what = "already recorded: " if r.get("unchanged") else ""
+        err.print(f"dedup: {what}{r['n_rows']:,} items in {r['n_groups']:,} groups; {r['duplicates']:,} are "
+                  f"near-duplicates of a representative ({r['source']})"
+                  + (f" -> {out_path}" if out_path else ""), highlight=False, markup=False)
+
+
+@campaign_app.command("undo")
+def undo(
+    directory: Path = DirArg,
+    round_: Optional[int] = typer.Option(None, "--round", "-r", help="the latest round, named to be sure (refused if it is not the latest)"),
+):
+    """Undo the latest round: its batch, bought and propagated labels, signals and metrics; its items return to the pool."""
+    with _errors():
+        r = _open(directory).undo(round_)
+    err.print(f"round {r['round']} undone: {r['selected']:,} items back in the pool, {r['labels']:,} bought and "
+              f"{r['propagated']:,} propagated labels removed", highlight=False, markup=False)
 
 
 @campaign_app.command("export")
@@ -239,11 +295,12 @@ def export(
 def labels_(
     directory: Path = DirArg,
     out_path: Path = typer.Option(..., "--out", "-o", help=".csv or .parquet"),
+    bought_only: bool = typer.Option(False, "--bought-only", help="leave out the labels propagated to near-duplicates"),
 ):
-    """Write the labeled set (id, label, round)."""
+    """Write the labeled set (id, label, round, propagated: false for bought labels)."""
     with _errors():
         c = _open(directory)
-        p = c.write_labels(out_path)
+        p = c.write_labels(out_path, propagated=not bought_only)
     err.print(f"labels -> {p}", highlight=False, markup=False)
 
 

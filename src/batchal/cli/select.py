@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.markup import escape
 
@@ -102,7 +103,8 @@ def select(
             from ..selection_config import apply_config
 
             # the config's rules narrow the candidates: rows outside them count as labeled for this pick
-            spec, pool.labeled_mask = apply_config(cfg, pool, arrays["embeddings"], strategy=strategy)
+            spec, pool.labeled_mask = apply_config(cfg, pool, arrays["embeddings"], strategy=strategy,
+                                                   resolve_ids=None if id_arr is None else _id_rows(id_arr))
         selector = spec.make(random_state=seed, defaults=defaults)
         if id_arr is not None and id_arr.shape[0] != pool.n:
             raise BatchalInputError(f"--ids has {id_arr.shape[0]:,} rows but the pool has {pool.n:,}; "
@@ -191,6 +193,16 @@ def strategies(
         doc = _plain((REGISTRY[name].__doc__ or "").strip().splitlines()[0])
         out.print(f"[bold]{name}[/]: {escape(doc)}", highlight=False)
     out.print(f"recommended when you do not know your pool: [bold]{escape(str(RECOMMENDED))}[/]", highlight=False)
+
+
+def _id_rows(ids: np.ndarray):
+    """``--ids`` as a lookup: item ids -> pool rows (``-1`` for an id not in the pool), one hash join."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.array(np.asarray(ids).astype(str))
+    return lambda query: pc.index_in(pa.array(np.asarray(query).astype(str)), value_set=table).fill_null(-1) \
+        .to_numpy(zero_copy_only=False)
 
 
 def _plain(text: str) -> str:

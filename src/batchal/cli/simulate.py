@@ -14,6 +14,11 @@ _DATA_HELP = ("your labeled data: an .npz with X (n, d) numbers and y (n,) class
               "(n, C) 0/1 matrix for multi-label), optionally X_test and y_test; without them 20% is held out")
 
 
+class DedupMetric(str, Enum):
+    cosine = "cosine"
+    euclidean = "euclidean"
+
+
 class ClusterSpace(str, Enum):
     embedding = "embedding"
     input = "input"
@@ -58,6 +63,9 @@ def simulate(
     target: Optional[float] = typer.Option(None, "--target", callback=finite(0, 1, lo_open=True), help="target metric (default: 98% of the whole-pool model)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel processes (default: number of cores)"),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP + "; trial t uses a seed derived from it"),
+    propagate: Optional[float] = typer.Option(None, "--propagate", callback=finite(0), help="after each batch, copy each item's label to its near-duplicate group at this distance (1 - cos; on the seed model's embedding); results.csv records labels bought (n_labeled), propagated (n_propagated) and the propagated labels' error rate"),
+    propagate_metric: DedupMetric = typer.Option(DedupMetric.cosine, "--propagate-metric", help="distance of --propagate"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): its strategy (with balance, candidates) runs next to --strategies; [dedup] propagate = true, threshold = T sets --propagate; other keys are refused"),
     out_dir: Path = typer.Option(Path("sim_out"), "--out", help="folder for results.csv, curves.png, summary.md and the rest (written all at once)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
@@ -69,6 +77,20 @@ def simulate(
     if (data is None) == (dataset is None):
         _fail("give exactly one of --data FILE.npz or --dataset NAME")
     check_output(out_dir, name="--out", directory=True)
+    specs = [x.strip() for x in strategies.split(",") if x.strip()]
+    if config is not None:  # validated before any data is loaded
+        from ..selection_config import load_config, simulation_settings
+
+        try:
+            settings = simulation_settings(load_config(config))
+        except BatchalInputError as exc:
+            _fail(str(exc))
+        if settings["propagate"] is not None and propagate is not None:
+            _fail(f"--propagate: --config {config} sets it too ([dedup] propagate); give it in one place")
+        if settings["propagate"] is not None:
+            propagate, propagate_metric = settings["propagate"], DedupMetric(settings["propagate_metric"])
+        if settings["strategy"] is not None and settings["strategy"] not in specs:
+            specs.append(settings["strategy"])
     try:
         ds = load_npz(data, seed=seed) if data is not None else load_dataset(dataset, size=size, seed=seed, progress=not quiet)
         if redundancy is not None:
@@ -76,7 +98,7 @@ def simulate(
 
             ds = make_redundant(ds, redundancy, seed=seed)
         cfg = SimulationConfig(
-            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+            strategies=specs, propagate=propagate, propagate_metric=propagate_metric.value,
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
             epochs=epochs, max_steps=max_steps or None, training=training.value, warm_start=warm_start, whiten=whiten,
             cluster_cache=cluster_cache,

@@ -111,6 +111,15 @@ def _finish_tree(Z: np.ndarray, n: int, order: np.ndarray, metric: str):
     return Z, raised
 
 
+def _copy_knn(I: np.ndarray, order: np.ndarray, out) -> None:
+    """Directed lists in the cell order (ids into it) -> ``out`` in row order with row ids."""
+    for a, b in iter_chunks(I.shape[0]):
+        blk = np.asarray(I[a:b], dtype=np.int64)
+        out[order[a:b]] = np.where(blk >= 0, order[np.maximum(blk, 0)], -1).astype(np.int32)
+    if hasattr(out, "flush"):
+        out.flush()
+
+
 def graph_linkage(
     X,
     *,
@@ -122,6 +131,7 @@ def graph_linkage(
     knn_method: str = "auto",
     exact_max_rows: int = EXACT_MAX_ROWS,
     stats_dtype: str = "auto",
+    knn_out=None,
 ):
     """Average-linkage merge tree of ``X`` restricted to its kNN graph.
 
@@ -141,6 +151,10 @@ def graph_linkage(
     stats_dtype : {"auto", "float64", "float32"}
         Storage of the per-cluster vector sums (dot products always accumulate in
         float64). ``auto``: float64 while ``n * d * 8 <= 512 MiB``.
+    knn_out : callable, optional
+        ``knn_out(n, k)`` -> writable int32 (n, k) array that receives the directed
+        kNN lists in the original row numbering (``-1``: none), written in row
+        chunks before the lists' buffer is symmetrised in place.
 
     Returns
     -------
@@ -181,6 +195,8 @@ def graph_linkage(
             timings["knn_" + key] = info[key]
 
     k = I.shape[1]
+    if knn_out is not None:
+        _copy_knn(I, order, knn_out(n, k))
     del I
     indptr = K.symmetrize_inplace(arena, n, k, n)
     nbr = arena

@@ -48,6 +48,12 @@ class AverageLinkage:
         Show progress bars for long steps.
     random_state : int or None
         Seed for the approximate index (graph method).
+    knn_out : callable, optional
+        Graph method: ``knn_out(n, k)`` returns a writable int32 ``(n, k)`` array
+        (e.g. a memory map) that receives the directed kNN lists in row order
+        (``-1``: no neighbour) before the HAC reuses their buffer, so a caller
+        that needs the graph later (a campaign's near-duplicate groups) keeps it
+        without a second search. Not called by the exact method, which builds no graph.
 
     Attributes
     ----------
@@ -70,7 +76,9 @@ class AverageLinkage:
         knn: int = 50,
         progress: bool = False,
         random_state=0,
+        knn_out=None,
     ):
+        self.knn_out = knn_out
         self.threshold = threshold
         self.mean_cluster_size = mean_cluster_size
         self.metric = metric
@@ -111,6 +119,7 @@ class AverageLinkage:
                 knn=self.knn,
                 progress=self.progress,
                 random_state=self.random_state,
+                knn_out=self.knn_out,
             )
         self._n = n
         self.recut(threshold=self.threshold, mean_cluster_size=None if self.threshold is not None else self.mean_cluster_size)

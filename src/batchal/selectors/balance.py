@@ -9,8 +9,10 @@ class toward a target:
 * ``"uniform"``: every class the same share;
 * ``"input"``: the pool's predicted distribution over its unlabeled rows;
 * a table of shares: a dict ``{class: share}`` or the path of a JSON object of
-  that form (classes are the integer column ids of the predictions, shares sum
-  to 1 within 1e-6; a class not listed gets share 0).
+  that form (classes are the integer column ids of the predictions, or their
+  names where the pool has class names, :attr:`batchal.Pool.class_names`: a
+  campaign's ``--classes``; shares sum to 1 within 1e-6; a class not listed
+  gets share 0).
 
 How: the quota of class ``c`` is ``target_c * k``, rounded by largest remainder
 (Hamilton), so each class's count is within one item of its target. A class
@@ -64,14 +66,16 @@ def check_balance(balance, by: str | None = None):
     Returns
     -------
     None, ``"uniform"``, ``"input"`` or a dict ``{int class: float share}``
-    (``{str value: float share}`` with ``by``).
+    (``{str value: float share}`` with ``by``). A key that is not an integer is
+    kept as a class *name* (str), resolved against the pool's class names when
+    the targets are computed (:func:`target_shares`).
 
     Raises
     ------
     BatchalInputError
-        An unknown keyword, a missing or malformed JSON file, a class that is not
-        an integer >= 0, a share that is negative or not finite, shares not
-        summing to 1 within 1e-6.
+        An unknown keyword, a missing or malformed JSON file, a negative class
+        id, a class given twice, a share that is negative or not finite, shares
+        not summing to 1 within 1e-6.
     """
     if balance is None or balance in _KEYWORDS:
         return balance
@@ -106,8 +110,10 @@ def check_balance(balance, by: str | None = None):
             if isinstance(key, float) or str(c) != str(key).strip():
                 raise ValueError
         except (TypeError, ValueError):
-            raise BatchalInputError(f"{where}: class {key!r} is not a class id (an integer >= 0)") from None
-        if c < 0:
+            c = str(key).strip()  # a class name: resolved against the pool's class names
+            if not c:
+                raise BatchalInputError(f"{where}: class {key!r} is neither a class id nor a class name") from None
+        if isinstance(c, int) and c < 0:
             raise BatchalInputError(f"{where}: class {key!r} is not a class id (an integer >= 0)")
         if c in out:
             raise BatchalInputError(f"{where}: class {c} given twice")
@@ -120,7 +126,30 @@ def check_balance(balance, by: str | None = None):
     return out
 
 
-def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None, by: str | None = None) -> np.ndarray:
+def by_class_name(balance: dict, class_names) -> dict:
+    """A share table with class names as keys, as class ids (ids stay ids); errors name the unknown class."""
+    named = [c for c in balance if isinstance(c, str)]
+    if not named:
+        return balance
+    if class_names is None:
+        raise BatchalInputError(f"balance: class {named[0]!r} is not a class id (an integer >= 0), and the "
+                                "predictions carry no class names to look it up in (a campaign's --classes)")
+    pos = {str(v): i for i, v in enumerate(class_names)}
+    out: dict = {}
+    for c, share in balance.items():
+        if isinstance(c, str):
+            if c not in pos:
+                shown = ", ".join(map(str, list(pos)[:10])) + (" ..." if len(pos) > 10 else "")
+                raise BatchalInputError(f"balance: class {c!r} is not one of the class names ({shown})")
+            c = pos[c]
+        if c in out:
+            raise BatchalInputError(f"balance: class {c} given twice (by id and by name)")
+        out[c] = share
+    return out
+
+
+def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None, by: str | None = None,
+                  class_names=None) -> np.ndarray:
     """The target share of every class, float64 (n_classes,), summing to 1.
 
     Parameters
@@ -133,6 +162,8 @@ def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None,
         With ``by``: the column value of each class id (a share table is keyed by them).
     by : str, optional
         The metadata column (named in errors).
+    class_names : sequence of str, optional
+        The name of each class id (a share table may be keyed by them).
     """
     if balance == "uniform":
         return np.full(n_classes, 1.0 / n_classes)
@@ -153,6 +184,7 @@ def target_shares(balance, n_classes: int, input_counts: np.ndarray, names=None,
         for v, share in balance.items():
             t[where[v]] = share
         return t
+    balance = by_class_name(balance, class_names)
     bad = [c for c in balance if c >= n_classes]
     if bad:
         raise BatchalInputError(f"balance: class {bad[0]} does not exist; the predictions have {n_classes} classes "
@@ -370,7 +402,7 @@ def _targets(pool, balance, by, k):
         raise BatchalInputError("balance: the predictions have no classes")
     unl = np.flatnonzero(~pool.labeled_mask)
     pool_counts = label_counts(indptr, indices, unl, n_classes)
-    target = target_shares(bal, n_classes, pool_counts, names, by)
+    target = target_shares(bal, n_classes, pool_counts, names, by, getattr(pool, "class_names", None))
     return indptr, indices, n_classes, names, pool_counts, target
 
 

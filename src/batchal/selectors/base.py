@@ -48,6 +48,9 @@ class Pool:
     metadata : dict or pyarrow Table, optional
         Columns of per-row metadata (a source, a camera, a language), one value per
         row, read by ``balance_by=COLUMN``; a column is read only when asked for.
+    class_names : sequence of str, optional
+        The name of each prediction column (a campaign's ``--classes``): a
+        ``balance`` share table may then be keyed by class names.
     """
 
     probs: np.ndarray | None = None
@@ -60,6 +63,7 @@ class Pool:
     scores: np.ndarray | None = None
     aggregate: str = "min"
     metadata: object = None
+    class_names: object = None
     n: int = field(init=False)
     labeled_mask: np.ndarray = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
@@ -242,9 +246,17 @@ class Selector:
     ----------
     random_state : int, numpy Generator or None
         Seed for every random choice; the same seed gives the same batch.
+
+    Attributes
+    ----------
+    candidates : int or None
+        Set from the spec key ``candidates=neighbours:K`` (:meth:`StrategySpec.make`):
+        only the ``K`` nearest unlabeled rows of each labeled row are candidates
+        (:mod:`batchal.selectors.candidates`).
     """
 
     name: ClassVar[str] = ""
+    candidates: int | None = None
     requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, random_state=None):
@@ -279,12 +291,16 @@ class Selector:
                 if req not in type(self).requires:  # asked for by a parameter, not by the strategy itself
                     how = f" ({self.requires_reason(req)})"
                 raise BatchalInputError(f"strategy {self.name!r} needs {req}{how}")
-        k = check_batch_size(batch_size, pool.n_unlabeled)
-        rng = np.random.default_rng(self.random_state)
-        idx = np.asarray(self._select(pool, k, rng), dtype=np.int64)
-        # cheap post-condition guards: a wrong batch must never leave the library
-        if idx.shape != (k,) or np.unique(idx).shape[0] != k or pool.labeled_mask[idx].any():
-            raise RuntimeError(f"internal error in strategy {self.name!r}: invalid batch")
+        from .candidates import restricted
+
+        # candidates=neighbours:K (any strategy): rows outside the labeled set's neighbourhood count as labeled
+        with restricted(pool, getattr(self, "candidates", None), batch_size):
+            k = check_batch_size(batch_size, pool.n_unlabeled)
+            rng = np.random.default_rng(self.random_state)
+            idx = np.asarray(self._select(pool, k, rng), dtype=np.int64)
+            # cheap post-condition guards: a wrong batch must never leave the library
+            if idx.shape != (k,) or np.unique(idx).shape[0] != k or pool.labeled_mask[idx].any():
+                raise RuntimeError(f"internal error in strategy {self.name!r}: invalid batch")
         self.selected_ = idx
         return idx
 

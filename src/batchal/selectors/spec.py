@@ -17,6 +17,8 @@ from .base import REGISTRY, Selector, available_strategies
 __all__ = ["StrategySpec", "parse_spec", "split_specs"]
 
 _RESERVED = ("random_state", "progress")
+#: Keys every strategy takes, handled by the Selector base class, not its constructor
+UNIVERSAL = ("candidates",)
 
 
 def _value(text: str):
@@ -62,11 +64,15 @@ class StrategySpec:
 
     @property
     def requires(self) -> tuple[str, ...]:
-        return self.cls.requires_for(self.params)
+        """What the strategy reads (with its parameters); ``candidates=neighbours:K`` adds the embeddings."""
+        req = self.cls.requires_for(self.params)
+        if self.params.get("candidates") is not None and "embeddings" not in req:
+            req = (*req, "embeddings")
+        return req
 
     def accepts(self, param: str) -> bool:
-        """Whether the strategy's constructor takes ``param``."""
-        return param in inspect.signature(self.cls.__init__).parameters
+        """Whether the strategy takes ``param`` (its constructor's, or a key every strategy takes)."""
+        return param in UNIVERSAL or param in inspect.signature(self.cls.__init__).parameters
 
     def make(self, random_state=None, defaults: dict | None = None, **params) -> Selector:
         """Instantiate the selector.
@@ -87,10 +93,16 @@ class StrategySpec:
         kw = {k: v for k, v in (defaults or {}).items() if self.accepts(k)}
         kw.update(params)
         kw.update(self.params)
+        universal = {k: kw.pop(k) for k in UNIVERSAL if k in kw}
         try:
-            return self.cls(random_state=random_state, **kw)
+            sel = self.cls(random_state=random_state, **kw)
         except TypeError as exc:  # pragma: no cover - guarded by accepts()
             raise BatchalInputError(f"strategy {self.text!r}: {exc}") from exc
+        if universal.get("candidates") is not None:
+            from .candidates import parse_candidates
+
+            sel.candidates = parse_candidates(universal["candidates"])
+        return sel
 
     def __str__(self) -> str:
         return self.text
@@ -112,9 +124,9 @@ def parse_spec(spec) -> StrategySpec:
         raise BatchalInputError(f"unknown strategy {name!r} in spec {text!r}; choose one of: "
                                 f"{', '.join(available_strategies())}")
     sig = inspect.signature(REGISTRY[name].__init__)
-    allowed = [p for p in sig.parameters if p not in ("self", *_RESERVED)]
+    allowed = [p for p in sig.parameters if p not in ("self", *_RESERVED)] + list(UNIVERSAL)
     params: dict = {}
-    for item in items:
+    for item in _join_candidates(items):
         key, sep, val = item.partition("=")
         key = key.replace("-", "_")
         if not sep or not key or not val:
@@ -128,6 +140,15 @@ def parse_spec(spec) -> StrategySpec:
             raise BatchalInputError(f"strategy spec {text!r}: {name} has no parameter {key!r}; {hint}")
         if key in params:
             raise BatchalInputError(f"strategy spec {text!r}: parameter {key!r} given twice")
+        if key == "candidates":
+            from .candidates import parse_candidates
+
+            try:
+                parse_candidates(val)
+            except BatchalInputError as exc:
+                raise BatchalInputError(f"strategy spec {text!r}: {exc}") from None
+            params[key] = val
+            continue
         # a column name stays text even when it reads as a number
         params[key] = val if key == "balance_by" else _checked(text, name, key, _value(val), sig.parameters[key])
     if params.get("balance") is not None or params.get("balance_by") is not None:
@@ -139,6 +160,17 @@ def parse_spec(spec) -> StrategySpec:
         except BatchalInputError as exc:
             raise BatchalInputError(f"strategy spec {text!r}: {exc}") from None
     return StrategySpec(name, params, text)
+
+
+def _join_candidates(items: list) -> list:
+    """``candidates=neighbours`` then ``50`` -> ``candidates=neighbours:50``: the value's own colon split it."""
+    out: list = []
+    for item in items:
+        if out and out[-1].startswith("candidates=") and out[-1].count(":") == 0 and "=" not in item:
+            out[-1] = f"{out[-1]}:{item}"
+        else:
+            out.append(item)
+    return out
 
 
 def _checked(text: str, name: str, key: str, value, param: inspect.Parameter):

@@ -32,6 +32,17 @@ def embedding_hash(E: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def cache_path(kind: str, E: np.ndarray, params: dict, suffix: str):
+    """Where a result computed from embedding ``E`` with ``params`` is cached: ``cache_dir()/kind/<hash><suffix>``
+    (the hash covers the embedding's bytes and the parameters; the folder is made)."""
+    from .datasets import cache_dir
+
+    key = hashlib.sha256((embedding_hash(E) + json.dumps(params, sort_keys=True)).encode()).hexdigest()[:32]
+    folder = cache_dir() / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{key}{suffix}"
+
+
 def labels_free(cfg, model) -> bool:
     """Whether the clustered embedding is the same for every trial (no labels enter it)."""
     return cfg.cluster_space == "input" or not getattr(model, "embedding_uses_labels", True)
@@ -50,14 +61,9 @@ def cluster_embedding(E: np.ndarray, params: dict, *, cache: bool = True) -> dic
     cache) and ``cached`` (whether it was read from the cache).
     """
     from ..clustering import AverageLinkage
-    from .datasets import cache_dir
 
-    path = None
-    if cache:
-        key = hashlib.sha256((embedding_hash(E) + json.dumps(params, sort_keys=True)).encode()).hexdigest()[:32]
-        folder = cache_dir() / "clusters"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}.npz"
+    path = cache_path("clusters", E, params, ".npz") if cache else None
+    if path is not None:
         if path.exists():
             try:
                 with np.load(path) as z:

@@ -16,6 +16,8 @@ COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accu
            "diag_k_m", "diag_candidate_clusters", "diag_candidate_repeat_share",
            "diag_margin_batch_clusters", "diag_margin_batch_repeat_share",
            "diag_candidate_near_duplicate_share", "diag_margin_batch_near_duplicate_share"]
+# --propagate (batchal.simulate.propagate): labels copied to near-duplicates, next to n_labeled (bought)
+COLUMNS += ["n_propagated", "propagated_error_rate"]
 
 
 def verdict(diff: np.ndarray) -> tuple[float, float, str]:

@@ -58,6 +58,9 @@ class SimulationConfig:
     n_jobs: int | None = None
     target: float | None = None
     progress: bool = True
+    #: copy each batch item's label to its near-duplicate group at this distance (None: off; .propagate)
+    propagate: float | None = None
+    propagate_metric: str = "cosine"
 
     def validate(self, n_pool: int) -> None:
         if isinstance(self.strategies, str):
@@ -75,6 +78,10 @@ class SimulationConfig:
         for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
             if int(getattr(self, name)) < 1:
                 raise BatchalInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.propagate is not None:
+            from ..dedup import check_dedup_args
+
+            check_dedup_args(self.propagate, self.propagate_metric)
         need = self.seed_size + self.batch_size * self.rounds
         if need > n_pool:
             raise BatchalInputError(
@@ -249,6 +256,11 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
     # cluster-margin's near-duplicate test (dup=) reads the embedding the pool was clustered on, as a
     # campaign's reads its one embedding; BADGE and coreset read the current model's each round
     fixed_E = clustered_embedding(model, X, cfg) if {"clusters", "embeddings"} <= set(spec.requires) else None
+    prop = None
+    if cfg.propagate is not None:  # labels copied to near-duplicates (.propagate)
+        from .propagate import start
+
+        prop = start(dataset, cfg, model)
     rare = None if dataset.multilabel else rare_classes(dataset)
     # the campaign's label-free stopping signals, computed the same way (batchal.stopping)
     tracker = StopTracker(X.shape[0], seed=ts)
@@ -273,21 +285,24 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
                   f"{'mAP' if dataset.multilabel else 'accuracy'} {row['accuracy']:.4f} "
                   f"(select {sel_seconds:.1f} s, fit {fit_seconds:.1f} s; {time.perf_counter() - t_run:.0f} s in this run)")
 
-    record(0, 0.0, 0.0)
+    record(0, 0.0, 0.0, prop.record() if prop else None)
     for r in range(1, cfg.rounds + 1):
         P = model.predict_proba(X)
         E = fixed_E if fixed_E is not None else (model.embed(X) if "embeddings" in spec.requires else None)
         t0 = time.perf_counter()
         selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
-        batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl, labeled=labeled,
+        batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl,
+                                     labeled=labeled if prop is None else prop.excluded(labeled),
                                      multilabel=dataset.multilabel), cfg.batch_size)
         dt = time.perf_counter() - t0
         del E
         extra = _batch_diagnostics(dataset, labeled, batch, P, cl, dict(getattr(selector, "diagnostics_", {})))
         del P
         labeled = np.concatenate([labeled, batch])
+        if prop is not None:
+            extra.update(prop.add(batch, labeled))
         t1 = time.perf_counter()
-        model.fit(X[labeled], y[labeled])
+        model.fit(*(prop.training_set(X, y, labeled) if prop is not None else (X[labeled], y[labeled])))
         record(r, dt, time.perf_counter() - t1, extra)
     return rows, diag
 

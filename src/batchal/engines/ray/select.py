@@ -41,6 +41,10 @@ def check_ray_strategy(strategy):
     if spec.name not in RAY_STRATEGIES:
         raise BatchalInputError(f"strategy {spec.name!r} is not distributed (it needs every embedding on one "
                                 f"machine); the ray engine runs {', '.join(RAY_STRATEGIES)}; use --engine local")
+    if spec.params.get("candidates") is not None:
+        # the neighbourhood search reads every embedding; the ray engine reads none
+        raise BatchalInputError(f"strategy {spec.text!r}: candidates=neighbours needs the embeddings on one "
+                                "machine; use --engine local")
     if spec.params.get("balance_by") is not None:
         # the metadata columns live on the driver's side only in the local engine
         raise BatchalInputError(f"strategy {spec.text!r}: balance_by is not distributed yet; use --engine local")
