@@ -82,3 +82,28 @@ def test_cli_dedup_and_bad_inputs(tmp_path):
     Xn[3, 0] = np.nan
     with pytest.raises(BatchalInputError, match="NaN"):
         near_duplicate_groups(Xn, 0.1)
+
+
+def test_default_threshold_is_cosine_001_and_euclidean_needs_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal.cli import app
+    from batchal.dedup import DEFAULT_COSINE_THRESHOLD, default_threshold
+
+    assert default_threshold(None, "cosine") == DEFAULT_COSINE_THRESHOLD == 0.01
+    assert default_threshold(0.2, "euclidean") == 0.2
+    with pytest.raises(BatchalInputError, match="give a threshold for the euclidean"):
+        default_threshold(None, "euclidean")
+    r = np.random.default_rng(0)
+    E = r.normal(size=(400, 8)).astype(np.float32)
+    E[200:] = E[:200] + 1e-3 * r.normal(size=(200, 8)).astype(np.float32)  # copies at cosine distance ~1e-7
+    np.save(tmp_path / "E.npy", E)
+    res = CliRunner().invoke(app, ["dedup", "--embeddings", str(tmp_path / "E.npy"), "--out", str(tmp_path / "g.parquet"),
+                                   "-q"])
+    assert res.exit_code == 0, res.output
+    g = pq.read_table(tmp_path / "g.parquet").to_pydict()
+    want = near_duplicate_groups(E, 0.01)
+    assert g["group"] == want["group"].tolist() and max(g["group"]) + 1 == 200
+    res = CliRunner().invoke(app, ["dedup", "--embeddings", str(tmp_path / "E.npy"), "--metric", "euclidean",
+                                   "--out", str(tmp_path / "g2.parquet"), "-q"])
+    assert res.exit_code == 2 and "give a threshold" in res.output and not (tmp_path / "g2.parquet").exists()

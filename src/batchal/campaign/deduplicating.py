@@ -26,14 +26,16 @@ __all__ = ["dedup", "representatives", "latest_dedup"]
 _GRAPH_METRIC = {"cosine": "cosine", "euclidean": "euclidean", "sqeuclidean": "euclidean"}
 
 
-def dedup(campaign, threshold: float, *, metric: str | None = None, knn: int = 20, method: str = "auto",
+def dedup(campaign, threshold: float | None = None, *, metric: str | None = None, knn: int = 20, method: str = "auto",
           seed: int = 0, progress: bool = False) -> dict:
     """Group the pool's near-duplicates and record the groups, in one transaction.
 
     Parameters
     ----------
-    threshold : float
-        Largest distance between near-duplicates (``1 - cos`` for cosine, L2 for euclidean).
+    threshold : float, optional
+        Largest distance between near-duplicates (``1 - cos`` for cosine, L2 for
+        euclidean); default :data:`batchal.dedup.DEFAULT_COSINE_THRESHOLD` for
+        cosine, required for euclidean.
     metric : {"cosine", "euclidean"}, optional
         Default: the stored graph's (the clustering's; sqeuclidean is served as
         euclidean), else cosine. A metric other than the graph's is refused: its
@@ -55,7 +57,8 @@ def dedup(campaign, threshold: float, *, metric: str | None = None, knn: int = 2
     in no group (never kept out of batches, never given a propagated label)
     until dedup runs again.
     """
-    from ..dedup import check_dedup_args, edge_distances, groups_from_knn, groups_table, near_duplicate_groups
+    from ..dedup import (check_dedup_args, default_threshold, edge_distances, groups_from_knn, groups_table,
+                         near_duplicate_groups)
 
     with campaign._store.write("dedup") as conn:
         index = campaign._index(conn)
@@ -64,6 +67,7 @@ def dedup(campaign, threshold: float, *, metric: str | None = None, knn: int = 2
         usable = graph is not None and graph["n_rows"] == n
         gmetric = _GRAPH_METRIC[graph["metric"]] if usable else None
         metric = metric or gmetric or "cosine"
+        threshold = default_threshold(threshold, metric)
         check_dedup_args(threshold, metric)
         if usable and metric != gmetric:
             raise BatchalInputError(f"--metric {metric}: the campaign's kNN graph ranks neighbours by {graph['metric']} "

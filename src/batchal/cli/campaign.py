@@ -231,7 +231,7 @@ class DedupMetric(str, Enum):
 @campaign_app.command("dedup")
 def dedup(
     directory: Path = DirArg,
-    threshold: float = typer.Option(..., "--threshold", callback=finite(0), help="largest distance between near-duplicates (1 - cos for cosine, L2 for euclidean)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=finite(0), help="largest distance between near-duplicates (1 - cos for cosine, L2 for euclidean); default 0.01 for cosine (BENCHMARKS.md), required for euclidean"),
     metric: Optional[DedupMetric] = typer.Option(None, "--metric", help="default: the clustering's (its kNN graph is reused), else cosine"),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the groups here: Parquet with columns id, group, representative"),
     knn: int = typer.Option(20, "--knn", min=1, help="neighbours per item, only when no stored kNN graph covers the pool"),

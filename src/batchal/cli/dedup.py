@@ -5,6 +5,8 @@ import time
 from enum import Enum
 from pathlib import Path
 
+from typing import Optional
+
 import typer
 
 from .._validation import BatchalInputError
@@ -25,7 +27,7 @@ class KnnMethod(str, Enum):
 @app.command()
 def dedup(
     embeddings: Path = typer.Option(..., "--embeddings", "-e", help="(n, d) pool embeddings: .npy (memory-mapped) or .parquet"),
-    threshold: float = typer.Option(..., "--threshold", callback=finite(0), help="largest distance between near-duplicates (1 - cos for cosine, L2 for euclidean)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=finite(0), help="largest distance between near-duplicates (1 - cos for cosine, L2 for euclidean); default 0.01 for cosine (BENCHMARKS.md), required for euclidean"),
     out_path: Path = typer.Option(..., "--out", "-o", help="groups as Parquet: columns row, group, representative (one row per pool row)"),
     metric: DedupMetric = typer.Option(DedupMetric.cosine, "--metric", help="distance between embeddings"),
     knn: int = typer.Option(20, "--knn", min=1, help="neighbours per row in the kNN graph"),
@@ -34,12 +36,13 @@ def dedup(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Group near-duplicate items (connected within --threshold in the kNN graph); one representative each."""
-    from ..dedup import near_duplicate_groups, write_groups
+    from ..dedup import default_threshold, near_duplicate_groups, write_groups
     from ..io import check_output, load_array
 
     check_output(out_path, name="--out", suffixes=(".parquet",))
     t0 = time.perf_counter()
     try:
+        threshold = default_threshold(threshold, metric.value)
         X = load_array(embeddings, name="--embeddings")
         groups = near_duplicate_groups(X, threshold, metric=metric.value, knn=knn, method=method.value,
                                        random_state=seed, progress=not quiet)
