@@ -217,13 +217,25 @@ class SimilarIndex:
         if k > left:
             raise BatchalInputError(f"k = {k:,} is larger than the rows that can be returned ({left:,}: the pool "
                                     "less labeled and query rows)")
-        pool = None
+        margin = None
+        if probs is not None and logits is not None:
+            raise BatchalInputError("give one kind of predictions (probs or logits), not both")
         if probs is not None or logits is not None:
-            from .selectors.base import Pool
+            # scored here, not through selectors.Pool: the selectors' candidate restriction reads this module
+            from ._validation import check_2d
+            from .scores import uncertainty
+            from .topk import TopK
 
-            pool = Pool(probs=probs, logits=logits, multilabel=multilabel)
-            if pool.n != n:
-                raise BatchalInputError(f"predictions have {pool.n:,} rows but the embeddings have {n:,}")
+            if isinstance(probs, TopK):
+                n_pred = probs.n
+                margin = lambda: probs.uncertainty("margin", multilabel=multilabel)  # noqa: E731
+            else:
+                arr = check_2d(probs if probs is not None else logits, "probs" if probs is not None else "logits")
+                n_pred = arr.shape[0]
+                margin = lambda: uncertainty("margin", arr if probs is not None else None,  # noqa: E731
+                                             logits=arr if logits is not None else None, multilabel=multilabel)
+            if n_pred != n:
+                raise BatchalInputError(f"predictions have {n_pred:,} rows but the embeddings have {n:,}")
         D, I = self._search(_prep(Q, metric, "query"), ~excluded, int(k), nprobe)
         # union of the per-query lists, each row at its nearest query's distance, k smallest
         flat_i, flat_d = I.ravel(), D.ravel()
@@ -234,8 +246,8 @@ class SimilarIndex:
         _, first = np.unique(flat_i, return_index=True)
         first = np.sort(first)[:k]
         rows, dist = flat_i[first].astype(np.int64), flat_d[first]
-        if pool is not None:
-            m = pool.uncertainty("margin")[rows]  # larger = more uncertain; streamed once per pool
+        if margin is not None:
+            m = margin()[rows]  # larger = more uncertain; streamed once per pool
             o = np.lexsort((rows, dist, -m))
             rows, dist = rows[o], dist[o]
         return (rows, dist) if return_distance else rows
