@@ -149,7 +149,8 @@ class EngineName(str, Enum):
     ray = "ray"
 
 
-ENGINE_HELP = "local: this process (default); ray: a Ray cluster (pip install \"batchal[ray]\")"
+# "\\[" escapes the bracket from rich markup, which would otherwise take "[ray]" for a style and drop it
+ENGINE_HELP = "local: this process (default); ray: a Ray cluster (pip install \"batchal\\[ray]\")"
 RAY_ADDRESS_HELP = "Ray cluster to join (e.g. auto, ray://head:10001); default: a local Ray instance with this machine's CPUs"
 
 
