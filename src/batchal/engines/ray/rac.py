@@ -101,15 +101,18 @@ class RacActor:
         self.m = self.gid.shape[0]
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
+        self.bytes_to = np.zeros(n_actors, dtype=np.int64)  # per receiving actor: what crosses nodes
 
     def _loc(self, g):
         return np.searchsorted(self.gid, g)
 
     def _sent(self, outs, *extra):
         """Count the bytes of the outboxes; return them (and ``extra``) as the method's several returns."""
-        for o in outs:
+        for q, o in enumerate(outs):
             if o is not None:
-                self.bytes_sent += sum(a.nbytes for a in o)
+                b = sum(a.nbytes for a in o)
+                self.bytes_sent += b
+                self.bytes_to[q] += b
         vals = (*outs, *extra)
         return vals[0] if len(vals) == 1 else vals
 
@@ -333,22 +336,11 @@ class RacActor:
         return int(self.merged.shape[0]), self.bytes_sent
 
     def _room(self, need: int):
-        """Room for ``need`` entries at the arena's end: compact first, then grow the used bound by a quarter."""
-        if self.end + need <= self.cap:
-            return
-        self.end = K._compact(self.start, self.length, self.nbr, self.wt)
-        self.arena_events["compactions"] += 1
-        if self.end + need <= self.cap:
-            return
-        self.cap = max(self.cap + self.cap // 4, self.end + need + 1)
-        self.arena_events["grown"] += 1
-        if self.cap > self.nbr.shape[0]:  # past the reservation: a real copy
-            self.arena_events["copied"] += 1
-            nbr = np.empty(self.cap, dtype=self.nbr.dtype)
-            wt = np.empty(self.cap, dtype=self.wt.dtype)
-            nbr[:self.end] = self.nbr[:self.end]
-            wt[:self.end] = self.wt[:self.end]
-            self.nbr, self.wt = nbr, wt
+        """Room for ``need`` entries at the arena's end: the local merge's rule (compact, then grow by a quarter)."""
+        self.nbr, self.wt, self.end, self.cap, event = K.make_room(self.start, self.length, self.nbr, self.wt,
+                                                                   self.end, need, self.cap)
+        for name, at in (("compactions", 1), ("grown", 2), ("copied", 3)):
+            self.arena_events[name] += event >= at
 
     def push(self, *inbox):
         """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
@@ -397,9 +389,11 @@ class RacActor:
                 outs[q].append(("push", self.seq, self.rank, self.gid[cl], self.S[cl], self.size[cl], self.sq[cl],
                                 ptr, y.astype(self.nbr.dtype)))
         n_msgs = sum(len(o) for o in outs)
-        for o in outs:
+        for q, o in enumerate(outs):
             for part in o:
-                self.bytes_sent += sum(a.nbytes for a in part[3:])
+                b = sum(a.nbytes for a in part[3:])
+                self.bytes_sent += b
+                self.bytes_to[q] += b
         vals = (*[tuple(o) if o else None for o in outs], n_msgs)
         return vals[0] if len(vals) == 1 else vals
 
@@ -415,10 +409,14 @@ class RacActor:
         return out
 
     def memory(self):
-        """This actor's peak RSS (bytes), the bytes it has sent and its arena's compactions and growths."""
+        """This actor's peak RSS (bytes), the bytes it has sent, its arena's compactions and growths, the bytes
+        it has sent to each actor and its Ray node."""
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent, self.arena_events
+        import ray
+
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent, self.arena_events,
+                self.bytes_to, ray.get_runtime_context().get_node_id())
 
     def ping(self):
         return self.rank
@@ -609,6 +607,11 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         info["actor_peak_bytes"] = [int(m[0]) for m in mem]
         info["bytes_sent"] = int(sum(m[1] for m in mem))
         info["arena"] = {key: int(sum(m[2][key] for m in mem)) for key in mem[0][2]}
+        nodes = [m[4] for m in mem]
+        info["actor_nodes"] = nodes  # where the actors ran (Ray node ids)
+        info["nodes"] = len(set(nodes))
+        # messages between actors on different nodes: the bytes that crossed the network
+        info["cross_node_bytes"] = int(sum(mem[p][3][q] for p in range(P) for q in range(P) if nodes[p] != nodes[q]))
     finally:
         for a in actors:
             ray.kill(a)
