@@ -33,6 +33,8 @@ import numpy as np
 from ..._validation import BatchalInputError, iter_chunks
 from ...clustering import _graph_kernels as K
 from . import _rac_kernels as R
+from ._checkpoint import CHECKPOINT_EVERY_S
+from ._session import StageFailed, lost_worker
 
 #: CPUs an actor reserves (and a partition task): half, so tasks can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
@@ -421,6 +423,34 @@ class RacActor:
     def ping(self):
         return self.rank
 
+    # ------------------------------------------------------------ checkpoints
+    def save(self, path: str):
+        """Write this actor's whole state to ``path`` (atomically), between rounds.
+
+        The arena is written up to its end only; :meth:`load` reserves its
+        full length again (untouched pages cost nothing).
+        """
+        from ._checkpoint import save_pickle
+
+        state = dict(self.__dict__)
+        state["nbr"], state["wt"] = self.nbr[:self.end], self.wt[:self.end]
+        state["reserved"] = self.nbr.shape[0]
+        save_pickle(path, state)
+        return True
+
+    def load(self, path: str):
+        """Take the state :meth:`save` wrote (this actor replaces one that died, or a killed job's)."""
+        from ._checkpoint import load_pickle
+
+        state = load_pickle(path)
+        reserved = state.pop("reserved")
+        for name in ("nbr", "wt"):
+            full = np.empty(reserved, dtype=state[name].dtype)
+            full[:state["end"]] = state[name]
+            state[name] = full
+        self.__dict__.update(state)
+        return True
+
 
 def _ranges(lens: np.ndarray) -> np.ndarray:
     """``concatenate([arange(l) for l in lens])`` without the Python loop."""
@@ -466,7 +496,8 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
 
 
 def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
-            random_state=0, progress: bool = False, slack: float = 1.3, reserve: float = RESERVE):
+            random_state=0, progress: bool = False, slack: float = 1.3, reserve: float = RESERVE, checkpoint=None,
+            checkpoint_s: float = CHECKPOINT_EVERY_S, restarts: int = 2):
     """The average-linkage tree of a kNN graph, merged in RAC rounds over Ray actors.
 
     Parameters
@@ -486,12 +517,22 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         Each actor's merge lists start with room for ``slack`` x its edges and
         grow (after a compaction) by a quarter, within ``reserve`` x its edges
         without a copy; only the room used is ever resident.
+    checkpoint : JobCheckpoint, optional
+        Where every actor's state is written after the first linkages and then
+        every ``checkpoint_s`` seconds of rounds (between rounds); a checkpoint
+        found there (a killed job's) is resumed instead of building the graph.
+    restarts : int
+        When a worker dies (an actor's process, its node), every actor is
+        replaced and reloads the last checkpoint (without one: the stage starts
+        over), at most this many times; then :class:`StageFailed` says how to
+        resume. Rounds are deterministic, so the tree is the same either way.
 
     Returns
     -------
     Z : (n - 1, 4) scipy linkage, monotone, leaves in the original numbering.
     info : dict
-        Timings, rounds, merges and bytes sent per round, edges, components, peak RSS per actor.
+        Timings, rounds, merges and bytes sent per round, edges, components, peak RSS per actor,
+        the actors' nodes and the bytes that crossed nodes, checkpoints written and restarts.
     """
     import ray
     from tqdm.auto import tqdm
@@ -515,13 +556,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         r = method.options(num_returns=nret).remote(*args)
         return r if nret > 1 else [r]
 
-    actors = []
-    try:
-        d = int(source.read(source.blocks[0]).shape[1])
-        if stats_dtype == "auto":
-            stats_dtype = "float64" if n * d * 8 <= STATS_F64_MAX_BYTES else "float32"
-        info["stats_dtype"] = stats_dtype
-        actors = [Actor.remote(p, P, n, code, stats_dtype) for p in range(P)]
+    def build():
+        """The symmetric graph from the kNN chunks, the statistics and the first linkages: round 0's state."""
         # two passes over the chunks (count, fill): the edges are partitioned twice instead of held twice
         for step in ("count", "fill"):
             if step == "fill":
@@ -538,83 +574,131 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
                     waits = waits[-2 * P:]
             ray.get(waits)
         edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
-        info["edges"] = edges // 2
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
         t1 = time.perf_counter()
-        info["build_s"] = t1 - t0
-
-        def push_all():
-            inbox = [[] for _ in range(P)]
-            while True:
-                outs = [call(a.push, P + 1, *inbox[q]) for q, a in enumerate(actors)]
-                if sum(ray.get([o[P] for o in outs])) == 0:
-                    return
-                inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
-
         push_all()
-        info["initial_weights_s"] = time.perf_counter() - t1
-        merges_per_round, bytes_per_round, counts = [], [], []
-        zc = 0
-        label_base = [n] * P
-        rounds = 0
-        bar = tqdm(total=n - 1, desc="HAC rounds (ray)", unit="merges", disable=not progress, leave=False,
-                   mininterval=0.5)
-        with bar:
-            b0 = sum(m[1] for m in ray.get([a.memory.remote() for a in actors]))
-            info["initial_weights_bytes"] = int(b0)
-            while True:
-                outA = [call(a.propose, P, label_base[p]) for p, a in enumerate(actors)]
-                outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
-                if sum(ray.get([o[P] for o in outB])) == 0:
-                    break
-                rounds += 1
-                outC = [call(a.rename, P, *[outB[q][p] for q in range(P)]) for p, a in enumerate(actors)]
-                outD = [call(a.move, P, *[outC[p][q] for p in range(P)]) for q, a in enumerate(actors)]
-                res = ray.get([a.merge.remote(*[outD[p][q] for p in range(P)]) for q, a in enumerate(actors)])
-                cnt = [r[0] for r in res]
-                b1 = sum(r[1] for r in res)  # bytes sent so far (this round's pushes count in the next)
-                counts.append(cnt)
-                label_base = list(n + zc + np.concatenate(([0], np.cumsum(cnt)[:-1])))
-                zc += sum(cnt)
-                push_all()
-                merges_per_round.append(int(sum(cnt)))
-                bytes_per_round.append(int(b1 - b0))
-                b0 = b1
-                bar.update(int(sum(cnt)))
-        t2 = time.perf_counter()
-        info["rounds"] = rounds
-        info["merge_s"] = t2 - t1
-        info["merges_per_round"] = merges_per_round
-        info["bytes_per_round"] = bytes_per_round
-        # the tree rows, numbered as the labels were given: round by round, actor by actor, id order
-        Z = np.empty((n - 1, 4), dtype=np.float64)
-        recs = ray.get([a.take_records.remote() for a in actors])
-        taken = [0] * P
-        row = 0
-        for cnt in counts:
-            for p in range(P):
-                if cnt[p] == 0:
-                    continue
-                kids, h, sz = recs[p][taken[p]]
-                taken[p] += 1
-                Z[row:row + cnt[p], :2] = kids
-                Z[row:row + cnt[p], 2] = h
-                Z[row:row + cnt[p], 3] = sz
-                row += cnt[p]
-        roots = ray.get([a.roots.remote() for a in actors])
-        mem = ray.get([a.memory.remote() for a in actors])
-        info["actor_peak_bytes"] = [int(m[0]) for m in mem]
-        info["bytes_sent"] = int(sum(m[1] for m in mem))
-        info["arena"] = {key: int(sum(m[2][key] for m in mem)) for key in mem[0][2]}
-        nodes = [m[4] for m in mem]
-        info["actor_nodes"] = nodes  # where the actors ran (Ray node ids)
-        info["nodes"] = len(set(nodes))
-        # messages between actors on different nodes: the bytes that crossed the network
-        info["cross_node_bytes"] = int(sum(mem[p][3][q] for p in range(P) for q in range(P) if nodes[p] != nodes[q]))
-    finally:
-        for a in actors:
-            ray.kill(a)
+        b0 = sum(m[1] for m in ray.get([a.memory.remote() for a in actors]))
+        return {"edges": edges // 2, "build_s": t1 - t0, "initial_weights_s": time.perf_counter() - t1,
+                "initial_weights_bytes": int(b0), "b0": int(b0), "rounds": 0, "zc": 0, "label_base": [n] * P,
+                "counts": [], "merges_per_round": [], "bytes_per_round": []}
+
+    def push_all():
+        inbox = [[] for _ in range(P)]
+        while True:
+            outs = [call(a.push, P + 1, *inbox[q]) for q, a in enumerate(actors)]
+            if sum(ray.get([o[P] for o in outs])) == 0:
+                return
+            inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
+
+    def save(st):
+        """Every actor's state and the driver's round state, as the job's current checkpoint."""
+        tmp = checkpoint.rac_begin(st["rounds"])
+        ray.get([a.save.remote(str(tmp / f"actor-{p}.pkl")) for p, a in enumerate(actors)])
+        checkpoint.rac_commit(tmp, st["rounds"], st)
+        info["checkpoints"] += 1
+
+    def rounds_from(st, bar):
+        """RAC rounds until no reciprocal pair is left, from the state ``st`` (updated in place)."""
+        last_save = time.perf_counter()
+        while True:
+            outA = [call(a.propose, P, st["label_base"][p]) for p, a in enumerate(actors)]
+            outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            if sum(ray.get([o[P] for o in outB])) == 0:
+                return
+            outC = [call(a.rename, P, *[outB[q][p] for q in range(P)]) for p, a in enumerate(actors)]
+            outD = [call(a.move, P, *[outC[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            res = ray.get([a.merge.remote(*[outD[p][q] for p in range(P)]) for q, a in enumerate(actors)])
+            cnt = [r[0] for r in res]
+            b1 = sum(r[1] for r in res)  # bytes sent so far (this round's pushes count in the next)
+            st["counts"].append(cnt)
+            st["label_base"] = [int(x) for x in n + st["zc"] + np.concatenate(([0], np.cumsum(cnt)[:-1]))]
+            st["zc"] += sum(cnt)
+            push_all()
+            st["rounds"] += 1
+            st["merges_per_round"].append(int(sum(cnt)))
+            st["bytes_per_round"].append(int(b1 - st["b0"]))
+            st["b0"] = int(b1)
+            bar.update(int(sum(cnt)))
+            if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_s:
+                save(st)
+                last_save = time.perf_counter()
+
+    d = int(source.read(source.blocks[0]).shape[1])
+    if stats_dtype == "auto":
+        stats_dtype = "float64" if n * d * 8 <= STATS_F64_MAX_BYTES else "float32"
+    info["stats_dtype"] = stats_dtype
+    info["checkpoints"] = 0
+    info["restarts"] = 0
+    info["resumed_from_round"] = None
+    saved = checkpoint.rac_round() if checkpoint is not None else None
+    if saved is not None:
+        info["resumed_from_round"] = saved[1]["rounds"]
+    actors = []
+    while True:
+        try:
+            actors = [Actor.remote(p, P, n, code, stats_dtype) for p in range(P)]
+            if saved is None:
+                st = build()
+                if checkpoint is not None:
+                    save(st)
+            else:  # every actor back to the last completed checkpoint's round (the rounds are deterministic)
+                where, st = saved
+                ray.get([a.load.remote(str(where / f"actor-{p}.pkl")) for p, a in enumerate(actors)])
+            t1 = time.perf_counter()
+            bar = tqdm(total=n - 1, initial=st["zc"], desc="HAC rounds (ray)", unit="merges", disable=not progress,
+                       leave=False, mininterval=0.5)
+            with bar:
+                rounds_from(st, bar)
+            t2 = time.perf_counter()
+            # the tree rows, numbered as the labels were given: round by round, actor by actor, id order
+            Z = np.empty((n - 1, 4), dtype=np.float64)
+            recs = ray.get([a.take_records.remote() for a in actors])
+            taken = [0] * P
+            row = 0
+            for cnt in st["counts"]:
+                for p in range(P):
+                    if cnt[p] == 0:
+                        continue
+                    kids, h, sz = recs[p][taken[p]]
+                    taken[p] += 1
+                    Z[row:row + cnt[p], :2] = kids
+                    Z[row:row + cnt[p], 2] = h
+                    Z[row:row + cnt[p], 3] = sz
+                    row += cnt[p]
+            roots = ray.get([a.roots.remote() for a in actors])
+            mem = ray.get([a.memory.remote() for a in actors])
+            break
+        except Exception as exc:
+            for a in actors:
+                ray.kill(a)
+            actors = []
+            if not lost_worker(exc):
+                raise
+            saved = checkpoint.rac_round() if checkpoint is not None else None
+            if info["restarts"] >= restarts:
+                at = f"round {saved[1]['rounds']}" if saved is not None else "the stage's start"
+                raise StageFailed(
+                    f"a Ray worker of the RAC stage died ({type(exc).__name__}) and {restarts} restart(s) are spent; "
+                    + (f"rerun with --resume to continue from {at}" if checkpoint is not None else
+                       "rerun with a checkpoint directory to make the stage resumable")) from None
+            info["restarts"] += 1  # new actors from the last checkpoint (or the start): the same rounds again
+    for a in actors:
+        ray.kill(a)
+    for key in ("edges", "build_s", "initial_weights_s", "initial_weights_bytes"):
+        info[key] = st.get(key)
+    info["rounds"] = st["rounds"]
+    info["merge_s"] = t2 - t1
+    info["merges_per_round"] = st["merges_per_round"]
+    info["bytes_per_round"] = st["bytes_per_round"]
+    info["actor_peak_bytes"] = [int(m[0]) for m in mem]
+    info["bytes_sent"] = int(sum(m[1] for m in mem))
+    info["arena"] = {key: int(sum(m[2][key] for m in mem)) for key in mem[0][2]}
+    nodes = [m[4] for m in mem]
+    info["actor_nodes"] = nodes  # where the actors ran (Ray node ids)
+    info["nodes"] = len(set(nodes))
+    # messages between actors on different nodes: the bytes that crossed the network
+    info["cross_node_bytes"] = int(sum(mem[p][3][q] for p in range(P) for q in range(P) if nodes[p] != nodes[q]))
     gids = np.concatenate([r[0] for r in roots])
     order = np.argsort(gids)
     S = np.concatenate([r[1] for r in roots])[order]
