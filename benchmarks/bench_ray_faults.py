@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -40,39 +39,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from ray_util import Killer, fsl, start_ray  # noqa: E402  (the fault injector the tests use)
+import ray_util  # noqa: E402
+from ray_util import Killer, SlowSoftmax, fsl, start_ray  # noqa: E402  (the fault injector the tests use)
+from test_ray_cluster import _blobs, canonical_tree  # noqa: E402
 
 KINDS = ["knn", "rac", "rac-resume", "inference", "driver"]
-
-
-def blobs(n, d, centers, seed):
-    r = np.random.default_rng(seed)
-    C = r.standard_normal((centers, d)) * 2
-    lab = r.integers(0, centers, n)
-    return (C[lab] + r.standard_normal((n, d)) * r.uniform(0.5, 1.5, centers)[lab, None]).astype(np.float32)
-
-
-def canonical(Z, n):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_ray_cluster import canonical_tree
-
-    return canonical_tree(Z, n)
-
-
-class SlowSoftmax:
-    def __init__(self, W):
-        self.W = W
-
-    def __call__(self):
-        W = self.W
-
-        def f(X):
-            time.sleep(0.1)
-            z = X @ W
-            e = np.exp(z - z.max(1, keepdims=True))
-            return e / e.sum(1, keepdims=True)
-
-        return f
 
 
 def main():
@@ -91,21 +62,21 @@ def main():
     from batchal.engines import get_engine
     from batchal.engines.ray._session import StageFailed
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(ray_util)
     ray = start_ray()
     eng = get_engine("ray")
     work = Path(tempfile.mkdtemp(prefix="bench-ray-faults-"))
-    X = blobs(a.n, 8, a.n // 200, seed=6)
+    X = _blobs(a.n, 8, a.n // 200, seed=6)
     np.save(work / "E.npy", X)
     Zl, _ = graph_linkage(X, metric="cosine", knn=10)
-    want = canonical(Zl, a.n)
+    want = canonical_tree(Zl, a.n)
     r = np.random.default_rng(3)
     F = r.normal(size=(4000, 6)).astype(np.float32)
     W = r.normal(size=(6, 4)).astype(np.float32)
     (work / "pool").mkdir()
     pq.write_table(pa.table({"id": np.arange(4000), "features": fsl(F)}), work / "pool" / "part-000.parquet",
                    row_group_size=200)
-    want_p = SlowSoftmax(W)()(F)
+    want_p = SlowSoftmax(W, 0)()(F)
     rng = np.random.default_rng(a.seed)
     rows = []
     for t in range(a.trials):
@@ -134,7 +105,7 @@ def main():
             rec["resumed_from_round"] = info["resumed_from_round"]
         elif kind == "inference":
             killer = Killer("MapWorker", 2.0, seed)
-            res = eng.predict(work / "pool", SlowSoftmax(W), work / f"preds-{t}", batch_rows=100)
+            res = eng.predict(work / "pool", SlowSoftmax(W, 0.1), work / f"preds-{t}", batch_rows=100)
             rec["killed"] = len(killer.join())
             P = np.stack(pq.read_table(work / f"preds-{t}").column("probs").to_numpy(zero_copy_only=False))
             rec["identical"] = bool(res["rows"] == 4000 and np.allclose(P, want_p, rtol=1e-6, atol=1e-7))
@@ -156,7 +127,7 @@ def main():
             Z = np.load(work / f"T-{t}.npy")
             ck = ckd
         if kind != "inference":
-            rec["identical"] = bool(np.array_equal(canonical(Z, a.n), want))
+            rec["identical"] = bool(np.array_equal(canonical_tree(Z, a.n), want))
         rec["checkpoint_left"] = ck.exists()
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(rec), flush=True)

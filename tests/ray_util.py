@@ -44,9 +44,12 @@ def start_cluster(nodes: int = CLUSTER_NODES):
     return cluster
 
 
-def stop_cluster(cluster) -> None:
+def ray_cluster():
+    """A module fixture's body: the multi-node cluster of :func:`start_cluster`, ended after the module."""
     import ray
 
+    cluster = start_cluster()
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
 
@@ -157,3 +160,24 @@ class Killer:
     def join(self):
         self.thread.join()
         return self.killed
+
+
+class SlowSoftmax:
+    """A picklable model factory: a fixed linear layer and softmax, ``delay_s`` per call so that an
+    inference worker can be killed mid-pool (register this module with cloudpickle by value)."""
+
+    def __init__(self, W, delay_s: float = 0.15):
+        self.W, self.delay_s = W, delay_s
+
+    def __call__(self):
+        import time
+
+        W, delay_s = self.W, self.delay_s
+
+        def f(X):
+            time.sleep(delay_s)
+            z = X @ W
+            e = np.exp(z - z.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+
+        return f

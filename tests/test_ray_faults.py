@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install \"batchal[ray]\")")
 
 from batchal.clustering.graph import graph_linkage
-from ray_util import Killer, ray_engine, write_shards
+from ray_util import Killer, SlowSoftmax, ray_engine, write_shards
 from test_ray_cluster import _blobs, canonical_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -109,29 +109,13 @@ def test_a_killed_driver_resumes_from_the_checkpoint(engine, pool, tmp_path):
     assert not ck.exists()
 
 
-class _SlowSoftmax:
-    """A picklable model factory: a fixed linear layer and softmax, slow enough to be killed mid-pool."""
-
-    def __init__(self, W):
-        self.W = W
-
-    def __call__(self):
-        W = self.W
-
-        def f(X):
-            time.sleep(0.15)
-            z = X @ W
-            e = np.exp(z - z.max(1, keepdims=True))
-            return e / e.sum(1, keepdims=True)
-
-        return f
-
-
 def test_a_killed_inference_worker_is_retried(engine, tmp_path):
     import pyarrow.parquet as pq
     from ray import cloudpickle
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import a test module
+    import ray_util
+
+    cloudpickle.register_pickle_by_value(ray_util)  # workers cannot import the tests' helpers
     r = np.random.default_rng(4)
     n, d, C = 4000, 6, 4
     X = r.normal(size=(n, d)).astype(np.float32)
@@ -139,10 +123,25 @@ def test_a_killed_inference_worker_is_retried(engine, tmp_path):
     (tmp_path / "pool").mkdir()
     write_shards(tmp_path / "pool", {"features": X}, [(0, 2000), (2000, n)], 200)  # 20 row groups
     killer = Killer("MapWorker", 1.0, seed=5)
-    res = engine.predict(tmp_path / "pool", _SlowSoftmax(W), tmp_path / "preds", batch_rows=100)
+    res = engine.predict(tmp_path / "pool", SlowSoftmax(W), tmp_path / "preds", batch_rows=100)
     assert killer.join(), "no inference worker was found to kill"
     assert res["rows"] == n
     t = pq.read_table(tmp_path / "preds")
     np.testing.assert_array_equal(t.column("id").to_numpy(), np.arange(n))
     P = np.stack(t.column("probs").to_numpy(zero_copy_only=False))
-    np.testing.assert_allclose(P, _SlowSoftmax(W)()(X), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(P, SlowSoftmax(W)()(X), rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_directory_of_something_else_is_refused(engine, tmp_path):
+    from batchal import BatchalInputError
+    from batchal.engines.ray._checkpoint import JobCheckpoint
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    X = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    with pytest.raises(BatchalInputError, match="not empty and holds no batchal checkpoint"):
+        engine.linkage(X, knn=5, checkpoint_dir=tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    JobCheckpoint(tmp_path / "ck", {"n": 300}, resume=False)  # what a killed job of another pool left
+    with pytest.raises(BatchalInputError, match="of another job"):
+        engine.linkage(X[:200], knn=5, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert (tmp_path / "ck" / "job.json").exists()  # refused: kept as it was

@@ -16,7 +16,7 @@ pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install 
 import batchal
 from batchal.clustering.graph import graph_linkage
 from batchal.clustering.knn import knn_graph
-from ray_util import CLUSTER_NODES, alive_nodes, start_cluster, stop_cluster, write_shards
+from ray_util import CLUSTER_NODES, alive_nodes, ray_cluster, write_shards
 from test_ray_campaign import _run_api, data, local, snapshot  # noqa: F401  (data, local: fixtures)
 from test_ray_cluster import _blobs, _rac, canonical_tree
 
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = start_cluster()
-    yield c
-    stop_cluster(c)
+    yield from ray_cluster()
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +52,9 @@ def test_knn_across_nodes_equals_local(engine, metric, tmp_path):
     res = engine.knn_graph(str(tmp_path), 10, metric=metric, method="ivf")
     np.testing.assert_array_equal(res.indices, local.indices)
     np.testing.assert_array_equal(res.distances, local.distances)
-    assert res.info["actors"] == 3 and res.info["nodes"] == 3
-    assert set(res.info["actor_nodes"]) == set(alive_nodes())
+    # the actors spread over the nodes (Ray's SPREAD is best effort: at least two of the three)
+    assert res.info["actors"] == 3 and res.info["nodes"] >= 2
+    assert set(res.info["actor_nodes"]) <= set(alive_nodes())
     assert res.info["cross_node_rows"] > 0  # rows of the shard exchange went to an owner on another node
 
 
@@ -67,7 +66,7 @@ def test_merge_tree_across_nodes_equals_local(cluster):
     res = knn_graph(X, 8, metric="cosine", method="flat")
     Zr, info = _rac(ray, X, res.indices, "cosine", n_actors=3)
     np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
-    assert info["nodes"] == 3 and info["cross_node_bytes"] > 0
+    assert info["nodes"] >= 2 and set(info["actor_nodes"]) <= set(alive_nodes()) and info["cross_node_bytes"] > 0
     assert info["cross_node_bytes"] <= info["bytes_sent"]
 
 

@@ -81,9 +81,12 @@ class JobCheckpoint:
                 raise BatchalInputError(f"--resume: the checkpoint in {self.dir} is of another job "
                                         f"(differs in {', '.join(diff)}); rerun without --resume to start over")
         else:
-            if self.dir.exists():
+            if self.dir.exists() and any(self.dir.iterdir()):
+                if not found.exists():  # never wipe a directory that is not a checkpoint of ours
+                    raise BatchalInputError(f"--checkpoint-dir {self.dir} is not empty and holds no batchal "
+                                            "checkpoint; give a new or empty directory")
                 shutil.rmtree(self.dir)
-            self.dir.mkdir(parents=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(found, lambda tmp: tmp.write_text(json.dumps(self.job, sort_keys=True)))
 
     # ------------------------------------------------------------------ kNN stage

@@ -519,8 +519,9 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         without a copy; only the room used is ever resident.
     checkpoint : JobCheckpoint, optional
         Where every actor's state is written after the first linkages and then
-        every ``checkpoint_s`` seconds of rounds (between rounds); a checkpoint
-        found there (a killed job's) is resumed instead of building the graph.
+        between rounds every ``checkpoint_s`` seconds (0: every round), or less
+        often when writing one takes over a ninth of that; a checkpoint found
+        there (a killed job's) is resumed instead of building the graph.
     restarts : int
         When a worker dies (an actor's process, its node), every actor is
         replaced and reloads the last checkpoint (without one: the stage starts
@@ -592,15 +593,18 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
 
     def save(st):
-        """Every actor's state and the driver's round state, as the job's current checkpoint."""
+        """Every actor's state and the driver's round state, as the job's current checkpoint; its seconds."""
+        t = time.perf_counter()
         tmp = checkpoint.rac_begin(st["rounds"])
         ray.get([a.save.remote(str(tmp / f"actor-{p}.pkl")) for p, a in enumerate(actors)])
         checkpoint.rac_commit(tmp, st["rounds"], st)
         info["checkpoints"] += 1
+        info["checkpoint_s"] = info.get("checkpoint_s", 0.0) + time.perf_counter() - t
+        return time.perf_counter() - t
 
     def rounds_from(st, bar):
         """RAC rounds until no reciprocal pair is left, from the state ``st`` (updated in place)."""
-        last_save = time.perf_counter()
+        last_save, save_s = time.perf_counter(), 0.0
         while True:
             outA = [call(a.propose, P, st["label_base"][p]) for p, a in enumerate(actors)]
             outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
@@ -620,8 +624,11 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             st["bytes_per_round"].append(int(b1 - st["b0"]))
             st["b0"] = int(b1)
             bar.update(int(sum(cnt)))
-            if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_s:
-                save(st)
+            # every checkpoint_s seconds, but at most a tenth of the time on checkpoints (a 10M pool's
+            # actors write several GB each); checkpoint_s = 0: after every round
+            gap = checkpoint_s and max(checkpoint_s, 9 * save_s)
+            if checkpoint is not None and time.perf_counter() - last_save >= gap:
+                save_s = save(st)
                 last_save = time.perf_counter()
 
     d = int(source.read(source.blocks[0]).shape[1])
@@ -641,7 +648,7 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             if saved is None:
                 st = build()
                 if checkpoint is not None:
-                    save(st)
+                    save(st)  # the graph and the first linkages: the longest part of the stage to redo
             else:  # every actor back to the last completed checkpoint's round (the rounds are deterministic)
                 where, st = saved
                 ray.get([a.load.remote(str(where / f"actor-{p}.pkl")) for p, a in enumerate(actors)])
