@@ -16,6 +16,23 @@ from ...clustering._graph_kernels import _link, find_sorted, sort_dedupe
 
 
 @njit(cache=True)
+def group_by(dest, n_groups):
+    """A stable counting sort of ``dest`` (values in ``[0, n_groups)``): ``(order, bounds)``, group g being
+    ``order[bounds[g]:bounds[g + 1]]`` in its original order."""
+    bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(dest.shape[0]):
+        bounds[dest[i] + 1] += 1
+    for g in range(n_groups):
+        bounds[g + 1] += bounds[g]
+    fill = bounds[:-1].copy()
+    order = np.empty(dest.shape[0], dtype=np.int64)
+    for i in range(dest.shape[0]):
+        order[fill[dest[i]]] = i
+        fill[dest[i]] += 1
+    return order, bounds
+
+
+@njit(cache=True)
 def fill_lists(src_loc, dst, fill, nbr):
     """Append ``dst[i]`` to the list of local cluster ``src_loc[i]`` (CSR fill pointers ``fill``)."""
     for i in range(src_loc.shape[0]):

@@ -53,9 +53,9 @@ def owner_of(ids: np.ndarray, n_actors: int) -> np.ndarray:
 
 def _split(dest: np.ndarray, n_actors: int, *arrays):
     """Group the rows of ``arrays`` by destination actor (stable): one tuple of arrays per actor, or None."""
-    order = np.argsort(dest, kind="stable")
-    counts = np.bincount(dest, minlength=n_actors)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
+    # a counting sort, O(entries): 5M destinations among 4 actors in 0.03 s, against 0.32 s for
+    # numpy's stable argsort (the partition tasks and every push and proposal group their entries)
+    order, bounds = R.group_by(np.asarray(dest, dtype=np.int64), n_actors)
     out = []
     for q in range(n_actors):
         sel = order[bounds[q]:bounds[q + 1]]
@@ -88,6 +88,24 @@ def _partition_chunk(chunk, n_actors: int):
     return partition_edges(chunk[1], chunk[0], n_actors)
 
 
+def _busy(fn):
+    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds): the rest
+    of a stage's wall time is the messages (fetching the arguments, storing the returns), the driver's
+    scheduling and waiting. CPU seconds (all the actor's threads) stay comparable on a loaded machine."""
+    import functools
+
+    @functools.wraps(fn)
+    def timed(self, *args):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            return fn(self, *args)
+        finally:
+            w0, c0 = self.busy.get(fn.__name__, (0.0, 0.0))
+            self.busy[fn.__name__] = (w0 + time.perf_counter() - t, c0 + time.process_time() - c)
+
+    return timed
+
+
 class RacActor:
     """One actor's clusters: statistics, sorted neighbour lists, nearest neighbours, its merge records."""
 
@@ -104,6 +122,7 @@ class RacActor:
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
         self.bytes_to = np.zeros(n_actors, dtype=np.int64)  # per receiving actor: what crosses nodes
+        self.busy = {}  # seconds inside each method (_busy)
 
     def _loc(self, g):
         return np.searchsorted(self.gid, g)
@@ -119,6 +138,7 @@ class RacActor:
         return vals[0] if len(vals) == 1 else vals
 
     # ------------------------------------------------------------ building the graph
+    @_busy
     def count(self, *pieces):
         for p in pieces:
             if p is not None:
@@ -136,12 +156,14 @@ class RacActor:
         del self.counts
         return True
 
+    @_busy
     def fill_edges(self, *pieces):
         for p in pieces:
             if p is not None:
                 R.fill_lists(self._loc(p[0]), p[1], self.fill, self.raw)
         return True
 
+    @_busy
     def finish_graph(self):
         """Sort and dedupe every list (the symmetric graph), then leave room to grow."""
         uniq = np.zeros(self.m, dtype=np.int64)
@@ -167,6 +189,7 @@ class RacActor:
         return nnz
 
     # ------------------------------------------------------------ statistics
+    @_busy
     def init_stats(self, source, code_cosine: bool):
         """Each owned row's statistics, prepared exactly as the local engine prepares them."""
         from ...clustering.knn import _prep_chunk
@@ -218,6 +241,7 @@ class RacActor:
         return d
 
     # ------------------------------------------------------------ one round
+    @_busy
     def propose(self, label_base: int):
         """Number last round's merges (the driver knows the offsets now); nearest neighbour of dirty clusters."""
         if self.merged.shape[0]:
@@ -230,6 +254,7 @@ class RacActor:
         y = self.nn[xs]
         return self._sent(_split(owner_of(y, self.P), self.P, self.gid[xs], y))
 
+    @_busy
     def match(self, *inbox):
         """Reciprocal pairs among the proposals ``x -> y`` this actor's ``y`` received; confirm to x's owner."""
         xs, ys = [], []
@@ -246,6 +271,7 @@ class RacActor:
         y = np.concatenate(ys) if ys else np.empty(0, np.int64)
         return self._sent(_split(owner_of(x, self.P), self.P, x, y), int(x.shape[0]))
 
+    @_busy
     def rename(self, *inbox):
         """Confirmations in; each pair's larger id b tells the owners of its neighbours ``b -> a``."""
         for msg in inbox:
@@ -259,6 +285,7 @@ class RacActor:
         a = self.partner[bl][who]
         return self._sent(_split(owner_of(xs, self.P), self.P, xs, b, a))
 
+    @_busy
     def move(self, *inbox):
         """Apply the renames to the lists here; send each b's statistics and list to the owner of its a."""
         parts = [m for m in inbox if m is not None]
@@ -296,6 +323,7 @@ class RacActor:
         self.bl = None
         return self._sent(outs)
 
+    @_busy
     def merge(self, *inbox):
         """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
         parts = [m for m in inbox if m is not None]
@@ -344,6 +372,7 @@ class RacActor:
         for name, at in (("compactions", 1), ("grown", 2), ("copied", 3)):
             self.arena_events[name] += event >= at
 
+    @_busy
     def push(self, *inbox):
         """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
 
@@ -418,7 +447,7 @@ class RacActor:
         import ray
 
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.bytes_sent, self.arena_events,
-                self.bytes_to, ray.get_runtime_context().get_node_id())
+                self.bytes_to, ray.get_runtime_context().get_node_id(), self.busy)
 
     def ping(self):
         return self.rank
@@ -706,6 +735,10 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     info["nodes"] = len(set(nodes))
     # messages between actors on different nodes: the bytes that crossed the network
     info["cross_node_bytes"] = int(sum(mem[p][3][q] for p in range(P) for q in range(P) if nodes[p] != nodes[q]))
+    # seconds inside each actor method, the busiest actor's (since the last restart); against the stage's
+    # wall time this says how much of it the actors computed and how much went to messages and waiting
+    info["actor_busy_s"] = {key: [round(max(m[5].get(key, (0.0, 0.0))[i] for m in mem), 2) for i in (0, 1)]
+                            for key in sorted(set().union(*(m[5] for m in mem)))}  # [wall, CPU]
     gids = np.concatenate([r[0] for r in roots])
     order = np.argsort(gids)
     S = np.concatenate([r[1] for r in roots])[order]
