@@ -60,7 +60,7 @@ def main():
 
     from batchal.clustering.graph import graph_linkage
     from batchal.engines import get_engine
-    from batchal.engines.ray._session import StageFailed
+    from batchal.engines.base import StageFailed
 
     cloudpickle.register_pickle_by_value(ray_util)
     ray = start_ray()

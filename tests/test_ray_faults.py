@@ -61,7 +61,7 @@ def test_a_killed_rac_actor_reloads_the_last_round(engine, pool, tmp_path):
 
 
 def test_no_restarts_left_is_one_error_then_resume_gives_the_tree(engine, pool, tmp_path):
-    from batchal.engines.ray._session import StageFailed
+    from batchal.engines.base import StageFailed
 
     X, want = pool
     killer = Killer("RacActor", 2.0, seed=3)
@@ -130,6 +130,44 @@ def test_a_killed_inference_worker_is_retried(engine, tmp_path):
     np.testing.assert_array_equal(t.column("id").to_numpy(), np.arange(n))
     P = np.stack(t.column("probs").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(P, SlowSoftmax(W)()(X), rtol=1e-6, atol=1e-7)
+
+
+def test_a_killed_campaign_cluster_resumes_with_the_local_clusters(engine, tmp_path):
+    # `campaign cluster --engine ray` killed once its first round checkpoint is whole (in the campaign's
+    # ray-checkpoint/); `--resume` records the clusters the local engine records, and the campaign checks
+    import ray
+    from typer.testing import CliRunner
+
+    from batchal import Campaign
+    from batchal.cli import app
+    from campaign_util import CLASSES, make_pool
+
+    make_pool(tmp_path / "pool.parquet", n=21000, d=8)
+    for name in ("local", "ray"):
+        Campaign.init(tmp_path / name, tmp_path / "pool.parquet", classes=CLASSES).close()
+    opts = ["--method", "graph", "--knn", "10", "-q"]
+    r = CliRunner().invoke(app, ["campaign", "cluster", str(tmp_path / "local"), *opts])
+    assert r.exit_code == 0, r.output
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath("src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", "from batchal.cli import app; app()", "campaign", "cluster",
+                             str(tmp_path / "ray"), *opts, "--engine", "ray", "--ray-address",
+                             ray.get_runtime_context().gcs_address], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ck = tmp_path / "ray" / "ray-checkpoint"
+    t0 = time.monotonic()
+    while not (ck / "rac.json").exists() and proc.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = CliRunner().invoke(app, ["campaign", "cluster", str(tmp_path / "ray"), *opts, "--engine", "ray", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert not ck.exists()
+    got, want = Campaign(tmp_path / "ray"), Campaign(tmp_path / "local")
+    with got._store.read() as a, want._store.read() as b:
+        np.testing.assert_array_equal(got._clusters(a), want._clusters(b))
+    assert got.check() == []
+    got.close(), want.close()
 
 
 def test_a_checkpoint_directory_of_something_else_is_refused(engine, tmp_path):

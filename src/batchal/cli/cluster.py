@@ -85,7 +85,7 @@ def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, met
     if not embeddings.exists():
         _fail(f"--embeddings: no such file {embeddings}")
     eng = _engine(engine, ray_address, quiet)
-    from ..engines.ray._session import StageFailed
+    from ..engines.base import StageFailed
 
     try:
         with eng:

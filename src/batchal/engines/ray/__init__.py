@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..._validation import BatchalInputError
-from ..base import Engine
-from ._session import RaySession, StageFailed, import_ray, input_errors, lost_worker
+from ..base import Engine, StageFailed
+from ._session import RaySession, import_ray, input_errors, lost_worker
 from .select import RAY_STRATEGIES
 
 __all__ = ["RayEngine"]

@@ -88,10 +88,6 @@ def input_errors():
         raise BatchalInputError(str(inner.args[0]) if inner.args else str(inner)) from None
 
 
-class StageFailed(RuntimeError):
-    """A Ray stage lost workers more often than it may restart; the message says how to resume."""
-
-
 def lost_worker(exc: BaseException) -> bool:
     """Did ``exc`` come from a dead worker (an actor's or a task's process, or its node), however wrapped?
 

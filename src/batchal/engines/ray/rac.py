@@ -34,7 +34,8 @@ from ..._validation import BatchalInputError, iter_chunks
 from ...clustering import _graph_kernels as K
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
-from ._session import StageFailed, lost_worker
+from ..base import StageFailed
+from ._session import lost_worker
 
 #: CPUs an actor reserves (and a partition task): half, so tasks can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
@@ -724,7 +725,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     for key in ("edges", "build_s", "initial_weights_s", "initial_weights_bytes"):
         info[key] = st.get(key)
     info["rounds"] = st["rounds"]
-    info["merge_s"] = t2 - t1
+    info["rounds_s"] = t2 - t1  # this run's rounds (after a resume: those after the checkpoint)
+    info["merge_s"] = (st.get("initial_weights_s") or 0.0) + info["rounds_s"]  # the first linkages and the rounds
     info["merges_per_round"] = st["merges_per_round"]
     info["bytes_per_round"] = st["bytes_per_round"]
     info["actor_peak_bytes"] = [int(m[0]) for m in mem]
