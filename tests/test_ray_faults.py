@@ -81,7 +81,6 @@ def test_no_restarts_left_is_one_error_then_resume_gives_the_tree(engine, pool, 
 def test_a_killed_driver_resumes_from_the_checkpoint(engine, pool, tmp_path):
     # the driver is a `batchal cluster` process joined to this Ray instance: killing it ends its actors but
     # not the cluster; it dies once its first RAC round checkpoint is whole, the rerun with --resume continues
-    import ray
     from typer.testing import CliRunner
 
     from batchal.cli import app
@@ -91,6 +90,20 @@ def test_a_killed_driver_resumes_from_the_checkpoint(engine, pool, tmp_path):
     args = ["cluster", "-e", str(tmp_path / "E.npy"), "--method", "graph", "--knn", "10", "--engine", "ray",
             "--save-tree", str(tmp_path / "T.npy"), "-o", str(tmp_path / "C.npy"), "-q"]
     ck = tmp_path / "C.npy.ray-checkpoint"
+    _kill_after_first_round(args, ck)
+    assert (ck / "knn.npy").exists() and not (tmp_path / "T.npy").exists()
+    r = CliRunner().invoke(app, args[:-1] + ["--resume"])
+    assert r.exit_code == 0, r.output
+    assert "resumed from the checkpoint" in r.output
+    np.testing.assert_array_equal(canonical_tree(np.load(tmp_path / "T.npy"), X.shape[0]), want)
+    assert not ck.exists()
+
+
+def _kill_after_first_round(args: list, ck):
+    """Run ``batchal *args`` as a driver joined to this Ray instance; kill -9 it once the checkpoint ``ck``
+    holds a whole RAC round (its actors die with it, the Ray instance does not)."""
+    import ray
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath("src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", "from batchal.cli import app; app()", *args, "--ray-address",
                              ray.get_runtime_context().gcs_address], env=env, stdout=subprocess.DEVNULL,
@@ -101,12 +114,6 @@ def test_a_killed_driver_resumes_from_the_checkpoint(engine, pool, tmp_path):
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (ck / "knn.npy").exists() and not (tmp_path / "T.npy").exists()
-    r = CliRunner().invoke(app, args[:-1] + ["--resume"])
-    assert r.exit_code == 0, r.output
-    assert "resumed from the checkpoint" in r.output
-    np.testing.assert_array_equal(canonical_tree(np.load(tmp_path / "T.npy"), X.shape[0]), want)
-    assert not ck.exists()
 
 
 def test_a_killed_inference_worker_is_retried(engine, tmp_path):
@@ -135,7 +142,6 @@ def test_a_killed_inference_worker_is_retried(engine, tmp_path):
 def test_a_killed_campaign_cluster_resumes_with_the_local_clusters(engine, tmp_path):
     # `campaign cluster --engine ray` killed once its first round checkpoint is whole (in the campaign's
     # ray-checkpoint/); `--resume` records the clusters the local engine records, and the campaign checks
-    import ray
     from typer.testing import CliRunner
 
     from batchal import Campaign
@@ -148,18 +154,8 @@ def test_a_killed_campaign_cluster_resumes_with_the_local_clusters(engine, tmp_p
     opts = ["--method", "graph", "--knn", "10", "-q"]
     r = CliRunner().invoke(app, ["campaign", "cluster", str(tmp_path / "local"), *opts])
     assert r.exit_code == 0, r.output
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath("src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", "from batchal.cli import app; app()", "campaign", "cluster",
-                             str(tmp_path / "ray"), *opts, "--engine", "ray", "--ray-address",
-                             ray.get_runtime_context().gcs_address], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     ck = tmp_path / "ray" / "ray-checkpoint"
-    t0 = time.monotonic()
-    while not (ck / "rac.json").exists() and proc.poll() is None and time.monotonic() - t0 < 300:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_round(["campaign", "cluster", str(tmp_path / "ray"), *opts, "--engine", "ray"], ck)
     r = CliRunner().invoke(app, ["campaign", "cluster", str(tmp_path / "ray"), *opts, "--engine", "ray", "--resume"])
     assert r.exit_code == 0, r.output
     assert not ck.exists()
