@@ -473,10 +473,11 @@ def test_help_has_no_bool_placeholders_and_every_option_is_described(server):
     for cmd in ("init", "cluster", "select", "label", "export", "labels", "status", "add", "check"):
         rc, out, _ = server.run("campaign", cmd, "--help")
         assert rc == 0 and "<bool>" not in out, ("campaign", cmd)
-    for cmd in ("select", "cluster"):  # the engine options, as on `batchal select` and `batchal cluster`
-        rc, out, _ = server.run("campaign", cmd, "--help")
+    for cmd in (("select",), ("cluster",), ("campaign", "select"), ("campaign", "cluster")):
+        rc, out, _ = server.run(*cmd, "--help")  # every engine option names the extra that brings Ray
         assert rc == 0, cmd
-        for opt, words in (("--engine", "local: this process"), ("--ray-address", "Ray cluster to join")):
+        for opt, words in (("--engine", 'pip install "batchal[ray]"'), ("--engine", "local: this process"),
+                           ("--ray-address", "Ray cluster to join")):
             line = next(x for x in out.splitlines() if opt + " " in x)
             assert words in line, (cmd, line)
     rc, out, _ = server.run("simulate", "--help")

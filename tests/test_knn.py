@@ -376,3 +376,23 @@ def test_probe_fold_equals_the_best_k_of_old_and_new(m, c, d, l2, dup, order):
             o = np.lexsort((I[i], -K[i]))
             np.testing.assert_array_equal(I[i][o], ri)
             np.testing.assert_array_equal(K[i][o], rk)
+
+def test_fold_lists_keeps_the_best_k_of_every_candidate_list_in_the_total_order():
+    # the list kernel both engines fold with: candidate lists in any order and any split give the best k
+    # of the union by (key descending, id ascending), also with tied keys and short lists
+    from batchal.clustering._knn_kernels import fold_lists
+
+    r = np.random.default_rng(0)
+    n, k, parts = 50, 6, 4
+    keys = r.integers(0, 5, (n, 40)).astype(np.float32)  # many ties
+    ids = np.stack([r.permutation(1000)[:40] for _ in range(n)]).astype(np.int64)
+    ids[:, 30:] = -1  # padding (fewer candidates than slots)
+    I = np.full((n, k), -1, np.int64)
+    K = np.full((n, k), -np.inf, np.float32)
+    rows = np.arange(n)
+    for p, sl in enumerate(np.array_split(r.permutation(40), parts)):
+        fold_lists(rows, ids[:, sl], keys[:, sl], I, K, p == parts - 1)
+    for g in range(n):
+        ok = ids[g] >= 0
+        want = sorted(zip(-keys[g][ok], ids[g][ok]))[:k]
+        assert list(zip(-K[g], I[g])) == want

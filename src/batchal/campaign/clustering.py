@@ -14,9 +14,13 @@ from .store import now
 __all__ = ["cluster"]
 
 
+#: The Ray engine's checkpoints of a clustering in progress, in the campaign directory (not a recorded file).
+RAY_CHECKPOINT = "ray-checkpoint"
+
+
 def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: float | None = None,
             metric: str = "cosine", method: str = "auto", knn: int = 50, seed: int = 0,
-            force: bool = False, progress: bool = False, engine=None, clusters=None) -> dict:
+            force: bool = False, progress: bool = False, engine=None, clusters=None, resume: bool = False) -> dict:
     """The one-time average-linkage clustering of the pool, stored with its parameters, tree and report.
 
     Running it again with the same parameters is a no-op; with other
@@ -34,7 +38,12 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
         only computes: what is written, and in which transaction, is the same
         for every engine (the engine is not part of the recorded parameters),
         except the kNN graph kept for :meth:`Campaign.dedup`, which only the
-        local engine keeps (see Notes).
+        local engine keeps (see Notes). On Ray the completed stages and RAC
+        rounds are checkpointed in the campaign's ``ray-checkpoint/`` (removed
+        once the tree is complete).
+    resume : bool
+        Ray engine: continue a clustering with the same parameters that was
+        killed, from its last completed stage or round (the checkpoint).
     clusters : (n,) int array or path, optional
         A precomputed clustering (one cluster id per item, in the campaign's
         order) used instead of clustering here, e.g. one made on another
@@ -77,9 +86,15 @@ def cluster(campaign, *, mean_cluster_size: float | None = None, threshold: floa
         try:
             # an engine whose workers read files gets the shards' paths: the pool never passes the driver
             X = campaign._embedding_files(conn) if eng.reads_files else campaign._embeddings(conn)
-            extra = {} if eng.name != "local" else dict(knn_out=_knn_sink(campaign, kept))
+            kw = {}
+            if eng.name == "ray":  # its stages are resumable: checkpoints beside the campaign's files
+                kw = dict(checkpoint_dir=campaign._store.path_of(RAY_CHECKPOINT), resume=resume)
+            elif resume:
+                raise BatchalInputError("resume applies to the ray engine (the local engine runs in this process)")
+            if eng.name == "local":  # the kNN graph kept for Campaign.dedup
+                kw = dict(knn_out=_knn_sink(campaign, kept))
             model = eng.cluster(X, threshold=threshold, mean_cluster_size=mean_cluster_size, metric=metric,
-                                method=method, knn=knn, progress=progress, random_state=seed, **extra)
+                                method=method, knn=knn, progress=progress, random_state=seed, **kw)
         finally:
             if owned:
                 eng.close()

@@ -149,7 +149,12 @@ class EngineName(str, Enum):
     ray = "ray"
 
 
-ENGINE_HELP = "local: this process (default); ray: a Ray cluster (pip install \"batchal[ray]\")"
+# "\\[" escapes the bracket from rich markup, which would otherwise take "[ray]" for a style and drop it
+ENGINE_HELP = "local: this process (default); ray: a Ray cluster (pip install \"batchal\\[ray]\")"
+CHECKPOINT_HELP = ("ray engine: where the completed stages and RAC rounds are checkpointed, on storage every node "
+                   "reaches (default: beside --out, <out>.ray-checkpoint); removed when the job completes")
+RESUME_HELP = ("ray engine: continue a killed job of the same pool and options from its last completed stage or "
+               "round (the checkpoint directory); without it a job starts over")
 RAY_ADDRESS_HELP = "Ray cluster to join (e.g. auto, ray://head:10001); default: a local Ray instance with this machine's CPUs"
 
 

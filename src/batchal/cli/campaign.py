@@ -38,8 +38,9 @@ class LabelFormat(str, Enum):
 
 @contextmanager
 def _errors():
-    """Input errors -> one ``error:`` line, exit 2; a busy campaign -> exit 3."""
+    """Input errors -> one ``error:`` line, exit 2; a busy campaign -> exit 3; a failed Ray stage -> exit 1."""
     from ..campaign import CampaignBusyError
+    from ..engines.base import StageFailed
 
     try:
         yield
@@ -47,6 +48,8 @@ def _errors():
         _fail(str(exc), EXIT_BUSY)
     except BatchalInputError as exc:
         _fail(str(exc))
+    except StageFailed as exc:  # workers died more often than a stage may restart: --resume continues
+        _fail(str(exc), 1)
 
 
 def _open(directory: Path):
@@ -106,6 +109,7 @@ def cluster(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    resume: bool = typer.Option(False, "--resume", help="ray engine: continue a killed clustering with the same options from its last completed stage or round (checkpoints in the campaign's ray-checkpoint/)"),
 ):
     """The one-time clustering of the pool, stored with its parameters, tree and report."""
     from ..clustering.report import format_report
@@ -117,7 +121,7 @@ def cluster(
         with _engine_for(engine, ray_address, quiet) as eng:
             rep = c.cluster(mean_cluster_size=mean_cluster_size, threshold=threshold, metric=metric.value,
                             method=method.value, knn=knn, seed=seed, force=force, progress=not quiet, engine=eng,
-                            clusters=clusters)
+                            clusters=clusters, resume=resume)
     if rep.get("unchanged"):
         err.print("already clustered with these parameters (nothing to do)", highlight=False, markup=False)
     if not quiet:

@@ -10,7 +10,7 @@ import typer
 from .._validation import BatchalInputError
 from ._common import (DEFAULT_SEED, QUIET_HELP, SEED_HELP, Method, Metric, _fail, _save_ints, app, err, finite,
                       option_names, out)
-from ._common import ENGINE_HELP, RAY_ADDRESS_HELP, EngineName, _engine
+from ._common import CHECKPOINT_HELP, ENGINE_HELP, RAY_ADDRESS_HELP, RESUME_HELP, EngineName, _engine
 
 _OUT_HELP = ("where to write one int64 cluster id per row (.npy or .csv); a report <name>.report.json and a "
              "size histogram <name>.sizes.png are written beside it (--no-report: not)")
@@ -32,6 +32,8 @@ def cluster(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     engine: EngineName = typer.Option(EngineName.local, "--engine", help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help=CHECKPOINT_HELP),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
 ):
     """Cluster the pool once with average-linkage HAC; one cluster id per row."""
     from ..clustering import AverageLinkage
@@ -41,8 +43,11 @@ def cluster(
     if save_tree is not None:
         check_output(save_tree, name="--save-tree", suffixes=(".npy",))
     if engine is EngineName.ray or ray_address is not None:
+        ckpt = checkpoint_dir if checkpoint_dir is not None else out_path.with_name(out_path.name + ".ray-checkpoint")
         return _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree,
-                            quiet, engine, ray_address, report)
+                            quiet, engine, ray_address, report, ckpt, resume)
+    if resume or checkpoint_dir is not None:
+        _fail("--resume and --checkpoint-dir apply to --engine ray (the local engine runs in this process)")
     try:
         X = load_array(embeddings, name="--embeddings")
         model = AverageLinkage(
@@ -75,11 +80,13 @@ def cluster(
 
 
 def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, method, knn, seed, save_tree, quiet,
-                 engine, ray_address, report=True):
+                 engine, ray_address, report, checkpoint_dir, resume):
     """``cluster --engine ray``: the workers read the embeddings (.npy or Parquet) where they lie."""
     if not embeddings.exists():
         _fail(f"--embeddings: no such file {embeddings}")
     eng = _engine(engine, ray_address, quiet)
+    from ..engines.base import StageFailed
+
     try:
         with eng:
             if not quiet:
@@ -87,7 +94,7 @@ def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, met
                           highlight=False)
             model = eng.cluster(embeddings, threshold=threshold, mean_cluster_size=mean_cluster_size,
                                 metric=metric.value, method=method.value, knn=knn, progress=not quiet,
-                                random_state=seed)
+                                random_state=seed, checkpoint_dir=checkpoint_dir, resume=resume)
         if save_tree is not None:
             from ..io import atomic_write
 
@@ -95,8 +102,12 @@ def _cluster_ray(embeddings, out_path, threshold, mean_cluster_size, metric, met
         _save_ints(out_path, model.labels_)
     except BatchalInputError as exc:
         _fail(option_names(str(exc)))
+    except StageFailed as exc:  # workers died more often than a stage may restart: resumable
+        _fail(str(exc), code=1)
     if not quiet:
         t = model.timings_
+        if model.ray_info_.get("resumed_from_round") is not None or model.ray_info_.get("knn_resumed"):
+            err.print(f"resumed from the checkpoint in {checkpoint_dir}", highlight=False)
         err.print(f"ray: kNN {t.get('knn', 0):.1f}s, HAC {t.get('merge', 0):.1f}s in {t.get('rounds', 0)} rounds "
                   f"({t.get('actors', 0)} actors)", highlight=False)
     _report(model, out_path, quiet, report)

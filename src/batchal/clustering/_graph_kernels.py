@@ -116,20 +116,30 @@ def symmetrize_inplace(arena, m, k, n):
 @njit(parallel=True, cache=True)
 def _sort_dedupe_rows(arena, m, k, outdeg):
     for u in prange(m):
-        a = u * k
-        row = np.sort(arena[a:a + k])
-        w = 0
-        for j in range(k):
-            v = row[j]
-            if v < 0 or v == u or (w > 0 and arena[a + w - 1] == v):
-                continue
-            arena[a + w] = v
-            w += 1
-        outdeg[u] = w
+        outdeg[u] = sort_dedupe(arena, u * k, u * k + k, u)
 
 
-@njit(inline="always")
-def _has(arena, a, L, v):
+@njit(cache=True, inline="always")
+def sort_dedupe(arena, a, b, me):
+    """Sort ``arena[a:b]`` and keep each id once, without -1 and ``me``, from ``a`` on; returns the count kept.
+
+    One list's step of building the merge lists, for the local symmetrisation and
+    the Ray actors' lists alike.
+    """
+    row = np.sort(arena[a:b])
+    w = 0
+    for j in range(b - a):
+        v = row[j]
+        if v < 0 or v == me or (w > 0 and arena[a + w - 1] == v):
+            continue
+        arena[a + w] = v
+        w += 1
+    return w
+
+
+@njit(cache=True, inline="always")
+def find_sorted(arena, a, L, v):
+    """Position of ``v`` in the sorted segment ``arena[a:a+L]``, or -1 (binary search)."""
     lo = a
     hi = a + L
     while lo < hi:
@@ -138,7 +148,14 @@ def _has(arena, a, L, v):
             lo = mid + 1
         else:
             hi = mid
-    return lo < a + L and arena[lo] == v
+    if lo < a + L and arena[lo] == v:
+        return lo
+    return -1
+
+
+@njit(inline="always")
+def _has(arena, a, L, v):
+    return find_sorted(arena, a, L, v) >= 0
 
 
 @njit(parallel=True, cache=True)
@@ -444,6 +461,38 @@ def _compact(start, length, nbr, wt):
     return _compact_move(order, start, length, nbr, wt)
 
 
+def make_room(start, length, nbr, wt, end: int, need: int, cap: int):
+    """Room for ``need`` entries at the arena's end, below ``cap``: the merge arena's growth rule.
+
+    Written once for both engines (the local merge's :func:`rac` and the Ray
+    actors' :meth:`~batchal.engines.ray.rac.RacActor._room`): when the next
+    lists do not fit, the live lists are compacted (:func:`_compact`); if even
+    the compacted arena cannot hold them, ``cap`` grows by a quarter (at least
+    to ``end + need + 1``). Within ``nbr``'s length that is only a bound (the
+    Ray actors reserve more than they use: untouched pages cost nothing);
+    beyond it, ``nbr`` (and ``wt`` when it is kept) is copied into a larger
+    array.
+
+    Returns ``(nbr, wt, end, cap, event)``; ``event``: 0 there was room, 1
+    compacted, 2 compacted and the bound raised, 3 compacted and copied.
+    """
+    if end + need <= cap:
+        return nbr, wt, end, cap, 0
+    end = _compact(start, length, nbr, wt)
+    if end + need <= cap:
+        return nbr, wt, end, cap, 1
+    cap = max(cap + cap // 4, end + need + 1)
+    if cap <= nbr.shape[0]:
+        return nbr, wt, end, cap, 2
+    grown = np.empty(cap, dtype=nbr.dtype)
+    grown[:end] = nbr[:end]
+    if wt.shape[0] > 0:
+        wgrown = np.empty(cap, dtype=wt.dtype)
+        wgrown[:end] = wt[:end]
+        wt = wgrown
+    return grown, wt, end, cap, 3
+
+
 @njit(cache=True)
 def _compact_move(order, start, length, nbr, wt):
     weights = wt.shape[0] > 0
@@ -517,6 +566,7 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     vals = np.empty(PUSH_BUFFER, dtype=np.float64)
     no_off = np.empty(0, dtype=np.int64)
     no_vals = np.empty(0, dtype=np.float64)
+    no_wt = np.empty(0, dtype=np.float32)  # the local lists keep no weights
     dedup = bool((built[dirty0] != -1).any()) if ndirty else False
     seen = built
     seen[:] = -1
@@ -546,16 +596,11 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
         while p0 < npairs:
             free = nbr.shape[0] - end
             p1 = int(np.searchsorted(cum, cum[p0] + free, side="right")) - 1
-            if p1 <= p0:
+            if p1 <= p0:  # not even the next pair fits
                 t = perf_counter()
-                end = _compact(start, length, nbr, np.empty(0, dtype=np.float32))
+                nbr, _, end, _, _ = make_room(start, length, nbr, no_wt, end, int(need[p0]), nbr.shape[0])
                 ph["compact_s"] += perf_counter() - t
                 ncomp += 1
-                if end + need[p0] > nbr.shape[0]:
-                    grown = np.empty(max(nbr.shape[0] + nbr.shape[0] // 4, end + int(need[p0]) + 1),
-                                     dtype=nbr.dtype)
-                    grown[:end] = nbr[:end]
-                    nbr = grown
                 continue
             offs = end + cum[p0:p1] - cum[p0]
             end += int(cum[p1] - cum[p0])

@@ -234,21 +234,70 @@ def probe_fold(block, rows, cand0, half_sqnorm, use_norm, I, K, cap, order):
     ids = np.empty(cap + k, dtype=np.int32)
     for i in range(r):
         g = rows[i]
-        t = K[g, 0]
-        for x in range(1, k):
-            t = min(t, K[g, x])  # -inf while the list is short
+        t = _list_floor(K[g])
         n_ = 0
         if c > 0:
             _block_max(block[i], half_sqnorm[cand0:cand0 + c], use_norm, bmax)
             n_, t = _fold_row(block, i, keys, ids, cap, -1, cand0, half_sqnorm, use_norm, bmax, 0, t, k)
         if n_ == 0 and not order:
             continue
-        for x in range(k):
-            if I[g, x] >= 0:
-                keys[n_] = K[g, x]
-                ids[n_] = I[g, x]
+        _merge_row(keys, ids, n_, k, order, I[g], K[g])
+
+
+@njit(nogil=True, cache=True)
+def fold_lists(rows, I2, K2, I, K, order):
+    """Fold candidate lists ``(I2, K2)[e]`` into the running best k of rows ``rows[e]``.
+
+    I2, K2 : (e, w) candidate ids and keys (id -1 = none), any order, none of
+        them in the row's list yet (as for :func:`probe_fold`: the candidates of
+        a probed cell that someone else searched).
+    I, K : (n, k) the running lists (any order; -1 / -inf pad), updated; any
+        integer id dtype (the Ray search carries a packed (position, row id)).
+    order : sort each list (key descending, then id): the last pass.
+
+    The lists that :func:`probe_fold` gives when it computes the same candidates
+    itself: each row keeps the candidates that reach its current k-th key, and is
+    selected again only when one did (or to order it), by :func:`_merge_row`.
+    """
+    k = I.shape[1]
+    w = I2.shape[1]
+    keys = np.empty(w + k, dtype=K.dtype)
+    ids = np.empty(w + k, dtype=I.dtype)
+    for e in range(rows.shape[0]):
+        g = rows[e]
+        t = _list_floor(K[g])
+        n_ = 0
+        for x in range(w):
+            if I2[e, x] >= 0 and K2[e, x] >= t:
+                keys[n_] = K2[e, x]
+                ids[n_] = I2[e, x]
                 n_ += 1
-        _finish_row(keys, ids, n_, k, order, I[g], K[g])
+        if n_ == 0 and not order:
+            continue
+        _merge_row(keys, ids, n_, k, order, I[g], K[g])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _list_floor(keys):
+    """The smallest key of a list: its k-th best (-inf while it has fewer than k entries)."""
+    t = keys[0]
+    for x in range(1, keys.shape[0]):
+        t = min(t, keys[x])
+    return t
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _merge_row(keys, ids, n_, k, order, out_i, out_k):
+    """The best k of the new entries ``keys/ids[:n_]`` and the list ``out_i/out_k``, into the list.
+
+    ``keys``/``ids`` need room for ``n_ + k`` entries (the list is appended to them).
+    """
+    for x in range(k):
+        if out_i[x] >= 0:
+            keys[n_] = out_k[x]
+            ids[n_] = out_i[x]
+            n_ += 1
+    _finish_row(keys, ids, n_, k, order, out_i, out_k)
 
 
 @njit(nogil=True, cache=True, inline="always")

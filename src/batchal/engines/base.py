@@ -4,6 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class StageFailed(RuntimeError):
+    """A stage lost workers more often than it may restart them; the message says how to resume."""
+
+
 class Engine:
     """Runs selection and clustering; subclasses decide where.
 

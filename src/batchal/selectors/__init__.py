@@ -4,12 +4,12 @@ Importing this package registers every built-in strategy: ``random``,
 ``margin``, ``entropy``, ``least-confidence``, ``coreset``, ``badge`` and
 ``cluster-margin``.
 """
-from .base import REGISTRY, Pool, Selector, available_strategies, get_selector, register
+from .base import REGISTRY, Pool, Selector, available_strategies, register
 from .uncertainty import EntropySelector, LeastConfidenceSelector, MarginSelector, RandomSelector
 from .coreset import CoresetSelector
 from .badge import BadgeSelector
 from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
-from .spec import StrategySpec, parse_spec, split_specs
+from .spec import StrategySpec, get_selector, parse_spec, split_specs
 
 #: The spec the README recommends when the pool's redundancy is unknown: margin's list in which copies of
 #: a more uncertain candidate (same cluster, embeddings within cosine distance 0.01) wait for a later pass.

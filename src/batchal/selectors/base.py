@@ -16,7 +16,8 @@ from .._validation import (
 )
 from .. import scores as _scores
 
-__all__ = ["Pool", "Selector", "register", "get_selector", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
+# get_selector lives in .spec (it parses specs): base knows nothing of specs, so the import runs one way
+__all__ = ["Pool", "Selector", "register", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
 
 
 @dataclass
@@ -214,24 +215,8 @@ def register(cls: type["Selector"]) -> type["Selector"]:
 
 
 def available_strategies() -> list[str]:
-    """Names accepted by :func:`get_selector` and ``batchal select --strategy``."""
+    """Names accepted by :func:`~batchal.selectors.spec.get_selector` and ``batchal select --strategy``."""
     return sorted(REGISTRY)
-
-
-def get_selector(name: str, **params) -> "Selector":
-    """Instantiate a registered selector by name or by spec (``NAME:key=value...``)."""
-    if isinstance(name, str) and ":" in name:
-        from .spec import parse_spec
-
-        spec = parse_spec(name)
-        return spec.make(random_state=params.pop("random_state", None), **params)
-    try:
-        cls = REGISTRY[name]
-    except KeyError:
-        raise BatchalInputError(
-            f"unknown strategy {name!r}; choose one of: {', '.join(available_strategies())}"
-        ) from None
-    return cls(**params)
 
 
 class Selector:

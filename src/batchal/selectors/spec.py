@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .._validation import BatchalInputError
 from .base import REGISTRY, Selector, available_strategies
 
-__all__ = ["StrategySpec", "parse_spec", "split_specs"]
+__all__ = ["StrategySpec", "get_selector", "parse_spec", "split_specs"]
 
 _RESERVED = ("random_state", "progress")
 #: Keys every strategy takes, handled by the Selector base class, not its constructor
@@ -198,3 +198,17 @@ def split_specs(text: str) -> list[StrategySpec]:
     if dup is not None:
         raise BatchalInputError(f"strategy {dup!r} is listed twice")
     return specs
+
+
+def get_selector(name: str, **params) -> Selector:
+    """Instantiate a registered selector by name or by spec (``NAME:key=value...``)."""
+    if isinstance(name, str) and ":" in name:
+        spec = parse_spec(name)
+        return spec.make(random_state=params.pop("random_state", None), **params)
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise BatchalInputError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(available_strategies())}"
+        ) from None
+    return cls(**params)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..._validation import BatchalInputError
-from ..base import Engine
-from ._session import RaySession, import_ray, input_errors
+from ..base import Engine, StageFailed
+from ._session import RaySession, import_ray, input_errors, lost_worker
 from .select import RAY_STRATEGIES
 
 __all__ = ["RayEngine"]
@@ -126,15 +126,26 @@ class RayEngine(Engine):
 
     def linkage(self, X, *, metric: str = "cosine", knn: int = 50, progress: bool = False, random_state=0,
                 nprobe: int | None = None, knn_method: str = "auto", stats_dtype: str = "auto", knn_indices=None,
-                centroids=None, **kw):
+                centroids=None, checkpoint_dir=None, resume: bool = False, restarts: int = 2,
+                checkpoint_s: float | None = None, **kw):
         """Average-linkage tree restricted to the kNN graph: ``(Z, info)`` as the local ``graph_linkage``.
 
         The kNN graph is built on Ray (:meth:`knn_graph`) unless ``knn_indices``
         (directed lists, (n, k)) gives it; the merging runs in RAC rounds over
         actors (:func:`batchal.engines.ray.rac.ray_rac`).
+
+        A worker that dies (a process killed, a node lost) costs a restart: the
+        kNN stage runs again (it is deterministic), the RAC actors reload their
+        last checkpoint; at most ``restarts`` times per stage, then one
+        :class:`~batchal.engines.ray._session.StageFailed` error. With
+        ``checkpoint_dir`` the completed kNN lists and every few RAC rounds are
+        written there (atomically); ``resume=True`` continues a killed job of the
+        same pool and parameters from its last completed stage or round. The
+        directory is removed when the tree is complete.
         """
         from ...clustering.graph import _metric_code
         from ...clustering.knn import DEFAULT_NPROBE
+        from ._checkpoint import CHECKPOINT_EVERY_S, JobCheckpoint
         from .knn import ray_knn
         from .rac import ray_rac
 
@@ -146,6 +157,16 @@ class RayEngine(Engine):
             if n == 1:
                 return np.zeros((0, 4)), {"knn": 0.0, "merge": 0.0}
             info = {}
+            ckpt = None
+            if checkpoint_dir is not None:
+                files = sorted({str(b.where) for b in src.blocks if b.kind != "ref"})  # an array: none
+                job = {"n": n, "files": files, "metric": metric, "knn": knn, "random_state": random_state,
+                       "nprobe": nprobe, "knn_method": knn_method, "stats_dtype": stats_dtype,
+                       "actors": self._actors(), "given_lists": knn_indices is not None}
+                ckpt = JobCheckpoint(checkpoint_dir, job, resume)
+            if knn_indices is None and ckpt is not None and ckpt.has_knn():
+                knn_indices = ckpt.load_knn()  # the kNN stage completed before the job was killed
+                info["knn_resumed"] = True
             if knn_indices is not None:
                 I = np.asarray(knn_indices)
                 if I.ndim != 2 or I.shape[0] != n:
@@ -153,15 +174,33 @@ class RayEngine(Engine):
                 chunks = [(a, ray.put(np.ascontiguousarray(I[a:a + (1 << 16)], dtype=np.int32)))
                           for a in range(0, n, 1 << 16)]
             else:
-                chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
-                                        nprobe=DEFAULT_NPROBE if nprobe is None else nprobe, centroids=centroids,
-                                        random_state=random_state, n_actors=self._actors(), progress=progress,
-                                        keep_chunks=True, **kw)
+                for attempt in range(restarts + 1):
+                    try:
+                        chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
+                                                nprobe=DEFAULT_NPROBE if nprobe is None else nprobe,
+                                                centroids=centroids, random_state=random_state,
+                                                n_actors=self._actors(), progress=progress, keep_chunks=True, **kw)
+                        break
+                    except Exception as exc:
+                        if not lost_worker(exc):
+                            raise
+                        if attempt == restarts:
+                            raise StageFailed(
+                                f"a Ray worker of the kNN stage died ({type(exc).__name__}) and {restarts} "
+                                "restart(s) are spent; rerun" + (" with --resume" if ckpt is not None else "")
+                                + " to run the stage again") from None
+                kinfo["restarts"] = attempt  # the stage ran again from its start: it is deterministic
                 info.update({f"knn_{k}": v for k, v in kinfo.items()})
                 info["knn"] = kinfo["prepare_s"] + kinfo["search_s"]
+                if ckpt is not None:
+                    ckpt.save_knn(ray, chunks, n)
             Z, rinfo = ray_rac(src, chunks, n, metric=metric, n_actors=self._actors(), stats_dtype=stats_dtype,
-                               random_state=random_state, progress=progress)
+                               random_state=random_state, progress=progress, checkpoint=ckpt,
+                               checkpoint_s=CHECKPOINT_EVERY_S if checkpoint_s is None else checkpoint_s,
+                               restarts=restarts)
             del chunks
+            if ckpt is not None:
+                ckpt.clean()
         info.update(rinfo)
         info["merge"] = rinfo["total_s"]
         return Z, info

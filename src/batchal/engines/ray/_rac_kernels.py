@@ -12,7 +12,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...clustering._graph_kernels import _link
+from ...clustering._graph_kernels import _link, find_sorted, sort_dedupe
+
+
+@njit(cache=True)
+def group_by(dest, n_groups):
+    """A stable counting sort of ``dest`` (values in ``[0, n_groups)``): ``(order, bounds)``, group g being
+    ``order[bounds[g]:bounds[g + 1]]`` in its original order."""
+    bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(dest.shape[0]):
+        bounds[dest[i] + 1] += 1
+    for g in range(n_groups):
+        bounds[g + 1] += bounds[g]
+    fill = bounds[:-1].copy()
+    order = np.empty(dest.shape[0], dtype=np.int64)
+    for i in range(dest.shape[0]):
+        order[fill[dest[i]]] = i
+        fill[dest[i]] += 1
+    return order, bounds
 
 
 @njit(cache=True)
@@ -22,23 +39,6 @@ def fill_lists(src_loc, dst, fill, nbr):
         x = src_loc[i]
         nbr[fill[x]] = dst[i]
         fill[x] += 1
-
-
-@njit(cache=True)
-def _find(nbr, s, L, y):
-    """Position of ``y`` in the sorted segment ``nbr[s:s+L]``, or -1."""
-    lo = s
-    hi = s + L
-    while lo < hi:
-        mid = (lo + hi) // 2
-        v = nbr[mid]
-        if v < y:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < s + L and nbr[lo] == y:
-        return lo
-    return -1
 
 
 @njit(cache=True)
@@ -97,17 +97,9 @@ def apply_renames(xl, old, new, start, length, nbr, touched):
         # renames of x are old[i:j] (sorted by old id by the caller)
         s = start[x]
         for e in range(s, s + length[x]):
-            y = nbr[e]
-            lo = i
-            hi = j
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if old[mid] < y:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < j and old[lo] == y:
-                nbr[e] = new[lo]
+            f = find_sorted(old, i, j - i, nbr[e])
+            if f >= 0:
+                nbr[e] = new[f]
         touched[x] = 1
         i = j
 
@@ -204,7 +196,7 @@ def weigh_targets(c_gid, scr0, ptr, ys_loc, S, size, sq, metric, start, length, 
         for t in range(ptr[j], ptr[j + 1]):
             y = ys_loc[t]
             v = _link(S, size, sq, y, sc, metric)
-            e = _find(nbr, start[y], length[y], c)
+            e = find_sorted(nbr, start[y], length[y], c)
             if e >= 0:
                 wt[e] = v
             dirty[y] = 1
@@ -219,7 +211,7 @@ def set_weights(c_loc, ys, w, start, length, nbr, wt):
     """Store replied weights: entry ``ys[i]`` of the list of local cluster ``c_loc[i]``."""
     for i in range(c_loc.shape[0]):
         x = c_loc[i]
-        e = _find(nbr, start[x], length[x], ys[i])
+        e = find_sorted(nbr, start[x], length[x], ys[i])
         if e >= 0:
             wt[e] = w[i]
 
@@ -232,17 +224,7 @@ def set_weights(c_loc, ys, w, start, length, nbr, wt):
 def sort_unique_rows(nbrs, ptr, uniq):
     """Sort every list ``nbrs[ptr[u]:ptr[u+1]]`` in place and drop repeats; ``uniq[u]`` = kept length."""
     for u in prange(uniq.shape[0]):
-        a = ptr[u]
-        b = ptr[u + 1]
-        if b == a:
-            continue
-        row = np.sort(nbrs[a:b])
-        w = 0
-        for j in range(row.shape[0]):
-            if j == 0 or row[j] != row[j - 1]:
-                nbrs[a + w] = row[j]
-                w += 1
-        uniq[u] = w
+        uniq[u] = sort_dedupe(nbrs, ptr[u], ptr[u + 1], -1)  # the lists hold no -1 and no self entry
 
 
 @njit(cache=True)

@@ -86,3 +86,22 @@ def input_errors():
         if inner is None:
             raise
         raise BatchalInputError(str(inner.args[0]) if inner.args else str(inner)) from None
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Did ``exc`` come from a dead worker (an actor's or a task's process, or its node), however wrapped?
+
+    Those failures are the cluster's, not the job's: the stage can run again and
+    give the same answer. Errors raised by batchal's own code are not.
+    """
+    import ray.exceptions as rx
+
+    lost = (rx.RayActorError, rx.WorkerCrashedError, rx.ObjectLostError, rx.NodeDiedError, rx.OwnerDiedError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, lost):
+            return True
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return False

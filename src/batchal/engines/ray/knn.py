@@ -38,25 +38,28 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    (with the probe rank); the owner forms the local builder's groups (rank,
    cell; rows in ``Xp`` order), multiplies each by the cell's rows and keeps the
    best k per query row (numba kernels of :mod:`batchal.clustering._knn_kernels`);
-   the lists go back to each row's owner, which merges them into the row's
-   running best k by (key descending, ``Xp`` position ascending): the local
-   builder's total order.
-6. Distances are computed by the row's owner with the local builder's float32
-   operations, and the lists leave as ``(original row ids, lists, distances)``
+   the lists go back to each row's owner, which folds them into the row's
+   running best k with the local list kernel (:func:`~batchal.clustering.
+   _knn_kernels.fold_lists`) under (key descending, ``Xp`` position
+   ascending): the local builder's total order.
+6. Each owner sorts its rows' lists once (the folds keep them in any order, as
+   the local passes before the last do); distances are computed with the local
+   builder's float32 operations, and the lists leave as ``(original row ids, lists, distances)``
    chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
 
 Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
 / actors)) and one batch's queries and results. Rounds end together: an
 actor's calls run in submission order and each round's merges wait for every
 owner's search. The flat route (small pools) searches query chunks against
-every shard and merges the shards' lists.
+every shard and folds the shards' lists with the same kernel. Every kernel
+here is the local engine's: this module decides where a kernel runs, not how
+it computes.
 """
 from __future__ import annotations
 
 import time
 
 import numpy as np
-from numba import njit
 
 from ..._validation import BatchalInputError, check_finite_block, iter_chunks
 from ...clustering import knn as L
@@ -109,53 +112,19 @@ def _split_out(out: list):
     return tuple(out) if len(out) > 1 else out[0]
 
 
-@njit(nogil=True, cache=True)
-def _fold_lists(K, Pos, O, rows, k2, p2, o2):
-    """Merge sorted lists ``(k2, p2, o2)[e]`` into the running lists of rows ``rows[e]``, in place.
+def _pack(pos, orig):
+    """One int64 id per list entry: the ``Xp`` position (the order's tie-break) above the original row id.
 
-    Both sides are sorted nearest first by (key descending, position ascending) and
-    padded with position -1; the best ``k`` of their union, in that order, is kept.
+    The local list kernels carry one id per entry; packed, ascending ids are
+    ascending positions (both fit in 31 bits), so they order entries as the
+    local builder does and the original id rides along.
     """
-    k = K.shape[1]
-    tk = np.empty(k, dtype=K.dtype)
-    tp = np.empty(k, dtype=Pos.dtype)
-    to = np.empty(k, dtype=O.dtype)
-    for e in range(rows.shape[0]):
-        if p2[e, 0] < 0:  # nothing new
-            continue
-        g = rows[e]
-        a = 0
-        b = 0
-        for t in range(k):
-            va = a < k and Pos[g, a] >= 0
-            vb = b < k and p2[e, b] >= 0
-            if va and vb:
-                ka = K[g, a]
-                kb = k2[e, b]
-                take_a = ka > kb or (ka == kb and Pos[g, a] < p2[e, b])
-            elif va:
-                take_a = True
-            elif vb:
-                take_a = False
-            else:
-                tk[t] = -np.inf
-                tp[t] = -1
-                to[t] = -1
-                continue
-            if take_a:
-                tk[t] = K[g, a]
-                tp[t] = Pos[g, a]
-                to[t] = O[g, a]
-                a += 1
-            else:
-                tk[t] = k2[e, b]
-                tp[t] = p2[e, b]
-                to[t] = o2[e, b]
-                b += 1
-        for t in range(k):
-            K[g, t] = tk[t]
-            Pos[g, t] = tp[t]
-            O[g, t] = to[t]
+    return np.where(pos >= 0, (pos.astype(np.int64) << 32) | orig.astype(np.int64), -1)
+
+
+def _unpack_orig(packed):
+    """The original row ids (int32, -1 for none) of packed ids."""
+    return np.where(packed >= 0, packed & 0xFFFFFFFF, -1).astype(np.int32)
 
 
 class KnnShard:
@@ -217,8 +186,7 @@ class KnnShard:
     def flat_search(self, kk: int, *parts):
         """Flat: the best ``kk`` of this shard's rows for every query of the batch.
 
-        Returns ``(score, key, id)`` arrays (queries, kk), padded with the worst
-        score, key -1 and id -1 (key = id, the row's position).
+        Returns ``(score, id)`` arrays (queries, kk), padded with the worst score and id -1.
         """
         import faiss
 
@@ -232,7 +200,7 @@ class KnnShard:
         d_, i_ = faiss.knn(Q, self.X, kt, metric=self.fm)
         D[:, :kt] = d_
         KEY[:, :kt] = np.where(i_ >= 0, self.lo + i_, -1)
-        return D, KEY, KEY.copy()
+        return D, KEY
 
     # ------------------------------------------------------------------ IVF
     def assign(self, C, nprobe: int, n: int, queries=None, k: int = 0):
@@ -374,17 +342,16 @@ class KnnShard:
         sizes = np.diff(cptr)
         with threadpool_limits(1, user_api="blas"):
             done = self._map(one, np.argsort(-sizes, kind="stable").tolist())
-        ok = I >= 0
-        self.Pos = np.where(ok, I + self.s0, -1).astype(np.int32)
-        self.O = np.where(ok, self.orig[np.maximum(I, 0)], -1).astype(np.int32)
+        self.PO = _pack(np.where(I >= 0, I + self.s0, -1), self.orig[np.maximum(I, 0)])
         return done
 
     def probe_queries(self, batches):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
         Pieces ``(rows (e, d), local row, probe rank, probed cell, threshold)``, by cell then row; the
-        threshold is the row's current k-th best key (-inf while it has fewer than k): the owner's
-        search keeps only candidates at least as near, as the local search starts from the row's best k.
+        threshold is the row's current k-th best key (its smallest: the running lists are kept in any
+        order until :meth:`emit`; -inf while it has fewer than k): the owner's search keeps only
+        candidates at least as near, as the local search starts from the row's best k.
         """
         out = []
         npr = self.p - 1
@@ -397,8 +364,7 @@ class KnnShard:
                 out.append(None)
                 continue
             rows = f // npr
-            kth = self.Pos[rows, -1] >= 0
-            thr = np.where(kth, self.K[rows, -1], -np.inf).astype(np.float32)
+            thr = self.K[rows].min(axis=1)
             out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
         return _split_out(out)
 
@@ -406,7 +372,7 @@ class KnnShard:
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
 
-        Returns per actor ``(its local rows, keys, positions, original ids)`` (None when it sent nothing).
+        Returns per actor ``(its local rows, keys, packed ids)`` (None when it sent nothing; :func:`_pack`).
         """
         from threadpoolctl import threadpool_limits
 
@@ -449,28 +415,36 @@ class KnnShard:
         groups.sort(key=lambda g: -g[1].shape[0] * int(cptr[g[0] - c0 + 1] - cptr[g[0] - c0]))
         with threadpool_limits(1, user_api="blas"):
             self._map(one, groups)
-        ok = Rl >= 0
-        Rp = np.where(ok, Rl + self.s0, -1).astype(np.int32)
-        Ro = np.where(ok, self.orig[np.maximum(Rl, 0)], -1).astype(np.int32)
+        Rpo = _pack(np.where(Rl >= 0, Rl + self.s0, -1), self.orig[np.maximum(Rl, 0)])
+        del Rl
         out, a = [], 0
         for s in range(P):
             b = a + sizes[s]
-            out.append(None if b == a else (parts[s][1], Rk[a:b], Rp[a:b], Ro[a:b]))
+            out.append(None if b == a else (parts[s][1], Rk[a:b], Rpo[a:b]))
             a = b
         return _split_out(out)
 
     def fold(self, *results):
-        """Merge the owners' lists for this actor's rows into their running lists."""
+        """Fold the owners' lists for this actor's rows into their running lists (the local kernel)."""
+        from ...clustering import _knn_kernels as KK
+
         done = 0
         for res in results:
             if res is not None:
-                _fold_lists(self.K, self.Pos, self.O, res[0], res[1], res[2], res[3])
+                KK.fold_lists(res[0], res[2], res[1], self.PO, self.K, False)
                 done += res[0].shape[0]
         return done
 
     def emit(self, a: int, b: int, with_distances: bool):
-        """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally."""
-        qids, I = self.orig[a:b], self.O[a:b].copy()
+        """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally.
+
+        The lists are sorted here, nearest first (ties by position): the folds kept them in any order.
+        """
+        from ...clustering import _knn_kernels as KK
+
+        KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int64), np.empty((b - a, 0), np.float32), self.PO,
+                      self.K, True)
+        qids, I = self.orig[a:b], _unpack_orig(self.PO[a:b])
         if not with_distances:
             return qids, I
         D = self.K[a:b].copy()
@@ -486,39 +460,6 @@ class KnnShard:
         return qids, I, D
 
 
-@njit(cache=True)
-def _merge_sorted(Ds, Ks, Is, kk, ip):
-    """Per query, the best ``kk`` of P sorted candidate lists by (score, key); returns (score, id)."""
-    P, nq, w = Ds.shape
-    outD = np.empty((nq, kk), dtype=np.float32)
-    outI = np.full((nq, kk), -1, dtype=np.int64)
-    pos = np.zeros(P, dtype=np.int64)
-    for q in range(nq):
-        pos[:] = 0
-        for t in range(kk):
-            best = -1
-            for p in range(P):
-                i = pos[p]
-                if i >= w or Ks[p, q, i] < 0:
-                    continue
-                if best < 0:
-                    best = p
-                    continue
-                j = pos[best]
-                a = Ds[p, q, i]
-                b = Ds[best, q, j]
-                better = (a > b) if ip else (a < b)
-                if better or (a == b and Ks[p, q, i] < Ks[best, q, j]):
-                    best = p
-            if best < 0:
-                outD[q, t] = -np.inf if ip else np.inf
-                continue
-            outD[q, t] = Ds[best, q, pos[best]]
-            outI[q, t] = Is[best, q, pos[best]]
-            pos[best] += 1
-    return outD, outI
-
-
 def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *parts_and_results):
     """Flat: merge the shards' candidates of one query chunk and drop each query's own row, as locally.
 
@@ -526,16 +467,23 @@ def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *part
     """
     import faiss
 
+    from ...clustering import _knn_kernels as KK
+
     parts = [p for p in parts_and_results[:n_shards] if p is not None]
     results = parts_and_results[n_shards:]
     if not parts:
         return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32)
     qids = np.concatenate([p[1] for p in parts])
     ip = L._faiss_metric(metric) == faiss.METRIC_INNER_PRODUCT
-    Ds = np.stack([r[0] for r in results])
-    Ks = np.stack([r[1] for r in results])
-    Is = np.stack([r[2] for r in results])
-    D, I = _merge_sorted(Ds, Ks, Is, Ds.shape[2], ip)
+    # the shards' lists folded by the local list kernel, on "larger is nearer" keys (negated exactly
+    # for distances); flat lists' ids are row ids, so ties go to the smaller id, as in faiss's merge
+    nq, kk = results[0][0].shape
+    I = np.full((nq, kk), -1, dtype=np.int64)
+    Kk = np.full((nq, kk), -np.inf, dtype=np.float32)
+    rows = np.arange(nq)
+    for s, r in enumerate(results):
+        KK.fold_lists(rows, r[1], r[0] if ip else -r[0], I, Kk, s == len(results) - 1)
+    D = Kk if ip else -Kk
     I, D = L._drop_self(I, D, qids, k)  # every query has n - 1 >= k candidates
     I = I.astype(np.int32)
     return (qids, I, D) if with_distances else (qids, I)  # the HAC reads only the lists
@@ -642,25 +590,28 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     actors = [Actor.remote(src_ref, blks, metric, chunk_rows) for blks in shards_blocks]
     try:
         ray.get([a.load.remote() for a in actors])  # every row read and checked before any training
+        where = ray.get([a.node.remote() for a in actors])
+        nodes = [w[0] for w in where]
         if method == "ivf":
             # each node's CPUs shared among its actors (the local search uses all of the machine's)
-            where = ray.get([a.node.remote() for a in actors])
-            per_node = {}
-            for node, _ in where:
-                per_node[node] = per_node.get(node, 0) + 1
+            per_node = {node: nodes.count(node) for node in nodes}
             ray.get([a.set_threads.remote(max(1, cpus // per_node[node])) for a, (node, cpus) in zip(actors, where)])
             result = _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state, progress,
-                          keep_chunks, t0)
+                          keep_chunks, t0, nodes)
         else:
             result = _flat(actors, n, k, metric, progress, keep_chunks, t0)
+        info = result[1] if keep_chunks else result.info
+        info["actor_nodes"] = nodes  # where the actors ran (Ray node ids): several nodes, data crossed them
+        info["nodes"] = len(set(nodes))
     finally:
         for a in actors:
             ray.kill(a)
     return result
 
 
-def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state, progress, keep_chunks, t0):
-    """The IVF route of :func:`ray_knn` (module docstring, steps 1-6)."""
+def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state, progress, keep_chunks, t0,
+         nodes):
+    """The IVF route of :func:`ray_knn` (module docstring, steps 1-6); ``nodes``: each actor's Ray node."""
     import ray
     from tqdm.auto import tqdm
 
@@ -701,6 +652,11 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
     # owners: contiguous runs of whole cells, about n / P rows each
     cb = np.array([0] + [int(np.searchsorted(cell_ptr, n * o / P)) for o in range(1, P)] + [nl])
     cb = np.maximum.accumulate(np.minimum(cb, nl))
+    # rows of the shard exchange (step 3) whose owner runs on another node than their first shard: what
+    # crosses the network besides the probe rounds' queries and lists
+    csum = np.concatenate([np.zeros((P, 1), np.int64), np.cumsum(cnt, axis=1)], axis=1)
+    owned = csum[:, cb[1:]] - csum[:, cb[:-1]]  # rows of shard s in owner o's cells
+    info["cross_node_rows"] = int(sum(owned[s, o] for s in range(P) for o in range(P) if nodes[s] != nodes[o]))
     pieces = [_call(a.split, P, cb) for a in actors]
     ray.get([actors[o].receive.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr, nl,
                                       *[pieces[s][o] for s in range(P)]) for o in range(P)])
