@@ -18,8 +18,10 @@ Two routes:
   Groups run in threads with single-threaded BLAS.
   ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
   exact k nearest neighbours of 500 random rows and so the recall@k that 1, 2,
-  ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:
-  what was measured*) gives the recall/time trade-offs behind these choices;
+  ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`); where none
+  does, the exact search up to ``EXACT_FALLBACK_MAX_ROWS`` rows, else at most
+  ``AUTO_FALLBACK_MAX_NPROBE`` probes. BENCHMARKS.md (*kNN: what was measured*, *Data
+  families*) gives the recall/time trade-offs behind these choices;
   ``tests/test_knn.py`` asserts the recall against brute force. The cell order
   doubles as a locality-preserving renumbering for the HAC that follows.
 
