@@ -18,8 +18,10 @@ Two routes:
   Groups run in threads with single-threaded BLAS.
   ``nprobe="auto"`` (default) measures, in the same pass as the assignment, the
   exact k nearest neighbours of 500 random rows and so the recall@k that 1, 2,
-  ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`). BENCHMARKS.md (*kNN:
-  what was measured*) gives the recall/time trade-offs behind these choices;
+  ... 16 probes give, and takes the fewest reaching 0.985 (:func:`choose_nprobe`); where none
+  does, the exact search up to ``EXACT_FALLBACK_MAX_ROWS`` rows, else at most
+  ``AUTO_FALLBACK_MAX_NPROBE`` probes. BENCHMARKS.md (*kNN: what was measured*, *Data
+  families*) gives the recall/time trade-offs behind these choices;
   ``tests/test_knn.py`` asserts the recall against brute force. The cell order
   doubles as a locality-preserving renumbering for the HAC that follows.
 
@@ -49,6 +51,16 @@ AUTO_MAX_NPROBE = 16
 AUTO_MIN_GAIN = 0.02
 #: Random rows whose exact k nearest neighbours are found during the cell assignment.
 AUTO_QUERIES = 500
+#: When no probe count up to AUTO_MAX_NPROBE reaches the target (the cells capture little of
+#: the neighbourhoods: noise in high dimension, large clusters of full-rank noise, or cells
+#: much coarser than the clusters), at most this many probes: each further probe costs as much
+#: as the first ones and leaves the lists far from exact (1M x 128, 20 overlapping components:
+#: 16 probes, chosen by the gain rule alone, took 109 s of search for recall 0.55; 4 give 0.21
+#: at a quarter of that). The benchmark's 10M x 64 curve stops at 4 by the gain rule too.
+AUTO_FALLBACK_MAX_NPROBE = 4
+#: ... unless the exact search is affordable: up to this many rows it replaces the IVF search
+#: (its cost grows as n^2: 50,000 x 128 is 3.2e11 multiply-adds, seconds on 2 cores).
+EXACT_FALLBACK_MAX_ROWS = 50_000
 #: Queries per product when folding rows into their top-k (fixed: the bits must not depend on threads).
 QUERY_GROUP = 256
 #: IVF cells per sqrt(n) rows.
@@ -381,16 +393,18 @@ def probe_recall(true_ids: np.ndarray, qcells: np.ndarray, nbr_cells: np.ndarray
     return np.array([float(((rank < p) & valid).sum()) / total for p in range(1, P + 1)])
 
 
-def choose_nprobe(rec: np.ndarray, target: float = AUTO_TARGET_RECALL, min_gain: float = AUTO_MIN_GAIN) -> int:
+def choose_nprobe(rec: np.ndarray, target: float = AUTO_TARGET_RECALL, min_gain: float = AUTO_MIN_GAIN,
+                  fallback_max: int = AUTO_FALLBACK_MAX_NPROBE) -> int:
     """The fewest probes whose measured recall reaches ``target``; if none does, the first
-    probe count after which one more probe adds less than ``min_gain`` recall."""
+    probe count after which one more probe adds less than ``min_gain`` recall, and at most
+    ``fallback_max`` (see AUTO_FALLBACK_MAX_NPROBE)."""
     for p in range(1, rec.shape[0] + 1):
         if rec[p - 1] >= target:
             return p
-    for p in range(1, rec.shape[0]):
+    for p in range(1, min(rec.shape[0], fallback_max)):
         if rec[p] - rec[p - 1] < min_gain:
             return p
-    return int(rec.shape[0])
+    return int(min(rec.shape[0], fallback_max))
 
 
 def _check_nprobe(nprobe) -> None:
@@ -468,6 +482,11 @@ def _prepare(X, metric: str, *, method: str = "auto", nlist: int | None = None,
         nprobe = choose_nprobe(rec)
         extra.update(nprobe_recall=[round(float(r), 4) for r in rec], nprobe_estimated_recall=float(rec[nprobe - 1]),
                      nprobe_queries=int(queries.qids.shape[0]))
+        if rec[nprobe - 1] < AUTO_TARGET_RECALL and n <= EXACT_FALLBACK_MAX_ROWS:
+            # the cells cannot reach the target, and the exact search costs little here
+            del cell, probes
+            extra["fallback"] = f"flat: {nprobe} probes of {C.shape[0]} cells reach recall {rec[nprobe - 1]:.3f}"
+            return _prepare(X, metric, method="flat", chunk_rows=chunk_rows)[:5] + (extra,)
         if probes is not None:
             probes = np.ascontiguousarray(probes[:, :nprobe - 1]) if nprobe > 1 else None
     extra["nprobe"] = int(min(nprobe, C.shape[0]))
@@ -632,6 +651,7 @@ def knn_permuted(X, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     if method == "flat":
         I, D = _knn_flat(Xp, k, metric, progress, out_indices)
         info = {"nlist": None, "nprobe": None}
+        info.update(extra)
     else:
         probes = extra.pop("probes")
         I, D = _knn_cells(Xp, cell_ptr, probes, k, metric, progress, out_indices,
@@ -667,9 +687,11 @@ def knn_graph(X, k: int = 50, *, metric: str = "cosine", method: str = "auto",
         IVF cells each row scans (its own nearest cells). ``"auto"`` (default)
         measures the recall@k of 1 .. 16 probes on 500 random rows (their
         exact neighbours found while the rows are assigned to cells) and takes
-        the fewest reaching 0.985; if none does, it stops where one more probe
-        adds less than 2 points (:func:`choose_nprobe`). ``info`` reports the
-        measured curve (``nprobe_recall``).
+        the fewest reaching 0.985. If none does: the exact search when there are
+        at most ``EXACT_FALLBACK_MAX_ROWS`` rows (``method`` is then ``"flat"``
+        and ``info["fallback"]`` says why), else it stops where one more probe
+        adds less than 2 points, at 4 probes at most (:func:`choose_nprobe`).
+        ``info`` reports the measured curve (``nprobe_recall``).
     nlist : int
         Number of cells (default ``2 sqrt(n)``).
     progress : bool
