@@ -201,15 +201,15 @@ def test_cli_simulate_redundancy_option(tmp_path):
 
 # --- near-duplicate passes against a plain Python reference -----------------------------------
 
-def reference_near_duplicate(cand, cids, P, k, tol):
-    """Walk candidates in margin order; a candidate close (every class within tol) to an earlier
-    representative of its cluster is that representative's next copy, else a new representative."""
+def reference_walk(cand, cids, close, k):
+    """Walk candidates in margin order; a candidate ``close(i, j)`` to an earlier representative ``j`` of
+    its cluster is that representative's next copy, else a new representative."""
     reps = {}  # cluster -> list of [row position, copies so far], most recent first
     passes = []
     for i, c in enumerate(cids):
         group = reps.setdefault(c, [])
         for rep in group:
-            if np.max(np.abs(P[i] - P[rep[0]])) <= tol:
+            if close(i, rep[0]):
                 rep[1] += 1
                 passes.append(rep[1])
                 break
@@ -218,6 +218,11 @@ def reference_near_duplicate(cand, cids, P, k, tol):
             passes.append(0)
     order = sorted(range(len(cand)), key=lambda i: (passes[i], i))
     return np.asarray(cand)[order[:k]], np.asarray(passes)
+
+
+def reference_near_duplicate(cand, cids, P, k, tol):
+    """The walk with near-duplicates judged on the predictions: every class within ``tol``."""
+    return reference_walk(cand, cids, lambda i, j: np.max(np.abs(P[i] - P[j])) <= tol, k)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -279,21 +284,9 @@ def test_select_cli_prints_the_redundancy_of_the_candidates(tmp_path):
 # --- the near-duplicate test on embeddings (dup=) ---------------------------------------------
 
 def reference_embedding_duplicates(cand, cids, E, k, dup):
-    """The plain Python walk of :func:`reference_near_duplicate` with cosine distance on the embeddings."""
+    """The walk with near-duplicates judged on the embeddings: cosine distance at most ``dup``."""
     U = E / np.linalg.norm(E, axis=1, keepdims=True)
-    reps, passes = {}, []
-    for i, c in enumerate(cids):
-        group = reps.setdefault(c, [])
-        for rep in group:
-            if 1.0 - float(U[i] @ U[rep[0]]) <= dup:
-                rep[1] += 1
-                passes.append(rep[1])
-                break
-        else:
-            group.insert(0, [i, 0])
-            passes.append(0)
-    order = sorted(range(len(cand)), key=lambda i: (passes[i], i))
-    return np.asarray(cand)[order[:k]], np.asarray(passes)
+    return reference_walk(cand, cids, lambda i, j: 1.0 - float(U[i] @ U[j]) <= dup, k)
 
 
 @pytest.mark.parametrize("seed", range(5))
