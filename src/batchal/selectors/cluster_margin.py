@@ -255,8 +255,9 @@ def describe_redundancy(diag: dict) -> str:
     if "margin_batch_near_duplicate_share" in diag:
         nd = diag["margin_batch_near_duplicate_share"]
         # the ranges measured on the benchmark pools (BENCHMARKS.md), not a verdict
-        text += (f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate "
-                 "(benchmark pools: 4-33% when plain, 38-70% when made redundant)")
+        ranges = ("0% on the plain benchmark pools, 66% on the web-like 1M pool" if diag.get("near_duplicate_test") == "dup"
+                  else "benchmark pools: 4-33% when plain, 38-70% when made redundant")
+        text += f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate ({ranges})"
     return text
 
 
@@ -372,6 +373,7 @@ class ClusterMarginSelector(Selector):
                                                        value, multilabel=pool.multilabel, embeddings=emb)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
+            self.diagnostics_["near_duplicate_test"] = key
         elif self.order == "margin":
             batch = margin_round_robin(cand, cids, cand.shape[0] if balanced else k)
         else:

@@ -226,7 +226,7 @@ def _batch_diagnostics(dataset, labeled_before, batch, P, clusters, sel_diag) ->
         row["batch_clusters"] = int(np.unique(clusters[batch]).shape[0])
     if dataset.source is not None:
         row["batch_copy_share"] = copy_share(dataset.source, labeled_before, batch)
-    row.update({f"diag_{k}": v for k, v in sel_diag.items()})
+    row.update({f"diag_{k}": v for k, v in sel_diag.items() if isinstance(v, (int, float))})
     return row
 
 
