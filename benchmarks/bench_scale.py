@@ -278,7 +278,8 @@ def figure(S: list[dict]) -> None:
     for ax, (g, items) in zip(axes[0], sorted(groups.items())):
         items.sort(key=lambda x: x[0])
         flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
-        specs = list(dict.fromkeys(k for _, s in items for k in s["strategies"] if k != "margin"))
+        # one line per strategy: BADGE's spec text changes with the batch (its partitions), its short name does not
+        specs = list({_short(k): k for _, s in items for k in s["strategies"] if k != "margin"}.values())
         for spec in specs:
             xs, ys = [], []
             for share, s in items:
