@@ -9,6 +9,7 @@ like any file a shell command creates.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -449,3 +450,15 @@ class ParquetColumns:
 
     def __getitem__(self, column: str):
         return self._ds.read(columns=[column]).column(0)
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in chunks of ``chunk`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

@@ -120,7 +120,7 @@ class SelectionConfig:
         named with its SHA-256, so the stored record reproduces a round even
         after the files change (``campaign select --config`` stores it per round).
         """
-        from .campaign.store import sha256_file
+        from .io import sha256_file
         from .selectors.balance import check_balance
 
         def _file(path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from .pool import first_duplicates, format_ids
-from .store import sha256_file
+from ..io import sha256_file
 
 __all__ = ["check"]
 

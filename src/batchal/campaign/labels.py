@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from .._validation import BatchalInputError
 from .pool import format_ids, read_parquet
-from .store import sha256_file
+from ..io import sha256_file
 
 __all__ = ["canonical_label", "LabelFile", "read_labels", "read_export", "CAMPAIGN_KEY", "ROUND_KEY"]
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._validation import BatchalInputError, check_finite_block, check_proba_block, iter_chunks
-from .store import sha256_file
+from ..io import sha256_file
 
 __all__ = [
     "IdIndex", "PoolFiles", "read_pool", "read_predictions", "read_parquet",

@@ -20,7 +20,6 @@ check) take no lock; WAL gives them a consistent snapshot while a writer runs.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import BatchalInputError
-from ..io import atomic_write
+from ..io import atomic_write, sha256_file
 
 __all__ = ["Store", "CampaignBusyError", "crash_point", "has_table", "SCHEMA_VERSION"]
 
@@ -136,17 +135,6 @@ def crash_point(name: str) -> None:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
