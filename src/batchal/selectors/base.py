@@ -20,6 +20,14 @@ from .. import scores as _scores
 __all__ = ["Pool", "Selector", "register", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
 
 
+def _rows_in_order(src, rows: np.ndarray, dtype) -> np.ndarray:
+    """``src[rows]`` as ``dtype``, in the order of ``rows``, read in ascending row order (memory maps suit it)."""
+    order = np.argsort(rows, kind="stable")
+    back = np.empty_like(order)
+    back[order] = np.arange(order.shape[0])
+    return np.asarray(src[rows[order]], dtype=dtype)[back]
+
+
 @dataclass
 class Pool:
     """What a selector may read about the pool; arrays are kept as given (memmaps stay memmaps).
@@ -162,11 +170,8 @@ class Pool:
                                     "top-k predictions, or drop tol")
         if self.topk is not None:
             return self.topk.check(self.multilabel).take(rows)
-        order = np.argsort(rows, kind="stable")
-        back = np.empty_like(order)
-        back[order] = np.arange(order.shape[0])
         src = self.probs if self.probs is not None else self.logits
-        block = np.asarray(src[rows[order]], dtype=np.float64)[back]  # sorted reads suit memory maps
+        block = _rows_in_order(src, rows, np.float64)
         if self.probs is not None:
             return block.astype(np.float32)
         return (1.0 / (1.0 + np.exp(-block)) if self.multilabel else scores.softmax(block)).astype(np.float32)
@@ -175,10 +180,7 @@ class Pool:
         """Embeddings of ``rows`` only, in that order, as float32 (read in row order: memory maps stay cheap)."""
         if self.embeddings is None:
             raise BatchalInputError("this strategy reads embeddings; the pool has none")
-        order = np.argsort(rows, kind="stable")
-        back = np.empty_like(order)
-        back[order] = np.arange(order.shape[0])
-        return np.asarray(self.embeddings[rows[order]], dtype=np.float32)[back]
+        return _rows_in_order(self.embeddings, rows, np.float32)
 
     def metadata_column(self, name: str) -> np.ndarray:
         """One metadata column as a 1-d array of ``n`` values (an error names a missing column)."""
