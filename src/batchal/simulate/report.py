@@ -10,7 +10,7 @@ import numpy as np
 from ..io import atomic_write
 
 COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accuracy", "rare_recall", "micro_ap",
-           "select_seconds", "fit_seconds", "train_epochs", "stop_kappa", "stop_changed", "stop_uncertainty",
+           "select_seconds", "fit_seconds", "train_epochs", "train_iters", "train_converged", "stop_kappa", "stop_changed", "stop_uncertainty",
            "stop_advice",
            "batch_mean_margin", "batch_label_entropy", "batch_clusters", "batch_copy_share",
            "diag_k_m", "diag_candidate_clusters", "diag_candidate_repeat_share",
@@ -233,6 +233,7 @@ def summary_markdown(res) -> str:
     if peak:
         lines.append(f"\nPeak memory (resident): {peak['main'] / 2**30:.2f} GiB in the main process, "
                      f"{peak['largest_worker'] / 2**30:.2f} GiB in the largest worker process.")
+    lines += _training_note(res)
     # per-round table
     lines += ["", f"## {metric} per round (mean ± standard error over trials)", ""]
     curves = {s: _by(res.rows, s) for s in strategies}
@@ -335,6 +336,25 @@ def summary_markdown(res) -> str:
     lines += ["", "Outputs: `results.csv` (one row per strategy, trial and round), `curves.png`, "
               "`diagnostics.png`, `cluster_sizes.png`, `run.json`.", ""]
     return "\n".join(lines)
+
+
+def _training_note(res) -> list[str]:
+    """Whether every round's model was trained to the end of its rule: what makes the curves converged training."""
+    def col(name):
+        return [r[name] for r in res.rows if r.get(name) not in (None, "")]
+
+    iters, ok, epochs = col("train_iters"), col("train_converged"), col("train_epochs")
+    if iters:
+        bad = sum(1 for v in ok if str(v) in ("False", "0"))
+        state = ("L-BFGS converged in every fit" if not bad else
+                 f"L-BFGS stopped at its iteration cap without converging in {bad} of {len(ok)} fits")
+        return [f"\nTraining: {state} (iterations per fit: median {np.median(iters):.0f}, "
+                f"max {max(int(v) for v in iters)}; {len(iters)} fits)."]
+    if epochs and res.config.model == "mlp":
+        e = np.asarray(epochs, dtype=float)
+        return [f"\nTraining: epochs per fit median {np.median(e):.0f}, max {e.max():.0f} of {res.config.epochs} "
+                f"({len(e)} fits; {int((e >= res.config.epochs).sum())} ran every epoch)."]
+    return []
 
 
 def _rise_note(seed: float, full: float) -> str:

@@ -278,6 +278,9 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
                    stop_advice=stop["advice"] is not None)
         if hasattr(model, "history_") and model.history_:
             row["train_epochs"] = model.history_[-1][0]
+        if getattr(model, "n_iter_", None):  # logistic regression: did this round's L-BFGS converge?
+            row["train_iters"] = int(model.n_iter_[-1])
+            row["train_converged"] = bool(model.n_iter_[-1] < model.max_iter)
         if extra:
             row.update(extra)
         rows.append(row)
