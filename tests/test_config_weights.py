@@ -330,6 +330,9 @@ def test_simulate_takes_uncertainty_alone(tmp_path):
             raise AssertionError(text) from exc
         with pytest.raises(BatchalInputError, match=match or "weights.metadata.q: simulate does not apply it"):
             simulation_settings(cfg)
+    # the command refuses it before loading any data, and writes nothing
+    r = _invoke("simulate", "--dataset", "digits", "--config", tmp_path / "sim.toml", "--out", tmp_path / "sim")
+    assert r.exit_code == 2 and "weights: random ranks by no score" in r.output and not (tmp_path / "sim").exists()
 
 
 # ---- the command line ----------------------------------------------------------------------------

@@ -265,8 +265,9 @@ def nearest_query_similarity(embeddings, rows: np.ndarray, query, *, budget: int
     query : array (q, d)
         Query embeddings.
     budget : int
-        The most similarities held at once: rows and queries are both tiled, so
-        memory stays O(budget) for any ``m`` and ``q`` (no (m, q) matrix).
+        The most values held at once: rows and queries are both tiled, so the
+        similarities of a tile and the rows read for it stay O(budget) floats for
+        any ``m`` and ``q`` (no (m, q) matrix).
 
     Raises
     ------
@@ -283,7 +284,7 @@ def nearest_query_similarity(embeddings, rows: np.ndarray, query, *, budget: int
     rows = np.asarray(rows, dtype=np.int64)
     out = np.full(rows.shape[0], -np.inf)
     q_step = max(1, min(Qp.shape[0], budget // 1024))
-    r_step = max(1, budget // q_step)
+    r_step = max(1, min(budget // q_step, budget // Qp.shape[1]))  # the tile and the rows read both O(budget)
     order = np.argsort(rows, kind="stable")  # read in row order; written back in the caller's order
     for a in range(0, rows.shape[0], r_step):
         sel = order[a:a + r_step]
