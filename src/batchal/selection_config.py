@@ -24,13 +24,47 @@
     groups = "groups.parquet"       # select: a `batchal dedup` output (a campaign uses its own groups)
     threshold = 0.05                # simulate: the groups' distance for propagate
     propagate = true                # simulate: copy each batch item's label to its group
+    [weights]                       # one ranking from several terms (replaces the strategy's score)
+    uncertainty = 1.0               # the strategy's own score (margin, entropy, least-confidence)
+    similarity = 0.5                # cosine similarity to the nearest [similar] query (needs [similar])
+    "metadata.quality" = 0.2        # a numeric metadata column; a negative weight prefers small values
 
-``batchal campaign select --config`` reads the same file; there ``balance_by``
-and ``[filters]`` may name columns of the campaign's own Parquet pool (no
-``metadata`` needed), and the resolved config (:meth:`SelectionConfig.resolved`)
-is stored with the round. ``batchal simulate --config`` takes the keys that
-make sense on a simulated pool (strategy, balance, candidates, ``[dedup]``)
-and refuses the others, naming them.
+``batchal campaign select --config`` reads the same file; there ``balance_by``,
+``[filters]`` and ``metadata.COLUMN`` weights may name columns of the
+campaign's own Parquet pool (no ``metadata`` needed), and the resolved config
+(:meth:`SelectionConfig.resolved`, the weights included) is stored with the
+round. ``batchal simulate --config`` takes the keys that make sense on a
+simulated pool (strategy, balance, candidates, ``[dedup]``, and
+``[weights] uncertainty`` alone, which ranks as the plain strategy) and
+refuses the others, naming them.
+
+``[weights]`` turns several terms into one ranking. Each term is made a rank
+percentile in [0, 1] over the candidate rows (the rows every other rule
+leaves): the smallest value gets 0, the largest 1, tied values share their
+mean rank, so a term's scale and its outliers do not matter. The priority is
+the weighted sum of the percentiles, and it replaces the score the strategy
+ranks by (:attr:`batchal.Pool.priority`): margin, entropy and
+least-confidence take its top ``k``; Cluster-Margin takes its top ``k_m`` as
+candidates and, with ``order=margin``, visits them in its order. Everything
+else is unchanged: balance quotas, the near-duplicate test, the clusters, the
+thresholds (which read the real scores). ``uncertainty`` alone (a positive
+weight) gives exactly the plain strategy's batch. The terms:
+
+* ``uncertainty``: the strategy's own score, larger = more uncertain;
+* ``similarity``: cosine similarity to the nearest query of ``[similar]``
+  (whatever ``[similar] metric`` is), computed over the candidates in tiles of
+  rows and queries (no candidates x queries matrix); needs ``[similar]`` and the
+  pool's embeddings;
+* ``metadata.COLUMN`` (a quoted key ``"metadata.quality"``, or a
+  ``[weights.metadata]`` table): a numeric column of ``metadata`` or of the
+  campaign's pool; a missing value among the candidates is an error.
+
+A negative weight prefers small values. A zero weight turns its term off (a
+metadata column is still checked to exist). Strategies that rank by no score
+(random, coreset, BADGE) refuse ``[weights]``, and so does the ray engine (a
+priority ranks every row against every other). ``candidates = "neighbours:K"``
+narrows the rows after the priority is computed: the percentiles are over the
+rows the config's own rules leave.
 
 Every rule narrows the *candidates*: a row outside them is treated as labeled
 for this selection (never selected; ``balance = "input"`` then reads the
@@ -38,7 +72,8 @@ distribution over the candidates), and the strategy picks its batch among the
 rest, so a threshold or a filter never leaves the batch short when enough
 rows pass. Paths are relative to the config file. Every error names the file
 and the key: an unknown key, a value of the wrong type, a share table not
-summing to 1, a column the metadata lacks, a missing file.
+summing to 1, a column the metadata lacks, a missing file, an unknown weight
+term, weights that are all zero, a weighted column that is not numeric.
 """
 from __future__ import annotations
 
@@ -58,10 +93,11 @@ __all__ = ["SelectionConfig", "load_config", "apply_config"]
 
 _TOP = {"strategy": str, "balance": (str, dict), "balance_by": str, "max_margin": (int, float), "max_confidence": (int, float),
         "min_entropy": (int, float), "metadata": str, "filters": dict, "similar": dict, "candidates": str,
-        "dedup": dict}
+        "dedup": dict, "weights": dict}
 _SIMILAR = {"query": str, "query_rows": str, "query_ids": str, "k": int, "metric": str, "nprobe": int}
 _DEDUP = {"exclude": bool, "groups": str, "threshold": (int, float), "metric": str, "propagate": bool}
 _QUERY_KEYS = ("query", "query_rows", "query_ids")
+_WEIGHT_TERMS = ("uncertainty", "similarity", "metadata.COLUMN")
 
 
 @dataclass
@@ -89,6 +125,8 @@ class SelectionConfig:
         ``neighbours:K`` (:mod:`batchal.selectors.candidates`).
     dedup : dict
         ``exclude``, ``groups`` (a resolved path), ``threshold``, ``metric``, ``propagate`` that were given.
+    weights : dict
+        Term (``uncertainty``, ``similarity``, ``metadata.COLUMN``) -> its weight (float), as given.
     """
 
     path: Path
@@ -101,14 +139,17 @@ class SelectionConfig:
     similar: dict | None = None
     candidates: str | None = None
     dedup: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
     given: tuple = ()
 
     def err(self, key: str, msg: str) -> BatchalInputError:
         return BatchalInputError(f"--config {self.path}: {key}: {msg}")
 
     def refuse(self, allowed: tuple, where: str, why: str) -> None:
-        """Refuse every key given outside ``allowed`` (dotted ``dedup.x`` keys included), naming the first."""
-        keys = [*[k for k in self.given if k != "dedup"], *(f"dedup.{k}" for k in self.dedup)]
+        """Refuse every key given outside ``allowed`` (dotted ``dedup.x`` and ``weights.x`` keys included),
+        naming the first."""
+        keys = [*[k for k in self.given if k not in ("dedup", "weights")], *(f"dedup.{k}" for k in self.dedup),
+                *(f"weights.{k}" for k in self.weights)]
         bad = [k for k in keys if k not in allowed]
         if bad:
             raise self.err(bad[0], f"{where} does not apply it ({why}); it takes: {', '.join(allowed)}")
@@ -143,6 +184,8 @@ class SelectionConfig:
             out["similar"] = {k: (_file(v) if k in _QUERY_KEYS else v) for k, v in self.similar.items()}
         if self.dedup:
             out["dedup"] = {k: (_file(v) if k == "groups" else v) for k, v in self.dedup.items()}
+        if self.weights:
+            out["weights"] = dict(self.weights)  # the files they read (metadata, query) are named above
         return out
 
 
@@ -175,7 +218,10 @@ def load_config(path, *, pool_columns: bool = False) -> SelectionConfig:
     BatchalInputError
         Naming the file and the key: unreadable TOML, an unknown key, a wrong
         type, a threshold out of range, a bad balance value or share table, a
-        filter without ``metadata``, a ``[similar]`` table without one query.
+        filter without ``metadata``, a ``[similar]`` table without one query, a
+        ``[weights]`` table with an unknown term, a weight that is not a finite
+        number, every weight zero, ``similarity`` without ``[similar]``, a
+        ``metadata.COLUMN`` term without ``metadata``.
     """
     from .selectors.balance import check_balance
     from .selectors.spec import parse_spec
@@ -286,11 +332,47 @@ def load_config(path, *, pool_columns: bool = False) -> SelectionConfig:
         if "groups" in d:
             d["groups"] = base / d["groups"]
         cfg.dedup = d
+    if "weights" in raw:
+        cfg.weights = _load_weights(cfg, raw["weights"], has_similar="similar" in raw,
+                                    has_metadata=cfg.metadata is not None or pool_columns)
     return cfg
 
 
-def _filter_mask(cfg: SelectionConfig, pool) -> np.ndarray:
-    """Rows passing every filter, reading only the filtered columns (of ``metadata``, else of the pool's own)."""
+def _load_weights(cfg: SelectionConfig, table: dict, *, has_similar: bool, has_metadata: bool) -> dict:
+    """The ``[weights]`` table as term -> float, each term and value checked (errors name ``weights.TERM``)."""
+    items = []
+    for key, value in table.items():
+        if key == "metadata" and isinstance(value, dict):  # [weights.metadata] or metadata.col = w (a TOML dotted key)
+            items.extend((f"metadata.{col}", v) for col, v in value.items())
+        else:
+            items.append((key, value))
+    if not items:
+        raise cfg.err("weights", f"empty; give at least one term ({', '.join(_WEIGHT_TERMS)}) and its weight")
+    out = {}
+    for term, w in items:
+        key = f"weights.{term}"
+        col = term[len("metadata."):] if term.startswith("metadata.") else None
+        if term not in ("uncertainty", "similarity") and not col:
+            raise cfg.err(key, f"unknown term; [weights] takes: {', '.join(_WEIGHT_TERMS)} "
+                               "(a quoted key, e.g. \"metadata.quality\" = 0.2)")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w):
+            raise cfg.err(key, f"must be a finite number (the term's weight; negative prefers small values); got {w!r}")
+        if term == "similarity" and not has_similar:
+            raise cfg.err(key, "needs a [similar] table: the similarity is to its query set "
+                               "(query, query_rows or query_ids)")
+        if col and not has_metadata:
+            raise cfg.err(key, "needs metadata = \"FILE.parquet\" (one row per pool row) to read the column from")
+        if term in out:  # "metadata.x" = w and [weights.metadata] x = w name one term
+            raise cfg.err(key, "given twice; give each term once")
+        out[term] = float(w)
+    if not any(out.values()):
+        raise cfg.err("weights", "every weight is 0: the ranking would be a tie; give at least one nonzero weight")
+    return out
+
+
+def _columns(cfg: SelectionConfig, pool, key: str):
+    """``(column names, where they are named from, read(column) -> (n,) array)``: of ``metadata``,
+    else of the pool's own columns; ``key`` is named when there are none."""
     n = pool.n
     if cfg.metadata is not None:
         import pyarrow.parquet as pq
@@ -307,11 +389,18 @@ def _filter_mask(cfg: SelectionConfig, pool) -> np.ndarray:
             raise cfg.err("metadata", f"{path} has {pf.metadata.num_rows:,} rows but the pool has {n:,}")
         read = lambda col: pf.read(columns=[col]).column(0).to_numpy(zero_copy_only=False)  # noqa: E731
     elif pool.metadata is not None:
-        names, where = list(pool.metadata.column_names), "the pool"
-        read = lambda col: np.asarray(pool.metadata[col])  # noqa: E731
+        md = pool.metadata
+        names, where = list(md.column_names if hasattr(md, "column_names") else md), "the pool"
+        read = lambda col: np.asarray(md[col])  # noqa: E731
     else:
-        raise cfg.err("filters", "needs metadata = \"FILE.parquet\" (one row per pool row) to read the columns from")
-    keep = np.ones(n, dtype=bool)
+        raise cfg.err(key, "needs metadata = \"FILE.parquet\" (one row per pool row) to read the columns from")
+    return names, where, read
+
+
+def _filter_mask(cfg: SelectionConfig, pool) -> np.ndarray:
+    """Rows passing every filter, reading only the filtered columns (of ``metadata``, else of the pool's own)."""
+    names, where, read = _columns(cfg, pool, "filters")
+    keep = np.ones(pool.n, dtype=bool)
     for col, cond in cfg.filters.items():
         if col not in names:
             raise cfg.err(f"filters.{col}", f"{where} has no column {col!r} (columns: {', '.join(names)})")
@@ -352,6 +441,9 @@ def config_spec(cfg: SelectionConfig, strategy: str | None = None):
                                "least-confidence and cluster-margin")
         label = value if isinstance(value, str) else "table"
         spec = StrategySpec(spec.name, {**spec.params, key: value}, f"{spec.text}:{key}={label}")
+    if cfg.weights and spec.cls.ranks_by is None:
+        raise cfg.err("weights", f"{spec.name} ranks by no score, so there is none to weigh; [weights] applies to "
+                                 "margin, entropy, least-confidence and cluster-margin")
     return spec
 
 
@@ -381,8 +473,17 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
     Returns
     -------
     (StrategySpec, bool mask of rows to treat as labeled for this selection)
+
+    Notes
+    -----
+    Sets ``pool.priority``: with ``[weights]``, the weighted sum of the terms'
+    rank percentiles over the candidate rows (``-inf`` elsewhere), which the
+    strategy then ranks by; without, None.
     """
     spec = config_spec(cfg, strategy)
+    if cfg.weights and getattr(pool, "distributed", False):
+        raise cfg.err("weights", "the ray engine ranks each block by the strategy's own score; a weighted "
+                                 "priority needs every row's terms in one place: use --engine local")
     if cfg.balance is not None and cfg.balance not in ("uniform", "input") and cfg.balance_by is None:
         from .selectors.balance import by_class_name, check_balance
 
@@ -416,9 +517,87 @@ def apply_config(cfg: SelectionConfig, pool, embeddings=None, *, strategy: str |
         excluded |= ~_filter_mask(cfg, pool)
     if cfg.dedup.get("exclude"):
         excluded |= duplicates if duplicates is not None else _duplicates(cfg, pool.n)
+    query = None
     if cfg.similar is not None:
-        excluded |= ~_near_query(cfg, pool, embeddings, excluded, resolve_ids)
+        near, query = _near_query(cfg, pool, embeddings, excluded, resolve_ids)
+        excluded |= ~near
+    pool.priority = _priority(cfg, spec, pool, embeddings, ~excluded, query) if cfg.weights else None
     return spec, excluded
+
+
+def rank_percentile(values: np.ndarray) -> np.ndarray:
+    """Each value's rank percentile in [0, 1]: the smallest 0, the largest 1, ties sharing their mean rank.
+
+    ``(mean 0-based rank) / (m - 1)``; one value, or all tied, gives 0.5 each.
+    O(m log m) for the sort, O(m) memory.
+    """
+    v = np.asarray(values)
+    m = v.shape[0]
+    if m == 0:
+        return np.empty(0, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    new = np.concatenate(([True], s[1:] != s[:-1]))
+    starts = np.flatnonzero(new)
+    ends = np.concatenate((starts[1:], [m]))
+    mean_rank = (starts + ends - 1) / 2.0  # a run of ties [start, end) shares its mean position
+    out = np.empty(m, dtype=np.float64)
+    out[order] = np.repeat(mean_rank, ends - starts)
+    return out / (m - 1) if m > 1 else np.full(1, 0.5)
+
+
+def _priority(cfg: SelectionConfig, spec, pool, embeddings, cand: np.ndarray, query) -> np.ndarray:
+    """The ``[weights]`` priority: the weighted sum of each term's rank percentile over ``cand`` (-inf elsewhere)."""
+    rows = np.flatnonzero(cand)
+    total = np.zeros(rows.shape[0], dtype=np.float64)
+    meta_terms = [t for t in cfg.weights if t.startswith("metadata.")]
+    if meta_terms:
+        names, where, read = _columns(cfg, pool, f"weights.{meta_terms[0]}")
+        for t in meta_terms:  # a zero-weight column is not read, but a typo in its name is still an error
+            if t[len("metadata."):] not in names:
+                raise cfg.err(f"weights.{t}", f"{where} has no column {t[len('metadata.'):]!r} "
+                                              f"(columns: {', '.join(map(str, names))})")
+    for term, w in cfg.weights.items():
+        if w == 0 or rows.shape[0] == 0:
+            continue
+        key = f"weights.{term}"
+        if term == "uncertainty":
+            if not pool.has_predictions:
+                raise cfg.err(key, "the strategy's score needs predictions (--probs, --logits or --scores)")
+            try:
+                values = np.asarray(pool.uncertainty(spec.cls.ranks_by))[rows]
+            except BatchalInputError as exc:
+                raise cfg.err(key, str(exc)) from None
+        elif term == "similarity":
+            values = _similarity(cfg, pool, embeddings, rows, query)
+        else:
+            col = term[len("metadata."):]
+            values = np.asarray(read(col))
+            if values.ndim != 1 or values.shape[0] != pool.n:
+                raise cfg.err(key, f"the column {col!r} has {values.shape[0]:,} values; the pool has {pool.n:,} rows")
+            if values.dtype == bool or not np.issubdtype(values.dtype, np.number):
+                raise cfg.err(key, f"a weight needs a numeric column; {col!r} in {where} holds {values.dtype}")
+            values = values[rows]
+            missing = np.flatnonzero(np.isnan(values)) if np.issubdtype(values.dtype, np.floating) else []
+            if len(missing):
+                raise cfg.err(key, f"{col!r} is missing (NaN or null) at {len(missing):,} candidate rows, e.g. row "
+                                   f"{int(rows[missing[0]])}; fill it, or leave those rows out with [filters]")
+        total += w * rank_percentile(values)
+    out = np.full(pool.n, -np.inf)
+    out[rows] = total
+    return out
+
+
+def _similarity(cfg: SelectionConfig, pool, embeddings, rows: np.ndarray, query) -> np.ndarray:
+    """The candidates' cosine similarity to their nearest ``[similar]`` query."""
+    from .similar import nearest_query_similarity
+
+    q, qr = query
+    q = np.asarray(embeddings[np.sort(np.asarray(qr, dtype=np.int64))]) if q is None else np.asarray(q)
+    try:
+        return nearest_query_similarity(embeddings, rows, q[None, :] if q.ndim == 1 else q)
+    except BatchalInputError as exc:
+        raise cfg.err("weights.similarity", str(exc)) from None
 
 
 def _duplicates(cfg: SelectionConfig, n: int) -> np.ndarray:
@@ -442,8 +621,9 @@ def _duplicates(cfg: SelectionConfig, n: int) -> np.ndarray:
     return rep != row
 
 
-def _near_query(cfg: SelectionConfig, pool, embeddings, excluded: np.ndarray, resolve_ids) -> np.ndarray:
-    """Bool (n,): the ``[similar]`` table's ``k`` rows nearest to its query, among rows not yet excluded."""
+def _near_query(cfg: SelectionConfig, pool, embeddings, excluded: np.ndarray, resolve_ids):
+    """``(near, (query, query_rows))``: bool (n,), the ``[similar]`` table's ``k`` rows nearest to its
+    query among rows not yet excluded; and the query as read (embeddings, or pool rows; one is None)."""
     from .io import load_array
     from .similar import similar
 
@@ -470,7 +650,7 @@ def _near_query(cfg: SelectionConfig, pool, embeddings, excluded: np.ndarray, re
         raise cfg.err("similar", str(exc)) from None
     near = np.zeros(pool.n, dtype=bool)
     near[rows] = True
-    return near
+    return near, (q, qr)
 
 
 def _query_id_rows(cfg: SelectionConfig, ids, resolve_ids) -> np.ndarray:
@@ -484,8 +664,10 @@ def _query_id_rows(cfg: SelectionConfig, ids, resolve_ids) -> np.ndarray:
     return rows
 
 
-#: What ``simulate --config`` applies: the rest needs data a simulated pool has not (metadata, item ids, ...)
-SIMULATE_KEYS = ("strategy", "balance", "candidates", "dedup.threshold", "dedup.metric", "dedup.propagate")
+#: What ``simulate --config`` applies: the rest needs data a simulated pool has not (metadata, item ids, ...).
+#: ``weights.uncertainty`` alone ranks exactly as the plain strategy, so a campaign's config runs unchanged.
+SIMULATE_KEYS = ("strategy", "balance", "candidates", "dedup.threshold", "dedup.metric", "dedup.propagate",
+                 "weights.uncertainty")
 
 
 def simulation_settings(cfg: SelectionConfig) -> dict:
@@ -497,14 +679,25 @@ def simulation_settings(cfg: SelectionConfig) -> dict:
     BatchalInputError
         Naming the file and the first key the simulator does not apply, or an
         inline share table (a simulated strategy is a spec text; give the
-        shares as a JSON file).
+        shares as a JSON file). ``[weights]`` may hold ``uncertainty`` alone,
+        positive, with the config's strategy: it ranks as the plain strategy,
+        which is what runs; every other term is refused.
     """
     cfg.refuse(SIMULATE_KEYS, "simulate", "a simulated pool has no metadata, item ids or query files")
     if isinstance(cfg.balance, dict):
         raise cfg.err("balance", "simulate takes the shares as a JSON file (balance = \"shares.json\"); "
                                  "a simulated strategy is a spec text")
+    if cfg.weights:
+        # only uncertainty is left (refuse above): a positive weight is the plain ranking, which the
+        # simulated spec text runs; a negative one would reverse it
+        if cfg.weights["uncertainty"] <= 0:
+            raise cfg.err("weights.uncertainty", "simulate runs the strategy's own ranking, which a weight of "
+                                                 f"{cfg.weights['uncertainty']:g} would reverse; give a positive weight")
+        if cfg.strategy is None:
+            raise cfg.err("weights", "applies to the config's strategy; give strategy = \"SPEC\" "
+                                     "(--strategies run unweighted)")
     out = {"strategy": None, "propagate": None, "propagate_metric": cfg.dedup.get("metric", "cosine")}
-    if cfg.strategy is not None or cfg.balance is not None or cfg.candidates is not None:
+    if cfg.strategy is not None or cfg.balance is not None or cfg.candidates is not None or cfg.weights:
         out["strategy"] = config_spec(cfg).text
     if cfg.dedup.get("propagate"):
         out["propagate"] = float(cfg.dedup["threshold"])

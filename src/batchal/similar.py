@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import BatchalInputError, check_finite, iter_chunks, labeled_mask
+from ._validation import BatchalInputError, check_finite, first_nonfinite, iter_chunks, labeled_mask
 
-__all__ = ["similar", "SimilarIndex", "SIMILAR_METRICS", "DEFAULT_NPROBE"]
+__all__ = ["similar", "SimilarIndex", "nearest_query_similarity", "SIMILAR_METRICS", "DEFAULT_NPROBE"]
 
 SIMILAR_METRICS = ("cosine", "euclidean")
 #: IVF cells scanned per query: recall@100 >= 0.95 on the clustered test pools (tests/test_similar.py).
@@ -251,6 +251,57 @@ class SimilarIndex:
             o = np.lexsort((rows, dist, -m))
             rows, dist = rows[o], dist[o]
         return (rows, dist) if return_distance else rows
+
+
+def nearest_query_similarity(embeddings, rows: np.ndarray, query, *, budget: int = 1 << 22) -> np.ndarray:
+    """Each of ``rows``' cosine similarity to its nearest query: float64 (m,), in ``[-1, 1]``.
+
+    Parameters
+    ----------
+    embeddings : array (n, d)
+        The pool's embeddings (a memory map is read only at ``rows``, in row order).
+    rows : int array (m,)
+        Pool rows to score.
+    query : array (q, d)
+        Query embeddings.
+    budget : int
+        The most values held at once: rows and queries are both tiled, so the
+        similarities of a tile and the rows read for it stay O(budget) floats for
+        any ``m`` and ``q`` (no (m, q) matrix).
+
+    Raises
+    ------
+    BatchalInputError
+        A query of another dimension, a zero row (cosine is undefined), NaN or inf.
+    """
+    Q = np.asarray(query)
+    if Q.ndim != 2 or Q.shape[0] == 0:
+        raise BatchalInputError(f"query must be a non-empty (q, d) array; got shape {Q.shape}")
+    if Q.shape[1] != embeddings.shape[1]:
+        raise BatchalInputError(f"query has dimension {Q.shape[1]} but the embeddings have {embeddings.shape[1]}")
+    check_finite(Q, "query")
+    Qp = _prep(Q, "cosine", "query")
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full(rows.shape[0], -np.inf)
+    q_step = max(1, min(Qp.shape[0], budget // 1024))
+    r_step = max(1, min(budget // q_step, budget // Qp.shape[1]))  # the tile and the rows read both O(budget)
+    order = np.argsort(rows, kind="stable")  # read in row order; written back in the caller's order
+    for a in range(0, rows.shape[0], r_step):
+        sel = order[a:a + r_step]
+        X = np.asarray(embeddings[rows[sel]], dtype=np.float32)
+        bad = first_nonfinite(X)
+        if bad is not None:
+            raise BatchalInputError(f"embeddings row {int(rows[sel][bad[0]])} has {bad[1]}")
+        norms = np.linalg.norm(X, axis=1)
+        if (norms == 0).any():
+            i = int(rows[sel][np.flatnonzero(norms == 0)[0]])
+            raise BatchalInputError(f"embeddings row {i} is all zeros; cosine similarity is undefined")
+        Xp = X / norms[:, None]
+        best = np.full(sel.shape[0], -np.inf, dtype=np.float32)
+        for b in range(0, Qp.shape[0], q_step):
+            np.maximum(best, (Xp @ Qp[b:b + q_step].T).max(axis=1), out=best)
+        out[sel] = best
+    return out
 
 
 def similar(embeddings, query=None, k: int = 100, *, query_rows=None, metric: str = "cosine", labeled=None,

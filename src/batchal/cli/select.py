@@ -24,7 +24,7 @@ class Aggregate(str, Enum):
 @app.command()
 def select(
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="NAME or NAME:key=value[:key=value...], e.g. cluster-margin:margin_factor=2 or margin:balance=uniform (see `batchal strategies`); required unless --config gives it"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): strategy, balance, score thresholds, metadata filters, a query set (README, *One selection config*)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): strategy, balance, score thresholds, metadata filters, a query set, [weights] (README, *One selection config*)"),
     batch_size: int = typer.Option(..., "--batch-size", "-k", min=1, help="how many rows to select"),
     out_path: Path = typer.Option(..., "--out", "-o", help="selected row indices, int64 in selection order (.npy or .csv)"),
     probs: Optional[Path] = typer.Option(None, "--probs", help="(n, C) predicted probabilities, or top-k predictions (Parquet columns / .npz arrays top_classes and top_probs)"),

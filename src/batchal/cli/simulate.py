@@ -65,7 +65,7 @@ def simulate(
     seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP + "; trial t uses a seed derived from it"),
     propagate: Optional[float] = typer.Option(None, "--propagate", callback=finite(0), help="after each batch, copy each item's label to its near-duplicate group at this distance (1 - cos; on the seed model's embedding); results.csv records labels bought (n_labeled), propagated (n_propagated) and the propagated labels' error rate"),
     propagate_metric: DedupMetric = typer.Option(DedupMetric.cosine, "--propagate-metric", help="distance of --propagate"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): its strategy (with balance, candidates) runs next to --strategies; [dedup] propagate = true, threshold = T sets --propagate; other keys are refused"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a selection config (TOML): its strategy (with balance, candidates) runs next to --strategies; [dedup] propagate = true, threshold = T sets --propagate; [weights] may hold uncertainty alone; other keys are refused"),
     out_dir: Path = typer.Option(Path("sim_out"), "--out", help="folder for results.csv, curves.png, summary.md and the rest (written all at once)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):

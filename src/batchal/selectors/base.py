@@ -17,7 +17,8 @@ from .._validation import (
 from .. import scores as _scores
 
 # get_selector lives in .spec (it parses specs): base knows nothing of specs, so the import runs one way
-__all__ = ["Pool", "Selector", "register", "available_strategies", "REGISTRY", "top_k", "merge_top_k"]
+__all__ = ["Pool", "Selector", "register", "available_strategies", "REGISTRY", "top_k", "merge_top_k",
+           "check_priority"]
 
 
 def _rows_in_order(src, rows: np.ndarray, dtype) -> np.ndarray:
@@ -60,6 +61,16 @@ class Pool:
     class_names : sequence of str, optional
         The name of each prediction column (a campaign's ``--classes``): a
         ``balance`` share table may then be keyed by class names.
+    priority : float array of shape (n,), optional
+        A ranking that replaces the strategy's own score, **larger = picked
+        first**: :meth:`top_uncertain` ranks by it whatever score the strategy
+        asks for (margin, entropy, least confidence, Cluster-Margin's candidates
+        and their order), while :meth:`uncertainty` keeps returning the real
+        scores (thresholds, a campaign's scores file). Set by
+        :func:`batchal.selection_config.apply_config` from a config's
+        ``[weights]``; ``-inf`` may mark rows that are not candidates. NaN is
+        refused. Strategies that rank by no score (random, coreset, BADGE) never
+        read it, which is why a config refuses ``[weights]`` for them.
     """
 
     probs: np.ndarray | None = None
@@ -73,6 +84,7 @@ class Pool:
     aggregate: str = "min"
     metadata: object = None
     class_names: object = None
+    priority: np.ndarray | None = None
     n: int = field(init=False)
     labeled_mask: np.ndarray = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
@@ -121,6 +133,8 @@ class Pool:
         if self.clusters is not None:
             self.clusters = check_clusters(self.clusters, self.n)
         self.labeled_mask = labeled_mask(self.labeled, self.n)
+        if self.priority is not None:
+            self.priority = check_priority(self.priority, self.n)
 
     @property
     def has_predictions(self) -> bool:
@@ -155,7 +169,11 @@ class Pool:
 
         The one place selectors rank the pool by a score; a distributed pool
         (``batchal.engines.ray``) overrides it with a per-block top-k merged on the driver.
+        With :attr:`priority` set, the rows are ranked by it instead of ``kind``'s score.
         """
+        if self.priority is not None:
+            # float64: a percentile sum over more than 2**24 rows would tie in float32
+            return top_k(self.priority, self.labeled_mask, k, dtype=np.float64)
         return top_k(self.uncertainty(kind), self.labeled_mask, k)
 
     def rows_probs(self, rows: np.ndarray):
@@ -245,6 +263,9 @@ class Selector:
     name: ClassVar[str] = ""
     candidates: int | None = None
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The uncertainty kind the strategy ranks rows by through :meth:`Pool.top_uncertain`
+    #: (what a :attr:`Pool.priority` replaces); None: it ranks by no score (random, coreset, BADGE).
+    ranks_by: ClassVar[str | None] = None
 
     def __init__(self, random_state=None):
         self.random_state = random_state
@@ -321,15 +342,31 @@ def progress_blocks(k: int, desc: str, enabled: bool, n_blocks: int = 50):
             bar.update(b - a)
 
 
-def top_k(score: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+def check_priority(priority, n: int) -> np.ndarray:
+    """``priority`` as a float64 array of ``n`` values without NaN (``-inf`` allowed), or an error naming the problem."""
+    p = np.asarray(priority)
+    if p.ndim != 1 or p.shape[0] != n:
+        raise BatchalInputError(f"priority must be a 1-d array with one value per pool row ({n:,}); got shape {p.shape}")
+    if p.dtype == bool or not np.issubdtype(p.dtype, np.number):
+        raise BatchalInputError(f"priority must hold numbers; got dtype {p.dtype}")
+    p = p.astype(np.float64, copy=False)
+    if np.isnan(p).any() or np.isposinf(p).any():
+        bad = int(np.flatnonzero(np.isnan(p) | np.isposinf(p))[0])
+        raise BatchalInputError(f"priority row {bad} is {p[bad]}; give finite values (-inf for a row never picked)")
+    return p
+
+
+def top_k(score: np.ndarray, exclude: np.ndarray, k: int, dtype=np.float32) -> np.ndarray:
     """Indices of the ``k`` largest ``score`` among rows not in ``exclude``, largest first.
 
     O(n) with ``argpartition`` plus O(k log k) to order the winners. The order is
     total: equal scores go to the smaller row index, also at the cut, so the
     result is deterministic and equals a merge of per-block top-k lists
     (:func:`merge_top_k`), which is how the distributed engine computes it.
+    ``dtype``: the precision the scores are compared in (float32, as the
+    scores are computed; float64 for a :attr:`Pool.priority`).
     """
-    s = np.array(score, dtype=np.float32, copy=True)
+    s = np.array(score, dtype=dtype, copy=True)
     s[exclude] = -np.inf
     n = s.shape[0]
     if k < n:

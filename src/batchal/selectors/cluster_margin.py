@@ -321,6 +321,7 @@ class ClusterMarginSelector(Selector):
 
     name = "cluster-margin"
     requires = ("predictions", "clusters")
+    ranks_by = "margin"  # the candidates M and, with order=margin, the visiting order
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,

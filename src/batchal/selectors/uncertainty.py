@@ -63,7 +63,7 @@ class MarginSelector(_TopUncertainty):
     """
 
     name = "margin"
-    score = "margin"
+    score = ranks_by = "margin"
 
 
 @register
@@ -71,7 +71,7 @@ class EntropySelector(_TopUncertainty):
     """The ``k`` unlabeled rows with the largest predictive entropy."""
 
     name = "entropy"
-    score = "entropy"
+    score = ranks_by = "entropy"
 
 
 @register
@@ -79,4 +79,4 @@ class LeastConfidenceSelector(_TopUncertainty):
     """The ``k`` unlabeled rows with the smallest top-1 probability."""
 
     name = "least-confidence"
-    score = "least-confidence"
+    score = ranks_by = "least-confidence"

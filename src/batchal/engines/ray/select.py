@@ -211,6 +211,10 @@ class RayPool(Pool):
 
         from ._session import input_errors
 
+        if self.priority is not None:
+            # a priority (a config's [weights]) ranks every row against every other: not distributed
+            raise BatchalInputError("the ray engine ranks by the strategy's own score per block; a priority "
+                                    "(a selection config's [weights]) needs every row's score: use --engine local")
         if self.source.topk:  # refused before any task starts
             from ...topk import check_topk_score
 
