@@ -321,3 +321,53 @@ def test_simulator_computes_the_campaign_stopping_signals(tmp_path):
     assert rows[0]["stop_uncertainty"] == pytest.approx(compare(None, p0, unlabeled)["uncertainty"])
     assert len(stop_rounds(res.rows, "margin")) == 1
     assert "Stopping signals" in (tmp_path / "summary.md").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
+def test_workers_end_when_simulate_is_killed(tmp_path):
+    """kill -9 of a parallel `batchal simulate` leaves no worker training for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-c", "import sys; from batchal.cli import app; sys.argv[0] = 'batchal'; app()", "simulate", "--dataset", "digits", "--seed-size", "20",
+           "--batch-size", "20", "--rounds", "40", "--trials", "4", "--jobs", "2", "--strategies", "random,margin",
+           "--out", str(tmp_path / "out")]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers, deadline = [], time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+            workers = [c for c in _children(p.pid)
+                       if b"spawn" in open(f"/proc/{c}/cmdline", "rb").read()]
+        assert len(workers) == 2, "the simulation started no spawn workers"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        deadline = time.time() + 20
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.5)
+            alive = [w for w in workers if os.path.exists(f"/proc/{w}")
+                     and open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"workers {alive} outlived their simulation"
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -335,9 +335,29 @@ def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None
 _WORKER_DATASET: Dataset | None = None
 
 
-def _init_worker(dataset: Dataset) -> None:
+def _init_worker(dataset: Dataset, parent: int | None = None) -> None:
     global _WORKER_DATASET
     _WORKER_DATASET = dataset
+    if parent is not None:
+        _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker when the simulation process that started it is gone.
+
+    A killed ``batchal simulate`` (SIGTERM, SIGKILL, a closed terminal) runs no
+    executor shutdown, and its spawned workers would keep training models for
+    nobody, holding both cores. A daemon thread watches the parent's pid.
+    """
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="batchal-parent-watch", daemon=True).start()
 
 
 def _worker_run(cfg, trial, strategy, clusters):
@@ -430,7 +450,7 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
         # spawn: numba's and torch's thread pools are not fork-safe once started;
         # the dataset travels once per worker (initializer), not once per job
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(dataset,)) as ex:
+                                 initializer=_init_worker, initargs=(dataset, os.getpid())) as ex:
             pending = {ex.submit(_worker_clusters, cfg, t): ("clusters", t) for t in cluster_jobs}
             pending[ex.submit(_worker_full, cfg)] = ("full", None)
             waiting = []
