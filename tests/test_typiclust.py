@@ -115,6 +115,19 @@ def test_matches_reference_in_blocks(monkeypatch):
     np.testing.assert_array_equal(got, reference_typiclust(E, clusters, labeled, 200, 7))
 
 
+@pytest.mark.parametrize("spec, knn, max_sample", [("typiclust", 20, 2000), ("typiclust:knn=5:max_sample=30", 5, 30)])
+def test_matches_reference_blas(monkeypatch, spec, knn, max_sample):
+    """Clusters past BLAS_MIN members are scored by BLAS (equal up to rounding: the same batch on these pools)."""
+    import batchal.selectors.typiclust as tc
+
+    monkeypatch.setattr(tc, "BLAS_MIN", 8)
+    for seed in range(3):
+        E, clusters, labeled = skewed_pool(seed)
+        for k in (10, 150):
+            got = select(spec, k, embeddings=E, clusters=clusters, labeled=labeled, seed=seed)
+            np.testing.assert_array_equal(got, reference_typiclust(E, clusters, labeled, k, seed, knn, max_sample))
+
+
 def test_largest_uncovered_clusters_first():
     r = np.random.default_rng(0)
     sizes = [10, 50, 20, 40, 30]  # cluster c has sizes[c] members

@@ -29,7 +29,8 @@ search for the last, partial level). A cluster visited ``t`` times gives its
 Cost: O(n) memory (cluster ids, counts, the rows of the visited clusters);
 the embeddings are read only for the visited clusters' rows, a block of at
 most ``1 << 18`` rows at a time (memory maps stay cheap). Typicality costs
-``size_c^2 d`` per visited cluster; a cluster larger than ``max_sample`` is
+``size_c^2 d`` per visited cluster (a numba kernel for small clusters, BLAS past
+``BLAS_MIN`` members); a cluster larger than ``max_sample`` is
 scored against a uniform sample of ``max_sample`` of its members (the
 reference set for the K nearest neighbours; seeded per cluster) and only a sample of
 ``max(max_sample, t)`` unlabeled members are candidates, so no cluster costs
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from threadpoolctl import threadpool_limits
 
 from .._validation import BatchalInputError
 from .base import Pool, Selector, register
@@ -46,6 +48,8 @@ from .cluster_margin import _dense_cluster_ids
 
 #: Rows of embeddings read per block (float32: 1 << 18 rows of d = 256 is 256 MiB)
 BLOCK_ROWS = 1 << 18
+#: Clusters (or samples) with more members than this are scored by BLAS, not by the pairwise kernel
+BLAS_MIN = 64
 
 
 @njit(cache=True)
@@ -102,6 +106,59 @@ def _typical_members(E, ref_ptr, ref_pos, cand_ptr, cand_pos, cand_row, take, kk
         o = out_ptr[g]
         for q in range(take[g]):
             out_rows[o + q] = cand_row[c0 + order[q]]
+
+
+@njit(cache=True)
+def _knn_mean_from_gram(G, yy, xx, own, K, out):
+    """``out[i]`` = mean of the ``K`` smallest ``sqrt(max(yy[i] + xx[j] - 2 G[i, j], 0))`` over ``j != own[i]``.
+
+    One pass over the (m, refs) Gram block with a sorted buffer of ``K``: no
+    (m, refs) temporaries, unlike a partition.
+    """
+    buf = np.empty(K, dtype=np.float64)
+    for i in range(G.shape[0]):
+        filled = 0
+        for j in range(G.shape[1]):
+            if j == own[i]:
+                continue
+            d2 = yy[i] + xx[j] - 2.0 * G[i, j]
+            if d2 < 0.0:
+                d2 = 0.0
+            if filled < K:
+                p = filled
+                filled += 1
+            elif d2 < buf[K - 1]:
+                p = K - 1
+            else:
+                continue
+            while p > 0 and buf[p - 1] > d2:
+                buf[p] = buf[p - 1]
+                p -= 1
+            buf[p] = d2
+        s = 0.0
+        for q in range(K):
+            s += np.sqrt(buf[q])
+        out[i] = s / K
+
+
+def _mean_knn_distance(E, ref_pos, cand_pos, K, chunk=1024):
+    """Mean Euclidean distance of each candidate to its ``K`` nearest refs (itself excluded), by BLAS.
+
+    For clusters of more than ``BLAS_MIN`` members: ``|a|^2 + |b|^2 - 2 a.b`` in float64,
+    a (chunk, refs) Gram block at a time. It equals the kernel's direct sum up to
+    rounding (about 1e-12 relative), so only near-exact ties in typicality may order
+    differently.
+    """
+    X = E[ref_pos].astype(np.float64)
+    xx = np.einsum("ij,ij->i", X, X)
+    # where a candidate sits among the refs (it is not its own neighbour); -1: not a ref
+    at = np.minimum(np.searchsorted(ref_pos, cand_pos), ref_pos.shape[0] - 1)
+    own = np.where(ref_pos[at] == cand_pos, at, -1)
+    out = np.empty(cand_pos.shape[0], dtype=np.float64)
+    for a in range(0, cand_pos.shape[0], chunk):
+        Y = E[cand_pos[a:a + chunk]].astype(np.float64)
+        _knn_mean_from_gram(Y @ X.T, np.einsum("ij,ij->i", Y, Y), xx, own[a:a + chunk], K, out[a:a + chunk])
+    return out
 
 
 def visit_counts(labeled: np.ndarray, unlabeled: np.ndarray, size: np.ndarray, tie: np.ndarray, k: int):
@@ -177,8 +234,9 @@ class TypiclustSelector(Selector):
 
     Notes
     -----
-    Measured: a batch of 30,000 from 1,000,000 rows (d = 64) in about 100,000
-    clusters takes a few seconds on one core (BENCHMARKS.md, *Low budgets*).
+    Measured (``benchmarks/bench_low_budget.py scale``): a batch of 30,000 from
+    1,000,000 memory-mapped rows (d = 64) in 79,000-200,000 long-tailed clusters
+    took 1.3-5 s on a 2-core machine at load average 9 (BENCHMARKS.md, *Low budgets*).
     Combining it with ``candidates=neighbours:K`` is refused: that restriction
     marks rows outside the neighbourhood as labeled, which would count as
     coverage here.
@@ -230,8 +288,9 @@ class TypiclustSelector(Selector):
         out_ptr = np.concatenate(([0], np.cumsum(gtake)))
         chosen = np.empty(k, dtype=np.int64)  # grouped by cluster, most typical first
         kk = np.minimum(knn, gsize - 1)
-        small = gsize <= S
-        # small clusters: every member is a reference, every unlabeled member a candidate; in blocks of rows
+        small = gsize <= min(S, BLAS_MIN)
+        # small clusters (most of them): every member a reference, every unlabeled member a candidate; the
+        # kernel scores many clusters per call, over blocks of rows
         g, n_groups = 0, visited.shape[0]
         while g < n_groups:
             if not small[g]:
@@ -250,24 +309,39 @@ class TypiclustSelector(Selector):
                              block_rows[unl_pos], gtake[g:h], kk[g:h], out_ptr[g:h + 1] - out_ptr[g],
                              chosen[out_ptr[g]:out_ptr[h]])
             g = h
-        # large clusters, one at a time
-        for g in np.flatnonzero(~small):
-            crng = np.random.default_rng([sample_seed, int(visited[g])])
-            members = rows[gstart[g]:gstart[g + 1]]
-            ref = np.sort(members[crng.choice(members.shape[0], S, replace=False)])
-            un = members[~mask[members]]
-            m = max(S, int(gtake[g]))
-            cand = np.sort(un[crng.choice(un.shape[0], m, replace=False)]) if un.shape[0] > m else un
-            need = np.union1d(ref, cand)
-            E = self._read(pool, need)
-            _typical_members(E, np.array([0, S]), np.searchsorted(need, ref), np.array([0, cand.shape[0]]),
-                             np.searchsorted(need, cand), cand, gtake[g:g + 1], kk[g:g + 1],
-                             np.array([0]), chosen[out_ptr[g]:out_ptr[g + 1]])
+        # larger clusters, one at a time; past max_sample, on samples. One BLAS thread: the Gram blocks are
+        # small (1024 x max_sample x d), and threads on a busy machine cost 7x (measured: 28 s against 4 s)
+        with threadpool_limits(1, user_api="blas"):
+            self._score_large(pool, np.flatnonzero(~small), rows, gstart, gsize, gtake, out_ptr, kk, visited,
+                              mask, S, sample_seed, chosen)
         # batch order: the pick's key (level, -size, tie); the r-th pick of a cluster is at level labeled + r
         grp = np.repeat(np.arange(n_groups), gtake)
         level = lab[visited][grp] + (np.arange(k) - out_ptr[:-1][grp])
         order = np.lexsort((tie[visited][grp], -gsize[grp], level))
         return chosen[order]
+
+    def _score_large(self, pool, groups, rows, gstart, gsize, gtake, out_ptr, kk, visited, mask, S, sample_seed,
+                     chosen):
+        """Write the ``gtake[g]`` most typical members of each group in ``groups`` (more than ``BLAS_MIN``
+        members, or more than ``max_sample``) into ``chosen``."""
+        for g in groups:
+            members = rows[gstart[g]:gstart[g + 1]]
+            un = members[~mask[members]]
+            ref, cand = members, un
+            if gsize[g] > S:
+                crng = np.random.default_rng([sample_seed, int(visited[g])])
+                ref = np.sort(members[crng.choice(members.shape[0], S, replace=False)])
+                m = max(S, int(gtake[g]))
+                cand = np.sort(un[crng.choice(un.shape[0], m, replace=False)]) if un.shape[0] > m else un
+            need = np.union1d(ref, cand)
+            E = self._read(pool, need)
+            ref_pos, cand_pos = np.searchsorted(need, ref), np.searchsorted(need, cand)
+            if ref.shape[0] > BLAS_MIN:
+                mean = _mean_knn_distance(E, ref_pos, cand_pos, int(kk[g]))
+                chosen[out_ptr[g]:out_ptr[g + 1]] = cand[np.lexsort((cand, mean))[:gtake[g]]]
+            else:
+                _typical_members(E, np.array([0, ref.shape[0]]), ref_pos, np.array([0, cand.shape[0]]), cand_pos,
+                                 cand, gtake[g:g + 1], kk[g:g + 1], np.array([0]), chosen[out_ptr[g]:out_ptr[g + 1]])
 
     @staticmethod
     def _read(pool: Pool, rows: np.ndarray) -> np.ndarray:
