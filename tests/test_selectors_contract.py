@@ -266,3 +266,11 @@ class TestClusterMarginEmbeddingDuplicates(SelectorContract):
 
     strategy = "cluster-margin"
     params = {"order": "margin", "dup": 0.3}
+
+
+class TestRecommendedTypicalFirst(SelectorContract):
+    """The low-budget way out: typiclust's picks up to 100 labeled rows (make_pool labels 40), then the spec."""
+
+    from batchal.selectors import RECOMMENDED
+
+    strategy = RECOMMENDED + ":typical=100"

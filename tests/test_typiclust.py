@@ -248,3 +248,54 @@ def test_small_batch_is_the_start_of_a_larger_one():
         for k in (1, 7, 40):
             np.testing.assert_array_equal(select(spec, k, embeddings=E, clusters=clusters, labeled=labeled, seed=2),
                                           big[:k])
+
+
+def test_cluster_margin_typical_way_out():
+    """typical=N: typiclust's picks for the labels up to N, then the strategy's own rule."""
+    r = np.random.default_rng(0)
+    E, clusters, labeled = skewed_pool(1, n_labeled=30)
+    P = r.dirichlet(np.full(4, 0.5), size=E.shape[0]).astype(np.float32)
+    spec = "cluster-margin:order=margin:dup=0.01"
+    arrays = dict(probs=P, embeddings=E, clusters=clusters, labeled=labeled, seed=3)
+    # labeled set (30) already at N: exactly the strategy
+    np.testing.assert_array_equal(select(spec + ":typical=30", 40, **arrays), select(spec, 40, **arrays))
+    # N = 1000 > 30 + 40: the whole batch is typiclust's (the same seeded draws)
+    np.testing.assert_array_equal(select(spec + ":typical=1000", 40, **arrays), select("typiclust", 40, **arrays))
+    # N = 55: 25 typical rows, then the strategy's rule with those counted as labeled
+    mixed = select(spec + ":typical=55", 40, **arrays)
+    first = select("typiclust", 25, **arrays)
+    np.testing.assert_array_equal(mixed[:25], first)
+    rest = select(spec, 15, **{**arrays, "labeled": np.concatenate([labeled, first])})
+    np.testing.assert_array_equal(mixed[25:], rest)
+    sel = get_selector(spec + ":typical=55", random_state=3)
+    sel.select(Pool(probs=P, embeddings=E, clusters=clusters, labeled=labeled), 40)
+    assert sel.diagnostics_["typical"] == 25 and "k_m" in sel.diagnostics_
+
+
+def test_cluster_margin_typical_refusals():
+    E, clusters, labeled = skewed_pool(1)
+    P = np.full((E.shape[0], 2), 0.5, dtype=np.float32)
+    with pytest.raises(BatchalInputError, match="typical=5 scores how typical"):
+        select("cluster-margin:typical=5", 5, probs=P, clusters=clusters, labeled=labeled)
+    with pytest.raises(BatchalInputError, match="typical must be a whole number"):
+        select("cluster-margin:typical=0", 5, probs=P, embeddings=E, clusters=clusters, labeled=labeled)
+    with pytest.raises(BatchalInputError, match="drop one of them"):
+        select("cluster-margin:typical=50:candidates=neighbours:5", 5, probs=P, embeddings=E, clusters=clusters,
+               labeled=labeled)
+
+
+def test_cli_select_typiclust(tmp_path):
+    from typer.testing import CliRunner
+
+    from batchal.cli import app
+
+    E, clusters, labeled = skewed_pool(0)
+    for name, arr in (("E", E), ("c", clusters), ("l", labeled)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    res = CliRunner().invoke(app, ["select", "--strategy", "typiclust", "--batch-size", "7", "--embeddings",
+                                   str(tmp_path / "E.npy"), "--clusters", str(tmp_path / "c.npy"), "--labeled",
+                                   str(tmp_path / "l.npy"), "--out", str(tmp_path / "out.npy"), "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    assert "typiclust: 7 clusters visited" in res.output
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
+                                  select("typiclust", 7, embeddings=E, clusters=clusters, labeled=labeled, seed=0))
