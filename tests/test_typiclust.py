@@ -299,3 +299,11 @@ def test_cli_select_typiclust(tmp_path):
     assert "typiclust: 7 clusters visited" in res.output
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
                                   select("typiclust", 7, embeddings=E, clusters=clusters, labeled=labeled, seed=0))
+
+
+def test_ray_engine_refuses_typiclust_and_typical():
+    from batchal.engines import check_strategy
+
+    for spec in ("typiclust", "cluster-margin:order=margin:dup=0.01:typical=50"):
+        with pytest.raises(BatchalInputError, match="use --engine local"):
+            check_strategy("ray", spec)
