@@ -235,8 +235,9 @@ class TypiclustSelector(Selector):
     Notes
     -----
     Measured (``benchmarks/bench_low_budget.py scale``): a batch of 30,000 from
-    1,000,000 memory-mapped rows (d = 64) in 79,000-200,000 long-tailed clusters
-    took 1.3-5 s on a 2-core machine at load average 9 (BENCHMARKS.md, *Low budgets*).
+    1,000,000 memory-mapped rows (d = 64) in 15,000-200,000 long-tailed clusters
+    took 0.5-2.7 s of CPU (1.1-11 s of wall time on a shared 2-core machine at load
+    average 9-10; BENCHMARKS.md, *Low budgets*).
     Combining it with ``candidates=neighbours:K`` is refused: that restriction
     marks rows outside the neighbourhood as labeled, which would count as
     coverage here.
