@@ -170,6 +170,27 @@ class TestLeastConfidenceBalanced(SelectorContract):
     strategy = "least-confidence:balance=uniform"
 
 
+class TestTypiclust(SelectorContract):
+    strategy = "typiclust"
+
+    def test_nan_inputs_rejected(self):
+        """typiclust reads only the visited clusters' rows: NaN there is refused (tests/test_typiclust.py
+        also checks that a bad row it never reads cannot change the batch)."""
+        arrays = make_pool()
+        first = select(self.strategy, 1, seed=0, **arrays)[0]
+        arrays["embeddings"][first, 1] = np.inf
+        with pytest.raises(BatchalInputError, match="infinite"):
+            select(self.strategy, 5, seed=0, **arrays)
+
+
+class TestTypiclustSampled(SelectorContract):
+    """Every cluster larger than max_sample: typicality against seeded samples."""
+
+    strategy = "typiclust:knn=3:max_sample=5"
+
+    test_nan_inputs_rejected = TestTypiclust.test_nan_inputs_rejected
+
+
 class TestClusterMarginBalanced(SelectorContract):
     strategy = "cluster-margin:balance=uniform"
 
@@ -245,3 +266,11 @@ class TestClusterMarginEmbeddingDuplicates(SelectorContract):
 
     strategy = "cluster-margin"
     params = {"order": "margin", "dup": 0.3}
+
+
+class TestRecommendedTypicalFirst(SelectorContract):
+    """The low-budget way out: typiclust's picks up to 100 labeled rows (make_pool labels 40), then the spec."""
+
+    from batchal.selectors import RECOMMENDED
+
+    strategy = RECOMMENDED + ":typical=100"

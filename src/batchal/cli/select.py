@@ -129,10 +129,17 @@ def select(
             f"load {t1 - t0:.2f}s, select {t2 - t1:.2f}s)",
             highlight=False, markup=False,
         )
-        if getattr(selector, "diagnostics_", None):
+        diag = getattr(selector, "diagnostics_", None) or {}
+        if "k_m" in diag:  # cluster-margin's candidates (absent when typical= took the whole batch)
             from ..selectors.cluster_margin import describe_redundancy
 
-            err.print(describe_redundancy(selector.diagnostics_), highlight=False, markup=False)
+            err.print(describe_redundancy(diag), highlight=False, markup=False)
+        if diag.get("typical"):
+            err.print(f"typical={selector.typical}: the first {diag['typical']:,} rows are typiclust's (the labeled "
+                      f"set holds fewer than {selector.typical:,} rows)", highlight=False, markup=False)
+        if "visited_clusters" in diag:  # typiclust
+            err.print(f"typiclust: {diag['visited_clusters']:,} clusters visited; {diag['uncovered_clusters_before']:,} "
+                      f"clusters held no label before this batch", highlight=False, markup=False)
         if getattr(selector, "balance_", None):
             from ..selectors.balance import describe_balance
 

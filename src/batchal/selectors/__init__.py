@@ -1,14 +1,15 @@
 """Batch selectors, registered by name.
 
 Importing this package registers every built-in strategy: ``random``,
-``margin``, ``entropy``, ``least-confidence``, ``coreset``, ``badge`` and
-``cluster-margin``.
+``margin``, ``entropy``, ``least-confidence``, ``coreset``, ``badge``, ``cluster-margin`` and
+``typiclust``.
 """
 from .base import REGISTRY, Pool, Selector, available_strategies, register
 from .uncertainty import EntropySelector, LeastConfidenceSelector, MarginSelector, RandomSelector
 from .coreset import CoresetSelector
 from .badge import BadgeSelector
 from .cluster_margin import ClusterMarginSelector, candidate_count, round_robin
+from .typiclust import TypiclustSelector
 from .spec import StrategySpec, get_selector, parse_spec, split_specs
 
 #: The spec the README recommends when the pool's redundancy is unknown: margin's list in which copies of
@@ -32,6 +33,7 @@ __all__ = [
     "CoresetSelector",
     "BadgeSelector",
     "ClusterMarginSelector",
+    "TypiclustSelector",
     "round_robin",
     "candidate_count",
     "StrategySpec",

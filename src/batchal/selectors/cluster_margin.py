@@ -305,6 +305,14 @@ class ClusterMarginSelector(Selector):
     balance_by : str or None, default None
         Balance over the values of this metadata column of the pool instead of the
         predicted classes (``balance`` gives the target, default ``uniform``).
+    typical : int or None, default None
+        The low-budget way out (Hacohen et al., ICML 2022: typical examples first
+        while the budget is low, uncertain ones after): while the labeled set holds
+        fewer than ``typical`` rows, the first ``min(k, typical - labeled)`` rows of
+        the batch are :class:`~batchal.selectors.typiclust.TypiclustSelector`'s picks
+        (the most typical members of the largest least-covered clusters) and the rest
+        follow this strategy's rule; needs the pool's embeddings. Advice:
+        ``5 x classes`` (BENCHMARKS.md, *Low budgets*). ``balance`` applies to the rest.
     random_state : int, Generator or None
 
     Attributes
@@ -314,7 +322,8 @@ class ClusterMarginSelector(Selector):
     n_candidate_clusters_ : int
         Number of distinct clusters among ``M`` in the last call.
     diagnostics_ : dict
-        ``k_m`` and the redundancy of the candidates (:func:`redundancy_diagnostics`).
+        ``k_m`` and the redundancy of the candidates (:func:`redundancy_diagnostics`);
+        ``typical``: rows taken by ``typical=`` (0 once the labeled set is past it).
     balance_ : dict
         With ``balance``: ``target``, ``quota`` and ``batch_counts`` per class of the last call.
     """
@@ -325,8 +334,9 @@ class ClusterMarginSelector(Selector):
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
-                 balance_by: str | None = None, random_state=None):
+                 balance_by: str | None = None, typical: int | None = None, random_state=None):
         super().__init__(random_state=random_state)
+        self.typical = typical
         self.balance = balance
         self.balance_by = balance_by
         self.margin_factor = margin_factor
@@ -337,13 +347,55 @@ class ClusterMarginSelector(Selector):
 
     @classmethod
     def requires_for(cls, params: dict) -> tuple[str, ...]:
-        """``dup`` reads the candidates' embeddings besides the predictions and clusters."""
-        return cls.requires + (("embeddings",) if params.get("dup") is not None else ())
+        """``dup`` and ``typical`` read embeddings besides the predictions and clusters."""
+        reads = params.get("dup") is not None or params.get("typical") is not None
+        return cls.requires + (("embeddings",) if reads else ())
 
     def requires_reason(self, req: str) -> str:
+        if self.dup is None:
+            return f"typical={self.typical} scores how typical rows are in their clusters: give the pool's embeddings"
         return f"dup={self.dup} compares the candidates' embeddings: give the pool's embeddings"
 
+    def select(self, pool: Pool, batch_size: int) -> np.ndarray:
+        if self.typical is not None and getattr(self, "candidates", None) is not None:
+            raise BatchalInputError("typical= counts the labeled rows; candidates=neighbours would count every row "
+                                    "outside the neighbourhood as labeled: drop one of them")
+        return super().select(pool, batch_size)
+
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
+        self.diagnostics_ = {}
+        t = 0
+        if self.typical is not None:
+            v = self.typical
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise BatchalInputError(f"typical must be a whole number of labeled rows >= 1 (advice: 5 x classes); "
+                                        f"got {v!r}")
+            t = int(min(k, max(0, int(v) - (pool.n - pool.n_unlabeled))))
+        if t == 0:
+            batch = self._select_rule(pool, k, rng)
+        else:
+            from .typiclust import TypiclustSelector
+
+            first = TypiclustSelector()._select(pool, t, rng)
+            if t == k:
+                # the predictions are not read for this batch, but bad ones are refused as in every round
+                pool.top_uncertain("margin", 1)
+                batch = first
+            else:
+                # the rest by this strategy's rule, the typical rows counting as labeled meanwhile
+                saved = pool.labeled_mask
+                pool.labeled_mask = saved.copy()
+                pool.labeled_mask[first] = True
+                try:
+                    rest = self._select_rule(pool, k - t, rng)
+                finally:
+                    pool.labeled_mask = saved
+                batch = np.concatenate([first, rest])
+        if self.typical is not None:
+            self.diagnostics_["typical"] = t
+        return batch
+
+    def _select_rule(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         if not np.isfinite(self.margin_factor) or self.margin_factor < 1:
             raise BatchalInputError(f"margin_factor must be >= 1; got {self.margin_factor}")
         share = self.max_candidate_share
@@ -357,7 +409,7 @@ class ClusterMarginSelector(Selector):
         cand = pool.top_uncertain("margin", k_m)
         cids = np.asarray(pool.clusters[cand])
         self.candidates_ = cand
-        self.diagnostics_ = redundancy_diagnostics(cids, k)
+        self.diagnostics_.update(redundancy_diagnostics(cids, k))
         self.n_candidate_clusters_ = self.diagnostics_["candidate_clusters"]
         if self.tol is not None or self.dup is not None:
             key, value = ("tol", self.tol) if self.dup is None else ("dup", self.dup)

@@ -45,6 +45,10 @@ def check_ray_strategy(strategy):
         # the neighbourhood search reads every embedding; the ray engine reads none
         raise BatchalInputError(f"strategy {spec.text!r}: candidates=neighbours needs the embeddings on one "
                                 "machine; use --engine local")
+    if spec.params.get("typical") is not None:
+        # typiclust's picks read the visited clusters' embeddings and the whole clustering on one machine
+        raise BatchalInputError(f"strategy {spec.text!r}: typical= is not distributed; use --engine local (or run "
+                                "typiclust locally for the first rounds)")
     if spec.params.get("balance_by") is not None:
         # the metadata columns live on the driver's side only in the local engine
         raise BatchalInputError(f"strategy {spec.text!r}: balance_by is not distributed yet; use --engine local")
