@@ -53,6 +53,25 @@ BLAS_MIN = 64
 
 
 @njit(cache=True)
+def _keep_smallest(buf, filled, v):
+    """Insert ``v`` into ``buf[:filled]``, the ``len(buf)`` smallest values so far sorted ascending
+    (insertion: the buffer holds K <= 20 values); returns the new fill."""
+    K = buf.shape[0]
+    if filled < K:
+        p = filled
+        filled += 1
+    elif v < buf[K - 1]:
+        p = K - 1
+    else:
+        return filled
+    while p > 0 and buf[p - 1] > v:
+        buf[p] = buf[p - 1]
+        p -= 1
+    buf[p] = v
+    return filled
+
+
+@njit(cache=True)
 def _typical_members(E, ref_ptr, ref_pos, cand_ptr, cand_pos, cand_row, take, kk, out_ptr, out_rows):
     """Per group ``g``: the ``take[g]`` candidates with the smallest mean distance to their ``kk[g]`` nearest refs.
 
@@ -84,19 +103,7 @@ def _typical_members(E, ref_ptr, ref_pos, cand_ptr, cand_pos, cand_row, take, kk
                     for t in range(d):
                         diff = np.float64(E[a, t]) - np.float64(E[b, t])
                         acc += diff * diff
-                    dist = np.sqrt(acc)
-                    # keep the K smallest, sorted ascending (insertion: K is small)
-                    if filled < K:
-                        p = filled
-                        filled += 1
-                    elif dist < buf[K - 1]:
-                        p = K - 1
-                    else:
-                        continue
-                    while p > 0 and buf[p - 1] > dist:
-                        buf[p] = buf[p - 1]
-                        p -= 1
-                    buf[p] = dist
+                    filled = _keep_smallest(buf, filled, np.sqrt(acc))
                 s = 0.0
                 for q in range(K):
                     s += buf[q]
@@ -121,20 +128,7 @@ def _knn_mean_from_gram(G, yy, xx, own, K, out):
         for j in range(G.shape[1]):
             if j == own[i]:
                 continue
-            d2 = yy[i] + xx[j] - 2.0 * G[i, j]
-            if d2 < 0.0:
-                d2 = 0.0
-            if filled < K:
-                p = filled
-                filled += 1
-            elif d2 < buf[K - 1]:
-                p = K - 1
-            else:
-                continue
-            while p > 0 and buf[p - 1] > d2:
-                buf[p] = buf[p - 1]
-                p -= 1
-            buf[p] = d2
+            filled = _keep_smallest(buf, filled, max(yy[i] + xx[j] - 2.0 * G[i, j], 0.0))
         s = 0.0
         for q in range(K):
             s += np.sqrt(buf[q])
