@@ -1,18 +1,23 @@
 """numba kernels of the distributed RAC actors (``batchal.engines.ray.rac``).
 
-An actor owns a set of clusters; each keeps its neighbour list **sorted by
-global cluster id** in an arena (``start``, ``length``, ``nbr``, ``wt``), so a
-neighbour's entry is found by binary search and the nearest neighbour with
-ties to the smaller id is the first minimum of a scan. Linkages come from the
-local engine's kernel (:func:`batchal.clustering._graph_kernels._link`) on
-the same statistics, so they are the same numbers.
+An actor owns a set of clusters; each keeps an unsorted list of neighbour ids
+in an arena (``start``, ``length``, ``nbr``; an id may repeat after a rename
+until the list is next visited) and, as the local merge does, a certified
+ranking of its best ``TOP_M`` links (``topi``/``topw``, count ``topc``) with a
+threshold ``(tw, ty)`` that every other entry ranks after. No list entry keeps
+a weight: a cluster's linkages are computed when it is visited (its
+statistics sent to the owners of its neighbours, which reply their best few),
+and a merged cluster's new linkages are pushed into its neighbours' rankings
+by their owners. Linkages come from the local engine's kernel
+(:func:`batchal.clustering._graph_kernels._link`, visited cluster first, as
+the local ``_visit``) on the same statistics, so they are the same numbers.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ...clustering._graph_kernels import _link, find_sorted, sort_dedupe
+from ...clustering._graph_kernels import _before, _keep_best, _link, find_sorted, sort_dedupe
 
 
 @njit(cache=True)
@@ -42,23 +47,6 @@ def fill_lists(src_loc, dst, fill, nbr):
 
 
 @njit(cache=True)
-def nearest(xs, start, length, nbr, wt, nn, nnw):
-    """Nearest neighbour of each local cluster in ``xs``: smallest weight, ties to the smaller id."""
-    for i in range(xs.shape[0]):
-        x = xs[i]
-        s = start[x]
-        best = -1
-        bestw = np.inf
-        for e in range(s, s + length[x]):
-            v = wt[e]
-            if v < bestw:
-                bestw = v
-                best = nbr[e]
-        nn[x] = best
-        nnw[x] = bestw
-
-
-@njit(cache=True)
 def gather_lists(xs, start, length, nbr):
     """Entries of the lists of ``xs``: ``(position of the list in xs, neighbour id)`` per entry.
 
@@ -82,10 +70,14 @@ def gather_lists(xs, start, length, nbr):
 
 
 @njit(cache=True)
-def apply_renames(xl, old, new, start, length, nbr, touched):
-    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples sorted by ``xl``); marks it touched.
+def apply_renames(xl, old, new, start, length, nbr, topi, topw, topc, dirty):
+    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples sorted by ``xl``, then old id).
 
-    One pass over each touched list: its renames are binary-searched by old id.
+    One pass over each touched list, its renames binary-searched by old id; the
+    list stays unsorted (a renamed entry may now repeat one already there: the
+    list is deduplicated when it is next visited). A renamed cluster (one that
+    merged away) leaves the list's ranking, whose threshold stays: what was cut
+    before still ranks after it. The cluster is marked dirty.
     """
     m = xl.shape[0]
     i = 0
@@ -94,72 +86,53 @@ def apply_renames(xl, old, new, start, length, nbr, touched):
         j = i
         while j < m and xl[j] == x:
             j += 1
-        # renames of x are old[i:j] (sorted by old id by the caller)
         s = start[x]
         for e in range(s, s + length[x]):
             f = find_sorted(old, i, j - i, nbr[e])
             if f >= 0:
                 nbr[e] = new[f]
-        touched[x] = 1
+        c = 0
+        for k in range(topc[x]):
+            if find_sorted(old, i, j - i, topi[x, k]) < 0:
+                topi[x, c] = topi[x, k]
+                topw[x, c] = topw[x, k]
+                c += 1
+        topc[x] = c
+        dirty[x] = 1
         i = j
 
 
 @njit(cache=True)
-def resort_lists(xs, gid, start, length, nbr, wt):
-    """Sort the lists of ``xs`` by id, drop duplicates and the cluster itself (weights travel with ids)."""
+def dedupe_lists(xs, gid, start, length, nbr):
+    """Sort the lists of ``xs`` and keep each id once, without the cluster itself (before a visit)."""
     for i in range(xs.shape[0]):
         x = xs[i]
         s = start[x]
-        L = length[x]
-        if L == 0:
-            continue
-        order = np.argsort(nbr[s:s + L], kind="mergesort")
-        ids = nbr[s:s + L][order]
-        ws = wt[s:s + L][order]
-        w = 0
-        me = gid[x]
-        for j in range(L):
-            if ids[j] == me or (j > 0 and ids[j] == ids[j - 1]):
-                continue
-            nbr[s + w] = ids[j]
-            wt[s + w] = ws[j]
-            w += 1
-        length[x] = w
+        length[x] = sort_dedupe(nbr, s, s + length[x], gid[x])
 
 
 @njit(cache=True)
-def union_lists(a_loc, a_gid, b_ptr, b_nbr, start, length, nbr, wt, end):
-    """New list of each merged cluster ``a``: the sorted union of its list and its partner's, without ``a``.
+def union_lists(a_loc, a_gid, b_ptr, b_nbr, start, length, nbr, end):
+    """New list of each merged cluster ``a``: its list and its partner's, each id once, without ``a``.
 
-    Written at the arena's end (the caller made room); weights are left stale
-    (every entry of a changed cluster is re-weighted in the push that follows).
+    Written at the arena's end (the caller made room); no weight is kept per
+    entry: the merged cluster is visited next (:func:`visit_targets`).
     """
     for p in range(a_loc.shape[0]):
         x = a_loc[p]
-        me = a_gid[p]
         s = start[x]
         La = length[x]
-        i = s
-        j = b_ptr[p]
-        jend = b_ptr[p + 1]
         w = end
-        last = -1
-        while i < s + La or j < jend:
-            if j >= jend or (i < s + La and nbr[i] <= b_nbr[j]):
-                y = nbr[i]
-                i += 1
-            else:
-                y = b_nbr[j]
-                j += 1
-            if y == me or y == last:
-                continue
-            nbr[w] = y
-            wt[w] = np.inf
-            last = y
+        for e in range(s, s + La):
+            nbr[w] = nbr[e]
             w += 1
+        for e in range(b_ptr[p], b_ptr[p + 1]):
+            nbr[w] = b_nbr[e]
+            w += 1
+        L = sort_dedupe(nbr, end, w, a_gid[p])
         start[x] = end
-        length[x] = w - end
-        end = w
+        length[x] = L
+        end += L
     return end
 
 
@@ -182,43 +155,74 @@ def merge_pairs(a_loc, scr0, S, size, sq, metric, heights, sizes):
         sq[a] += sq[b]
 
 
-@njit(fastmath=True, cache=True)  # fastmath as the local _visit, which computes the list weights
-def weigh_targets(c_gid, scr0, ptr, ys_loc, S, size, sq, metric, start, length, nbr, wt, dirty, reply, sym):
-    """For pushed cluster ``c`` (statistics in scratch row ``scr0 + j``) and each local target ``y``:
-    store ``_link(y, c)`` in y's entry for c and return ``_link(c, y)`` (the value c's own list keeps).
+@njit(fastmath=True, cache=True)  # fastmath as the local _visit, which computes the linkages
+def visit_targets(c_gid, scr0, ptr, ys, ys_loc, S, size, sq, metric, update, stamp, it, topi, topw, topc, tw,
+                  ty, dirty, cnt, kept, ri, rw):
+    """One actor's part of the visits of the clusters ``c`` (statistics in scratch rows ``scr0 + j``): the
+    linkage ``_link(c, y)`` to each target ``y`` here (visited cluster first, as the local ``_visit``).
 
-    ``sym``: the metric's linkage is symmetric in its arguments bit for bit
-    (cosine), so one evaluation serves both lists.
+    Returns, per ``c``, the targets' count (``cnt``) and their best ``M`` by
+    linkage, ties to the smaller id (``kept`` of them in ``ri``/``rw``): the
+    visiting actor merges these partial rankings into c's.
+
+    ``update`` (a merged cluster's visit): the value is also pushed into y's
+    ranking, as the local ``_push``: c's old value leaves it, the new one enters
+    if it ranks before y's threshold (full: the threshold drops to the last
+    member). Targets that merged this round (``stamp == it``) are skipped: their
+    own visit ranks them in full.
     """
+    M = topi.shape[1]
     for j in range(c_gid.shape[0]):
         c = c_gid[j]
         sc = scr0 + j
+        k = 0
         for t in range(ptr[j], ptr[j + 1]):
-            y = ys_loc[t]
-            v = _link(S, size, sq, y, sc, metric)
-            e = find_sorted(nbr, start[y], length[y], c)
-            if e >= 0:
-                wt[e] = v
-            dirty[y] = 1
-            if sym:
-                reply[t] = wt[e] if e >= 0 else v
-            else:
-                reply[t] = _link(S, size, sq, sc, y, metric)
+            yl = ys_loc[t]
+            v = _link(S, size, sq, sc, yl, metric)
+            k = _keep_best(ri[j], rw[j], k, ys[t], v)
+            if not update or stamp[yl] == it:
+                continue
+            dirty[yl] = 1
+            n_top = topc[yl]
+            for q in range(n_top):
+                if topi[yl, q] == c:
+                    for r in range(q, n_top - 1):
+                        topi[yl, r] = topi[yl, r + 1]
+                        topw[yl, r] = topw[yl, r + 1]
+                    n_top -= 1
+                    break
+            topc[yl] = n_top
+            if not _before(v, c, tw[yl], ty[yl]):
+                continue
+            n_top = _keep_best(topi[yl], topw[yl], n_top, c, v)
+            topc[yl] = n_top
+            if n_top == M:
+                tw[yl] = topw[yl, M - 1]
+                ty[yl] = topi[yl, M - 1]
+        cnt[j] = ptr[j + 1] - ptr[j]
+        kept[j] = k
 
 
 @njit(cache=True)
-def set_weights(c_loc, ys, w, start, length, nbr, wt):
-    """Store replied weights: entry ``ys[i]`` of the list of local cluster ``c_loc[i]``."""
-    for i in range(c_loc.shape[0]):
-        x = c_loc[i]
-        e = find_sorted(nbr, start[x], length[x], ys[i])
-        if e >= 0:
-            wt[e] = w[i]
+def take_rankings(c_loc, cnt, kept, ri, rw, topi, topw, topc, tw, ty, seen):
+    """Merge the partial rankings an actor replied into the rankings of the visited clusters ``c_loc``.
 
+    The best ``M`` of a union are among the best ``M`` of its parts; once more
+    than ``M`` targets were seen (``seen``: the count so far) the threshold is the
+    last member, as the local ``_visit`` sets it.
+    """
+    M = topi.shape[1]
+    for j in range(c_loc.shape[0]):
+        x = c_loc[j]
+        n_top = topc[x]
+        for k in range(kept[j]):
+            n_top = _keep_best(topi[x], topw[x], n_top, ri[j, k], rw[j, k])
+        topc[x] = n_top
+        seen[x] += cnt[j]
+        if seen[x] > M:
+            tw[x] = topw[x, M - 1]
+            ty[x] = topi[x, M - 1]
 
-# The Ray actors keep a weight per list entry (a remote neighbour's linkage is
-# computed by its owner and sent back, so it cannot be recomputed locally the way
-# the local engine does); these arena kernels therefore move weights with the lists.
 
 @njit(parallel=True, cache=True)
 def sort_unique_rows(nbrs, ptr, uniq):

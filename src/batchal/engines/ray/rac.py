@@ -2,23 +2,30 @@
 
 Every cluster keeps the id of its smaller-numbered child (as in the local
 kernel) and lives on actor ``owner(id)``, a hash of the id: a cluster's
-statistics (size, vector sum, sum of squared norms) and its neighbour list
-with the cached linkages sit on one actor, so an actor holds O(its share of
-n k) memory. One round, driven by the driver in bulk-synchronous steps whose
-messages go actor to actor through the object store:
+statistics (size, vector sum, sum of squared norms), its neighbour list (ids
+only, unsorted, no weight per entry) and its certified ranking (its best
+``TOP_M`` links and a threshold, as the local merge keeps them) sit on one
+actor, so an actor holds O(its share of n k) memory. One round, driven by the
+driver in bulk-synchronous steps whose messages go actor to actor through the
+object store:
 
-1. *propose*: every cluster whose list changed finds its nearest neighbour
-   (smallest linkage, ties to the smaller id) and tells the neighbour's owner;
+1. *propose*: every cluster whose ranking changed takes its nearest neighbour
+   (the ranking's first: smallest linkage, ties to the smaller id) and tells
+   the neighbour's owner;
 2. *match*: an owner that sees ``x -> y`` with ``nn(y) = x`` has a reciprocal
    pair and confirms it to ``x``'s owner;
 3. *rename*: the larger id ``b`` of each pair is renamed to the smaller ``a``
-   in the lists of b's neighbours (their owners are told);
+   in the lists of b's neighbours (their owners are told; b leaves their rankings);
 4. *move*: b's statistics and list move to the owner of ``a``;
 5. *merge*: the owner of ``a`` records the merge at the exact average linkage
-   of the statistics, sums them and unites the two lists;
-6. *push*: each merged cluster sends its statistics to the owners of its
-   neighbours, which compute the new linkages (the local engine's kernel on
-   the same numbers) and send them back, in chunks of bounded size.
+   of the statistics, sums them and unites the two lists (each id once);
+6. *visit and push*: each merged cluster sends its statistics once to every
+   owner of some of its neighbours, which compute the linkages (the local
+   engine's kernel on the same numbers), push each into the neighbour's
+   ranking (the local ``_push``) and reply the best ``TOP_M`` of them per
+   cluster, from which the merged cluster's ranking is made; then the clusters
+   whose ranking ran out are visited in full the same way (without the push),
+   as the local engine revisits them.
 
 The pairs merged per round are exactly those of the local kernel on the same
 graph, so the tree is the same. Clusters the graph leaves apart are joined on
@@ -44,6 +51,7 @@ PUSH_ROWS = 1 << 16
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
 
 
 def owner_of(ids: np.ndarray, n_actors: int) -> np.ndarray:
@@ -182,8 +190,6 @@ class RacActor:
         self.nbr = np.empty(reserve, dtype=np.int32)
         self.nbr[:nnz] = self.raw[:nnz]
         del self.raw, self.fill, self.ptr
-        self.wt = np.empty(reserve, dtype=self.dtype)
-        self.wt[:nnz] = np.inf
         self.start = indptr[:-1].copy()
         self.length = np.diff(indptr)
         self.end = nnz
@@ -230,13 +236,22 @@ class RacActor:
         self.alive = np.ones(self.m, dtype=bool)
         self.node = self.gid.copy()  # current tree node of each cluster (leaves: their row)
         self.nn = np.full(self.m, -1, dtype=np.int64)
-        self.nnw = np.full(self.m, np.inf)
         self.dirty = np.zeros(self.m, dtype=np.uint8)
         self.partner = np.full(self.m, -1, dtype=np.int64)
-        self.changed = np.flatnonzero(self.length > 0)  # every weight is still to compute
+        # each cluster's certified ranking, as the local merge keeps it: its best TOP_M links (ids, linkages)
+        # and a threshold (tw, ty) every other entry of its list ranks after; no weight per list entry
+        M = K.TOP_M
+        self.topi = np.full((self.m, M), -1, dtype=np.int64)
+        self.topw = np.full((self.m, M), np.inf)
+        self.topc = np.zeros(self.m, dtype=np.int64)
+        self.tw = np.full(self.m, np.inf)
+        self.ty = np.full(self.m, self.n, dtype=np.int64)
+        self.seen = np.zeros(self.m, dtype=np.int64)  # targets counted so far in a cluster's visit
+        self.stamp = np.full(self.m, -1, dtype=np.int64)  # the round a cluster last merged in
+        self.round = 0
+        self.phase = None  # the visits under way: (round, kind)
+        self.todo = np.empty(0, dtype=np.int64)
         self.push_at = 0
-        self.seq = 0
-        self.pending = {}
         self.merged = np.empty(0, dtype=np.int64)
         self.records = []
         return d
@@ -249,7 +264,8 @@ class RacActor:
             self.node[self.merged] = label_base + np.arange(self.merged.shape[0])
             self.merged = np.empty(0, dtype=np.int64)
         xs = np.flatnonzero(self.dirty & self.alive).astype(np.int64)
-        R.nearest(xs, self.start, self.length, self.nbr, self.wt, self.nn, self.nnw)
+        # the nearest neighbour is the ranking's first (after the visits, a ranking is empty only with its list)
+        self.nn[xs] = np.where(self.topc[xs] > 0, self.topi[xs, 0], -1)
         self.dirty[:] = 0
         xs = xs[self.nn[xs] >= 0]
         y = self.nn[xs]
@@ -281,6 +297,7 @@ class RacActor:
                 self.partner[self._loc(x)] = y
         bl = np.flatnonzero((self.partner >= 0) & (self.partner < self.gid))
         self.bl = bl
+        R.dedupe_lists(bl, self.gid, self.start, self.length, self.nbr)  # each neighbour told once
         who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
         b = self.gid[bl][who]
         a = self.partner[bl][who]
@@ -296,11 +313,8 @@ class RacActor:
             new = np.concatenate([p[2] for p in parts])
             xl = self._loc(x)
             order = np.lexsort((old, xl))
-            touched = np.zeros(self.m, dtype=np.uint8)
-            R.apply_renames(xl[order], old[order], new[order], self.start, self.length, self.nbr, touched)
-            tx = np.flatnonzero(touched).astype(np.int64)
-            R.resort_lists(tx, self.gid, self.start, self.length, self.nbr, self.wt)
-            self.dirty[tx] = 1
+            R.apply_renames(xl[order], old[order], new[order], self.start, self.length, self.nbr, self.topi,
+                            self.topw, self.topc, self.dirty)
         bl = self.bl
         a = self.partner[bl]
         lens = self.length[bl]
@@ -329,6 +343,7 @@ class RacActor:
         """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
         parts = [m for m in inbox if m is not None]
         merged, recs = [], []
+        self.round += 1  # this round's merged clusters carry its stamp (every actor counts every round)
         if parts:
             a = np.concatenate([p[0] for p in parts])
             order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
@@ -356,58 +371,95 @@ class RacActor:
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
             need = int(self.length[al].sum() + lens.sum())
             self._room(need)
-            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.wt, self.end)
+            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.end)
             self.dirty[al] = 1
+            self.stamp[al] = self.round
+            self._unrank(al)  # ranked again by their visits (an empty list: no neighbour, no ranking)
             merged = al
             recs = np.stack([np.minimum(node_a, node_b), np.maximum(node_a, node_b)]).T
             self.records.append((recs, heights, sizes))
         self.merged = np.asarray(merged, dtype=np.int64)
-        self.changed = self.merged[self.length[self.merged] > 0]
-        self.push_at = 0
         return int(self.merged.shape[0]), self.bytes_sent
 
     def _room(self, need: int):
         """Room for ``need`` entries at the arena's end: the local merge's rule (compact, then grow by a quarter)."""
-        self.nbr, self.wt, self.end, self.cap, event = K.make_room(self.start, self.length, self.nbr, self.wt,
-                                                                   self.end, need, self.cap)
+        self.nbr, _, self.end, self.cap, event = K.make_room(self.start, self.length, self.nbr, _NO_WEIGHTS,
+                                                             self.end, need, self.cap)
         for name, at in (("compactions", 1), ("grown", 2), ("copied", 3)):
             self.arena_events[name] += event >= at
 
-    @_busy
-    def push(self, *inbox):
-        """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
+    def _begin(self, phase):
+        """Start the visits of ``phase = (round, kind)``: kind ``initial`` (every cluster, after the graph is
+        built), ``merged`` (this round's merged clusters; their linkages are pushed into the targets' rankings)
+        or ``revisit`` (clusters whose ranking ran out, as the local ``_nearest_or_visit``)."""
+        self.phase = phase
+        kind = phase[1]
+        if kind == "initial":
+            todo = np.flatnonzero(self.length > 0)
+        elif kind == "merged":
+            todo = self.merged[self.length[self.merged] > 0]
+        else:
+            todo = np.flatnonzero(self.dirty.astype(bool) & self.alive & (self.topc == 0) & (self.length > 0))
+            R.dedupe_lists(todo, self.gid, self.start, self.length, self.nbr)  # renames may repeat an id
+        todo = todo.astype(np.int64)
+        self._unrank(todo)
+        self.dirty[todo] = 1
+        self.todo = todo
+        self.push_at = 0
+        self.update = kind == "merged"
 
-        Inbox: ``("push", seq, sender, c ids, stats, targets)`` and ``("reply", seq, sender, weights)``;
-        a reply holds only the weights, in the order of the push's targets (the
-        pusher kept which entry each one is). Returns the outboxes and the
-        number of messages sent.
+    def _unrank(self, xs):
+        """Empty the rankings of ``xs`` (before their visit)."""
+        self.topc[xs] = 0
+        self.topi[xs] = -1
+        self.topw[xs] = np.inf
+        self.tw[xs] = np.inf
+        self.ty[xs] = self.n
+        self.seen[xs] = 0
+
+    @_busy
+    def push(self, phase, *inbox):
+        """Visits in chunks: linkages of visiting clusters to targets here, replied as partial rankings; the
+        replies merged into the visitors' rankings; then the next chunk of this actor's own visits.
+
+        A visit sends a cluster's statistics once to each actor owning some of its
+        neighbours (``("visit", sender, update, ids, S, size, sq, ptr, targets)``);
+        that actor computes each linkage, pushes it into the target's ranking
+        (``update``) and replies per cluster the count of targets and their best
+        ``TOP_M`` (``("reply", ids, count, kept, ranked ids, linkages)``), so no
+        list entry keeps a weight and a reply is a few entries per cluster, not
+        one per edge. Returns the outboxes and the number of messages sent.
         """
+        if phase != self.phase:
+            self._begin(phase)
         outs = [[] for _ in range(self.P)]
-        sym = self.metric == K.COSINE
+        M = K.TOP_M
         for msg in inbox:
             if msg is None:
                 continue
             for part in msg:
                 if part[0] == "reply":
-                    _, seq, sender, w = part
-                    cl, ys = self.pending.pop((seq, sender))
-                    R.set_weights(cl, ys, w, self.start, self.length, self.nbr, self.wt)
+                    _, c, cnt, kept, ri, rw = part
+                    R.take_rankings(self._loc(c), cnt, kept, ri, rw, self.topi, self.topw, self.topc, self.tw,
+                                    self.ty, self.seen)
                     continue
-                _, seq, sender, c, Sc, size_c, sq_c, ptr, ys = part
+                _, sender, update, c, Sc, size_c, sq_c, ptr, ys = part
                 scr = self.m
                 k = c.shape[0]
                 self.S[scr:scr + k] = Sc
                 self.size[scr:scr + k] = size_c
                 self.sq[scr:scr + k] = sq_c
-                reply = np.empty(ys.shape[0], dtype=self.wt.dtype)
-                R.weigh_targets(c, scr, ptr, self._loc(ys), self.S, self.size, self.sq, self.metric, self.start,
-                                self.length, self.nbr, self.wt, self.dirty, reply, sym)
-                outs[sender].append(("reply", seq, self.rank, reply))
-        if self.push_at < self.changed.shape[0]:
-            chunk = self.changed[self.push_at:self.push_at + PUSH_ROWS]
+                cnt = np.empty(k, dtype=np.int32)
+                kept = np.empty(k, dtype=np.int8)
+                ri = np.empty((k, M), dtype=np.int64)
+                rw = np.empty((k, M), dtype=np.float64)
+                R.visit_targets(c, scr, ptr, ys, self._loc(ys), self.S, self.size, self.sq, self.metric, update,
+                                self.stamp, self.round, self.topi, self.topw, self.topc, self.tw, self.ty,
+                                self.dirty, cnt, kept, ri, rw)
+                outs[sender].append(("reply", c, cnt, kept, ri, rw))
+        if self.push_at < self.todo.shape[0]:
+            chunk = self.todo[self.push_at:self.push_at + PUSH_ROWS]
             self.push_at += chunk.shape[0]
-            self.seq += 1
-            self.dirty[chunk] = 1
             who, ys = R.gather_lists(chunk, self.start, self.length, self.nbr)
             dest = owner_of(ys, self.P)
             for q, grp in enumerate(_split(dest, self.P, who, ys)):
@@ -417,13 +469,12 @@ class RacActor:
                 first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
                 cl = chunk[w[first]]
                 ptr = np.concatenate((first, [w.shape[0]]))
-                self.pending[(self.seq, q)] = (chunk[w], y)
-                outs[q].append(("push", self.seq, self.rank, self.gid[cl], self.S[cl], self.size[cl], self.sq[cl],
-                                ptr, y.astype(self.nbr.dtype)))
+                outs[q].append(("visit", self.rank, self.update, self.gid[cl], self.S[cl], self.size[cl],
+                                self.sq[cl], ptr, y.astype(self.nbr.dtype)))
         n_msgs = sum(len(o) for o in outs)
         for q, o in enumerate(outs):
             for part in o:
-                b = sum(a.nbytes for a in part[3:])
+                b = sum(a.nbytes for a in part if isinstance(a, np.ndarray))
                 self.bytes_sent += b
                 self.bytes_to[q] += b
         vals = (*[tuple(o) if o else None for o in outs], n_msgs)
@@ -463,7 +514,7 @@ class RacActor:
         from ._checkpoint import save_pickle
 
         state = dict(self.__dict__)
-        state["nbr"], state["wt"] = self.nbr[:self.end], self.wt[:self.end]
+        state["nbr"] = self.nbr[:self.end]
         state["reserved"] = self.nbr.shape[0]
         save_pickle(path, state)
         return True
@@ -474,10 +525,9 @@ class RacActor:
 
         state = load_pickle(path)
         reserved = state.pop("reserved")
-        for name in ("nbr", "wt"):
-            full = np.empty(reserved, dtype=state[name].dtype)
-            full[:state["end"]] = state[name]
-            state[name] = full
+        full = np.empty(reserved, dtype=state["nbr"].dtype)
+        full[:state["end"]] = state["nbr"]
+        state["nbr"] = full
         self.__dict__.update(state)
         return True
 
@@ -608,16 +658,17 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
         t1 = time.perf_counter()
-        push_all()
+        push_all((0, "initial"))
         b0 = sum(m[1] for m in ray.get([a.memory.remote() for a in actors]))
         return {"edges": edges // 2, "build_s": t1 - t0, "initial_weights_s": time.perf_counter() - t1,
                 "initial_weights_bytes": int(b0), "b0": int(b0), "rounds": 0, "zc": 0, "label_base": [n] * P,
                 "counts": [], "merges_per_round": [], "bytes_per_round": []}
 
-    def push_all():
+    def push_all(phase):
+        """Run the visits of ``phase = (round, kind)`` until no actor sends anything."""
         inbox = [[] for _ in range(P)]
         while True:
-            outs = [call(a.push, P + 1, *inbox[q]) for q, a in enumerate(actors)]
+            outs = [call(a.push, P + 1, phase, *inbox[q]) for q, a in enumerate(actors)]
             if sum(ray.get([o[P] for o in outs])) == 0:
                 return
             inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
@@ -648,7 +699,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             st["counts"].append(cnt)
             st["label_base"] = [int(x) for x in n + st["zc"] + np.concatenate(([0], np.cumsum(cnt)[:-1]))]
             st["zc"] += sum(cnt)
-            push_all()
+            push_all((st["rounds"], "merged"))  # the merged clusters' linkages, pushed to their neighbours
+            push_all((st["rounds"], "revisit"))  # then the clusters whose ranking ran out, in full
             st["rounds"] += 1
             st["merges_per_round"].append(int(sum(cnt)))
             st["bytes_per_round"].append(int(b1 - st["b0"]))
