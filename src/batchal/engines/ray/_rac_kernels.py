@@ -38,6 +38,86 @@ def group_by(dest, n_groups):
 
 
 @njit(cache=True)
+def owners(ids, A, n, n_actors, out):
+    """The owner of each id: ``(id A mod n) mod n_actors`` (``id -> id A mod n`` permutes ``[0, n)``)."""
+    for i in range(ids.shape[0]):
+        out[i] = ((np.int64(ids[i]) * A) % n) % n_actors
+
+
+@njit(cache=True)
+def rows_of(ids, A, n, n_actors, out):
+    """The row of each id on its owner: ``(id A mod n) // n_actors``."""
+    for i in range(ids.shape[0]):
+        out[i] = ((np.int64(ids[i]) * A) % n) // n_actors
+
+
+@njit(cache=True)
+def partition(I, rows, A, n, n_actors):
+    """Both directions ``(src, dst)`` of every kNN list entry (``-1`` and self entries dropped), grouped by
+    the owner of ``src`` (:func:`owners`): ``(src, dst, bounds)``, owner q's entries at
+    ``bounds[q]:bounds[q + 1]``. Two passes (count, fill), no intermediate arrays."""
+    m, k = I.shape
+    bounds = np.zeros(n_actors + 1, dtype=np.int64)
+    for i in range(m):
+        u = np.int64(rows[i])
+        ou = ((u * A) % n) % n_actors
+        for j in range(k):
+            v = np.int64(I[i, j])
+            if v < 0 or v == u:
+                continue
+            bounds[ou + 1] += 1
+            bounds[((v * A) % n) % n_actors + 1] += 1
+    for q in range(n_actors):
+        bounds[q + 1] += bounds[q]
+    fill = bounds[:-1].copy()
+    src = np.empty(bounds[n_actors], dtype=np.int32)
+    dst = np.empty(bounds[n_actors], dtype=np.int32)
+    for i in range(m):
+        u = np.int64(rows[i])
+        ou = ((u * A) % n) % n_actors
+        for j in range(k):
+            v = np.int64(I[i, j])
+            if v < 0 or v == u:
+                continue
+            f = fill[ou]
+            src[f] = u
+            dst[f] = v
+            fill[ou] = f + 1
+            ov = ((v * A) % n) % n_actors
+            f = fill[ov]
+            src[f] = v
+            dst[f] = u
+            fill[ov] = f + 1
+    return src, dst, bounds
+
+
+@njit(cache=True)
+def gather_by_owner(xs, start, length, nbr, A, n, n_actors):
+    """The list entries of ``xs`` grouped by the owner of the neighbour (stable: cluster by cluster):
+    ``(who, ys, bounds)``, ``who`` the position of the list in ``xs``, owner q's at ``bounds[q]:bounds[q+1]``."""
+    bounds = np.zeros(n_actors + 1, dtype=np.int64)
+    for i in range(xs.shape[0]):
+        x = xs[i]
+        for e in range(start[x], start[x] + length[x]):
+            bounds[((np.int64(nbr[e]) * A) % n) % n_actors + 1] += 1
+    for q in range(n_actors):
+        bounds[q + 1] += bounds[q]
+    fill = bounds[:-1].copy()
+    who = np.empty(bounds[n_actors], dtype=np.int32)
+    ys = np.empty(bounds[n_actors], dtype=nbr.dtype)
+    for i in range(xs.shape[0]):
+        x = xs[i]
+        for e in range(start[x], start[x] + length[x]):
+            y = nbr[e]
+            q = ((np.int64(y) * A) % n) % n_actors
+            f = fill[q]
+            who[f] = i
+            ys[f] = y
+            fill[q] = f + 1
+    return who, ys, bounds
+
+
+@njit(cache=True)
 def fill_lists(src_loc, dst, fill, nbr):
     """Append ``dst[i]`` to the list of local cluster ``src_loc[i]`` (CSR fill pointers ``fill``)."""
     for i in range(src_loc.shape[0]):

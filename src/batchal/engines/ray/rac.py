@@ -33,6 +33,8 @@ the driver from their statistics, as the local engine does.
 """
 from __future__ import annotations
 
+import functools
+import math
 import time
 
 import numpy as np
@@ -50,14 +52,29 @@ ACTOR_CPUS = 0.5
 PUSH_ROWS = 1 << 16
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
 
 
-def owner_of(ids: np.ndarray, n_actors: int) -> np.ndarray:
-    """The actor that owns each cluster id: a multiplicative hash, so ids spread evenly whatever their order."""
-    h = (np.asarray(ids).astype(np.uint64) * _GOLDEN) >> np.uint64(33)
-    return (h % np.uint64(n_actors)).astype(np.int64)
+@functools.lru_cache(maxsize=8)
+def _multiplier(n: int) -> int:
+    """A multiplier coprime to ``n`` near ``n / golden ratio``: ``id -> id A mod n`` permutes ``[0, n)`` and
+    spreads any run of ids (the small ids that survive merges among them) over the whole range."""
+    a = max(int(n * 0.6180339887498949) | 1, 1)
+    while math.gcd(a, n) != 1:
+        a += 2
+    return a
+
+
+def owner_of(ids: np.ndarray, n_actors: int, n: int) -> np.ndarray:
+    """The actor that owns each cluster id: ``(id A mod n) mod n_actors``, ``A`` = :func:`_multiplier`.
+
+    The same permutation gives the cluster's row on its owner, ``(id A mod n) // n_actors``
+    (:meth:`RacActor._loc`): an O(1) computation, no search and no table of all n ids.
+    """
+    ids = np.ascontiguousarray(ids)
+    out = np.empty(ids.shape[0], dtype=np.int64)
+    R.owners(ids, _multiplier(n), n, n_actors, out)
+    return out
 
 
 def _split(dest: np.ndarray, n_actors: int, *arrays):
@@ -72,7 +89,7 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
     return out
 
 
-def partition_edges(I: np.ndarray, rows, n_actors: int):
+def partition_edges(I: np.ndarray, rows, n_actors: int, n: int):
     """Directed kNN lists of ``rows`` (a first row id, or one id per list) -> per actor, the ``(src, dst)``
     list entries it owns.
 
@@ -82,19 +99,16 @@ def partition_edges(I: np.ndarray, rows, n_actors: int):
     m, k = I.shape
     if np.ndim(rows) == 0:
         rows = np.arange(int(rows), int(rows) + m, dtype=np.int64)
-    u = np.repeat(np.asarray(rows, dtype=np.int64), k)
-    v = np.asarray(I, dtype=np.int64).ravel()
-    ok = (v >= 0) & (v != u)
-    u, v = u[ok], v[ok]
-    ids = np.int32 if u.shape[0] == 0 or max(int(u.max()), int(v.max())) < (1 << 31) - 1 else np.int64
-    src = np.concatenate([u, v]).astype(ids)
-    dst = np.concatenate([v, u]).astype(np.int32)
-    parts = _split(owner_of(src, n_actors), n_actors, src, dst)
+    if n >= 1 << 31:
+        raise BatchalInputError(f"the ray graph HAC holds ids as int32: n must be below 2**31, got {n}")
+    src, dst, bounds = R.partition(np.asarray(I), np.asarray(rows), _multiplier(n), n, n_actors)
+    parts = [(src[bounds[q]:bounds[q + 1]], dst[bounds[q]:bounds[q + 1]]) if bounds[q + 1] > bounds[q] else None
+             for q in range(n_actors)]
     return tuple(parts) if n_actors > 1 else parts[0]
 
 
-def _partition_chunk(chunk, n_actors: int):
-    return partition_edges(chunk[1], chunk[0], n_actors)
+def _partition_chunk(chunk, n_actors: int, n: int):
+    return partition_edges(chunk[1], chunk[0], n_actors, n)
 
 
 def _busy(fn):
@@ -124,9 +138,10 @@ class RacActor:
         self.n = n
         self.metric = metric_code
         self.dtype = np.dtype(stats_dtype)
-        all_ids = np.arange(n, dtype=np.int64)
-        self.gid = all_ids[owner_of(all_ids, n_actors) == rank]
-        del all_ids
+        # this actor's clusters: the ids whose permuted value is rank, rank + P, rank + 2 P, ... (row 0, 1, ...)
+        self.A = _multiplier(n)
+        self.gid = (np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else \
+            np.arange(rank, n, n_actors, dtype=np.int64)
         self.m = self.gid.shape[0]
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
@@ -134,7 +149,11 @@ class RacActor:
         self.busy = {}  # seconds inside each method (_busy)
 
     def _loc(self, g):
-        return np.searchsorted(self.gid, g)
+        """Row of each owned cluster id here (see :func:`owner_of`)."""
+        g = np.ascontiguousarray(g)
+        out = np.empty(g.shape[0], dtype=np.int64)
+        R.rows_of(g, self.A, self.n, self.P, out)
+        return out
 
     def _sent(self, outs, *extra):
         """Count the bytes of the outboxes; return them (and ``extra``) as the method's several returns."""
@@ -204,23 +223,24 @@ class RacActor:
         d = None
         rows_out = None
         for blk in source.blocks:
-            lo, hi = np.searchsorted(self.gid, [blk.start, blk.start + blk.rows])
-            if hi == lo:
+            ids = np.arange(blk.start, blk.start + blk.rows, dtype=np.int64)
+            sel = np.flatnonzero(owner_of(ids, self.P, self.n) == self.rank)
+            if not sel.shape[0]:
                 continue
+            locs = self._loc(ids[sel])
             X = source.read(blk)
             if rows_out is None:
                 d = X.shape[1]
                 rows_out = np.empty((self.m + PUSH_ROWS, d), dtype=self.dtype)
-            sel = self.gid[lo:hi] - blk.start
             for a, b in iter_chunks(sel.shape[0]):
                 rows = X[sel[a:b]]
                 if self.dtype == np.float64:
                     blk64 = np.asarray(rows, dtype=np.float64)
                     if code_cosine:
                         blk64 /= np.linalg.norm(blk64, axis=1)[:, None]
-                    rows_out[lo + a:lo + b] = blk64
+                    rows_out[locs[a:b]] = blk64
                 else:
-                    rows_out[lo + a:lo + b] = _prep_chunk(rows, "cosine" if code_cosine else "sqeuclidean", 0)
+                    rows_out[locs[a:b]] = _prep_chunk(rows, "cosine" if code_cosine else "sqeuclidean", 0)
         if rows_out is None:
             raise RuntimeError("an actor owns no rows")
         self.S = rows_out
@@ -269,7 +289,7 @@ class RacActor:
         self.dirty[:] = 0
         xs = xs[self.nn[xs] >= 0]
         y = self.nn[xs]
-        return self._sent(_split(owner_of(y, self.P), self.P, self.gid[xs], y))
+        return self._sent(_split(owner_of(y, self.P, self.n), self.P, self.gid[xs], y))
 
     @_busy
     def match(self, *inbox):
@@ -286,7 +306,7 @@ class RacActor:
             self.partner[yl[ok]] = x[ok]
         x = np.concatenate(xs) if xs else np.empty(0, np.int64)
         y = np.concatenate(ys) if ys else np.empty(0, np.int64)
-        return self._sent(_split(owner_of(x, self.P), self.P, x, y), int(x.shape[0]))
+        return self._sent(_split(owner_of(x, self.P, self.n), self.P, x, y), int(x.shape[0]))
 
     @_busy
     def rename(self, *inbox):
@@ -301,7 +321,7 @@ class RacActor:
         who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
         b = self.gid[bl][who]
         a = self.partner[bl][who]
-        return self._sent(_split(owner_of(xs, self.P), self.P, xs, b, a))
+        return self._sent(_split(owner_of(xs, self.P, self.n), self.P, xs, b, a))
 
     @_busy
     def move(self, *inbox):
@@ -320,7 +340,7 @@ class RacActor:
         lens = self.length[bl]
         ptr = np.concatenate(([0], np.cumsum(lens)))
         _, lists = R.gather_lists(bl, self.start, self.length, self.nbr)
-        dest = owner_of(a, self.P)
+        dest = owner_of(a, self.P, self.n)
         outs = []
         for q in range(self.P):
             sel = np.flatnonzero(dest == q)
@@ -460,17 +480,16 @@ class RacActor:
         if self.push_at < self.todo.shape[0]:
             chunk = self.todo[self.push_at:self.push_at + PUSH_ROWS]
             self.push_at += chunk.shape[0]
-            who, ys = R.gather_lists(chunk, self.start, self.length, self.nbr)
-            dest = owner_of(ys, self.P)
-            for q, grp in enumerate(_split(dest, self.P, who, ys)):
-                if grp is None:
+            who, ys, bounds = R.gather_by_owner(chunk, self.start, self.length, self.nbr, self.A, self.n, self.P)
+            for q in range(self.P):
+                if bounds[q + 1] == bounds[q]:
                     continue
-                w, y = grp  # grouped stably: still in chunk order, so cluster by cluster
+                w, y = who[bounds[q]:bounds[q + 1]], ys[bounds[q]:bounds[q + 1]]  # stably: cluster by cluster
                 first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
                 cl = chunk[w[first]]
                 ptr = np.concatenate((first, [w.shape[0]]))
                 outs[q].append(("visit", self.rank, self.update, self.gid[cl], self.S[cl], self.size[cl],
-                                self.sq[cl], ptr, y.astype(self.nbr.dtype)))
+                                self.sq[cl], ptr, y))
         n_msgs = sum(len(o) for o in outs)
         for q, o in enumerate(outs):
             for part in o:
@@ -646,7 +665,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             waits = []
             for item in knn_chunks:
                 # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
-                pieces = part_chunk.remote(item, P) if isinstance(item, ray.ObjectRef) else part.remote(item[1], item[0], P)
+                pieces = (part_chunk.remote(item, P, n) if isinstance(item, ray.ObjectRef)
+                          else part.remote(item[1], item[0], P, n))
                 pieces = pieces if P > 1 else [pieces]
                 for q, a in enumerate(actors):
                     waits.append((a.count if step == "count" else a.fill_edges).remote(pieces[q]))
