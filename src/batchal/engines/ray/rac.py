@@ -319,8 +319,8 @@ class RacActor:
         self.bl = bl
         R.dedupe_lists(bl, self.gid, self.start, self.length, self.nbr)  # each neighbour told once
         who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
-        b = self.gid[bl][who]
-        a = self.partner[bl][who]
+        b = self.gid[bl].astype(self.nbr.dtype)[who]  # ids in the lists' dtype: 12 bytes a rename
+        a = self.partner[bl].astype(self.nbr.dtype)[who]
         return self._sent(_split(owner_of(xs, self.P, self.n), self.P, xs, b, a))
 
     @_busy
