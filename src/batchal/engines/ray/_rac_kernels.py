@@ -151,35 +151,59 @@ def gather_lists(xs, start, length, nbr):
 
 @njit(cache=True)
 def apply_renames(xl, old, new, start, length, nbr, topi, topw, topc, dirty):
-    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples sorted by ``xl``, then old id).
+    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples in any order).
 
-    One pass over each touched list, its renames binary-searched by old id; the
-    list stays unsorted (a renamed entry may now repeat one already there: the
-    list is deduplicated when it is next visited). A renamed cluster (one that
-    merged away) leaves the list's ranking, whose threshold stays: what was cut
-    before still ranks after it. The cluster is marked dirty.
+    The triples are grouped by list (a counting sort) and each list's renames
+    sorted by old id (a few per list: insertion sort), then one pass over each
+    touched list binary-searches its renames. The list stays unsorted (a renamed
+    entry may now repeat one already there: the list is deduplicated when it is
+    next visited). A renamed cluster (one that merged away) leaves the list's
+    ranking, whose threshold stays: what was cut before still ranks after it.
+    The cluster is marked dirty.
     """
     m = xl.shape[0]
-    i = 0
-    while i < m:
-        x = xl[i]
-        j = i
-        while j < m and xl[j] == x:
-            j += 1
+    nx = length.shape[0]
+    bounds = np.zeros(nx + 1, dtype=np.int64)
+    for i in range(m):
+        bounds[xl[i] + 1] += 1
+    for x in range(nx):
+        bounds[x + 1] += bounds[x]
+    fill = bounds[:-1].copy()
+    so = np.empty(m, dtype=old.dtype)
+    sn = np.empty(m, dtype=new.dtype)
+    for i in range(m):
+        f = fill[xl[i]]
+        so[f] = old[i]
+        sn[f] = new[i]
+        fill[xl[i]] = f + 1
+    for x in range(nx):
+        i = bounds[x]
+        j = bounds[x + 1]
+        if i == j:
+            continue
+        for p in range(i + 1, j):  # insertion sort of x's renames by old id
+            vo = so[p]
+            vn = sn[p]
+            q = p
+            while q > i and so[q - 1] > vo:
+                so[q] = so[q - 1]
+                sn[q] = sn[q - 1]
+                q -= 1
+            so[q] = vo
+            sn[q] = vn
         s = start[x]
         for e in range(s, s + length[x]):
-            f = find_sorted(old, i, j - i, nbr[e])
+            f = find_sorted(so, i, j - i, nbr[e])
             if f >= 0:
-                nbr[e] = new[f]
+                nbr[e] = sn[f]
         c = 0
         for k in range(topc[x]):
-            if find_sorted(old, i, j - i, topi[x, k]) < 0:
+            if find_sorted(so, i, j - i, topi[x, k]) < 0:
                 topi[x, c] = topi[x, k]
                 topw[x, c] = topw[x, k]
                 c += 1
         topc[x] = c
         dirty[x] = 1
-        i = j
 
 
 @njit(cache=True)

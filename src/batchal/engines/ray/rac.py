@@ -331,15 +331,10 @@ class RacActor:
             x = np.concatenate([p[0] for p in parts])
             old = np.concatenate([p[1] for p in parts])
             new = np.concatenate([p[2] for p in parts])
-            xl = self._loc(x)
-            order = np.lexsort((old, xl))
-            R.apply_renames(xl[order], old[order], new[order], self.start, self.length, self.nbr, self.topi,
-                            self.topw, self.topc, self.dirty)
+            R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
+                            self.topc, self.dirty)
         bl = self.bl
         a = self.partner[bl]
-        lens = self.length[bl]
-        ptr = np.concatenate(([0], np.cumsum(lens)))
-        _, lists = R.gather_lists(bl, self.start, self.length, self.nbr)
         dest = owner_of(a, self.P, self.n)
         outs = []
         for q in range(self.P):
@@ -347,10 +342,10 @@ class RacActor:
             if not sel.shape[0]:
                 outs.append(None)
                 continue
-            seg = np.repeat(ptr[sel], lens[sel]) + _ranges(lens[sel])
-            qptr = np.concatenate(([0], np.cumsum(lens[sel])))
-            outs.append((a[sel], self.gid[bl[sel]], self.S[bl[sel]], self.size[bl[sel]], self.sq[bl[sel]],
-                         self.node[bl[sel]], qptr, lists[seg]))
+            bq = bl[sel]
+            _, lists = R.gather_lists(bq, self.start, self.length, self.nbr)
+            qptr = np.concatenate(([0], np.cumsum(self.length[bq])))
+            outs.append((a[sel], self.gid[bq], self.S[bq], self.size[bq], self.sq[bq], self.node[bq], qptr, lists))
         self.alive[bl] = False
         self.length[bl] = 0
         self.nn[bl] = -1
