@@ -20,6 +20,28 @@ from numba import njit, prange
 from ...clustering._graph_kernels import _before, _keep_best, _link, find_sorted, sort_dedupe
 
 
+@njit(cache=True, inline="always")
+def _starts(bounds):
+    """Counts in ``bounds[1:]`` -> group offsets (in place); returns each group's first free slot."""
+    for g in range(bounds.shape[0] - 1):
+        bounds[g + 1] += bounds[g]
+    return bounds[:-1].copy()
+
+
+@njit(cache=True, inline="always")
+def _put(fill, g, a, va, b, vb):
+    """Append ``(va, vb)`` to group ``g`` of the grouped arrays ``a``, ``b`` (next slot ``fill[g]``)."""
+    f = fill[g]
+    a[f] = va
+    b[f] = vb
+    fill[g] = f + 1
+
+
+@njit(cache=True, inline="always")
+def _owner(v, A, n, n_actors):
+    return ((np.int64(v) * A) % n) % n_actors
+
+
 @njit(cache=True)
 def group_by(dest, n_groups):
     """A stable counting sort of ``dest`` (values in ``[0, n_groups)``): ``(order, bounds)``, group g being
@@ -27,9 +49,7 @@ def group_by(dest, n_groups):
     bounds = np.zeros(n_groups + 1, dtype=np.int64)
     for i in range(dest.shape[0]):
         bounds[dest[i] + 1] += 1
-    for g in range(n_groups):
-        bounds[g + 1] += bounds[g]
-    fill = bounds[:-1].copy()
+    fill = _starts(bounds)
     order = np.empty(dest.shape[0], dtype=np.int64)
     for i in range(dest.shape[0]):
         order[fill[dest[i]]] = i
@@ -41,7 +61,7 @@ def group_by(dest, n_groups):
 def owners(ids, A, n, n_actors, out):
     """The owner of each id: ``(id A mod n) mod n_actors`` (``id -> id A mod n`` permutes ``[0, n)``)."""
     for i in range(ids.shape[0]):
-        out[i] = ((np.int64(ids[i]) * A) % n) % n_actors
+        out[i] = _owner(ids[i], A, n, n_actors)
 
 
 @njit(cache=True)
@@ -58,36 +78,27 @@ def partition(I, rows, A, n, n_actors):
     ``bounds[q]:bounds[q + 1]``. Two passes (count, fill), no intermediate arrays."""
     m, k = I.shape
     bounds = np.zeros(n_actors + 1, dtype=np.int64)
-    for i in range(m):
-        u = np.int64(rows[i])
-        ou = ((u * A) % n) % n_actors
-        for j in range(k):
-            v = np.int64(I[i, j])
-            if v < 0 or v == u:
-                continue
-            bounds[ou + 1] += 1
-            bounds[((v * A) % n) % n_actors + 1] += 1
-    for q in range(n_actors):
-        bounds[q + 1] += bounds[q]
-    fill = bounds[:-1].copy()
-    src = np.empty(bounds[n_actors], dtype=np.int32)
-    dst = np.empty(bounds[n_actors], dtype=np.int32)
-    for i in range(m):
-        u = np.int64(rows[i])
-        ou = ((u * A) % n) % n_actors
-        for j in range(k):
-            v = np.int64(I[i, j])
-            if v < 0 or v == u:
-                continue
-            f = fill[ou]
-            src[f] = u
-            dst[f] = v
-            fill[ou] = f + 1
-            ov = ((v * A) % n) % n_actors
-            f = fill[ov]
-            src[f] = v
-            dst[f] = u
-            fill[ov] = f + 1
+    fill = bounds[:-1]
+    src = np.empty(0, dtype=np.int32)
+    dst = np.empty(0, dtype=np.int32)
+    for step in range(2):  # count, then fill
+        if step == 1:
+            fill = _starts(bounds)
+            src = np.empty(bounds[n_actors], dtype=np.int32)
+            dst = np.empty(bounds[n_actors], dtype=np.int32)
+        for i in range(m):
+            u = np.int64(rows[i])
+            ou = _owner(u, A, n, n_actors)
+            for j in range(k):
+                v = np.int64(I[i, j])
+                if v < 0 or v == u:
+                    continue
+                if step == 0:
+                    bounds[ou + 1] += 1
+                    bounds[_owner(v, A, n, n_actors) + 1] += 1
+                else:
+                    _put(fill, ou, src, u, dst, v)
+                    _put(fill, _owner(v, A, n, n_actors), src, v, dst, u)
     return src, dst, bounds
 
 
@@ -99,21 +110,14 @@ def gather_by_owner(xs, start, length, nbr, A, n, n_actors):
     for i in range(xs.shape[0]):
         x = xs[i]
         for e in range(start[x], start[x] + length[x]):
-            bounds[((np.int64(nbr[e]) * A) % n) % n_actors + 1] += 1
-    for q in range(n_actors):
-        bounds[q + 1] += bounds[q]
-    fill = bounds[:-1].copy()
+            bounds[_owner(nbr[e], A, n, n_actors) + 1] += 1
+    fill = _starts(bounds)
     who = np.empty(bounds[n_actors], dtype=np.int32)
     ys = np.empty(bounds[n_actors], dtype=nbr.dtype)
     for i in range(xs.shape[0]):
         x = xs[i]
         for e in range(start[x], start[x] + length[x]):
-            y = nbr[e]
-            q = ((np.int64(y) * A) % n) % n_actors
-            f = fill[q]
-            who[f] = i
-            ys[f] = y
-            fill[q] = f + 1
+            _put(fill, _owner(nbr[e], A, n, n_actors), who, i, ys, nbr[e])
     return who, ys, bounds
 
 
@@ -166,9 +170,7 @@ def apply_renames(xl, old, new, start, length, nbr, topi, topw, topc, dirty):
     bounds = np.zeros(nx + 1, dtype=np.int64)
     for i in range(m):
         bounds[xl[i] + 1] += 1
-    for x in range(nx):
-        bounds[x + 1] += bounds[x]
-    fill = bounds[:-1].copy()
+    fill = _starts(bounds)
     so = np.empty(m, dtype=old.dtype)
     sn = np.empty(m, dtype=new.dtype)
     for i in range(m):

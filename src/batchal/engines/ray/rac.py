@@ -130,7 +130,7 @@ def _busy(fn):
 
 
 class RacActor:
-    """One actor's clusters: statistics, sorted neighbour lists, nearest neighbours, its merge records."""
+    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records."""
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
         self.rank = rank
