@@ -1,18 +1,45 @@
 """numba kernels of the distributed RAC actors (``batchal.engines.ray.rac``).
 
-An actor owns a set of clusters; each keeps its neighbour list **sorted by
-global cluster id** in an arena (``start``, ``length``, ``nbr``, ``wt``), so a
-neighbour's entry is found by binary search and the nearest neighbour with
-ties to the smaller id is the first minimum of a scan. Linkages come from the
-local engine's kernel (:func:`batchal.clustering._graph_kernels._link`) on
-the same statistics, so they are the same numbers.
+An actor owns a set of clusters; each keeps an unsorted list of neighbour ids
+in an arena (``start``, ``length``, ``nbr``; an id may repeat after a rename
+until the list is next visited) and, as the local merge does, a certified
+ranking of its best ``TOP_M`` links (``topi``/``topw``, count ``topc``) with a
+threshold ``(tw, ty)`` that every other entry ranks after. No list entry keeps
+a weight: a cluster's linkages are computed when it is visited (its
+statistics sent to the owners of its neighbours, which reply their best few),
+and a merged cluster's new linkages are pushed into its neighbours' rankings
+by their owners. Linkages come from the local engine's kernel
+(:func:`batchal.clustering._graph_kernels._link`, visited cluster first, as
+the local ``_visit``) on the same statistics, so they are the same numbers.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ...clustering._graph_kernels import _link, find_sorted, sort_dedupe
+from ...clustering._graph_kernels import _before, _keep_best, _link, find_sorted, sort_dedupe
+
+
+@njit(cache=True, inline="always")
+def _starts(bounds):
+    """Counts in ``bounds[1:]`` -> group offsets (in place); returns each group's first free slot."""
+    for g in range(bounds.shape[0] - 1):
+        bounds[g + 1] += bounds[g]
+    return bounds[:-1].copy()
+
+
+@njit(cache=True, inline="always")
+def _put(fill, g, a, va, b, vb):
+    """Append ``(va, vb)`` to group ``g`` of the grouped arrays ``a``, ``b`` (next slot ``fill[g]``)."""
+    f = fill[g]
+    a[f] = va
+    b[f] = vb
+    fill[g] = f + 1
+
+
+@njit(cache=True, inline="always")
+def _owner(v, A, n, n_actors):
+    return ((np.int64(v) * A) % n) % n_actors
 
 
 @njit(cache=True)
@@ -22,14 +49,76 @@ def group_by(dest, n_groups):
     bounds = np.zeros(n_groups + 1, dtype=np.int64)
     for i in range(dest.shape[0]):
         bounds[dest[i] + 1] += 1
-    for g in range(n_groups):
-        bounds[g + 1] += bounds[g]
-    fill = bounds[:-1].copy()
+    fill = _starts(bounds)
     order = np.empty(dest.shape[0], dtype=np.int64)
     for i in range(dest.shape[0]):
         order[fill[dest[i]]] = i
         fill[dest[i]] += 1
     return order, bounds
+
+
+@njit(cache=True)
+def owners(ids, A, n, n_actors, out):
+    """The owner of each id: ``(id A mod n) mod n_actors`` (``id -> id A mod n`` permutes ``[0, n)``)."""
+    for i in range(ids.shape[0]):
+        out[i] = _owner(ids[i], A, n, n_actors)
+
+
+@njit(cache=True)
+def rows_of(ids, A, n, n_actors, out):
+    """The row of each id on its owner: ``(id A mod n) // n_actors``."""
+    for i in range(ids.shape[0]):
+        out[i] = ((np.int64(ids[i]) * A) % n) // n_actors
+
+
+@njit(cache=True)
+def partition(I, rows, A, n, n_actors):
+    """Both directions ``(src, dst)`` of every kNN list entry (``-1`` and self entries dropped), grouped by
+    the owner of ``src`` (:func:`owners`): ``(src, dst, bounds)``, owner q's entries at
+    ``bounds[q]:bounds[q + 1]``. Two passes (count, fill), no intermediate arrays."""
+    m, k = I.shape
+    bounds = np.zeros(n_actors + 1, dtype=np.int64)
+    fill = bounds[:-1]
+    src = np.empty(0, dtype=np.int32)
+    dst = np.empty(0, dtype=np.int32)
+    for step in range(2):  # count, then fill
+        if step == 1:
+            fill = _starts(bounds)
+            src = np.empty(bounds[n_actors], dtype=np.int32)
+            dst = np.empty(bounds[n_actors], dtype=np.int32)
+        for i in range(m):
+            u = np.int64(rows[i])
+            ou = _owner(u, A, n, n_actors)
+            for j in range(k):
+                v = np.int64(I[i, j])
+                if v < 0 or v == u:
+                    continue
+                if step == 0:
+                    bounds[ou + 1] += 1
+                    bounds[_owner(v, A, n, n_actors) + 1] += 1
+                else:
+                    _put(fill, ou, src, u, dst, v)
+                    _put(fill, _owner(v, A, n, n_actors), src, v, dst, u)
+    return src, dst, bounds
+
+
+@njit(cache=True)
+def gather_by_owner(xs, start, length, nbr, A, n, n_actors):
+    """The list entries of ``xs`` grouped by the owner of the neighbour (stable: cluster by cluster):
+    ``(who, ys, bounds)``, ``who`` the position of the list in ``xs``, owner q's at ``bounds[q]:bounds[q+1]``."""
+    bounds = np.zeros(n_actors + 1, dtype=np.int64)
+    for i in range(xs.shape[0]):
+        x = xs[i]
+        for e in range(start[x], start[x] + length[x]):
+            bounds[_owner(nbr[e], A, n, n_actors) + 1] += 1
+    fill = _starts(bounds)
+    who = np.empty(bounds[n_actors], dtype=np.int32)
+    ys = np.empty(bounds[n_actors], dtype=nbr.dtype)
+    for i in range(xs.shape[0]):
+        x = xs[i]
+        for e in range(start[x], start[x] + length[x]):
+            _put(fill, _owner(nbr[e], A, n, n_actors), who, i, ys, nbr[e])
+    return who, ys, bounds
 
 
 @njit(cache=True)
@@ -39,23 +128,6 @@ def fill_lists(src_loc, dst, fill, nbr):
         x = src_loc[i]
         nbr[fill[x]] = dst[i]
         fill[x] += 1
-
-
-@njit(cache=True)
-def nearest(xs, start, length, nbr, wt, nn, nnw):
-    """Nearest neighbour of each local cluster in ``xs``: smallest weight, ties to the smaller id."""
-    for i in range(xs.shape[0]):
-        x = xs[i]
-        s = start[x]
-        best = -1
-        bestw = np.inf
-        for e in range(s, s + length[x]):
-            v = wt[e]
-            if v < bestw:
-                bestw = v
-                best = nbr[e]
-        nn[x] = best
-        nnw[x] = bestw
 
 
 @njit(cache=True)
@@ -82,84 +154,91 @@ def gather_lists(xs, start, length, nbr):
 
 
 @njit(cache=True)
-def apply_renames(xl, old, new, start, length, nbr, touched):
-    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples sorted by ``xl``); marks it touched.
+def apply_renames(xl, old, new, start, length, nbr, topi, topw, topc, dirty):
+    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples in any order).
 
-    One pass over each touched list: its renames are binary-searched by old id.
+    The triples are grouped by list (a counting sort) and each list's renames
+    sorted by old id (a few per list: insertion sort), then one pass over each
+    touched list binary-searches its renames. The list stays unsorted (a renamed
+    entry may now repeat one already there: the list is deduplicated when it is
+    next visited). A renamed cluster (one that merged away) leaves the list's
+    ranking, whose threshold stays: what was cut before still ranks after it.
+    The cluster is marked dirty.
     """
     m = xl.shape[0]
-    i = 0
-    while i < m:
-        x = xl[i]
-        j = i
-        while j < m and xl[j] == x:
-            j += 1
-        # renames of x are old[i:j] (sorted by old id by the caller)
+    nx = length.shape[0]
+    bounds = np.zeros(nx + 1, dtype=np.int64)
+    for i in range(m):
+        bounds[xl[i] + 1] += 1
+    fill = _starts(bounds)
+    so = np.empty(m, dtype=old.dtype)
+    sn = np.empty(m, dtype=new.dtype)
+    for i in range(m):
+        f = fill[xl[i]]
+        so[f] = old[i]
+        sn[f] = new[i]
+        fill[xl[i]] = f + 1
+    for x in range(nx):
+        i = bounds[x]
+        j = bounds[x + 1]
+        if i == j:
+            continue
+        for p in range(i + 1, j):  # insertion sort of x's renames by old id
+            vo = so[p]
+            vn = sn[p]
+            q = p
+            while q > i and so[q - 1] > vo:
+                so[q] = so[q - 1]
+                sn[q] = sn[q - 1]
+                q -= 1
+            so[q] = vo
+            sn[q] = vn
         s = start[x]
         for e in range(s, s + length[x]):
-            f = find_sorted(old, i, j - i, nbr[e])
+            f = find_sorted(so, i, j - i, nbr[e])
             if f >= 0:
-                nbr[e] = new[f]
-        touched[x] = 1
-        i = j
+                nbr[e] = sn[f]
+        c = 0
+        for k in range(topc[x]):
+            if find_sorted(so, i, j - i, topi[x, k]) < 0:
+                topi[x, c] = topi[x, k]
+                topw[x, c] = topw[x, k]
+                c += 1
+        topc[x] = c
+        dirty[x] = 1
 
 
 @njit(cache=True)
-def resort_lists(xs, gid, start, length, nbr, wt):
-    """Sort the lists of ``xs`` by id, drop duplicates and the cluster itself (weights travel with ids)."""
+def dedupe_lists(xs, gid, start, length, nbr):
+    """Sort the lists of ``xs`` and keep each id once, without the cluster itself (before a visit)."""
     for i in range(xs.shape[0]):
         x = xs[i]
         s = start[x]
-        L = length[x]
-        if L == 0:
-            continue
-        order = np.argsort(nbr[s:s + L], kind="mergesort")
-        ids = nbr[s:s + L][order]
-        ws = wt[s:s + L][order]
-        w = 0
-        me = gid[x]
-        for j in range(L):
-            if ids[j] == me or (j > 0 and ids[j] == ids[j - 1]):
-                continue
-            nbr[s + w] = ids[j]
-            wt[s + w] = ws[j]
-            w += 1
-        length[x] = w
+        length[x] = sort_dedupe(nbr, s, s + length[x], gid[x])
 
 
 @njit(cache=True)
-def union_lists(a_loc, a_gid, b_ptr, b_nbr, start, length, nbr, wt, end):
-    """New list of each merged cluster ``a``: the sorted union of its list and its partner's, without ``a``.
+def union_lists(a_loc, a_gid, b_ptr, b_nbr, start, length, nbr, end):
+    """New list of each merged cluster ``a``: its list and its partner's, each id once, without ``a``.
 
-    Written at the arena's end (the caller made room); weights are left stale
-    (every entry of a changed cluster is re-weighted in the push that follows).
+    Written at the arena's end (the caller made room); no weight is kept per
+    entry: the merged cluster is visited next (:func:`visit_targets`).
     """
     for p in range(a_loc.shape[0]):
         x = a_loc[p]
-        me = a_gid[p]
         s = start[x]
         La = length[x]
-        i = s
-        j = b_ptr[p]
-        jend = b_ptr[p + 1]
         w = end
-        last = -1
-        while i < s + La or j < jend:
-            if j >= jend or (i < s + La and nbr[i] <= b_nbr[j]):
-                y = nbr[i]
-                i += 1
-            else:
-                y = b_nbr[j]
-                j += 1
-            if y == me or y == last:
-                continue
-            nbr[w] = y
-            wt[w] = np.inf
-            last = y
+        for e in range(s, s + La):
+            nbr[w] = nbr[e]
             w += 1
+        for e in range(b_ptr[p], b_ptr[p + 1]):
+            nbr[w] = b_nbr[e]
+            w += 1
+        L = sort_dedupe(nbr, end, w, a_gid[p])
         start[x] = end
-        length[x] = w - end
-        end = w
+        length[x] = L
+        end += L
     return end
 
 
@@ -182,43 +261,74 @@ def merge_pairs(a_loc, scr0, S, size, sq, metric, heights, sizes):
         sq[a] += sq[b]
 
 
-@njit(fastmath=True, cache=True)  # fastmath as the local _visit, which computes the list weights
-def weigh_targets(c_gid, scr0, ptr, ys_loc, S, size, sq, metric, start, length, nbr, wt, dirty, reply, sym):
-    """For pushed cluster ``c`` (statistics in scratch row ``scr0 + j``) and each local target ``y``:
-    store ``_link(y, c)`` in y's entry for c and return ``_link(c, y)`` (the value c's own list keeps).
+@njit(fastmath=True, cache=True)  # fastmath as the local _visit, which computes the linkages
+def visit_targets(c_gid, scr0, ptr, ys, ys_loc, S, size, sq, metric, update, stamp, it, topi, topw, topc, tw,
+                  ty, dirty, cnt, kept, ri, rw):
+    """One actor's part of the visits of the clusters ``c`` (statistics in scratch rows ``scr0 + j``): the
+    linkage ``_link(c, y)`` to each target ``y`` here (visited cluster first, as the local ``_visit``).
 
-    ``sym``: the metric's linkage is symmetric in its arguments bit for bit
-    (cosine), so one evaluation serves both lists.
+    Returns, per ``c``, the targets' count (``cnt``) and their best ``M`` by
+    linkage, ties to the smaller id (``kept`` of them in ``ri``/``rw``): the
+    visiting actor merges these partial rankings into c's.
+
+    ``update`` (a merged cluster's visit): the value is also pushed into y's
+    ranking, as the local ``_push``: c's old value leaves it, the new one enters
+    if it ranks before y's threshold (full: the threshold drops to the last
+    member). Targets that merged this round (``stamp == it``) are skipped: their
+    own visit ranks them in full.
     """
+    M = topi.shape[1]
     for j in range(c_gid.shape[0]):
         c = c_gid[j]
         sc = scr0 + j
+        k = 0
         for t in range(ptr[j], ptr[j + 1]):
-            y = ys_loc[t]
-            v = _link(S, size, sq, y, sc, metric)
-            e = find_sorted(nbr, start[y], length[y], c)
-            if e >= 0:
-                wt[e] = v
-            dirty[y] = 1
-            if sym:
-                reply[t] = wt[e] if e >= 0 else v
-            else:
-                reply[t] = _link(S, size, sq, sc, y, metric)
+            yl = ys_loc[t]
+            v = _link(S, size, sq, sc, yl, metric)
+            k = _keep_best(ri[j], rw[j], k, ys[t], v)
+            if not update or stamp[yl] == it:
+                continue
+            dirty[yl] = 1
+            n_top = topc[yl]
+            for q in range(n_top):
+                if topi[yl, q] == c:
+                    for r in range(q, n_top - 1):
+                        topi[yl, r] = topi[yl, r + 1]
+                        topw[yl, r] = topw[yl, r + 1]
+                    n_top -= 1
+                    break
+            topc[yl] = n_top
+            if not _before(v, c, tw[yl], ty[yl]):
+                continue
+            n_top = _keep_best(topi[yl], topw[yl], n_top, c, v)
+            topc[yl] = n_top
+            if n_top == M:
+                tw[yl] = topw[yl, M - 1]
+                ty[yl] = topi[yl, M - 1]
+        cnt[j] = ptr[j + 1] - ptr[j]
+        kept[j] = k
 
 
 @njit(cache=True)
-def set_weights(c_loc, ys, w, start, length, nbr, wt):
-    """Store replied weights: entry ``ys[i]`` of the list of local cluster ``c_loc[i]``."""
-    for i in range(c_loc.shape[0]):
-        x = c_loc[i]
-        e = find_sorted(nbr, start[x], length[x], ys[i])
-        if e >= 0:
-            wt[e] = w[i]
+def take_rankings(c_loc, cnt, kept, ri, rw, topi, topw, topc, tw, ty, seen):
+    """Merge the partial rankings an actor replied into the rankings of the visited clusters ``c_loc``.
 
+    The best ``M`` of a union are among the best ``M`` of its parts; once more
+    than ``M`` targets were seen (``seen``: the count so far) the threshold is the
+    last member, as the local ``_visit`` sets it.
+    """
+    M = topi.shape[1]
+    for j in range(c_loc.shape[0]):
+        x = c_loc[j]
+        n_top = topc[x]
+        for k in range(kept[j]):
+            n_top = _keep_best(topi[x], topw[x], n_top, ri[j, k], rw[j, k])
+        topc[x] = n_top
+        seen[x] += cnt[j]
+        if seen[x] > M:
+            tw[x] = topw[x, M - 1]
+            ty[x] = topi[x, M - 1]
 
-# The Ray actors keep a weight per list entry (a remote neighbour's linkage is
-# computed by its owner and sent back, so it cannot be recomputed locally the way
-# the local engine does); these arena kernels therefore move weights with the lists.
 
 @njit(parallel=True, cache=True)
 def sort_unique_rows(nbrs, ptr, uniq):

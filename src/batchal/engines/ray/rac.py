@@ -2,23 +2,30 @@
 
 Every cluster keeps the id of its smaller-numbered child (as in the local
 kernel) and lives on actor ``owner(id)``, a hash of the id: a cluster's
-statistics (size, vector sum, sum of squared norms) and its neighbour list
-with the cached linkages sit on one actor, so an actor holds O(its share of
-n k) memory. One round, driven by the driver in bulk-synchronous steps whose
-messages go actor to actor through the object store:
+statistics (size, vector sum, sum of squared norms), its neighbour list (ids
+only, unsorted, no weight per entry) and its certified ranking (its best
+``TOP_M`` links and a threshold, as the local merge keeps them) sit on one
+actor, so an actor holds O(its share of n k) memory. One round, driven by the
+driver in bulk-synchronous steps whose messages go actor to actor through the
+object store:
 
-1. *propose*: every cluster whose list changed finds its nearest neighbour
-   (smallest linkage, ties to the smaller id) and tells the neighbour's owner;
+1. *propose*: every cluster whose ranking changed takes its nearest neighbour
+   (the ranking's first: smallest linkage, ties to the smaller id) and tells
+   the neighbour's owner;
 2. *match*: an owner that sees ``x -> y`` with ``nn(y) = x`` has a reciprocal
    pair and confirms it to ``x``'s owner;
 3. *rename*: the larger id ``b`` of each pair is renamed to the smaller ``a``
-   in the lists of b's neighbours (their owners are told);
+   in the lists of b's neighbours (their owners are told; b leaves their rankings);
 4. *move*: b's statistics and list move to the owner of ``a``;
 5. *merge*: the owner of ``a`` records the merge at the exact average linkage
-   of the statistics, sums them and unites the two lists;
-6. *push*: each merged cluster sends its statistics to the owners of its
-   neighbours, which compute the new linkages (the local engine's kernel on
-   the same numbers) and send them back, in chunks of bounded size.
+   of the statistics, sums them and unites the two lists (each id once);
+6. *visit and push*: each merged cluster sends its statistics once to every
+   owner of some of its neighbours, which compute the linkages (the local
+   engine's kernel on the same numbers), push each into the neighbour's
+   ranking (the local ``_push``) and reply the best ``TOP_M`` of them per
+   cluster, from which the merged cluster's ranking is made; then the clusters
+   whose ranking ran out are visited in full the same way (without the push),
+   as the local engine revisits them.
 
 The pairs merged per round are exactly those of the local kernel on the same
 graph, so the tree is the same. Clusters the graph leaves apart are joined on
@@ -26,6 +33,8 @@ the driver from their statistics, as the local engine does.
 """
 from __future__ import annotations
 
+import functools
+import math
 import time
 
 import numpy as np
@@ -43,13 +52,29 @@ ACTOR_CPUS = 0.5
 PUSH_ROWS = 1 << 16
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
 
 
-def owner_of(ids: np.ndarray, n_actors: int) -> np.ndarray:
-    """The actor that owns each cluster id: a multiplicative hash, so ids spread evenly whatever their order."""
-    h = (np.asarray(ids).astype(np.uint64) * _GOLDEN) >> np.uint64(33)
-    return (h % np.uint64(n_actors)).astype(np.int64)
+@functools.lru_cache(maxsize=8)
+def _multiplier(n: int) -> int:
+    """A multiplier coprime to ``n`` near ``n / golden ratio``: ``id -> id A mod n`` permutes ``[0, n)`` and
+    spreads any run of ids (the small ids that survive merges among them) over the whole range."""
+    a = max(int(n * 0.6180339887498949) | 1, 1)
+    while math.gcd(a, n) != 1:
+        a += 2
+    return a
+
+
+def owner_of(ids: np.ndarray, n_actors: int, n: int) -> np.ndarray:
+    """The actor that owns each cluster id: ``(id A mod n) mod n_actors``, ``A`` = :func:`_multiplier`.
+
+    The same permutation gives the cluster's row on its owner, ``(id A mod n) // n_actors``
+    (:meth:`RacActor._loc`): an O(1) computation, no search and no table of all n ids.
+    """
+    ids = np.ascontiguousarray(ids)
+    out = np.empty(ids.shape[0], dtype=np.int64)
+    R.owners(ids, _multiplier(n), n, n_actors, out)
+    return out
 
 
 def _split(dest: np.ndarray, n_actors: int, *arrays):
@@ -64,7 +89,7 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
     return out
 
 
-def partition_edges(I: np.ndarray, rows, n_actors: int):
+def partition_edges(I: np.ndarray, rows, n_actors: int, n: int):
     """Directed kNN lists of ``rows`` (a first row id, or one id per list) -> per actor, the ``(src, dst)``
     list entries it owns.
 
@@ -74,19 +99,16 @@ def partition_edges(I: np.ndarray, rows, n_actors: int):
     m, k = I.shape
     if np.ndim(rows) == 0:
         rows = np.arange(int(rows), int(rows) + m, dtype=np.int64)
-    u = np.repeat(np.asarray(rows, dtype=np.int64), k)
-    v = np.asarray(I, dtype=np.int64).ravel()
-    ok = (v >= 0) & (v != u)
-    u, v = u[ok], v[ok]
-    ids = np.int32 if u.shape[0] == 0 or max(int(u.max()), int(v.max())) < (1 << 31) - 1 else np.int64
-    src = np.concatenate([u, v]).astype(ids)
-    dst = np.concatenate([v, u]).astype(np.int32)
-    parts = _split(owner_of(src, n_actors), n_actors, src, dst)
+    if n >= 1 << 31:
+        raise BatchalInputError(f"the ray graph HAC holds ids as int32: n must be below 2**31, got {n}")
+    src, dst, bounds = R.partition(np.asarray(I), np.asarray(rows), _multiplier(n), n, n_actors)
+    parts = [(src[bounds[q]:bounds[q + 1]], dst[bounds[q]:bounds[q + 1]]) if bounds[q + 1] > bounds[q] else None
+             for q in range(n_actors)]
     return tuple(parts) if n_actors > 1 else parts[0]
 
 
-def _partition_chunk(chunk, n_actors: int):
-    return partition_edges(chunk[1], chunk[0], n_actors)
+def _partition_chunk(chunk, n_actors: int, n: int):
+    return partition_edges(chunk[1], chunk[0], n_actors, n)
 
 
 def _busy(fn):
@@ -108,7 +130,7 @@ def _busy(fn):
 
 
 class RacActor:
-    """One actor's clusters: statistics, sorted neighbour lists, nearest neighbours, its merge records."""
+    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records."""
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
         self.rank = rank
@@ -116,9 +138,10 @@ class RacActor:
         self.n = n
         self.metric = metric_code
         self.dtype = np.dtype(stats_dtype)
-        all_ids = np.arange(n, dtype=np.int64)
-        self.gid = all_ids[owner_of(all_ids, n_actors) == rank]
-        del all_ids
+        # this actor's clusters: the ids whose permuted value is rank, rank + P, rank + 2 P, ... (row 0, 1, ...)
+        self.A = _multiplier(n)
+        self.gid = (np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else \
+            np.arange(rank, n, n_actors, dtype=np.int64)
         self.m = self.gid.shape[0]
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
@@ -126,7 +149,11 @@ class RacActor:
         self.busy = {}  # seconds inside each method (_busy)
 
     def _loc(self, g):
-        return np.searchsorted(self.gid, g)
+        """Row of each owned cluster id here (see :func:`owner_of`)."""
+        g = np.ascontiguousarray(g)
+        out = np.empty(g.shape[0], dtype=np.int64)
+        R.rows_of(g, self.A, self.n, self.P, out)
+        return out
 
     def _sent(self, outs, *extra):
         """Count the bytes of the outboxes; return them (and ``extra``) as the method's several returns."""
@@ -182,8 +209,6 @@ class RacActor:
         self.nbr = np.empty(reserve, dtype=np.int32)
         self.nbr[:nnz] = self.raw[:nnz]
         del self.raw, self.fill, self.ptr
-        self.wt = np.empty(reserve, dtype=self.dtype)
-        self.wt[:nnz] = np.inf
         self.start = indptr[:-1].copy()
         self.length = np.diff(indptr)
         self.end = nnz
@@ -198,23 +223,24 @@ class RacActor:
         d = None
         rows_out = None
         for blk in source.blocks:
-            lo, hi = np.searchsorted(self.gid, [blk.start, blk.start + blk.rows])
-            if hi == lo:
+            ids = np.arange(blk.start, blk.start + blk.rows, dtype=np.int64)
+            sel = np.flatnonzero(owner_of(ids, self.P, self.n) == self.rank)
+            if not sel.shape[0]:
                 continue
+            locs = self._loc(ids[sel])
             X = source.read(blk)
             if rows_out is None:
                 d = X.shape[1]
                 rows_out = np.empty((self.m + PUSH_ROWS, d), dtype=self.dtype)
-            sel = self.gid[lo:hi] - blk.start
             for a, b in iter_chunks(sel.shape[0]):
                 rows = X[sel[a:b]]
                 if self.dtype == np.float64:
                     blk64 = np.asarray(rows, dtype=np.float64)
                     if code_cosine:
                         blk64 /= np.linalg.norm(blk64, axis=1)[:, None]
-                    rows_out[lo + a:lo + b] = blk64
+                    rows_out[locs[a:b]] = blk64
                 else:
-                    rows_out[lo + a:lo + b] = _prep_chunk(rows, "cosine" if code_cosine else "sqeuclidean", 0)
+                    rows_out[locs[a:b]] = _prep_chunk(rows, "cosine" if code_cosine else "sqeuclidean", 0)
         if rows_out is None:
             raise RuntimeError("an actor owns no rows")
         self.S = rows_out
@@ -230,13 +256,22 @@ class RacActor:
         self.alive = np.ones(self.m, dtype=bool)
         self.node = self.gid.copy()  # current tree node of each cluster (leaves: their row)
         self.nn = np.full(self.m, -1, dtype=np.int64)
-        self.nnw = np.full(self.m, np.inf)
         self.dirty = np.zeros(self.m, dtype=np.uint8)
         self.partner = np.full(self.m, -1, dtype=np.int64)
-        self.changed = np.flatnonzero(self.length > 0)  # every weight is still to compute
+        # each cluster's certified ranking, as the local merge keeps it: its best TOP_M links (ids, linkages)
+        # and a threshold (tw, ty) every other entry of its list ranks after; no weight per list entry
+        M = K.TOP_M
+        self.topi = np.full((self.m, M), -1, dtype=np.int64)
+        self.topw = np.full((self.m, M), np.inf)
+        self.topc = np.zeros(self.m, dtype=np.int64)
+        self.tw = np.full(self.m, np.inf)
+        self.ty = np.full(self.m, self.n, dtype=np.int64)
+        self.seen = np.zeros(self.m, dtype=np.int64)  # targets counted so far in a cluster's visit
+        self.stamp = np.full(self.m, -1, dtype=np.int64)  # the round a cluster last merged in
+        self.round = 0
+        self.phase = None  # the visits under way: (round, kind)
+        self.todo = np.empty(0, dtype=np.int64)
         self.push_at = 0
-        self.seq = 0
-        self.pending = {}
         self.merged = np.empty(0, dtype=np.int64)
         self.records = []
         return d
@@ -249,11 +284,12 @@ class RacActor:
             self.node[self.merged] = label_base + np.arange(self.merged.shape[0])
             self.merged = np.empty(0, dtype=np.int64)
         xs = np.flatnonzero(self.dirty & self.alive).astype(np.int64)
-        R.nearest(xs, self.start, self.length, self.nbr, self.wt, self.nn, self.nnw)
+        # the nearest neighbour is the ranking's first (after the visits, a ranking is empty only with its list)
+        self.nn[xs] = np.where(self.topc[xs] > 0, self.topi[xs, 0], -1)
         self.dirty[:] = 0
         xs = xs[self.nn[xs] >= 0]
         y = self.nn[xs]
-        return self._sent(_split(owner_of(y, self.P), self.P, self.gid[xs], y))
+        return self._sent(_split(owner_of(y, self.P, self.n), self.P, self.gid[xs], y))
 
     @_busy
     def match(self, *inbox):
@@ -270,7 +306,7 @@ class RacActor:
             self.partner[yl[ok]] = x[ok]
         x = np.concatenate(xs) if xs else np.empty(0, np.int64)
         y = np.concatenate(ys) if ys else np.empty(0, np.int64)
-        return self._sent(_split(owner_of(x, self.P), self.P, x, y), int(x.shape[0]))
+        return self._sent(_split(owner_of(x, self.P, self.n), self.P, x, y), int(x.shape[0]))
 
     @_busy
     def rename(self, *inbox):
@@ -281,10 +317,11 @@ class RacActor:
                 self.partner[self._loc(x)] = y
         bl = np.flatnonzero((self.partner >= 0) & (self.partner < self.gid))
         self.bl = bl
+        R.dedupe_lists(bl, self.gid, self.start, self.length, self.nbr)  # each neighbour told once
         who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
-        b = self.gid[bl][who]
-        a = self.partner[bl][who]
-        return self._sent(_split(owner_of(xs, self.P), self.P, xs, b, a))
+        b = self.gid[bl].astype(self.nbr.dtype)[who]  # ids in the lists' dtype: 12 bytes a rename
+        a = self.partner[bl].astype(self.nbr.dtype)[who]
+        return self._sent(_split(owner_of(xs, self.P, self.n), self.P, xs, b, a))
 
     @_busy
     def move(self, *inbox):
@@ -294,29 +331,21 @@ class RacActor:
             x = np.concatenate([p[0] for p in parts])
             old = np.concatenate([p[1] for p in parts])
             new = np.concatenate([p[2] for p in parts])
-            xl = self._loc(x)
-            order = np.lexsort((old, xl))
-            touched = np.zeros(self.m, dtype=np.uint8)
-            R.apply_renames(xl[order], old[order], new[order], self.start, self.length, self.nbr, touched)
-            tx = np.flatnonzero(touched).astype(np.int64)
-            R.resort_lists(tx, self.gid, self.start, self.length, self.nbr, self.wt)
-            self.dirty[tx] = 1
+            R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
+                            self.topc, self.dirty)
         bl = self.bl
         a = self.partner[bl]
-        lens = self.length[bl]
-        ptr = np.concatenate(([0], np.cumsum(lens)))
-        _, lists = R.gather_lists(bl, self.start, self.length, self.nbr)
-        dest = owner_of(a, self.P)
+        dest = owner_of(a, self.P, self.n)
         outs = []
         for q in range(self.P):
             sel = np.flatnonzero(dest == q)
             if not sel.shape[0]:
                 outs.append(None)
                 continue
-            seg = np.repeat(ptr[sel], lens[sel]) + _ranges(lens[sel])
-            qptr = np.concatenate(([0], np.cumsum(lens[sel])))
-            outs.append((a[sel], self.gid[bl[sel]], self.S[bl[sel]], self.size[bl[sel]], self.sq[bl[sel]],
-                         self.node[bl[sel]], qptr, lists[seg]))
+            bq = bl[sel]
+            _, lists = R.gather_lists(bq, self.start, self.length, self.nbr)
+            qptr = np.concatenate(([0], np.cumsum(self.length[bq])))
+            outs.append((a[sel], self.gid[bq], self.S[bq], self.size[bq], self.sq[bq], self.node[bq], qptr, lists))
         self.alive[bl] = False
         self.length[bl] = 0
         self.nn[bl] = -1
@@ -329,6 +358,7 @@ class RacActor:
         """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
         parts = [m for m in inbox if m is not None]
         merged, recs = [], []
+        self.round += 1  # this round's merged clusters carry its stamp (every actor counts every round)
         if parts:
             a = np.concatenate([p[0] for p in parts])
             order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
@@ -356,74 +386,109 @@ class RacActor:
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
             need = int(self.length[al].sum() + lens.sum())
             self._room(need)
-            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.wt, self.end)
+            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.end)
             self.dirty[al] = 1
+            self.stamp[al] = self.round
+            self._unrank(al)  # ranked again by their visits (an empty list: no neighbour, no ranking)
             merged = al
             recs = np.stack([np.minimum(node_a, node_b), np.maximum(node_a, node_b)]).T
             self.records.append((recs, heights, sizes))
         self.merged = np.asarray(merged, dtype=np.int64)
-        self.changed = self.merged[self.length[self.merged] > 0]
-        self.push_at = 0
         return int(self.merged.shape[0]), self.bytes_sent
 
     def _room(self, need: int):
         """Room for ``need`` entries at the arena's end: the local merge's rule (compact, then grow by a quarter)."""
-        self.nbr, self.wt, self.end, self.cap, event = K.make_room(self.start, self.length, self.nbr, self.wt,
-                                                                   self.end, need, self.cap)
+        self.nbr, _, self.end, self.cap, event = K.make_room(self.start, self.length, self.nbr, _NO_WEIGHTS,
+                                                             self.end, need, self.cap)
         for name, at in (("compactions", 1), ("grown", 2), ("copied", 3)):
             self.arena_events[name] += event >= at
 
-    @_busy
-    def push(self, *inbox):
-        """Weigh pushed clusters against the targets here and reply; apply replies; push the next chunk.
+    def _begin(self, phase):
+        """Start the visits of ``phase = (round, kind)``: kind ``initial`` (every cluster, after the graph is
+        built), ``merged`` (this round's merged clusters; their linkages are pushed into the targets' rankings)
+        or ``revisit`` (clusters whose ranking ran out, as the local ``_nearest_or_visit``)."""
+        self.phase = phase
+        kind = phase[1]
+        if kind == "initial":
+            todo = np.flatnonzero(self.length > 0)
+        elif kind == "merged":
+            todo = self.merged[self.length[self.merged] > 0]
+        else:
+            todo = np.flatnonzero(self.dirty.astype(bool) & self.alive & (self.topc == 0) & (self.length > 0))
+            R.dedupe_lists(todo, self.gid, self.start, self.length, self.nbr)  # renames may repeat an id
+        todo = todo.astype(np.int64)
+        self._unrank(todo)
+        self.dirty[todo] = 1
+        self.todo = todo
+        self.push_at = 0
+        self.update = kind == "merged"
 
-        Inbox: ``("push", seq, sender, c ids, stats, targets)`` and ``("reply", seq, sender, weights)``;
-        a reply holds only the weights, in the order of the push's targets (the
-        pusher kept which entry each one is). Returns the outboxes and the
-        number of messages sent.
+    def _unrank(self, xs):
+        """Empty the rankings of ``xs`` (before their visit)."""
+        self.topc[xs] = 0
+        self.topi[xs] = -1
+        self.topw[xs] = np.inf
+        self.tw[xs] = np.inf
+        self.ty[xs] = self.n
+        self.seen[xs] = 0
+
+    @_busy
+    def push(self, phase, *inbox):
+        """Visits in chunks: linkages of visiting clusters to targets here, replied as partial rankings; the
+        replies merged into the visitors' rankings; then the next chunk of this actor's own visits.
+
+        A visit sends a cluster's statistics once to each actor owning some of its
+        neighbours (``("visit", sender, update, ids, S, size, sq, ptr, targets)``);
+        that actor computes each linkage, pushes it into the target's ranking
+        (``update``) and replies per cluster the count of targets and their best
+        ``TOP_M`` (``("reply", ids, count, kept, ranked ids, linkages)``), so no
+        list entry keeps a weight and a reply is a few entries per cluster, not
+        one per edge. Returns the outboxes and the number of messages sent.
         """
+        if phase != self.phase:
+            self._begin(phase)
         outs = [[] for _ in range(self.P)]
-        sym = self.metric == K.COSINE
+        M = K.TOP_M
         for msg in inbox:
             if msg is None:
                 continue
             for part in msg:
                 if part[0] == "reply":
-                    _, seq, sender, w = part
-                    cl, ys = self.pending.pop((seq, sender))
-                    R.set_weights(cl, ys, w, self.start, self.length, self.nbr, self.wt)
+                    _, c, cnt, kept, ri, rw = part
+                    R.take_rankings(self._loc(c), cnt, kept, ri, rw, self.topi, self.topw, self.topc, self.tw,
+                                    self.ty, self.seen)
                     continue
-                _, seq, sender, c, Sc, size_c, sq_c, ptr, ys = part
+                _, sender, update, c, Sc, size_c, sq_c, ptr, ys = part
                 scr = self.m
                 k = c.shape[0]
                 self.S[scr:scr + k] = Sc
                 self.size[scr:scr + k] = size_c
                 self.sq[scr:scr + k] = sq_c
-                reply = np.empty(ys.shape[0], dtype=self.wt.dtype)
-                R.weigh_targets(c, scr, ptr, self._loc(ys), self.S, self.size, self.sq, self.metric, self.start,
-                                self.length, self.nbr, self.wt, self.dirty, reply, sym)
-                outs[sender].append(("reply", seq, self.rank, reply))
-        if self.push_at < self.changed.shape[0]:
-            chunk = self.changed[self.push_at:self.push_at + PUSH_ROWS]
+                cnt = np.empty(k, dtype=np.int32)
+                kept = np.empty(k, dtype=np.int8)
+                ri = np.empty((k, M), dtype=np.int64)
+                rw = np.empty((k, M), dtype=np.float64)
+                R.visit_targets(c, scr, ptr, ys, self._loc(ys), self.S, self.size, self.sq, self.metric, update,
+                                self.stamp, self.round, self.topi, self.topw, self.topc, self.tw, self.ty,
+                                self.dirty, cnt, kept, ri, rw)
+                outs[sender].append(("reply", c, cnt, kept, ri, rw))
+        if self.push_at < self.todo.shape[0]:
+            chunk = self.todo[self.push_at:self.push_at + PUSH_ROWS]
             self.push_at += chunk.shape[0]
-            self.seq += 1
-            self.dirty[chunk] = 1
-            who, ys = R.gather_lists(chunk, self.start, self.length, self.nbr)
-            dest = owner_of(ys, self.P)
-            for q, grp in enumerate(_split(dest, self.P, who, ys)):
-                if grp is None:
+            who, ys, bounds = R.gather_by_owner(chunk, self.start, self.length, self.nbr, self.A, self.n, self.P)
+            for q in range(self.P):
+                if bounds[q + 1] == bounds[q]:
                     continue
-                w, y = grp  # grouped stably: still in chunk order, so cluster by cluster
+                w, y = who[bounds[q]:bounds[q + 1]], ys[bounds[q]:bounds[q + 1]]  # stably: cluster by cluster
                 first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
                 cl = chunk[w[first]]
                 ptr = np.concatenate((first, [w.shape[0]]))
-                self.pending[(self.seq, q)] = (chunk[w], y)
-                outs[q].append(("push", self.seq, self.rank, self.gid[cl], self.S[cl], self.size[cl], self.sq[cl],
-                                ptr, y.astype(self.nbr.dtype)))
+                outs[q].append(("visit", self.rank, self.update, self.gid[cl], self.S[cl], self.size[cl],
+                                self.sq[cl], ptr, y))
         n_msgs = sum(len(o) for o in outs)
         for q, o in enumerate(outs):
             for part in o:
-                b = sum(a.nbytes for a in part[3:])
+                b = sum(a.nbytes for a in part if isinstance(a, np.ndarray))
                 self.bytes_sent += b
                 self.bytes_to[q] += b
         vals = (*[tuple(o) if o else None for o in outs], n_msgs)
@@ -463,7 +528,7 @@ class RacActor:
         from ._checkpoint import save_pickle
 
         state = dict(self.__dict__)
-        state["nbr"], state["wt"] = self.nbr[:self.end], self.wt[:self.end]
+        state["nbr"] = self.nbr[:self.end]
         state["reserved"] = self.nbr.shape[0]
         save_pickle(path, state)
         return True
@@ -474,10 +539,9 @@ class RacActor:
 
         state = load_pickle(path)
         reserved = state.pop("reserved")
-        for name in ("nbr", "wt"):
-            full = np.empty(reserved, dtype=state[name].dtype)
-            full[:state["end"]] = state[name]
-            state[name] = full
+        full = np.empty(reserved, dtype=state["nbr"].dtype)
+        full[:state["end"]] = state["nbr"]
+        state["nbr"] = full
         self.__dict__.update(state)
         return True
 
@@ -596,7 +660,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             waits = []
             for item in knn_chunks:
                 # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
-                pieces = part_chunk.remote(item, P) if isinstance(item, ray.ObjectRef) else part.remote(item[1], item[0], P)
+                pieces = (part_chunk.remote(item, P, n) if isinstance(item, ray.ObjectRef)
+                          else part.remote(item[1], item[0], P, n))
                 pieces = pieces if P > 1 else [pieces]
                 for q, a in enumerate(actors):
                     waits.append((a.count if step == "count" else a.fill_edges).remote(pieces[q]))
@@ -608,16 +673,17 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
         t1 = time.perf_counter()
-        push_all()
+        push_all((0, "initial"))
         b0 = sum(m[1] for m in ray.get([a.memory.remote() for a in actors]))
         return {"edges": edges // 2, "build_s": t1 - t0, "initial_weights_s": time.perf_counter() - t1,
                 "initial_weights_bytes": int(b0), "b0": int(b0), "rounds": 0, "zc": 0, "label_base": [n] * P,
                 "counts": [], "merges_per_round": [], "bytes_per_round": []}
 
-    def push_all():
+    def push_all(phase):
+        """Run the visits of ``phase = (round, kind)`` until no actor sends anything."""
         inbox = [[] for _ in range(P)]
         while True:
-            outs = [call(a.push, P + 1, *inbox[q]) for q, a in enumerate(actors)]
+            outs = [call(a.push, P + 1, phase, *inbox[q]) for q, a in enumerate(actors)]
             if sum(ray.get([o[P] for o in outs])) == 0:
                 return
             inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
@@ -648,7 +714,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             st["counts"].append(cnt)
             st["label_base"] = [int(x) for x in n + st["zc"] + np.concatenate(([0], np.cumsum(cnt)[:-1]))]
             st["zc"] += sum(cnt)
-            push_all()
+            push_all((st["rounds"], "merged"))  # the merged clusters' linkages, pushed to their neighbours
+            push_all((st["rounds"], "revisit"))  # then the clusters whose ranking ran out, in full
             st["rounds"] += 1
             st["merges_per_round"].append(int(sum(cnt)))
             st["bytes_per_round"].append(int(b1 - st["b0"]))
