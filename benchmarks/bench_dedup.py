@@ -397,6 +397,7 @@ def cmd_similar(args) -> dict:
 PROPAGATE_CONFIGS = {
     # name -> (pool, model, batch share, trials); pools as in bench_recommendation.py
     "digits-redundant": ("digits+zipf", "logreg", 0.025, 3),
+    "digits-redundant-mlp": ("digits+zipf", "mlp", 0.025, 3),
     "mnist1d-redundant-mlp": ("mnist1d@10000+zipf", "mlp", 0.025, 3),
 }
 
