@@ -125,3 +125,29 @@ def test_an_index_is_built_once_and_queried_again():
     b = index.query(Q[:2], 30, labeled=a)  # the next round: what was taken is now labeled
     assert b.shape == (30,) and not np.isin(b, a).any()
     assert SimilarIndex(X[:500]).method == "flat"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_ivf_cell_by_cell_search_is_the_per_query_search(metric):
+    """The batched search (each probed cell against all queries probing it) returns each query's
+    k best of its probed cells, as scanning them one query at a time does."""
+    import faiss
+
+    from batchal.similar import SimilarIndex, _prep, _search_ivf, _search_ivf_one
+
+    X, _ = _clustered(n=8000)
+    r = np.random.default_rng(3)
+    Q = X[r.choice(8000, 40, replace=False)] + 0.05 * r.normal(size=(40, 16)).astype(np.float32)
+    index = SimilarIndex(X, metric=metric, method="ivf")
+    allowed = np.ones(8000, bool)
+    allowed[::3] = False
+    Qp = _prep(Q, metric, "query")
+    D, I = _search_ivf(index, Qp, allowed, 50, 4)
+    fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    _, cells = faiss.knn(Qp, index._C, index._C.shape[0], metric=fm)
+    D1, I1 = _search_ivf_one(index, Qp, cells, allowed[index._order], 50, 4)
+    assert (I >= 0).all() and allowed[I].all()
+    for j in range(40):
+        assert set(I[j]) == set(I1[j])
+    np.testing.assert_allclose(D, D1, rtol=1e-4, atol=1e-4)  # float32 products: GEMM against GEMV
+    assert (np.diff(D, axis=1) >= 0).all()

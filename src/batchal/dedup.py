@@ -116,10 +116,12 @@ def groups_from_knn(indices: np.ndarray, distances: np.ndarray, threshold: float
     from scipy.sparse.csgraph import connected_components
 
     n = indices.shape[0]
-    src = np.repeat(np.arange(n, dtype=np.int64), indices.shape[1]).reshape(indices.shape)
-    keep = (indices >= 0) & (distances <= threshold)
-    a, b = src[keep], np.asarray(indices)[keep].astype(np.int64)
-    del src, keep
+    indices = np.asarray(indices)
+    # the edges within the threshold, as (row, column) of the lists: never an (n, k) array of row ids
+    keep = (indices >= 0) & (np.asarray(distances) <= threshold)
+    a, col = np.nonzero(keep)
+    b = indices[a, col].astype(np.int64)
+    del keep, col
     # undirected edges, each pair once: the degree counts a pair once even when both lists hold it
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     pairs = np.unique(lo * n + hi) if lo.shape[0] else np.empty(0, np.int64)

@@ -77,16 +77,82 @@ def _search_flat(X, Qp, allowed, k, metric, chunk_rows):
     return best_d, best_i
 
 
+def _top_k(d: np.ndarray, i: np.ndarray, k: int):
+    """The ``k`` smallest ``(distance, row)`` of candidate columns, in that order (ties: smaller row)."""
+    if d.shape[0] > k:
+        cut = np.partition(d, k - 1)[k - 1]
+        keep = d <= cut  # every tie at the cut, so the row tie-break below sees them all
+        d, i = d[keep], i[keep]
+    o = np.lexsort((i, d))[:k]
+    return d[o], i[o]
+
+
 def _search_ivf(index, Qp, allowed, k, nprobe):
     """Per query: the rows of its ``nprobe`` nearest cells; more cells (doubling) while fewer
-    than ``k`` allowed rows were seen, so every list is full."""
+    than ``k`` allowed rows were seen, so every list is full.
+
+    Cell by cell: each probed cell's rows are scored against all the queries that probe it
+    in one matrix product (a query set on one concept probes much the same cells), then
+    each query keeps its ``k`` best (:func:`_top_k`). A query whose cells hold fewer than
+    ``k`` allowed rows goes on to more cells, alone (:func:`_search_ivf_one`).
+    """
     import faiss
 
     Xp, order, cell_ptr, C, metric = index._Xp, index._order, index._cell_ptr, index._C, index.metric
     ok_sorted = allowed[order]
+    all_ok = bool(ok_sorted.all())
     fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     nlist = C.shape[0]
     _, cells = faiss.knn(Qp, C, nlist, metric=fm)  # every cell, nearest first: q x nlist ints
+    q = Qp.shape[0]
+    p = min(int(nprobe), nlist)
+    best_d = np.full((q, k), np.inf)
+    best_i = np.full((q, k), -1, dtype=np.int64)
+    cand_d = [[] for _ in range(q)]
+    cand_i = [[] for _ in range(q)]
+    probe = cells[:, :p].ravel()
+    who = np.repeat(np.arange(q), p)
+    keep = probe >= 0
+    probe, who = probe[keep], who[keep]
+    o = np.argsort(probe, kind="stable")
+    probe, who = probe[o], who[o]
+    bounds = np.flatnonzero(np.r_[True, probe[1:] != probe[:-1], True])
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        c = int(probe[s])
+        a, b = int(cell_ptr[c]), int(cell_ptr[c + 1])
+        if all_ok:
+            rows_c, Xc = order[a:b], Xp[a:b]
+        else:
+            pos = np.flatnonzero(ok_sorted[a:b]) + a
+            rows_c, Xc = order[pos], Xp[pos]
+        if not rows_c.shape[0]:
+            continue
+        J = who[s:e]
+        D = _distances(Qp[J], Xc, metric)
+        for t, j in enumerate(J):
+            cand_d[j].append(D[t])
+            cand_i[j].append(rows_c)
+    short = []
+    for j in range(q):
+        if cand_d[j]:
+            d, i = _top_k(np.concatenate(cand_d[j]).astype(np.float64), np.concatenate(cand_i[j]).astype(np.int64), k)
+        else:
+            d, i = np.empty(0), np.empty(0, dtype=np.int64)
+        cand_d[j] = cand_i[j] = None
+        if i.shape[0] < k and p < nlist:
+            short.append(j)
+        best_d[j, : d.shape[0]], best_i[j, : i.shape[0]] = d, i
+    if short:
+        sd, si = _search_ivf_one(index, Qp[short], cells[short], ok_sorted, k, 2 * p)
+        best_d[short], best_i[short] = sd, si
+    return best_d, best_i
+
+
+def _search_ivf_one(index, Qp, cells, ok_sorted, k, nprobe):
+    """:func:`_search_ivf` one query at a time, ``nprobe`` cells first and doubling (queries whose
+    first cells are short of ``k`` allowed rows)."""
+    Xp, order, cell_ptr, metric = index._Xp, index._order, index._cell_ptr, index.metric
+    nlist = cells.shape[1]
     q = Qp.shape[0]
     best_d = np.full((q, k), np.inf)
     best_i = np.full((q, k), -1, dtype=np.int64)
