@@ -114,21 +114,7 @@ def dup_path(n: int, d: int, share: float = 0.03, max_burst: int = 2000, seed: i
 
 
 # ---------------------------------------------------------------- one case (subprocess)
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+from bench_select import _reset_peak, _status  # noqa: E402  (the same /proc readers)
 
 
 def _case(args) -> None:

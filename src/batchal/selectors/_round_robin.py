@@ -12,6 +12,15 @@ import numpy as np
 from numba import njit
 
 
+def dense_cluster_ids(cluster_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cluster ids usable as array indices: as given when small and non-negative, else renumbered."""
+    lo, hi = int(cluster_ids.min()), int(cluster_ids.max())
+    if lo >= 0 and hi < max(4 * cluster_ids.shape[0], 1 << 20):
+        return cluster_ids, hi + 1
+    uniq, inv = np.unique(cluster_ids, return_inverse=True)
+    return inv.astype(np.int32), uniq.shape[0]
+
+
 @njit(cache=True)
 def take_in_passes(cids, perm, pos, n_pos, last_pass, last_pos, k):
     """Scan candidates in random order; keep those visited before the batch is full.

@@ -53,15 +53,6 @@ def candidate_count(k: int, n_unlabeled: int, margin_factor: float = 10.0,
     return int(min(np.ceil(km), n_unlabeled))
 
 
-def _dense_cluster_ids(cluster_ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Cluster ids usable as array indices: as given when small and non-negative, else renumbered."""
-    lo, hi = int(cluster_ids.min()), int(cluster_ids.max())
-    if lo >= 0 and hi < max(4 * cluster_ids.shape[0], 1 << 20):
-        return cluster_ids, hi + 1
-    uniq, inv = np.unique(cluster_ids, return_inverse=True)
-    return inv.astype(np.int32), uniq.shape[0]
-
-
 def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Smallest-cluster-first round-robin over ``candidates``.
 
@@ -90,7 +81,7 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     """
     m = candidates.shape[0]
     perm = rng.permutation(m)
-    cids, n_ids = _dense_cluster_ids(np.asarray(cluster_ids))
+    cids, n_ids = _round_robin.dense_cluster_ids(np.asarray(cluster_ids))
     counts = np.bincount(cids, minlength=n_ids)
     nonempty = np.flatnonzero(counts)
     # visiting order: by size, ties by cluster id (nonempty is ascending in id; stable sort keeps it)
@@ -144,7 +135,7 @@ def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) 
     pass. Deterministic: no random draw. O(m) scan plus O(m) selection of the
     ``k`` smallest keys and O(k log k) to order them.
     """
-    cids, n_ids = _dense_cluster_ids(np.asarray(cluster_ids))
+    cids, n_ids = _round_robin.dense_cluster_ids(np.asarray(cluster_ids))
     keys, _ = _round_robin.margin_order_keys(np.ascontiguousarray(cids), int(n_ids))
     m = keys.shape[0]
     part = np.argpartition(keys, k - 1)[:k] if k < m else np.arange(m)
@@ -194,7 +185,7 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     """
     from ..topk import TopK
 
-    cids, _ = _dense_cluster_ids(np.asarray(cluster_ids))
+    cids, _ = _round_robin.dense_cluster_ids(np.asarray(cluster_ids))
     cids = np.ascontiguousarray(cids, dtype=np.int64)
     if embeddings is not None:
         E = np.asarray(embeddings, dtype=np.float32)

@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from .._validation import BatchalInputError
 from .base import Pool, Selector, register
-from .cluster_margin import _dense_cluster_ids
+from ._round_robin import dense_cluster_ids
 
 #: Rows of embeddings read per block (float32: 1 << 18 rows of d = 256 is 256 MiB)
 BLOCK_ROWS = 1 << 18
@@ -260,7 +260,7 @@ class TypiclustSelector(Selector):
             raise BatchalInputError(f"typiclust: max_sample ({self.max_sample}) must exceed knn ({self.knn}): a sampled "
                                     f"cluster needs knn neighbours in its sample")
         S, knn = int(self.max_sample), int(self.knn)
-        cids, n_ids = _dense_cluster_ids(np.asarray(pool.clusters))
+        cids, n_ids = dense_cluster_ids(np.asarray(pool.clusters))
         mask = pool.labeled_mask
         size = np.bincount(cids, minlength=n_ids).astype(np.int64)
         lab = np.bincount(cids[mask], minlength=n_ids).astype(np.int64)
