@@ -15,7 +15,8 @@ Every case runs in its own process; two sampler threads record its memory:
   ``/proc/PID/smaps_rollup``: a file page mapped by several processes is split
   among them), plus the object store's shared-memory file once, at its
   resident size. The peak of that simultaneous total, and the parts at that
-  moment (``pss_at_peak``). For the local engine the session is the one process.
+  moment (``pss_at_peak``), and per stage as told by the actors alive
+  (``peak_pss_by_actors``: KnnShard, RacActor). For the local engine the session is the one process.
 
 Usage::
 
@@ -120,6 +121,7 @@ class PssSampler(threading.Thread):
         self.every = every
         self.peak_pss = 0
         self.peak_pss_plain = 0
+        self.by_actors = {}
         self.pss_at_peak = {}
         self.peak_per_process = {}
         self.samples = 0
@@ -208,6 +210,11 @@ class PssSampler(threading.Thread):
             now["object store (shm, resident)"] = shm
             total += shm
             self.samples += 1
+            # the stage, told by the actors alive: KnnShard (the kNN search), RacActor (the HAC), none
+            alive = sorted({nm.split()[0].split("::")[1] for nm in now if nm.startswith("ray::") and
+                            nm.split()[0].split("::")[1][:1].isupper() and "Agent" not in nm})
+            key = "+".join(alive) or "no actor"
+            self.by_actors[key] = max(self.by_actors.get(key, 0), total)
             self.peak_pss_plain = max(self.peak_pss_plain, plain)
             if total > self.peak_pss:
                 self.peak_pss, self.pss_at_peak = total, now
@@ -219,6 +226,7 @@ class PssSampler(threading.Thread):
     def result(self) -> dict:
         top = dict(sorted(self.pss_at_peak.items(), key=lambda kv: -kv[1]))
         return {"peak_pss": self.peak_pss, "peak_pss_plain": self.peak_pss_plain, "pss_at_peak": top, "pss_peak_per_process": self.peak_per_process,
+                "peak_pss_by_actors": self.by_actors,
                 "pss_samples": self.samples}
 
 
