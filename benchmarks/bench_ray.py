@@ -212,7 +212,7 @@ class PssSampler(threading.Thread):
             self.samples += 1
             # the stage, told by the actors alive: KnnShard (the kNN search), RacActor (the HAC), none
             alive = sorted({nm.split()[0].split("::")[1] for nm in now if nm.startswith("ray::") and
-                            nm.split()[0].split("::")[1][:1].isupper() and "Agent" not in nm})
+                            nm.split()[0].split("::")[1][:1].isupper() and "Agent" not in nm and "IDLE" not in nm})
             key = "+".join(alive) or "no actor"
             self.by_actors[key] = max(self.by_actors.get(key, 0), total)
             self.peak_pss_plain = max(self.peak_pss_plain, plain)

@@ -678,9 +678,11 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         inbox = [[] for _ in range(P)]
         while True:
             outs = [call(a.push, P + 1, phase, *inbox[q]) for q, a in enumerate(actors)]
+            del inbox  # held by the pushes until they have read it
             if sum(ray.get([o[P] for o in outs])) == 0:
                 return
             inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
+            del outs
 
     def save(st):
         """Every actor's state and the driver's round state, as the job's current checkpoint; its seconds."""
@@ -696,13 +698,19 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         """RAC rounds until no reciprocal pair is left, from the state ``st`` (updated in place)."""
         last_save, save_s = time.perf_counter(), 0.0
         while True:
+            # each step's messages are let go once the next step is submitted (its tasks hold them while
+            # they need them): a round's renames and moves do not sit in the object store through its visits
             outA = [call(a.propose, P, st["label_base"][p]) for p, a in enumerate(actors)]
             outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            del outA
             if sum(ray.get([o[P] for o in outB])) == 0:
                 return
             outC = [call(a.rename, P, *[outB[q][p] for q in range(P)]) for p, a in enumerate(actors)]
+            del outB
             outD = [call(a.move, P, *[outC[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            del outC
             res = ray.get([a.merge.remote(*[outD[p][q] for p in range(P)]) for q, a in enumerate(actors)])
+            del outD
             cnt = [r[0] for r in res]
             b1 = sum(r[1] for r in res)  # bytes sent so far (this round's pushes count in the next)
             st["counts"].append(cnt)
