@@ -129,6 +129,50 @@ def fill_lists(src_loc, dst, fill, nbr):
 
 
 @njit(cache=True)
+def renames_by_owner(bl, gid, partner, start, length, nbr, A, n, n_actors):
+    """The renames ``b -> a`` of the merged-away clusters ``bl`` (local rows; ``b = gid``, ``a = partner``),
+    grouped by the owner of each list entry ``x`` (stably: b by b, list order), each b once per owner:
+    ``(xs, xbounds, bs, as, counts, bbounds)``; owner q's entries are ``xs[xbounds[q]:xbounds[q + 1]]``,
+    its b's (with their a and entry count) ``bbounds[q]:bbounds[q + 1]``. 4 bytes a rename and 12 a b,
+    where one ``(x, b, a)`` triple a rename (and the argsort grouping them) held about 36 bytes a rename
+    at once: the first rounds' renames set the actors' and the object store's peak."""
+    P = n_actors
+    xb = np.zeros(P + 1, dtype=np.int64)
+    bb = np.zeros(P + 1, dtype=np.int64)
+    last = np.full(P, -1, dtype=np.int64)
+    for i in range(bl.shape[0]):
+        x = bl[i]
+        for e in range(start[x], start[x] + length[x]):
+            q = _owner(nbr[e], A, n, P)
+            xb[q + 1] += 1
+            if last[q] != i:
+                last[q] = i
+                bb[q + 1] += 1
+    xf = _starts(xb)
+    bf = _starts(bb)
+    xs = np.empty(xb[P], dtype=nbr.dtype)
+    bs = np.empty(bb[P], dtype=nbr.dtype)
+    as_ = np.empty(bb[P], dtype=nbr.dtype)
+    cnt = np.zeros(bb[P], dtype=np.int32)
+    last[:] = -1
+    for i in range(bl.shape[0]):
+        x = bl[i]
+        for e in range(start[x], start[x] + length[x]):
+            y = nbr[e]
+            q = _owner(y, A, n, P)
+            if last[q] != i:
+                last[q] = i
+                j = bf[q]
+                bs[j] = gid[x]
+                as_[j] = partner[x]
+                bf[q] = j + 1
+            cnt[bf[q] - 1] += 1
+            xs[xf[q]] = y
+            xf[q] += 1
+    return xs, xb, bs, as_, cnt, bb
+
+
+@njit(cache=True)
 def gather_lists(xs, start, length, nbr):
     """Entries of the lists of ``xs``: ``(position of the list in xs, neighbour id)`` per entry.
 

@@ -310,10 +310,12 @@ class RacActor:
         bl = np.flatnonzero((self.partner >= 0) & (self.partner < self.gid))
         self.bl = bl
         R.dedupe_lists(bl, self.gid, self.start, self.length, self.nbr)  # each neighbour told once
-        who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
-        b = self.gid[bl].astype(self.nbr.dtype)[who]  # ids in the lists' dtype: 12 bytes a rename
-        a = self.partner[bl].astype(self.nbr.dtype)[who]
-        return self._sent(_split(owner_of(xs, self.P, self.n), self.P, xs, b, a))
+        # per owner: the list entries x (4 bytes a rename) and each b once with its a and count
+        xs, xb, bs, as_, cnt, bb = R.renames_by_owner(bl, self.gid, self.partner, self.start, self.length, self.nbr,
+                                                      self.A, self.n, self.P)
+        outs = [(xs[xb[q]:xb[q + 1]], bs[bb[q]:bb[q + 1]], as_[bb[q]:bb[q + 1]], cnt[bb[q]:bb[q + 1]])
+                if xb[q + 1] > xb[q] else None for q in range(self.P)]
+        return self._sent(outs)
 
     @_busy
     def move(self, *inbox):
@@ -321,8 +323,8 @@ class RacActor:
         parts = [m for m in inbox if m is not None]
         if parts:
             x = np.concatenate([p[0] for p in parts])
-            old = np.concatenate([p[1] for p in parts])
-            new = np.concatenate([p[2] for p in parts])
+            old = np.concatenate([np.repeat(p[1], p[3]) for p in parts])
+            new = np.concatenate([np.repeat(p[2], p[3]) for p in parts])
             R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
                             self.topc, self.dirty)
         bl = self.bl
