@@ -225,8 +225,8 @@ class PssSampler(threading.Thread):
 
     def result(self) -> dict:
         top = dict(sorted(self.pss_at_peak.items(), key=lambda kv: -kv[1]))
-        return {"peak_pss": self.peak_pss, "peak_pss_plain": self.peak_pss_plain, "pss_at_peak": top, "pss_peak_per_process": self.peak_per_process,
-                "peak_pss_by_actors": self.by_actors,
+        return {"peak_pss": self.peak_pss, "peak_pss_plain": self.peak_pss_plain, "pss_at_peak": top,
+                "pss_peak_per_process": self.peak_per_process, "peak_pss_by_actors": self.by_actors,
                 "pss_samples": self.samples}
 
 
