@@ -1,8 +1,22 @@
 """Benchmark: the ray engine against the local engine on this machine (issue 9).
 
-Every case runs in its own process; a sampler thread records the resident
-memory of that process and of every Ray worker process (``ray::...``) once a
-second: the peak of each process and the peak of their sum.
+Every case runs in its own process; two sampler threads record its memory:
+
+* ``peak_sum`` (the figure of the earlier runs): once a second, the resident
+  memory (VmRSS) of that process and of every Ray worker process (``ray::...``);
+  the peak of each process and the peak of their sum. It counts a page that
+  several processes map (the object store's shared memory, the memory-mapped
+  ``.npy``) once per process, and leaves out Ray's own processes (raylet, GCS,
+  agents).
+* ``peak_pss`` (issue 23): every 0.25 s, the memory of the whole session at
+  that moment: this process and all its descendants (raylet, GCS, Ray's
+  agents, every worker and actor) plus any ``ray::`` process, each counted at
+  its proportional set size without shared memory (``Pss - Pss_Shmem`` of
+  ``/proc/PID/smaps_rollup``: a file page mapped by several processes is split
+  among them), plus the object store's shared-memory file once, at its
+  resident size. The peak of that simultaneous total, and the parts at that
+  moment (``pss_at_peak``), and per stage as told by the actors alive
+  (``peak_pss_by_actors``: KnnShard, RacActor). For the local engine the session is the one process.
 
 Usage::
 
@@ -89,6 +103,133 @@ class MemSampler(threading.Thread):
             time.sleep(1.0)
 
 
+class PssSampler(threading.Thread):
+    """Peak of the simultaneous memory of this process, its descendants and every ``ray::`` process.
+
+    Each process counts its PSS without shared memory (``Pss - Pss_Shmem`` of
+    ``smaps_rollup``: private pages, and file pages split among the processes that
+    map them); the object store's shared-memory file counts once, at its resident
+    size (its blocks on ``/dev/shm``, found through the raylet's mappings): pages a
+    process wrote and no longer maps (an actor that ended) still count there.
+    ``peak_pss``: the peak of that sum; ``pss_at_peak``: the parts at that
+    sample; ``pss_peak_per_process``: each process's own peak; ``peak_pss_plain``:
+    the peak of the plain sum of ``Pss`` (shared pages split, none of a dead process).
+    """
+
+    def __init__(self, every: float = 0.25):
+        super().__init__(daemon=True)
+        self.every = every
+        self.peak_pss = 0
+        self.peak_pss_plain = 0
+        self.by_actors = {}
+        self.pss_at_peak = {}
+        self.peak_per_process = {}
+        self.samples = 0
+        self.stop = False
+        self.stages = {}
+        self.current = None
+
+    def stage(self, name: str):
+        self.current = name
+        self.stages[name] = {"peak_pss": 0}
+
+    @staticmethod
+    def _session(me: int) -> dict:
+        """pid -> name of this process, its descendants and every ``ray::`` process."""
+        parent, cmds = {}, {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    st = fh.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().split(b"\0")
+            except OSError:
+                continue
+            parent[int(pid)] = int(st[st.rindex(b")") + 2:].split()[1])
+            cmds[int(pid)] = cmd
+        out = {}
+        for pid, cmd in cmds.items():
+            first = cmd[0].decode(errors="replace")
+            q, inside = pid, False
+            while q > 1:
+                if q == me:
+                    inside = True
+                    break
+                q = parent.get(q, 0)
+            if not inside and not first.startswith("ray::"):
+                continue
+            if pid == me:
+                name = "driver"
+            elif first.startswith("ray::"):
+                name = f"{first.split('.')[0]} ({pid})"
+            else:  # raylet, gcs_server, Ray's python agents: the executable or script name
+                words = [w.decode(errors="replace") for w in cmd if w]
+                script = next((w for w in words[1:] if w.endswith(".py")), None)
+                name = f"{os.path.basename(script or words[0] if words else '?')} ({pid})"
+            out[pid] = name
+        return out
+
+    @staticmethod
+    def _store_bytes(pid: int) -> int:
+        """Resident bytes of the object store's shared-memory file(s) that raylet ``pid`` maps (``/dev/shm``)."""
+        seen, total = set(), 0
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                lines = [ln.split() for ln in fh if "plasma" in ln or "/dev/shm" in ln]
+        except OSError:
+            return 0
+        for w in lines:
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{w[0]}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+        return total
+
+    def run(self):
+        me = os.getpid()
+        while not self.stop:
+            total, plain, shm, now = 0, 0, 0, {}
+            for pid, name in self._session(me).items():
+                try:
+                    with open(f"/proc/{pid}/smaps_rollup") as fh:
+                        f = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in fh if ln[:3] == "Pss"}
+                except (OSError, ValueError, IndexError):
+                    continue
+                own = f.get("Pss", 0) - f.get("Pss_Shmem", 0)  # shared memory: counted below, once
+                plain += f.get("Pss", 0)
+                if name.startswith("raylet"):
+                    shm += self._store_bytes(pid)
+                now[name] = own
+                total += own
+                self.peak_per_process[name] = max(self.peak_per_process.get(name, 0), own)
+            now["object store (shm, resident)"] = shm
+            total += shm
+            self.samples += 1
+            # the stage, told by the actors alive: KnnShard (the kNN search), RacActor (the HAC), none
+            alive = sorted({nm.split()[0].split("::")[1] for nm in now if nm.startswith("ray::") and
+                            nm.split()[0].split("::")[1][:1].isupper() and "Agent" not in nm and "IDLE" not in nm})
+            key = "+".join(alive) or "no actor"
+            self.by_actors[key] = max(self.by_actors.get(key, 0), total)
+            self.peak_pss_plain = max(self.peak_pss_plain, plain)
+            if total > self.peak_pss:
+                self.peak_pss, self.pss_at_peak = total, now
+            st = self.stages.get(self.current)
+            if st is not None:
+                st["peak_pss"] = max(st["peak_pss"], total)
+            time.sleep(self.every)
+
+    def result(self) -> dict:
+        top = dict(sorted(self.pss_at_peak.items(), key=lambda kv: -kv[1]))
+        return {"peak_pss": self.peak_pss, "peak_pss_plain": self.peak_pss_plain, "pss_at_peak": top,
+                "pss_peak_per_process": self.peak_per_process, "peak_pss_by_actors": self.by_actors,
+                "pss_samples": self.samples}
+
+
 def _start_ray(object_store: int = OBJECT_STORE):
     import ray
 
@@ -101,9 +242,11 @@ def case_cluster(args) -> dict:
     X = np.load(path, mmap_mode="r")
     mem = MemSampler()
     mem.start()
+    pss = PssSampler()
+    pss.start()
     t0 = time.perf_counter()
     if args.engine == "ray":
-        ray = _start_ray()
+        ray = _start_ray(int(args.object_store_gb * (1 << 30)))
         from batchal.engines import get_engine
 
         eng = get_engine("ray", num_actors=2)
@@ -118,11 +261,13 @@ def case_cluster(args) -> dict:
         Z, info = graph_linkage(X, metric="cosine", knn=args.k)
         wall = time.perf_counter() - t1
     mem.stop = True
+    pss.stop = True
     time.sleep(1.2)
     if args.save_z:
         np.save(args.save_z, Z)
     keep = {k: (v if not isinstance(v, (np.integer, np.floating)) else v.item()) for k, v in info.items()}
-    return {"wall": wall, "startup": t1 - t0, "info": keep, "peak_per_process": mem.peak, "peak_sum": mem.peak_sum}
+    return {"wall": wall, "startup": t1 - t0, "info": keep, "peak_per_process": mem.peak, "peak_sum": mem.peak_sum,
+            **pss.result()}
 
 
 def _pool_parquet(n: int, f: int = 16) -> Path:

@@ -72,34 +72,32 @@ def rows_of(ids, A, n, n_actors, out):
 
 
 @njit(cache=True)
-def partition(I, rows, A, n, n_actors):
-    """Both directions ``(src, dst)`` of every kNN list entry (``-1`` and self entries dropped), grouped by
-    the owner of ``src`` (:func:`owners`): ``(src, dst, bounds)``, owner q's entries at
-    ``bounds[q]:bounds[q + 1]``. Two passes (count, fill), no intermediate arrays."""
+def own_edges(I, rows, A, n, n_actors, rank, fill, nbr, count_only):
+    """The entries of kNN lists ``I`` (of rows ``rows``) that actor ``rank`` owns, both directions of each
+    (``-1`` and self entries dropped): ``u -> v`` for an owned ``u`` and ``v -> u`` for an owned ``v``, in list
+    order. ``count_only``: ``fill[row of src] += 1``; else each ``dst`` is
+    appended to its owned list (CSR fill pointers ``fill``, arena ``nbr``). One pass, no arrays made:
+    the actor reads the lists where they lie instead of a task cutting them into pieces for every actor."""
     m, k = I.shape
-    bounds = np.zeros(n_actors + 1, dtype=np.int64)
-    fill = bounds[:-1]
-    src = np.empty(0, dtype=np.int32)
-    dst = np.empty(0, dtype=np.int32)
-    for step in range(2):  # count, then fill
-        if step == 1:
-            fill = _starts(bounds)
-            src = np.empty(bounds[n_actors], dtype=np.int32)
-            dst = np.empty(bounds[n_actors], dtype=np.int32)
-        for i in range(m):
-            u = np.int64(rows[i])
-            ou = _owner(u, A, n, n_actors)
-            for j in range(k):
-                v = np.int64(I[i, j])
-                if v < 0 or v == u:
-                    continue
-                if step == 0:
-                    bounds[ou + 1] += 1
-                    bounds[_owner(v, A, n, n_actors) + 1] += 1
-                else:
-                    _put(fill, ou, src, u, dst, v)
-                    _put(fill, _owner(v, A, n, n_actors), src, v, dst, u)
-    return src, dst, bounds
+    for i in range(m):
+        u = np.int64(rows[i])
+        pu = (u * A) % n
+        mine_u = pu % n_actors == rank
+        xu = pu // n_actors
+        for j in range(k):
+            v = np.int64(I[i, j])
+            if v < 0 or v == u:
+                continue
+            if mine_u:
+                if not count_only:
+                    nbr[fill[xu]] = v
+                fill[xu] += 1
+            pv = (v * A) % n
+            if pv % n_actors == rank:
+                xv = pv // n_actors
+                if not count_only:
+                    nbr[fill[xv]] = u
+                fill[xv] += 1
 
 
 @njit(cache=True)
@@ -128,6 +126,50 @@ def fill_lists(src_loc, dst, fill, nbr):
         x = src_loc[i]
         nbr[fill[x]] = dst[i]
         fill[x] += 1
+
+
+@njit(cache=True)
+def renames_by_owner(bl, gid, partner, start, length, nbr, A, n, n_actors):
+    """The renames ``b -> a`` of the merged-away clusters ``bl`` (local rows; ``b = gid``, ``a = partner``),
+    grouped by the owner of each list entry ``x`` (stably: b by b, list order), each b once per owner:
+    ``(xs, xbounds, bs, as, counts, bbounds)``; owner q's entries are ``xs[xbounds[q]:xbounds[q + 1]]``,
+    its b's (with their a and entry count) ``bbounds[q]:bbounds[q + 1]``. 4 bytes a rename and 12 a b,
+    where one ``(x, b, a)`` triple a rename (and the argsort grouping them) held about 36 bytes a rename
+    at once: the first rounds' renames set the actors' and the object store's peak."""
+    P = n_actors
+    xb = np.zeros(P + 1, dtype=np.int64)
+    bb = np.zeros(P + 1, dtype=np.int64)
+    last = np.full(P, -1, dtype=np.int64)
+    for i in range(bl.shape[0]):
+        x = bl[i]
+        for e in range(start[x], start[x] + length[x]):
+            q = _owner(nbr[e], A, n, P)
+            xb[q + 1] += 1
+            if last[q] != i:
+                last[q] = i
+                bb[q + 1] += 1
+    xf = _starts(xb)
+    bf = _starts(bb)
+    xs = np.empty(xb[P], dtype=nbr.dtype)
+    bs = np.empty(bb[P], dtype=nbr.dtype)
+    as_ = np.empty(bb[P], dtype=nbr.dtype)
+    cnt = np.zeros(bb[P], dtype=np.int32)
+    last[:] = -1
+    for i in range(bl.shape[0]):
+        x = bl[i]
+        for e in range(start[x], start[x] + length[x]):
+            y = nbr[e]
+            q = _owner(y, A, n, P)
+            if last[q] != i:
+                last[q] = i
+                j = bf[q]
+                bs[j] = gid[x]
+                as_[j] = partner[x]
+                bf[q] = j + 1
+            cnt[bf[q] - 1] += 1
+            xs[xf[q]] = y
+            xf[q] += 1
+    return xs, xb, bs, as_, cnt, bb
 
 
 @njit(cache=True)

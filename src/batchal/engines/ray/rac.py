@@ -46,13 +46,17 @@ from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
 from ._session import lost_worker
 
-#: CPUs an actor reserves (and a partition task): half, so tasks can run beside one actor per CPU.
+#: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
-#: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows).
-PUSH_ROWS = 1 << 16
+#: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows: at
+#: 1 << 16 and d = 64 the visits in flight held about 0.4 GB of the object store at 1M, issue 23).
+PUSH_ROWS = 1 << 14
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
+_NO_IDS = np.empty(0, dtype=np.int32)  # R.own_edges counting: no arena
+#: kNN chunks per call of an actor's count / fill (what its node fetches at once).
+CHUNKS_PER_CALL = 4
 
 
 @functools.lru_cache(maxsize=8)
@@ -80,35 +84,13 @@ def owner_of(ids: np.ndarray, n_actors: int, n: int) -> np.ndarray:
 def _split(dest: np.ndarray, n_actors: int, *arrays):
     """Group the rows of ``arrays`` by destination actor (stable): one tuple of arrays per actor, or None."""
     # a counting sort, O(entries): 5M destinations among 4 actors in 0.03 s, against 0.32 s for
-    # numpy's stable argsort (the partition tasks and every push and proposal group their entries)
+    # numpy's stable argsort (every push and proposal groups its entries)
     order, bounds = R.group_by(np.asarray(dest, dtype=np.int64), n_actors)
     out = []
     for q in range(n_actors):
         sel = order[bounds[q]:bounds[q + 1]]
         out.append(tuple(a[sel] for a in arrays) if sel.shape[0] else None)
     return out
-
-
-def partition_edges(I: np.ndarray, rows, n_actors: int, n: int):
-    """Directed kNN lists of ``rows`` (a first row id, or one id per list) -> per actor, the ``(src, dst)``
-    list entries it owns.
-
-    Both directions of every edge are emitted, so the owners build the symmetric
-    graph (``u ~ v`` when either lists the other); duplicates go in the actor.
-    """
-    m, k = I.shape
-    if np.ndim(rows) == 0:
-        rows = np.arange(int(rows), int(rows) + m, dtype=np.int64)
-    if n >= 1 << 31:
-        raise BatchalInputError(f"the ray graph HAC holds ids as int32: n must be below 2**31, got {n}")
-    src, dst, bounds = R.partition(np.asarray(I), np.asarray(rows), _multiplier(n), n, n_actors)
-    parts = [(src[bounds[q]:bounds[q + 1]], dst[bounds[q]:bounds[q + 1]]) if bounds[q + 1] > bounds[q] else None
-             for q in range(n_actors)]
-    return tuple(parts) if n_actors > 1 else parts[0]
-
-
-def _partition_chunk(chunk, n_actors: int, n: int):
-    return partition_edges(chunk[1], chunk[0], n_actors, n)
 
 
 def _busy(fn):
@@ -166,11 +148,22 @@ class RacActor:
         return vals[0] if len(vals) == 1 else vals
 
     # ------------------------------------------------------------ building the graph
+    def _own_edges(self, starts, lists, fill, nbr, count_only: bool):
+        """This actor's entries of kNN chunks (:func:`_rac_kernels.own_edges`); ``starts[i]`` is chunk i's
+        first row id, or None when the chunk is a kNN stage's ``(row ids, lists, ...)``."""
+        for s, obj in zip(starts, lists):
+            if s is None:
+                rows, I = obj[0], obj[1]
+            else:
+                I = np.asarray(obj)
+                rows = np.arange(int(s), int(s) + I.shape[0], dtype=np.int64)
+            if I.shape[0]:
+                R.own_edges(I, rows, self.A, self.n, self.P, self.rank, fill, nbr, count_only)
+
     @_busy
-    def count(self, *pieces):
-        for p in pieces:
-            if p is not None:
-                self.counts += np.bincount(self._loc(p[0]), minlength=self.m)
+    def count(self, starts, *lists):
+        """Count this actor's entries of some kNN chunks (both directions), per owned cluster."""
+        self._own_edges(starts, lists, self.counts, _NO_IDS, True)
         return True
 
     def alloc(self, slack: float, reserve: float = RESERVE):
@@ -185,10 +178,9 @@ class RacActor:
         return True
 
     @_busy
-    def fill_edges(self, *pieces):
-        for p in pieces:
-            if p is not None:
-                R.fill_lists(self._loc(p[0]), p[1], self.fill, self.raw)
+    def fill_edges(self, starts, *lists):
+        """Append this actor's entries of some kNN chunks to its lists (after :meth:`count` and :meth:`alloc`)."""
+        self._own_edges(starts, lists, self.fill, self.raw, False)
         return True
 
     @_busy
@@ -318,10 +310,12 @@ class RacActor:
         bl = np.flatnonzero((self.partner >= 0) & (self.partner < self.gid))
         self.bl = bl
         R.dedupe_lists(bl, self.gid, self.start, self.length, self.nbr)  # each neighbour told once
-        who, xs = R.gather_lists(bl, self.start, self.length, self.nbr)
-        b = self.gid[bl].astype(self.nbr.dtype)[who]  # ids in the lists' dtype: 12 bytes a rename
-        a = self.partner[bl].astype(self.nbr.dtype)[who]
-        return self._sent(_split(owner_of(xs, self.P, self.n), self.P, xs, b, a))
+        # per owner: the list entries x (4 bytes a rename) and each b once with its a and count
+        xs, xb, bs, as_, cnt, bb = R.renames_by_owner(bl, self.gid, self.partner, self.start, self.length, self.nbr,
+                                                      self.A, self.n, self.P)
+        outs = [(xs[xb[q]:xb[q + 1]], bs[bb[q]:bb[q + 1]], as_[bb[q]:bb[q + 1]], cnt[bb[q]:bb[q + 1]])
+                if xb[q + 1] > xb[q] else None for q in range(self.P)]
+        return self._sent(outs)
 
     @_busy
     def move(self, *inbox):
@@ -329,8 +323,8 @@ class RacActor:
         parts = [m for m in inbox if m is not None]
         if parts:
             x = np.concatenate([p[0] for p in parts])
-            old = np.concatenate([p[1] for p in parts])
-            new = np.concatenate([p[2] for p in parts])
+            old = np.concatenate([np.repeat(p[1], p[3]) for p in parts])
+            new = np.concatenate([np.repeat(p[2], p[3]) for p in parts])
             R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
                             self.topc, self.dirty)
         bl = self.bl
@@ -638,11 +632,15 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     t0 = time.perf_counter()
     P = int(n_actors)
     info: dict = {"actors": P}
-    # Actors reserve half a CPU each, so the partition tasks always find room beside them
-    # (actors holding every CPU would starve the tasks that feed them).
     Actor = ray.remote(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD")(RacActor)
-    part = ray.remote(num_cpus=ACTOR_CPUS)(partition_edges).options(num_returns=P)
-    part_chunk = ray.remote(num_cpus=ACTOR_CPUS)(_partition_chunk).options(num_returns=P)
+    if n >= 1 << 31:
+        raise BatchalInputError(f"the ray graph HAC holds ids as int32: n must be below 2**31, got {n}")
+    # the kNN chunks as (first row id or None, ref): each actor reads every chunk where it lies and takes
+    # its own entries (no task cuts them into pieces: no worker process left holding its memory, and no
+    # pieces in the object store, 16 bytes per list entry; an actor on another node fetches 4)
+    items = [(None, it) if isinstance(it, ray.ObjectRef) else
+             (int(it[0]), it[1] if isinstance(it[1], ray.ObjectRef) else ray.put(np.asarray(it[1])))
+             for it in knn_chunks]
     if stats_dtype not in ("auto", "float64", "float32"):
         raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
 
@@ -653,21 +651,19 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
 
     def build():
         """The symmetric graph from the kNN chunks, the statistics and the first linkages: round 0's state."""
-        # two passes over the chunks (count, fill): the edges are partitioned twice instead of held twice
+        # two passes over the chunks (count, fill): the edges are read twice instead of held twice
         for step in ("count", "fill"):
             if step == "fill":
                 ray.get([a.alloc.remote(slack, reserve) for a in actors])
             waits = []
-            for item in knn_chunks:
-                # (row_start, lists) as given, or a ref of a kNN merge's (row ids, lists, distances)
-                pieces = (part_chunk.remote(item, P, n) if isinstance(item, ray.ObjectRef)
-                          else part.remote(item[1], item[0], P, n))
-                pieces = pieces if P > 1 else [pieces]
-                for q, a in enumerate(actors):
-                    waits.append((a.count if step == "count" else a.fill_edges).remote(pieces[q]))
-                if len(waits) > 4 * P:  # bounded in flight: the pieces of a few chunks at a time
-                    ray.get(waits[:-2 * P])
-                    waits = waits[-2 * P:]
+            for c in range(0, len(items), CHUNKS_PER_CALL):
+                batch = items[c:c + CHUNKS_PER_CALL]
+                starts = [it[0] for it in batch]
+                waits += [(a.count if step == "count" else a.fill_edges).remote(starts, *[it[1] for it in batch])
+                          for a in actors]
+                if len(waits) > 2 * P:  # bounded in flight: a few calls per actor
+                    ray.get(waits[:-P])
+                    waits = waits[-P:]
             ray.get(waits)
         edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
         src_ref = ray.put(source)
@@ -684,9 +680,11 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         inbox = [[] for _ in range(P)]
         while True:
             outs = [call(a.push, P + 1, phase, *inbox[q]) for q, a in enumerate(actors)]
+            del inbox  # held by the pushes until they have read it
             if sum(ray.get([o[P] for o in outs])) == 0:
                 return
             inbox = [[outs[p][q] for p in range(P)] for q in range(P)]
+            del outs
 
     def save(st):
         """Every actor's state and the driver's round state, as the job's current checkpoint; its seconds."""
@@ -702,13 +700,19 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
         """RAC rounds until no reciprocal pair is left, from the state ``st`` (updated in place)."""
         last_save, save_s = time.perf_counter(), 0.0
         while True:
+            # each step's messages are let go once the next step is submitted (its tasks hold them while
+            # they need them): a round's renames and moves do not sit in the object store through its visits
             outA = [call(a.propose, P, st["label_base"][p]) for p, a in enumerate(actors)]
             outB = [call(a.match, P + 1, *[outA[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            del outA
             if sum(ray.get([o[P] for o in outB])) == 0:
                 return
             outC = [call(a.rename, P, *[outB[q][p] for q in range(P)]) for p, a in enumerate(actors)]
+            del outB
             outD = [call(a.move, P, *[outC[p][q] for p in range(P)]) for q, a in enumerate(actors)]
+            del outC
             res = ray.get([a.merge.remote(*[outD[p][q] for p in range(P)]) for q, a in enumerate(actors)])
+            del outD
             cnt = [r[0] for r in res]
             b1 = sum(r[1] for r in res)  # bytes sent so far (this round's pushes count in the next)
             st["counts"].append(cnt)
