@@ -182,24 +182,24 @@ class RssSampler:
         return {"rss": s[i][1], "anon": s[i][2], "file": s[i][3]}
 
 
-def _case(args) -> None:
-    X = np.load(args.data, mmap_mode="r")
-    if args.rows:
-        X = X[: args.rows]
+def measure_linkage(X, method: str, metric: str, *, total_step: bool = True, **graph_kwargs):
+    """Exact or graph HAC of ``X`` with wall, CPU and the peak RSS of each step (sampled in this process).
+
+    Returns ``(Z, record)``; ``record`` holds ``wall``, ``cpu``, ``steps`` (name -> seconds and peaks;
+    with ``total_step`` also the whole run as ``total``) and the linkage's own ``timings``.
+    """
     sampler = RssSampler().__enter__()
     c0 = time.process_time()
     t0 = time.perf_counter()
-    if args.method == "exact":
+    if method == "exact":
         from batchal.clustering.exact import exact_linkage
 
-        Z = exact_linkage(np.asarray(X), args.metric)
+        Z = exact_linkage(np.asarray(X), metric)
         timings = {"hac": time.perf_counter() - t0}
     else:
         from batchal.clustering.graph import graph_linkage
 
-        Z, timings = graph_linkage(
-            X, metric=args.metric, knn=args.k, nprobe=args.nprobe, progress=False,
-        )
+        Z, timings = graph_linkage(X, metric=metric, progress=False, **graph_kwargs)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     t_end = time.perf_counter()
@@ -207,11 +207,20 @@ def _case(args) -> None:
     steps = {}
     for name, a, b in timings.pop("steps", []):
         steps[name] = {"s": b - a, **sampler.peak_between(a, b)}
-    steps["total"] = {"s": wall, **sampler.peak_between(t0, t_end)}
+    if total_step:
+        steps["total"] = {"s": wall, **sampler.peak_between(t0, t_end)}
+    return Z, {"wall": wall, "cpu": cpu, "steps": steps, "timings": timings}
+
+
+def _case(args) -> None:
+    X = np.load(args.data, mmap_mode="r")
+    if args.rows:
+        X = X[: args.rows]
+    Z, rec = measure_linkage(X, args.method, args.metric, knn=args.k, nprobe=args.nprobe)
     if args.save_z:
         np.save(args.save_z, Z)
-    print(json.dumps({"wall": wall, "cpu": cpu, "peak_bytes": peak_rss_bytes(), "steps": steps,
-                      "load": os.getloadavg(), "timings": timings}))
+    print(json.dumps({"wall": rec["wall"], "cpu": rec["cpu"], "peak_bytes": peak_rss_bytes(), "steps": rec["steps"],
+                      "load": os.getloadavg(), "timings": rec["timings"]}))
 
 
 def peak_rss_bytes() -> int:

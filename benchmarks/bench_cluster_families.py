@@ -216,31 +216,13 @@ def _case_knn(args) -> None:
 
 def _case_graph(args) -> None:
     """Whole graph HAC: wall, CPU, seconds and peak RSS per step (sampled in this process)."""
-    from batchal.clustering.graph import graph_linkage
-
     X = np.load(args.data, mmap_mode="r")
-    sampler = BC.RssSampler().__enter__()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    if args.method == "exact":
-        from batchal.clustering.exact import exact_linkage
-
-        Z = exact_linkage(np.asarray(X), args.metric)
-        timings = {"hac": time.perf_counter() - t0}
-    else:
-        Z, timings = graph_linkage(X, metric=args.metric, knn=args.k, nprobe=BC._nprobe(args.nprobe),
-                                   knn_method=args.knn_method, progress=False)
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    t_end = time.perf_counter()
-    sampler.__exit__(None, None, None)
-    steps = {}
-    for name, a, b in timings.pop("steps", []):
-        steps[name] = {"s": b - a, **sampler.peak_between(a, b)}
+    Z, rec = BC.measure_linkage(X, args.method, args.metric, total_step=False, knn=args.k,
+                                nprobe=BC._nprobe(args.nprobe), knn_method=args.knn_method)
     if args.save_z:
         np.save(args.save_z, Z)
-    print(json.dumps({"wall": wall, "cpu": cpu, "peak_bytes": BC.peak_rss_bytes(), "steps": steps,
-                      "load": os.getloadavg(), "timings": timings}, default=str))
+    print(json.dumps({"wall": rec["wall"], "cpu": rec["cpu"], "peak_bytes": BC.peak_rss_bytes(), "steps": rec["steps"],
+                      "load": os.getloadavg(), "timings": rec["timings"]}, default=str))
 
 
 # ---------------------------------------------------------------- commands
