@@ -34,13 +34,15 @@ SIMILAR_METRICS = ("cosine", "euclidean")
 DEFAULT_NPROBE = 16
 
 
-def _prep(block, metric: str, name: str, offset: int = 0) -> np.ndarray:
-    """float32 copy of rows, unit-normalised for cosine (a zero row is an error naming it)."""
+def _prep(block, metric: str, name: str, offset: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
+    """float32 copy of rows, unit-normalised for cosine (a zero row is an error naming it: its
+    position plus ``offset``, or ``rows[position]`` when the block holds those pool rows)."""
     b = np.array(block, dtype=np.float32, order="C", copy=True)
     if metric == "cosine":
         norms = np.linalg.norm(b, axis=1)
         if (norms == 0).any():
-            i = int(np.flatnonzero(norms == 0)[0]) + offset
+            i = int(np.flatnonzero(norms == 0)[0])
+            i = int(rows[i]) if rows is not None else i + offset
             raise BatchalInputError(f"{name} row {i} is all zeros; cosine distance is undefined")
         b /= norms[:, None]
     return b
@@ -358,11 +360,7 @@ def nearest_query_similarity(embeddings, rows: np.ndarray, query, *, budget: int
         bad = first_nonfinite(X)
         if bad is not None:
             raise BatchalInputError(f"embeddings row {int(rows[sel][bad[0]])} has {bad[1]}")
-        norms = np.linalg.norm(X, axis=1)
-        if (norms == 0).any():
-            i = int(rows[sel][np.flatnonzero(norms == 0)[0]])
-            raise BatchalInputError(f"embeddings row {i} is all zeros; cosine similarity is undefined")
-        Xp = X / norms[:, None]
+        Xp = _prep(X, "cosine", "embeddings", rows=rows[sel])
         best = np.full(sel.shape[0], -np.inf, dtype=np.float32)
         for b in range(0, Qp.shape[0], q_step):
             np.maximum(best, (Xp @ Qp[b:b + q_step].T).max(axis=1), out=best)
