@@ -154,8 +154,12 @@ def test_training_budget_is_validated_and_passed_to_the_mlp():
     pytest.importorskip("torch")
     m = make_model("mlp", 3, False, seed=0, epochs=7, max_steps=None)
     assert (m.epochs, m.max_steps) == (7, None)
+    assert (m.training, m.min_steps) == ("budget", 20_000)  # the default rule
     ref = make_model("mlp", 3, False, seed=0, reference=True, max_steps=50, training="full")
     assert (ref.epochs, ref.max_steps, ref.training) == (30, None, "full")  # the reference is never capped
+    assert make_model("mlp", 3, False, seed=0, min_steps=7).min_steps == 7
+    with pytest.raises(BatchalInputError, match="min_steps"):
+        SimulationConfig(min_steps=-1).validate(1000)
     with pytest.raises(BatchalInputError, match="training"):
         SimulationConfig(training="forever").validate(1000)
 
@@ -217,16 +221,50 @@ def test_mlp_early_stopping_holds_out_and_stops():
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(3000, 20)).astype(np.float32), rng.integers(0, 3, 3000)  # noise: held-out loss soon rises
-    m = MLPModel(3, hidden=(64,), epochs=200, seed=0, threads=1, patience=2).set_pool(X)
+    m = MLPModel(3, hidden=(64,), epochs=200, seed=0, threads=1, patience=2, training="early-stop").set_pool(X)
     m.fit(X, y)
-    epochs, best, rows = m.history_[-1]
+    epochs, best, rows, _ = m.history_[-1]
     assert rows == 2700  # 10% held out
     assert best <= epochs < 200 and epochs - best == 2  # stopped by patience, best epoch kept
     ds = load_dataset("blobs", size=3000)
-    small = MLPModel(ds.n_classes, hidden=(16,), epochs=4, seed=0, threads=1).set_pool(ds.X).fit(ds.X[:500], ds.y[:500])
-    assert small.history_[-1] == (4, 4, 500)  # below 1,000 rows: every epoch, every row
+    small = MLPModel(ds.n_classes, hidden=(16,), epochs=4, seed=0, threads=1, training="early-stop").set_pool(ds.X)
+    assert small.fit(ds.X[:500], ds.y[:500]).history_[-1] == (4, 4, 500, 4 * 3)  # below 1,000 rows: every epoch, every row
     full = MLPModel(ds.n_classes, hidden=(16,), epochs=3, seed=0, threads=1, training="full").set_pool(ds.X)
-    assert full.fit(ds.X, ds.y).history_[-1] == (3, 3, ds.X.shape[0])
+    n = ds.X.shape[0]
+    assert full.fit(ds.X, ds.y).history_[-1] == (3, 3, n, 3 * (n // 128))
+
+
+def test_mlp_budget_rule_has_a_step_floor_and_decays_the_learning_rate():
+    """Budget: every row, max(epochs, min_steps) steps, the learning rate on a cosine down to 0."""
+    pytest.importorskip("torch")
+    from batchal.simulate.models import MLPModel
+
+    ds = load_dataset("blobs", size=3000)
+    n = ds.X.shape[0]
+    few = MLPModel(ds.n_classes, hidden=(16,), epochs=2, min_steps=50, seed=0, threads=1).set_pool(ds.X)
+    assert few.fit(ds.X[:640], ds.y[:640]).history_[-1] == (10, 10, 640, 50)  # 5 steps an epoch: the floor rules
+    many = MLPModel(ds.n_classes, hidden=(16,), epochs=3, min_steps=10, seed=0, threads=1).set_pool(ds.X)
+    assert many.fit(ds.X, ds.y).history_[-1] == (3, 3, n, 3 * (n // 128))  # the epochs rule
+    capped = MLPModel(ds.n_classes, hidden=(16,), epochs=3, min_steps=500, max_steps=40, seed=0, threads=1)
+    assert capped.set_pool(ds.X).fit(ds.X, ds.y).history_[-1][3] == 40  # a step cap still caps
+    import torch
+
+    seen = []
+    real = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        MLPModel(ds.n_classes, hidden=(16,), epochs=1, min_steps=20, lr=1e-3, seed=0, threads=1).set_pool(ds.X).fit(
+            ds.X[:256], ds.y[:256])
+    finally:
+        torch.optim.Adam.step = real
+    ref = [1e-3 * 0.5 * (1 + np.cos(np.pi * s / 20)) for s in range(20)]
+    np.testing.assert_allclose(seen, ref, rtol=1e-6)
+    assert seen[0] == pytest.approx(1e-3) and seen[-1] < 1e-5 and np.all(np.diff(seen) < 0)
 
 
 def test_one_clustering_per_trial_shared_by_specs_and_cached(tmp_path, monkeypatch):
@@ -256,7 +294,7 @@ def test_label_dependent_embedding_is_clustered_per_trial(tmp_path, monkeypatch)
     monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
     ds = load_dataset("blobs", size=1500)
     res = simulate(ds, small_cfg(strategies=["cluster-margin", "cluster-margin:order=margin", "random"], trials=2,
-                                 rounds=1, model="mlp", epochs=3))
+                                 rounds=1, model="mlp", epochs=3, min_steps=0))
     d = {x["trial"]: x["cluster_sizes"] for x in res.diagnostics if "n_clusters" in x}
     assert set(d) == {0, 1} and d[0] != d[1]  # each trial's seed model embeds the pool its own way
 

@@ -30,6 +30,7 @@ class Model(str, Enum):
 
 
 class Training(str, Enum):
+    budget = "budget"
     early_stop = "early-stop"
     full = "full"
 
@@ -46,8 +47,9 @@ def simulate(
     rounds: int = typer.Option(5, "--rounds", min=1, help="selection rounds after the seed set"),
     trials: int = typer.Option(3, "--trials", min=1, help="repetitions with different seed sets (for the spread)"),
     model: Model = typer.Option(Model.logreg, "--model", help="logistic regression, or a torch MLP (needs torch)"),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round at most (early-stop) or exactly (full)"),
-    training: Training = typer.Option(Training.early_stop, "--training", help="MLP: early-stop = epochs over the labeled set until a held-out 10% of it (at most 20,000 rows) stops improving for 3 epochs; full = --epochs full epochs (converged: check a conclusion with it)"),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round (budget, full) or at most (early-stop)"),
+    training: Training = typer.Option(Training.budget, "--training", help="MLP: budget = every labeled row for max(--epochs epochs, --min-steps steps), learning rate decayed to 0 on a cosine (check a conclusion with both doubled); early-stop = epochs until a held-out 10% of the labeled set (at most 20,000 rows) stops improving for 3 epochs; full = exactly --epochs epochs at a constant learning rate"),
+    min_steps: int = typer.Option(20_000, "--min-steps", min=0, help="MLP, budget rule: gradient steps per round at least (small labeled sets need more than --epochs epochs)"),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="logreg: start each round's fit from the previous round's coefficients (same optimum, fewer iterations)"),
     whiten: bool = typer.Option(False, "--whiten/--no-whiten", help="logreg: fit on the input whitened with the pool's covariance: far fewer iterations on correlated features, but the L2 penalty then acts on whitened coefficients (default: standardised input)"),
@@ -100,7 +102,7 @@ def simulate(
         cfg = SimulationConfig(
             strategies=specs, propagate=propagate, propagate_metric=propagate_metric.value,
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
-            epochs=epochs, max_steps=max_steps or None, training=training.value, warm_start=warm_start, whiten=whiten,
+            epochs=epochs, max_steps=max_steps or None, training=training.value, min_steps=min_steps, warm_start=warm_start, whiten=whiten,
             cluster_cache=cluster_cache,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, cluster_space=cluster_space.value, knn=knn, badge_partitions=partitions, seed=seed,

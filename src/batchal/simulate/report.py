@@ -203,8 +203,11 @@ def summary_markdown(res) -> str:
     budget = ""
     if cfg.model == "mlp":
         cap = f", at most {cfg.max_steps:,} steps" if cfg.max_steps else ""
-        budget = (f" (training `{cfg.training}`: " + ("epochs until a held-out 10% of the labeled set stops improving, "
-                  f"at most {cfg.epochs}" if cfg.training == "early-stop" else f"{cfg.epochs} full epochs") + f"{cap})")
+        rule = {"early-stop": f"epochs until a held-out 10% of the labeled set stops improving, at most {cfg.epochs}",
+                "full": f"{cfg.epochs} full epochs, constant learning rate",
+                "budget": f"every labeled row for max({cfg.epochs} epochs, {getattr(cfg, 'min_steps', 0):,} steps), "
+                          "cosine-decayed learning rate"}.get(cfg.training, cfg.training)
+        budget = f" (training `{cfg.training}`: {rule}{cap})"
     elif cfg.model == "logreg":
         budget = (f" ({'whitened' if getattr(cfg, 'whiten', False) else 'standardised'} input, "
                   f"{'warm' if cfg.warm_start else 'cold'}-started each round)")
@@ -352,6 +355,12 @@ def _training_note(res) -> list[str]:
                 f"max {max(int(v) for v in iters)}; {len(iters)} fits)."]
     if epochs and res.config.model == "mlp":
         e = np.asarray(epochs, dtype=float)
+        steps = col("train_steps")
+        if res.config.training == "budget" and steps:
+            st = np.asarray(steps, dtype=float)
+            return [f"\nTraining: gradient steps per fit median {np.median(st):,.0f} (min {st.min():,.0f}, max "
+                    f"{st.max():,.0f}), epochs per fit median {np.median(e):.0f} (min {e.min():.0f}, max {e.max():.0f}); "
+                    f"{len(e)} fits."]
         return [f"\nTraining: epochs per fit median {np.median(e):.0f}, max {e.max():.0f} of {res.config.epochs} "
                 f"({len(e)} fits; {int((e >= res.config.epochs).sum())} ran every epoch)."]
     return []

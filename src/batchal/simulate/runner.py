@@ -42,7 +42,8 @@ class SimulationConfig:
     model: str = "logreg"
     epochs: int = 30
     max_steps: int | None = None
-    training: str = "early-stop"
+    training: str = "budget"
+    min_steps: int = 20_000
     warm_start: bool = True
     whiten: bool = False
     margin_factor: float = 10.0
@@ -75,6 +76,8 @@ class SimulationConfig:
             raise BatchalInputError(f"training must be one of {', '.join(TRAINING)}; got {self.training!r}")
         if self.max_steps is not None and int(self.max_steps) < 1:
             raise BatchalInputError(f"max_steps must be >= 1 (or None for no cap); got {self.max_steps}")
+        if int(self.min_steps) < 0:
+            raise BatchalInputError(f"min_steps must be >= 0; got {self.min_steps}")
         for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
             if int(getattr(self, name)) < 1:
                 raise BatchalInputError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -161,6 +164,7 @@ def selector_defaults(cfg: SimulationConfig) -> dict:
 def _new_model(dataset: Dataset, cfg: SimulationConfig, ts: int, threads: int | None, reference: bool = False):
     return make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
                       reference=reference, epochs=cfg.epochs, max_steps=cfg.max_steps, training=cfg.training,
+                      min_steps=cfg.min_steps,
                       warm_start=cfg.warm_start, whiten=cfg.whiten)
 
 
@@ -278,6 +282,7 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
                    stop_advice=stop["advice"] is not None)
         if hasattr(model, "history_") and model.history_:
             row["train_epochs"] = model.history_[-1][0]
+            row["train_steps"] = model.history_[-1][3]
         if getattr(model, "n_iter_", None):  # logistic regression: did this round's L-BFGS converge?
             row["train_iters"] = int(model.n_iter_[-1])
             row["train_converged"] = bool(model.n_iter_[-1] < model.max_iter)
