@@ -174,14 +174,27 @@ def _load(name: str):
     return rows, meta
 
 
+def _base_target(name: str) -> float:
+    """Random's final metric of the configuration a tagged run (without random) belongs to."""
+    base = re.match(r"(.*-b\d{3})", name).group(1)
+    rows, meta = _load(base)
+    from batchal.simulate.report import _by
+
+    return float(np.nanmean(_by(rows, "random")[1][-1]))
+
+
 def summarise(name: str) -> dict:
-    """The scale table's entries for one configuration."""
+    """The scale table's entries for one configuration.
+
+    A tagged run without random (e.g. a training-rule check of margin and the
+    recommended spec) is judged against its untagged configuration's random.
+    """
     from batchal.simulate.report import _by, ratio_to_margin, verdict
 
     rows, meta = _load(name)
     strategies_ = meta["config"]["strategies"]
     curves = {s: _by(rows, s) for s in strategies_}
-    target = float(np.nanmean(curves["random"][1][-1]))
+    target = float(np.nanmean(curves["random"][1][-1])) if "random" in curves else _base_target(name)
     ratios = ratio_to_margin(rows, strategies_, target)
     from batchal.simulate.report import savings_table
 
@@ -201,7 +214,7 @@ def summarise(name: str) -> dict:
             if v:
                 diag.setdefault(s, {})[c] = float(np.mean(v))
     return {"name": name, "strategies": strategies_, "target": target, "ratios": ratios, "rounds": rounds,
-            "margin_labels": margin_labels, "seed_metric": float(np.nanmean(curves["random"][1][0])),
+            "margin_labels": margin_labels, "seed_metric": float(np.nanmean(curves["margin"][1][0])),
             "full": meta["full_pool_score"], "diag": diag, "wall": meta["wall_seconds"],
             "peak": meta.get("peak_rss"), "config": meta["config"], "metric": meta["metric"],
             "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}}
