@@ -321,12 +321,11 @@ class RacActor:
     def move(self, *inbox):
         """Apply the renames to the lists here; send each b's statistics and list to the owner of its a."""
         parts = [m for m in inbox if m is not None]
-        if parts:
-            x = np.concatenate([p[0] for p in parts])
-            old = np.concatenate([np.repeat(p[1], p[3]) for p in parts])
-            new = np.concatenate([np.repeat(p[2], p[3]) for p in parts])
-            R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
-                            self.topc, self.dirty)
+        if parts:  # the inboxes' groups in order: (entries x, b, a, count) as rename() sent them
+            x, bs, as_, cnt = (np.concatenate([p[i] for p in parts]) for i in range(4))
+            R.apply_renames(x, bs, as_, cnt, self.A, self.n, self.P, self.start, self.length, self.nbr, self.topi,
+                            self.topw, self.topc, self.dirty)
+            del x, bs, as_, cnt
         bl = self.bl
         a = self.partner[bl]
         dest = owner_of(a, self.P, self.n)
@@ -357,28 +356,30 @@ class RacActor:
             a = np.concatenate([p[0] for p in parts])
             order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
             a = a[order]
-            Sb = np.concatenate([p[2] for p in parts])[order]
-            size_b = np.concatenate([p[3] for p in parts])[order]
-            sq_b = np.concatenate([p[4] for p in parts])[order]
+            # the b's in a's order: rows taken chunk by chunk into the scratch rows, lists gathered in one pass
+            # (no sorted copy of the statistics, no int64 index per list entry: issue 23)
+            Sb = np.concatenate([p[2] for p in parts])
+            size_b = np.concatenate([p[3] for p in parts])
+            sq_b = np.concatenate([p[4] for p in parts])
             node_b = np.concatenate([p[5] for p in parts])[order]
             lens = np.concatenate([np.diff(p[6]) for p in parts])
             lists = np.concatenate([p[7] for p in parts])
-            ptr0 = np.concatenate(([0], np.cumsum(lens)))
-            lens = lens[order]
-            seg = np.repeat(ptr0[:-1][order], lens) + _ranges(lens)
-            b_nbr = lists[seg]
-            b_ptr = np.concatenate(([0], np.cumsum(lens)))
+            del parts
+            b_ptr, b_nbr = R.gather_segments(lists, lens, order)
+            del lists
             al = self._loc(a)
             node_a = self.node[al].copy()
             heights = np.empty(a.shape[0])
             sizes = np.empty(a.shape[0])
             for s0, s1 in iter_chunks(a.shape[0], PUSH_ROWS):
                 scr = self.m
-                self.S[scr:scr + s1 - s0] = Sb[s0:s1]
-                self.size[scr:scr + s1 - s0] = size_b[s0:s1]
-                self.sq[scr:scr + s1 - s0] = sq_b[s0:s1]
+                take = order[s0:s1]
+                self.S[scr:scr + s1 - s0] = Sb[take]
+                self.size[scr:scr + s1 - s0] = size_b[take]
+                self.sq[scr:scr + s1 - s0] = sq_b[take]
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
-            need = int(self.length[al].sum() + lens.sum())
+            del Sb, size_b, sq_b
+            need = int(self.length[al].sum() + b_ptr[-1])
             self._room(need)
             self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.end)
             self.dirty[al] = 1
@@ -538,16 +539,6 @@ class RacActor:
         state["nbr"] = full
         self.__dict__.update(state)
         return True
-
-
-def _ranges(lens: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(l) for l in lens])`` without the Python loop."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    ends = np.cumsum(lens)
-    idx = np.arange(total, dtype=np.int64)
-    return idx - np.repeat(ends - lens, lens)
 
 
 # ---------------------------------------------------------------- the driver
