@@ -583,10 +583,14 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     ----------
     source : RowSource
         The rows (for the statistics), read by the actors.
-    knn_chunks : list
+    knn_chunks : list or callable
         The graph as directed kNN lists (original row ids, -1 = none): items
         ``(row_start, lists (m, k) or an ObjectRef of them)``, or ObjectRefs of
-        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them.
+        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them;
+        or a callable that returns such a list, called at every build of the graph
+        (the first, and a restart that finds no checkpoint): the lists are then let
+        go as soon as the actors hold their graph, so they leave the object store
+        before the rounds (208 MB at 1M, k = 50), and the caller must hold none of them.
     n : int
     metric : {"cosine", "euclidean", "sqeuclidean"}
     n_actors : int
@@ -629,9 +633,13 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     # the kNN chunks as (first row id or None, ref): each actor reads every chunk where it lies and takes
     # its own entries (no task cuts them into pieces: no worker process left holding its memory, and no
     # pieces in the object store, 16 bytes per list entry; an actor on another node fetches 4)
-    items = [(None, it) if isinstance(it, ray.ObjectRef) else
-             (int(it[0]), it[1] if isinstance(it[1], ray.ObjectRef) else ray.put(np.asarray(it[1])))
-             for it in knn_chunks]
+    def chunk_items(chunks):
+        return [(None, it) if isinstance(it, ray.ObjectRef) else
+                (int(it[0]), it[1] if isinstance(it[1], ray.ObjectRef) else ray.put(np.asarray(it[1])))
+                for it in chunks]
+
+    fresh = callable(knn_chunks)
+    items = None if fresh else chunk_items(knn_chunks)
     if stats_dtype not in ("auto", "float64", "float32"):
         raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
 
@@ -643,19 +651,22 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     def build():
         """The symmetric graph from the kNN chunks, the statistics and the first linkages: round 0's state."""
         # two passes over the chunks (count, fill): the edges are read twice instead of held twice
+        its = chunk_items(knn_chunks()) if fresh else items
         for step in ("count", "fill"):
             if step == "fill":
                 ray.get([a.alloc.remote(slack, reserve) for a in actors])
             waits = []
-            for c in range(0, len(items), CHUNKS_PER_CALL):
-                batch = items[c:c + CHUNKS_PER_CALL]
+            for c in range(0, len(its), CHUNKS_PER_CALL):
+                batch = its[c:c + CHUNKS_PER_CALL]
                 starts = [it[0] for it in batch]
                 waits += [(a.count if step == "count" else a.fill_edges).remote(starts, *[it[1] for it in batch])
                           for a in actors]
+                del batch
                 if len(waits) > 2 * P:  # bounded in flight: a few calls per actor
                     ray.get(waits[:-P])
                     waits = waits[-P:]
             ray.get(waits)
+        del its  # a callable's lists: none held now, they leave the object store before the rounds
         edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
