@@ -63,6 +63,7 @@ import numpy as np
 
 from ..._validation import BatchalInputError, check_finite_block, iter_chunks
 from ...clustering import knn as L
+from ._session import trimmed
 
 #: Query rows per search batch: for IVF, (row, probe) entries per owner and round (a run of whole
 #: cells; one cell probed more often is a batch of its own); for flat, rows in 4,096-row chunks.
@@ -161,6 +162,7 @@ class KnnShard:
     def set_threads(self, nt: int):
         self.nt = max(1, int(nt))
 
+    @trimmed
     def load(self):
         """Read, check and prepare the shard's rows (errors surface here, naming the row)."""
         source, blocks, metric, chunk_rows = self.source, self.blocks, self.metric, self.chunk_rows
@@ -217,6 +219,7 @@ class KnnShard:
         return D, KEY
 
     # ------------------------------------------------------------------ IVF
+    @trimmed
     def assign(self, C, nprobe: int, n: int, queries=None, k: int = 0):
         """Cell and probes of the shard's rows, then the rows sorted by cell (stable).
 
@@ -288,6 +291,7 @@ class KnnShard:
             self.probes = np.ascontiguousarray(self.probes[:, :nprobe - 1]) if nprobe > 1 else None
         return self._probe_entries(nc)
 
+    @trimmed
     def split(self, cell_bounds):
         """This shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``; the shard is dropped.
 
@@ -306,6 +310,7 @@ class KnnShard:
         self.X = self.ids = self.probes = self.counts = None
         return _split_out(out)
 
+    @trimmed
     def receive(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, nlist: int, *pieces):
         """Own cells ``[c0, c1)``: lay the shards' pieces out in ``Xp`` order (positions ``s0 ..``)."""
         self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
@@ -341,6 +346,7 @@ class KnnShard:
             del order
         return m
 
+    @trimmed
     def own_cells(self):
         """Each owned cell against itself (the local builder's first pass) into the running lists."""
         from threadpoolctl import threadpool_limits
@@ -359,6 +365,7 @@ class KnnShard:
         self.PO = _pack_rows(I, self.s0, self.orig)
         return done
 
+    @trimmed
     def probe_queries(self, batches):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
@@ -382,6 +389,7 @@ class KnnShard:
             out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
         return _split_out(out)
 
+    @trimmed
     def search(self, j0: int, j1: int, *parts):
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
@@ -438,6 +446,7 @@ class KnnShard:
             a = b
         return _split_out(out)
 
+    @trimmed
     def fold(self, *results):
         """Fold the owners' lists for this actor's rows into their running lists (the local kernel)."""
         from ...clustering import _knn_kernels as KK
@@ -449,6 +458,7 @@ class KnnShard:
                 done += res[0].shape[0]
         return done
 
+    @trimmed
     def emit(self, a: int, b: int, with_distances: bool):
         """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally.
 
