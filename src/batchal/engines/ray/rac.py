@@ -41,16 +41,19 @@ import numpy as np
 
 from ..._validation import BatchalInputError, iter_chunks
 from ...clustering import _graph_kernels as K
+from ...clustering.graph import MERGE_SLACK
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
-from ._session import lost_worker
+from ._session import lost_worker, trim_heap
 
 #: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
 #: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows: at
 #: 1 << 16 and d = 64 the visits in flight held about 0.4 GB of the object store at 1M, issue 23).
 PUSH_ROWS = 1 << 14
+#: Merged pairs whose lists are united at a time (each group's room made first: a compaction between groups).
+UNION_ROWS = 1 << 12
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
@@ -94,7 +97,8 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
 
 
 def _busy(fn):
-    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds): the rest
+    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds), then give the
+    heap's free pages back (:func:`~._session.trim_heap`). The rest
     of a stage's wall time is the messages (fetching the arguments, storing the returns), the driver's
     scheduling and waiting. CPU seconds (all the actor's threads) stay comparable on a loaded machine."""
     import functools
@@ -105,6 +109,7 @@ def _busy(fn):
         try:
             return fn(self, *args)
         finally:
+            trim_heap()  # the method's freed temporaries leave the actor's resident memory
             w0, c0 = self.busy.get(fn.__name__, (0.0, 0.0))
             self.busy[fn.__name__] = (w0 + time.perf_counter() - t, c0 + time.process_time() - c)
 
@@ -196,7 +201,7 @@ class RacActor:
         # written: untouched pages of np.empty cost no memory, so growing the arena is
         # moving a bound, not a copy with old and new alive together (that copy took two
         # 10M actors past 21 GB, BENCHMARKS.md). realloc would copy here too (measured).
-        self.cap = max(int(nnz * self.slack) + 1, 16)
+        self.cap = max(int(nnz * self.slack) + self.m + 1, 16)  # the local merge's room: slack x E + n
         reserve = max(int(nnz * self.reserve) + 1, self.cap)
         self.nbr = np.empty(reserve, dtype=np.int32)
         self.nbr[:nnz] = self.raw[:nnz]
@@ -379,9 +384,13 @@ class RacActor:
                 self.sq[scr:scr + s1 - s0] = sq_b[take]
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
             del Sb, size_b, sq_b
-            need = int(self.length[al].sum() + b_ptr[-1])
-            self._room(need)
-            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.end)
+            # united a few thousand pairs at a time, as the local merge unites pair by pair: a compaction
+            # between two groups drops the lists they replaced, so the arena's touched room stays near
+            # slack x its edges (the whole round at once made it grow by a quarter, issue 23)
+            for s0, s1 in iter_chunks(a.shape[0], UNION_ROWS):
+                self._room(int(self.length[al[s0:s1]].sum() + b_ptr[s1] - b_ptr[s0]))
+                self.end = R.union_lists(al[s0:s1], a[s0:s1], b_ptr[s0:s1 + 1], b_nbr, self.start, self.length,
+                                         self.nbr, self.end)
             self.dirty[al] = 1
             self.stamp[al] = self.round
             self._unrank(al)  # ranked again by their visits (an empty list: no neighbour, no ranking)
@@ -575,7 +584,7 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
 
 
 def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
-            random_state=0, progress: bool = False, slack: float = 1.3, reserve: float = RESERVE, checkpoint=None,
+            random_state=0, progress: bool = False, slack: float = MERGE_SLACK, reserve: float = RESERVE, checkpoint=None,
             checkpoint_s: float = CHECKPOINT_EVERY_S, restarts: int = 2):
     """The average-linkage tree of a kNN graph, merged in RAC rounds over Ray actors.
 
@@ -597,9 +606,11 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     stats_dtype : {"auto", "float64", "float32"}
         As in the local engine (``auto``: float64 while n d 8 <= 512 MiB).
     slack, reserve : float
-        Each actor's merge lists start with room for ``slack`` x its edges and
-        grow (after a compaction) by a quarter, within ``reserve`` x its edges
-        without a copy; only the room used is ever resident.
+        Each actor's merge lists start with room for ``slack`` x its edges (the
+        local merge's ``MERGE_SLACK``, 1.05: at 1.3 the room the first rounds
+        touched was 70 MB more at 1M, issue 23) and grow (after a compaction) by
+        a quarter, within ``reserve`` x its edges without a copy; only the room
+        used is ever resident.
     checkpoint : JobCheckpoint, optional
         Where every actor's state is written after the first linkages and then
         between rounds every ``checkpoint_s`` seconds (0: every round), or less
