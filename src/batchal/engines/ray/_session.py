@@ -123,8 +123,9 @@ def trim_heap() -> None:
 
     An actor's numpy temporaries below glibc's mmap threshold (which rises to
     32 MB as large blocks are freed) come from the heap, whose freed pages stay
-    resident until trimmed: called after each actor method, at 300K rows it took
-    about 30 MB off each RAC actor at the HAC's peak (issue 23). A few ms a call.
+    resident until trimmed: called after every RAC actor method, at 300K rows it took
+    about 30 MB off each RAC actor at the HAC's peak (issue 23). Milliseconds a call
+    (it walks the heap's free chunks): for an actor's heavy methods, not its many small ones.
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -45,7 +45,7 @@ from ...clustering.graph import MERGE_SLACK
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
-from ._session import lost_worker, trim_heap
+from ._session import lost_worker, trimmed
 
 #: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
@@ -97,8 +97,7 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
 
 
 def _busy(fn):
-    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds), then give the
-    heap's free pages back (:func:`~._session.trim_heap`). The rest
+    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds). The rest
     of a stage's wall time is the messages (fetching the arguments, storing the returns), the driver's
     scheduling and waiting. CPU seconds (all the actor's threads) stay comparable on a loaded machine."""
     import functools
@@ -109,7 +108,6 @@ def _busy(fn):
         try:
             return fn(self, *args)
         finally:
-            trim_heap()  # the method's freed temporaries leave the actor's resident memory
             w0, c0 = self.busy.get(fn.__name__, (0.0, 0.0))
             self.busy[fn.__name__] = (w0 + time.perf_counter() - t, c0 + time.process_time() - c)
 
@@ -117,7 +115,12 @@ def _busy(fn):
 
 
 class RacActor:
-    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records."""
+    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records.
+
+    The graph's build and each round's rename, move and merge give the heap's free pages back when done
+    (:func:`~._session.trimmed`: their temporaries are the large ones); the many push, propose and match
+    calls do not (with a trim after every call their actor CPU seconds at 3M rose from 57 to 70, issue 23).
+    """
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
         self.rank = rank
@@ -166,6 +169,7 @@ class RacActor:
                 R.own_edges(I, rows, self.A, self.n, self.P, self.rank, fill, nbr, count_only)
 
     @_busy
+    @trimmed
     def count(self, starts, *lists):
         """Count this actor's entries of some kNN chunks (both directions), per owned cluster."""
         self._own_edges(starts, lists, self.counts, _NO_IDS, True)
@@ -183,12 +187,14 @@ class RacActor:
         return True
 
     @_busy
+    @trimmed
     def fill_edges(self, starts, *lists):
         """Append this actor's entries of some kNN chunks to its lists (after :meth:`count` and :meth:`alloc`)."""
         self._own_edges(starts, lists, self.fill, self.raw, False)
         return True
 
     @_busy
+    @trimmed
     def finish_graph(self):
         """Sort and dedupe every list (the symmetric graph), then leave room to grow."""
         uniq = np.zeros(self.m, dtype=np.int64)
@@ -213,6 +219,7 @@ class RacActor:
 
     # ------------------------------------------------------------ statistics
     @_busy
+    @trimmed
     def init_stats(self, source, code_cosine: bool):
         """Each owned row's statistics, prepared exactly as the local engine prepares them."""
         from ...clustering.knn import _prep_chunk
@@ -306,6 +313,7 @@ class RacActor:
         return self._sent(_split(owner_of(x, self.P, self.n), self.P, x, y), int(x.shape[0]))
 
     @_busy
+    @trimmed
     def rename(self, *inbox):
         """Confirmations in; each pair's larger id b tells the owners of its neighbours ``b -> a``."""
         for msg in inbox:
@@ -323,6 +331,7 @@ class RacActor:
         return self._sent(outs)
 
     @_busy
+    @trimmed
     def move(self, *inbox):
         """Apply the renames to the lists here; send each b's statistics and list to the owner of its a."""
         parts = [m for m in inbox if m is not None]
@@ -352,6 +361,7 @@ class RacActor:
         return self._sent(outs)
 
     @_busy
+    @trimmed
     def merge(self, *inbox):
         """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
         parts = [m for m in inbox if m is not None]
