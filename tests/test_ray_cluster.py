@@ -117,6 +117,26 @@ def test_rac_float32_statistics(ray_mod):
     np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
 
 
+def test_rac_takes_the_knn_lists_from_a_callable_once(ray_mod):
+    # a callable's lists are let go once the actors hold the graph (they leave the object store before the
+    # rounds); it is called again only by a restart that finds no checkpoint (test_ray_faults)
+    from batchal.engines.ray._sources import RowSource
+    from batchal.engines.ray.rac import ray_rac
+
+    X = _blobs(1500, 8, 15, seed=7)
+    Zl, _ = graph_linkage(X, metric="cosine", knn=8, knn_method="flat")
+    I = knn_graph(X, 8, metric="cosine", method="flat").indices
+    calls = []
+
+    def lists():
+        calls.append(1)
+        return [(a, ray_mod.put(np.ascontiguousarray(I[a:a + 500]))) for a in range(0, 1500, 500)]
+
+    Zr, info = ray_rac(RowSource.open(X, name="e", ray=ray_mod), lists, 1500, metric="cosine", n_actors=2)
+    assert len(calls) == 1 and info["restarts"] == 0
+    np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
+
+
 @pytest.mark.parametrize("metric,method,n", [("cosine", "flat", 3000), ("sqeuclidean", "ivf", 24000),
                                              ("euclidean", "ivf", 24000)])
 def test_knn_on_ray_equals_local(ray_mod, metric, method, n):

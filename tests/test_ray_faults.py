@@ -60,6 +60,17 @@ def test_a_killed_rac_actor_reloads_the_last_round(engine, pool, tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
+def test_a_killed_rac_actor_without_checkpoint_builds_the_graph_again(engine, pool):
+    # the kNN lists left the object store once the actors held the graph: with no checkpoint to reload,
+    # the restart runs the kNN stage again (deterministic) and builds the same graph
+    X, want = pool
+    killer = Killer("RacActor", 1.0, seed=4)
+    Z, info = engine.linkage(X, knn=10)
+    assert killer.join(), "no RAC actor was found to kill"
+    assert info["restarts"] == 1 and info["knn_reruns"] == 1 and info["checkpoints"] == 0
+    np.testing.assert_array_equal(canonical_tree(Z, X.shape[0]), want)
+
+
 def test_no_restarts_left_is_one_error_then_resume_gives_the_tree(engine, pool, tmp_path):
     from batchal.engines.base import StageFailed
 

@@ -124,6 +124,31 @@ class RayEngine(Engine):
                            nprobe=DEFAULT_NPROBE if nprobe is None else nprobe, nlist=nlist, centroids=centroids,
                            random_state=random_state, n_actors=self._actors(), progress=progress, **kw)
 
+    def _knn_stage(self, src, knn, metric, knn_method, nprobe, centroids, random_state, progress, restarts, ckpt,
+                   **kw):
+        """The kNN stage on actors, run again when one of its workers dies (it is deterministic), at most
+        ``restarts`` times: ``(chunks, info)``."""
+        from ...clustering.knn import DEFAULT_NPROBE
+        from .knn import ray_knn
+
+        for attempt in range(restarts + 1):
+            try:
+                chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
+                                        nprobe=DEFAULT_NPROBE if nprobe is None else nprobe,
+                                        centroids=centroids, random_state=random_state,
+                                        n_actors=self._actors(), progress=progress, keep_chunks=True, **kw)
+                break
+            except Exception as exc:
+                if not lost_worker(exc):
+                    raise
+                if attempt == restarts:
+                    raise StageFailed(
+                        f"a Ray worker of the kNN stage died ({type(exc).__name__}) and {restarts} "
+                        "restart(s) are spent; rerun" + (" with --resume" if ckpt is not None else "")
+                        + " to run the stage again") from None
+        kinfo["restarts"] = attempt  # the stage ran again from its start: it is deterministic
+        return chunks, kinfo
+
     def linkage(self, X, *, metric: str = "cosine", knn: int = 50, progress: bool = False, random_state=0,
                 nprobe: int | None = None, knn_method: str = "auto", stats_dtype: str = "auto", knn_indices=None,
                 centroids=None, checkpoint_dir=None, resume: bool = False, restarts: int = 2,
@@ -136,7 +161,10 @@ class RayEngine(Engine):
 
         A worker that dies (a process killed, a node lost) costs a restart: the
         kNN stage runs again (it is deterministic), the RAC actors reload their
-        last checkpoint; at most ``restarts`` times per stage, then one
+        last checkpoint (without one they build the graph again, from the kNN
+        lists of the checkpoint or the given ones or, since the lists leave the
+        object store once the actors hold the graph, from the kNN stage run
+        again: ``info["knn_reruns"]``); at most ``restarts`` times per stage, then one
         :class:`~batchal.engines.ray._session.StageFailed` error. With
         ``checkpoint_dir`` the completed kNN lists and every few RAC rounds are
         written there (atomically); ``resume=True`` continues a killed job of the
@@ -144,9 +172,7 @@ class RayEngine(Engine):
         directory is removed when the tree is complete.
         """
         from ...clustering.graph import _metric_code
-        from ...clustering.knn import DEFAULT_NPROBE
         from ._checkpoint import CHECKPOINT_EVERY_S, JobCheckpoint
-        from .knn import ray_knn
         from .rac import ray_rac
 
         ray = import_ray()
@@ -171,34 +197,34 @@ class RayEngine(Engine):
                 I = np.asarray(knn_indices)
                 if I.ndim != 2 or I.shape[0] != n:
                     raise BatchalInputError(f"knn_indices must be (n, k) with n = {n}; got shape {I.shape}")
-                chunks = [(a, ray.put(np.ascontiguousarray(I[a:a + (1 << 16)], dtype=np.int32)))
-                          for a in range(0, n, 1 << 16)]
             else:
-                for attempt in range(restarts + 1):
-                    try:
-                        chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
-                                                nprobe=DEFAULT_NPROBE if nprobe is None else nprobe,
-                                                centroids=centroids, random_state=random_state,
-                                                n_actors=self._actors(), progress=progress, keep_chunks=True, **kw)
-                        break
-                    except Exception as exc:
-                        if not lost_worker(exc):
-                            raise
-                        if attempt == restarts:
-                            raise StageFailed(
-                                f"a Ray worker of the kNN stage died ({type(exc).__name__}) and {restarts} "
-                                "restart(s) are spent; rerun" + (" with --resume" if ckpt is not None else "")
-                                + " to run the stage again") from None
-                kinfo["restarts"] = attempt  # the stage ran again from its start: it is deterministic
+                chunks, kinfo = self._knn_stage(src, knn, metric, knn_method, nprobe, centroids, random_state,
+                                                progress, restarts, ckpt, **kw)
                 info.update({f"knn_{k}": v for k, v in kinfo.items()})
                 info["knn"] = kinfo["prepare_s"] + kinfo["search_s"]
                 if ckpt is not None:
                     ckpt.save_knn(ray, chunks, n)
-            Z, rinfo = ray_rac(src, chunks, n, metric=metric, n_actors=self._actors(), stats_dtype=stats_dtype,
+            first = [] if knn_indices is not None else [chunks]
+            chunks = None
+            info["knn_reruns"] = 0
+
+            def knn_lists():
+                """The kNN lists for a build of the RAC graph: the stage's (once; the RAC stage lets them go
+                when its actors hold the graph), else the given ones, the checkpoint's or the stage again."""
+                if first:
+                    return first.pop()
+                lists = I if knn_indices is not None else ckpt.load_knn() if ckpt is not None else None
+                if lists is not None:
+                    return [(a, ray.put(np.ascontiguousarray(lists[a:a + (1 << 16)], dtype=np.int32)))
+                            for a in range(0, n, 1 << 16)]
+                info["knn_reruns"] += 1  # a RAC restart without checkpoint: the kNN stage is deterministic
+                return self._knn_stage(src, knn, metric, knn_method, nprobe, centroids, random_state, False,
+                                       restarts, None, **kw)[0]
+
+            Z, rinfo = ray_rac(src, knn_lists, n, metric=metric, n_actors=self._actors(), stats_dtype=stats_dtype,
                                random_state=random_state, progress=progress, checkpoint=ckpt,
                                checkpoint_s=CHECKPOINT_EVERY_S if checkpoint_s is None else checkpoint_s,
                                restarts=restarts)
-            del chunks
             if ckpt is not None:
                 ckpt.clean()
         info.update(rinfo)

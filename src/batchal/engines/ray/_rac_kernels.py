@@ -196,30 +196,43 @@ def gather_lists(xs, start, length, nbr):
 
 
 @njit(cache=True)
-def apply_renames(xl, old, new, start, length, nbr, topi, topw, topc, dirty):
-    """Rename ``old -> new`` in the list of local cluster ``xl`` (triples in any order).
+def apply_renames(xs, bs, as_, cnt, A, n, n_actors, start, length, nbr, topi, topw, topc, dirty):
+    """Rename ``b -> a`` in the lists of the clusters ``xs`` here, as :func:`renames_by_owner` groups them:
+    group ``g`` renames ``bs[g] -> as_[g]`` in the lists of its ``cnt[g]`` entries of ``xs`` (one inbox's
+    groups and entries follow each other in that order). Each entry's row is computed here (no per-entry
+    int64 rows and triples: at 1M they were about 100 MB an actor at once in the first round, issue 23)."""
+    m = xs.shape[0]
+    nx = length.shape[0]
+    bounds = np.zeros(nx + 1, dtype=np.int64)
+    for i in range(m):
+        bounds[((np.int64(xs[i]) * A) % n) // n_actors + 1] += 1
+    fill = _starts(bounds)
+    so = np.empty(m, dtype=bs.dtype)
+    sn = np.empty(m, dtype=as_.dtype)
+    i = 0
+    for g in range(bs.shape[0]):
+        for _ in range(cnt[g]):
+            x = ((np.int64(xs[i]) * A) % n) // n_actors
+            f = fill[x]
+            so[f] = bs[g]
+            sn[f] = as_[g]
+            fill[x] = f + 1
+            i += 1
+    _renames_sorted(bounds, so, sn, start, length, nbr, topi, topw, topc, dirty)
 
-    The triples are grouped by list (a counting sort) and each list's renames
-    sorted by old id (a few per list: insertion sort), then one pass over each
+
+@njit(cache=True)
+def _renames_sorted(bounds, so, sn, start, length, nbr, topi, topw, topc, dirty):
+    """Rename ``so -> sn`` in the list of each local cluster ``x`` (its renames ``bounds[x]:bounds[x + 1]``).
+
+    Each list's renames (grouped by list: :func:`apply_renames`) are sorted by old id (a few per list: insertion sort), then one pass over each
     touched list binary-searches its renames. The list stays unsorted (a renamed
     entry may now repeat one already there: the list is deduplicated when it is
     next visited). A renamed cluster (one that merged away) leaves the list's
     ranking, whose threshold stays: what was cut before still ranks after it.
     The cluster is marked dirty.
     """
-    m = xl.shape[0]
     nx = length.shape[0]
-    bounds = np.zeros(nx + 1, dtype=np.int64)
-    for i in range(m):
-        bounds[xl[i] + 1] += 1
-    fill = _starts(bounds)
-    so = np.empty(m, dtype=old.dtype)
-    sn = np.empty(m, dtype=new.dtype)
-    for i in range(m):
-        f = fill[xl[i]]
-        so[f] = old[i]
-        sn[f] = new[i]
-        fill[xl[i]] = f + 1
     for x in range(nx):
         i = bounds[x]
         j = bounds[x + 1]
@@ -257,6 +270,29 @@ def dedupe_lists(xs, gid, start, length, nbr):
         x = xs[i]
         s = start[x]
         length[x] = sort_dedupe(nbr, s, s + length[x], gid[x])
+
+
+@njit(cache=True)
+def gather_segments(lists, lens, order):
+    """The segments of ``lists`` (lengths ``lens``, one after the other) in the order ``order``: ``(ptr, out)``,
+    segment ``order[i]`` at ``out[ptr[i]:ptr[i + 1]]`` (in the dtype of ``lists``)."""
+    m = lens.shape[0]
+    at = np.empty(m + 1, dtype=np.int64)
+    at[0] = 0
+    for i in range(m):
+        at[i + 1] = at[i] + lens[i]
+    ptr = np.empty(m + 1, dtype=np.int64)
+    ptr[0] = 0
+    for i in range(m):
+        ptr[i + 1] = ptr[i] + lens[order[i]]
+    out = np.empty(ptr[m], dtype=lists.dtype)
+    for i in range(m):
+        r = order[i]
+        s = at[r]
+        t = ptr[i]
+        for e in range(lens[r]):
+            out[t + e] = lists[s + e]
+    return ptr, out
 
 
 @njit(cache=True)

@@ -63,6 +63,7 @@ import numpy as np
 
 from ..._validation import BatchalInputError, check_finite_block, iter_chunks
 from ...clustering import knn as L
+from ._session import trimmed
 
 #: Query rows per search batch: for IVF, (row, probe) entries per owner and round (a run of whole
 #: cells; one cell probed more often is a batch of its own); for flat, rows in 4,096-row chunks.
@@ -87,24 +88,32 @@ class _RowsView:
         rows = np.asarray(rows)
         starts = np.array([b.start for b in self.source.blocks])
         which = np.searchsorted(starts, rows, side="right") - 1
-        task = ray.remote(num_cpus=0.5)(_take)
+        # max_calls=1: each task's worker exits once it has returned, not left resident (idle, ~0.1 GB with
+        # what the read loaded) through the rest of the job (issue 23); so that few workers start (about
+        # a second each), a task reads several blocks: at most one task per CPU of the cluster
+        task = ray.remote(num_cpus=0.5, max_calls=1)(_take)
         src = ray.put(self.source)
+        js = np.unique(which)
+        T = min(js.shape[0], max(1, int(ray.cluster_resources().get("CPU", 1))))
+        groups = [js[t::T] for t in range(T)]
         refs, sels = [], []
-        for j in np.unique(which):
-            sel = np.flatnonzero(which == j)
-            b = self.source.blocks[j]
-            refs.append(task.remote(src, b, rows[sel] - b.start))
+        for g in groups:
+            sel = [np.flatnonzero(which == j) for j in g]
+            refs.append(task.remote(src, [self.source.blocks[j] for j in g],
+                                    [rows[q] - self.source.blocks[j].start for j, q in zip(g, sel)]))
             sels.append(sel)
         out = None
-        for sel, part in zip(sels, ray.get(refs)):
-            if out is None:
-                out = np.empty((rows.shape[0], part.shape[1]), dtype=part.dtype)
-            out[sel] = part
+        for sel, parts in zip(sels, ray.get(refs)):
+            for q, part in zip(sel, parts):
+                if out is None:
+                    out = np.empty((rows.shape[0], part.shape[1]), dtype=part.dtype)
+                out[q] = part
         return out
 
 
-def _take(source, block, local_rows):
-    return np.asarray(source.read(block))[local_rows]
+def _take(source, blocks, local_rows):
+    """``source``'s rows ``local_rows[i]`` of ``blocks[i]``, block by block."""
+    return [np.asarray(source.read(b))[r] for b, r in zip(blocks, local_rows)]
 
 
 def _split_out(out: list):
@@ -159,6 +168,7 @@ class KnnShard:
     def set_threads(self, nt: int):
         self.nt = max(1, int(nt))
 
+    @trimmed
     def load(self):
         """Read, check and prepare the shard's rows (errors surface here, naming the row)."""
         source, blocks, metric, chunk_rows = self.source, self.blocks, self.metric, self.chunk_rows
@@ -215,6 +225,7 @@ class KnnShard:
         return D, KEY
 
     # ------------------------------------------------------------------ IVF
+    @trimmed
     def assign(self, C, nprobe: int, n: int, queries=None, k: int = 0):
         """Cell and probes of the shard's rows, then the rows sorted by cell (stable).
 
@@ -286,6 +297,7 @@ class KnnShard:
             self.probes = np.ascontiguousarray(self.probes[:, :nprobe - 1]) if nprobe > 1 else None
         return self._probe_entries(nc)
 
+    @trimmed
     def split(self, cell_bounds):
         """This shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``; the shard is dropped.
 
@@ -304,6 +316,7 @@ class KnnShard:
         self.X = self.ids = self.probes = self.counts = None
         return _split_out(out)
 
+    @trimmed
     def receive(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, nlist: int, *pieces):
         """Own cells ``[c0, c1)``: lay the shards' pieces out in ``Xp`` order (positions ``s0 ..``)."""
         self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
@@ -339,6 +352,7 @@ class KnnShard:
             del order
         return m
 
+    @trimmed
     def own_cells(self):
         """Each owned cell against itself (the local builder's first pass) into the running lists."""
         from threadpoolctl import threadpool_limits
@@ -357,6 +371,7 @@ class KnnShard:
         self.PO = _pack_rows(I, self.s0, self.orig)
         return done
 
+    @trimmed
     def probe_queries(self, batches):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
@@ -380,6 +395,7 @@ class KnnShard:
             out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
         return _split_out(out)
 
+    @trimmed
     def search(self, j0: int, j1: int, *parts):
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
@@ -436,6 +452,7 @@ class KnnShard:
             a = b
         return _split_out(out)
 
+    @trimmed
     def fold(self, *results):
         """Fold the owners' lists for this actor's rows into their running lists (the local kernel)."""
         from ...clustering import _knn_kernels as KK
@@ -447,11 +464,14 @@ class KnnShard:
                 done += res[0].shape[0]
         return done
 
+    @trimmed
     def emit(self, a: int, b: int, with_distances: bool):
         """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally.
 
         The lists are sorted here, nearest first (ties by position): the folds kept them in any order.
+        The search is over: the rows and probes go first (at 3M, 0.4 GB an actor beside the emitted lists).
         """
+        self.X = self.probes = self.pe_order = self.pe_ptr = None
         from ...clustering import _knn_kernels as KK
 
         KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int64), np.empty((b - a, 0), np.float32), self.PO,

@@ -41,16 +41,19 @@ import numpy as np
 
 from ..._validation import BatchalInputError, iter_chunks
 from ...clustering import _graph_kernels as K
+from ...clustering.graph import MERGE_SLACK
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
-from ._session import lost_worker
+from ._session import lost_worker, trimmed
 
 #: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
 #: Clusters whose statistics travel in one push message (bounds the messages and the scratch rows: at
 #: 1 << 16 and d = 64 the visits in flight held about 0.4 GB of the object store at 1M, issue 23).
 PUSH_ROWS = 1 << 14
+#: Merged pairs whose lists are united at a time (each group's room made first: a compaction between groups).
+UNION_ROWS = 1 << 12
 #: Virtual room reserved for an actor's merge lists, in multiples of its edges (touched only as used).
 RESERVE = 2.5
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entry (K.make_room moves none)
@@ -94,7 +97,7 @@ def _split(dest: np.ndarray, n_actors: int, *arrays):
 
 
 def _busy(fn):
-    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds): the rest
+    """Count the seconds an actor spends inside ``fn`` (``RacActor.busy``: wall and CPU seconds). The rest
     of a stage's wall time is the messages (fetching the arguments, storing the returns), the driver's
     scheduling and waiting. CPU seconds (all the actor's threads) stay comparable on a loaded machine."""
     import functools
@@ -112,7 +115,12 @@ def _busy(fn):
 
 
 class RacActor:
-    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records."""
+    """One actor's clusters: statistics, neighbour lists, rankings of their best links, its merge records.
+
+    The graph's build and each round's rename, move and merge give the heap's free pages back when done
+    (:func:`~._session.trimmed`: their temporaries are the large ones); the many push, propose and match
+    calls do not (with a trim after every call their actor CPU seconds at 3M rose from 57 to 70, issue 23).
+    """
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
         self.rank = rank
@@ -161,6 +169,7 @@ class RacActor:
                 R.own_edges(I, rows, self.A, self.n, self.P, self.rank, fill, nbr, count_only)
 
     @_busy
+    @trimmed
     def count(self, starts, *lists):
         """Count this actor's entries of some kNN chunks (both directions), per owned cluster."""
         self._own_edges(starts, lists, self.counts, _NO_IDS, True)
@@ -178,12 +187,14 @@ class RacActor:
         return True
 
     @_busy
+    @trimmed
     def fill_edges(self, starts, *lists):
         """Append this actor's entries of some kNN chunks to its lists (after :meth:`count` and :meth:`alloc`)."""
         self._own_edges(starts, lists, self.fill, self.raw, False)
         return True
 
     @_busy
+    @trimmed
     def finish_graph(self):
         """Sort and dedupe every list (the symmetric graph), then leave room to grow."""
         uniq = np.zeros(self.m, dtype=np.int64)
@@ -196,7 +207,7 @@ class RacActor:
         # written: untouched pages of np.empty cost no memory, so growing the arena is
         # moving a bound, not a copy with old and new alive together (that copy took two
         # 10M actors past 21 GB, BENCHMARKS.md). realloc would copy here too (measured).
-        self.cap = max(int(nnz * self.slack) + 1, 16)
+        self.cap = max(int(nnz * self.slack) + self.m + 1, 16)  # the local merge's room: slack x E + n
         reserve = max(int(nnz * self.reserve) + 1, self.cap)
         self.nbr = np.empty(reserve, dtype=np.int32)
         self.nbr[:nnz] = self.raw[:nnz]
@@ -208,6 +219,7 @@ class RacActor:
 
     # ------------------------------------------------------------ statistics
     @_busy
+    @trimmed
     def init_stats(self, source, code_cosine: bool):
         """Each owned row's statistics, prepared exactly as the local engine prepares them."""
         from ...clustering.knn import _prep_chunk
@@ -301,6 +313,7 @@ class RacActor:
         return self._sent(_split(owner_of(x, self.P, self.n), self.P, x, y), int(x.shape[0]))
 
     @_busy
+    @trimmed
     def rename(self, *inbox):
         """Confirmations in; each pair's larger id b tells the owners of its neighbours ``b -> a``."""
         for msg in inbox:
@@ -318,15 +331,15 @@ class RacActor:
         return self._sent(outs)
 
     @_busy
+    @trimmed
     def move(self, *inbox):
         """Apply the renames to the lists here; send each b's statistics and list to the owner of its a."""
         parts = [m for m in inbox if m is not None]
-        if parts:
-            x = np.concatenate([p[0] for p in parts])
-            old = np.concatenate([np.repeat(p[1], p[3]) for p in parts])
-            new = np.concatenate([np.repeat(p[2], p[3]) for p in parts])
-            R.apply_renames(self._loc(x), old, new, self.start, self.length, self.nbr, self.topi, self.topw,
-                            self.topc, self.dirty)
+        if parts:  # the inboxes' groups in order: (entries x, b, a, count) as rename() sent them
+            x, bs, as_, cnt = (np.concatenate([p[i] for p in parts]) for i in range(4))
+            R.apply_renames(x, bs, as_, cnt, self.A, self.n, self.P, self.start, self.length, self.nbr, self.topi,
+                            self.topw, self.topc, self.dirty)
+            del x, bs, as_, cnt
         bl = self.bl
         a = self.partner[bl]
         dest = owner_of(a, self.P, self.n)
@@ -348,6 +361,7 @@ class RacActor:
         return self._sent(outs)
 
     @_busy
+    @trimmed
     def merge(self, *inbox):
         """Merge each arriving b into its a (exact linkage, summed statistics, united lists); start the push."""
         parts = [m for m in inbox if m is not None]
@@ -357,30 +371,36 @@ class RacActor:
             a = np.concatenate([p[0] for p in parts])
             order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
             a = a[order]
-            Sb = np.concatenate([p[2] for p in parts])[order]
-            size_b = np.concatenate([p[3] for p in parts])[order]
-            sq_b = np.concatenate([p[4] for p in parts])[order]
+            # the b's in a's order: rows taken chunk by chunk into the scratch rows, lists gathered in one pass
+            # (no sorted copy of the statistics, no int64 index per list entry: issue 23)
+            Sb = np.concatenate([p[2] for p in parts])
+            size_b = np.concatenate([p[3] for p in parts])
+            sq_b = np.concatenate([p[4] for p in parts])
             node_b = np.concatenate([p[5] for p in parts])[order]
             lens = np.concatenate([np.diff(p[6]) for p in parts])
             lists = np.concatenate([p[7] for p in parts])
-            ptr0 = np.concatenate(([0], np.cumsum(lens)))
-            lens = lens[order]
-            seg = np.repeat(ptr0[:-1][order], lens) + _ranges(lens)
-            b_nbr = lists[seg]
-            b_ptr = np.concatenate(([0], np.cumsum(lens)))
+            del parts
+            b_ptr, b_nbr = R.gather_segments(lists, lens, order)
+            del lists
             al = self._loc(a)
             node_a = self.node[al].copy()
             heights = np.empty(a.shape[0])
             sizes = np.empty(a.shape[0])
             for s0, s1 in iter_chunks(a.shape[0], PUSH_ROWS):
                 scr = self.m
-                self.S[scr:scr + s1 - s0] = Sb[s0:s1]
-                self.size[scr:scr + s1 - s0] = size_b[s0:s1]
-                self.sq[scr:scr + s1 - s0] = sq_b[s0:s1]
+                take = order[s0:s1]
+                self.S[scr:scr + s1 - s0] = Sb[take]
+                self.size[scr:scr + s1 - s0] = size_b[take]
+                self.sq[scr:scr + s1 - s0] = sq_b[take]
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
-            need = int(self.length[al].sum() + lens.sum())
-            self._room(need)
-            self.end = R.union_lists(al, a, b_ptr, b_nbr, self.start, self.length, self.nbr, self.end)
+            del Sb, size_b, sq_b
+            # united a few thousand pairs at a time, as the local merge unites pair by pair: a compaction
+            # between two groups drops the lists they replaced, so the arena's touched room stays near
+            # slack x its edges (the whole round at once made it grow by a quarter, issue 23)
+            for s0, s1 in iter_chunks(a.shape[0], UNION_ROWS):
+                self._room(int(self.length[al[s0:s1]].sum() + b_ptr[s1] - b_ptr[s0]))
+                self.end = R.union_lists(al[s0:s1], a[s0:s1], b_ptr[s0:s1 + 1], b_nbr, self.start, self.length,
+                                         self.nbr, self.end)
             self.dirty[al] = 1
             self.stamp[al] = self.round
             self._unrank(al)  # ranked again by their visits (an empty list: no neighbour, no ranking)
@@ -540,16 +560,6 @@ class RacActor:
         return True
 
 
-def _ranges(lens: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(l) for l in lens])`` without the Python loop."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    ends = np.cumsum(lens)
-    idx = np.arange(total, dtype=np.int64)
-    return idx - np.repeat(ends - lens, lens)
-
-
 # ---------------------------------------------------------------- the driver
 def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, random_state=0):
     """Join the clusters a graph left apart, as the local engine does, on their statistics alone.
@@ -584,7 +594,7 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
 
 
 def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
-            random_state=0, progress: bool = False, slack: float = 1.3, reserve: float = RESERVE, checkpoint=None,
+            random_state=0, progress: bool = False, slack: float = MERGE_SLACK, reserve: float = RESERVE, checkpoint=None,
             checkpoint_s: float = CHECKPOINT_EVERY_S, restarts: int = 2):
     """The average-linkage tree of a kNN graph, merged in RAC rounds over Ray actors.
 
@@ -592,19 +602,25 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     ----------
     source : RowSource
         The rows (for the statistics), read by the actors.
-    knn_chunks : list
+    knn_chunks : list or callable
         The graph as directed kNN lists (original row ids, -1 = none): items
         ``(row_start, lists (m, k) or an ObjectRef of them)``, or ObjectRefs of
-        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them.
+        ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them;
+        or a callable that returns such a list, called at every build of the graph
+        (the first, and a restart that finds no checkpoint): the lists are then let
+        go as soon as the actors hold their graph, so they leave the object store
+        before the rounds (208 MB at 1M, k = 50), and the caller must hold none of them.
     n : int
     metric : {"cosine", "euclidean", "sqeuclidean"}
     n_actors : int
     stats_dtype : {"auto", "float64", "float32"}
         As in the local engine (``auto``: float64 while n d 8 <= 512 MiB).
     slack, reserve : float
-        Each actor's merge lists start with room for ``slack`` x its edges and
-        grow (after a compaction) by a quarter, within ``reserve`` x its edges
-        without a copy; only the room used is ever resident.
+        Each actor's merge lists start with room for ``slack`` x its edges (the
+        local merge's ``MERGE_SLACK``, 1.05: at 1.3 the room the first rounds
+        touched was 70 MB more at 1M, issue 23) and grow (after a compaction) by
+        a quarter, within ``reserve`` x its edges without a copy; only the room
+        used is ever resident.
     checkpoint : JobCheckpoint, optional
         Where every actor's state is written after the first linkages and then
         between rounds every ``checkpoint_s`` seconds (0: every round), or less
@@ -638,9 +654,13 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     # the kNN chunks as (first row id or None, ref): each actor reads every chunk where it lies and takes
     # its own entries (no task cuts them into pieces: no worker process left holding its memory, and no
     # pieces in the object store, 16 bytes per list entry; an actor on another node fetches 4)
-    items = [(None, it) if isinstance(it, ray.ObjectRef) else
-             (int(it[0]), it[1] if isinstance(it[1], ray.ObjectRef) else ray.put(np.asarray(it[1])))
-             for it in knn_chunks]
+    def chunk_items(chunks):
+        return [(None, it) if isinstance(it, ray.ObjectRef) else
+                (int(it[0]), it[1] if isinstance(it[1], ray.ObjectRef) else ray.put(np.asarray(it[1])))
+                for it in chunks]
+
+    fresh = callable(knn_chunks)
+    items = None if fresh else chunk_items(knn_chunks)
     if stats_dtype not in ("auto", "float64", "float32"):
         raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
 
@@ -652,19 +672,22 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     def build():
         """The symmetric graph from the kNN chunks, the statistics and the first linkages: round 0's state."""
         # two passes over the chunks (count, fill): the edges are read twice instead of held twice
+        its = chunk_items(knn_chunks()) if fresh else items
         for step in ("count", "fill"):
             if step == "fill":
                 ray.get([a.alloc.remote(slack, reserve) for a in actors])
             waits = []
-            for c in range(0, len(items), CHUNKS_PER_CALL):
-                batch = items[c:c + CHUNKS_PER_CALL]
+            for c in range(0, len(its), CHUNKS_PER_CALL):
+                batch = its[c:c + CHUNKS_PER_CALL]
                 starts = [it[0] for it in batch]
                 waits += [(a.count if step == "count" else a.fill_edges).remote(starts, *[it[1] for it in batch])
                           for a in actors]
+                del batch
                 if len(waits) > 2 * P:  # bounded in flight: a few calls per actor
                     ray.get(waits[:-P])
                     waits = waits[-P:]
             ray.get(waits)
+        del its  # a callable's lists: none held now, they leave the object store before the rounds
         edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
