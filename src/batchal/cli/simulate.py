@@ -48,7 +48,7 @@ def simulate(
     trials: int = typer.Option(3, "--trials", min=1, help="repetitions with different seed sets (for the spread)"),
     model: Model = typer.Option(Model.logreg, "--model", help="logistic regression, or a torch MLP (needs torch)"),
     epochs: int = typer.Option(30, "--epochs", min=1, help="MLP: epochs per round (budget, full) or at most (early-stop)"),
-    training: Training = typer.Option(Training.budget, "--training", help="MLP: budget = every labeled row for max(--epochs epochs, --min-steps steps), learning rate decayed to 0 on a cosine (check a conclusion with both doubled); early-stop = epochs until a held-out 10% of the labeled set (at most 20,000 rows) stops improving for 3 epochs; full = exactly --epochs epochs at a constant learning rate"),
+    training: Training = typer.Option(Training.budget, "--training", help="MLP: budget = every labeled row for max(--epochs epochs, --min-steps steps), constant learning rate, the lowest-training-loss epoch kept (check a conclusion with both doubled); early-stop = epochs until a held-out 10% of the labeled set (at most 20,000 rows) stops improving for 3 epochs; full = exactly --epochs epochs at a constant learning rate"),
     min_steps: int = typer.Option(20_000, "--min-steps", min=0, help="MLP, budget rule: gradient steps per round at least (small labeled sets need more than --epochs epochs)"),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="logreg: start each round's fit from the previous round's coefficients (same optimum, fewer iterations)"),

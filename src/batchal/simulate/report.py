@@ -206,7 +206,7 @@ def summary_markdown(res) -> str:
         rule = {"early-stop": f"epochs until a held-out 10% of the labeled set stops improving, at most {cfg.epochs}",
                 "full": f"{cfg.epochs} full epochs, constant learning rate",
                 "budget": f"every labeled row for max({cfg.epochs} epochs, {getattr(cfg, 'min_steps', 0):,} steps), "
-                          "cosine-decayed learning rate"}.get(cfg.training, cfg.training)
+                          "constant learning rate"}.get(cfg.training, cfg.training)
         budget = f" (training `{cfg.training}`: {rule}{cap})"
     elif cfg.model == "logreg":
         budget = (f" ({'whitened' if getattr(cfg, 'whiten', False) else 'standardised'} input, "
