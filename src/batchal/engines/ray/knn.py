@@ -484,7 +484,7 @@ class KnnShard:
         KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int32), np.empty((b - a, 0), np.float32), self.PI,
                       self.K, True)
         P = self.PI[a:b]
-        qids, I = self.orig[a:b], np.where(P >= 0, pos2orig[np.maximum(P, 0)], -1).astype(np.int32, copy=False)
+        qids, I = self.orig[a:b].astype(np.int32), np.where(P >= 0, pos2orig[np.maximum(P, 0)], -1).astype(np.int32)
         if not with_distances:
             return qids, I
         D = self.K[a:b].copy()
