@@ -45,7 +45,7 @@ from ...clustering.graph import MERGE_SLACK
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
-from ._session import lost_worker, trimmed
+from ._session import fixed_mmap_threshold, lost_worker, trimmed
 
 #: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
@@ -123,6 +123,7 @@ class RacActor:
     """
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
+        fixed_mmap_threshold()
         self.rank = rank
         self.P = n_actors
         self.n = n
@@ -130,8 +131,12 @@ class RacActor:
         self.dtype = np.dtype(stats_dtype)
         # this actor's clusters: the ids whose permuted value is rank, rank + P, rank + 2 P, ... (row 0, 1, ...)
         self.A = _multiplier(n)
-        self.gid = (np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else \
-            np.arange(rank, n, n_actors, dtype=np.int64)
+        # cluster ids and tree nodes (below 2 n) in int32 where they fit: the per-cluster arrays are an actor's
+        # third largest part after its statistics and lists (9 of them, 36 bytes a cluster less: 54 MB an actor
+        # at 3M rows, issue 23)
+        self.idt = np.dtype(np.int32) if 2 * n < (1 << 31) else np.dtype(np.int64)
+        self.gid = ((np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else
+                    np.arange(rank, n, n_actors, dtype=np.int64)).astype(self.idt)
         self.m = self.gid.shape[0]
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
@@ -259,19 +264,19 @@ class RacActor:
                 self.sq[a:b] = np.einsum("ij,ij->i", blk, blk)
         self.alive = np.ones(self.m, dtype=bool)
         self.node = self.gid.copy()  # current tree node of each cluster (leaves: their row)
-        self.nn = np.full(self.m, -1, dtype=np.int64)
+        self.nn = np.full(self.m, -1, dtype=self.idt)
         self.dirty = np.zeros(self.m, dtype=np.uint8)
-        self.partner = np.full(self.m, -1, dtype=np.int64)
+        self.partner = np.full(self.m, -1, dtype=self.idt)
         # each cluster's certified ranking, as the local merge keeps it: its best TOP_M links (ids, linkages)
         # and a threshold (tw, ty) every other entry of its list ranks after; no weight per list entry
         M = K.TOP_M
-        self.topi = np.full((self.m, M), -1, dtype=np.int64)
+        self.topi = np.full((self.m, M), -1, dtype=self.idt)
         self.topw = np.full((self.m, M), np.inf)
-        self.topc = np.zeros(self.m, dtype=np.int64)
+        self.topc = np.zeros(self.m, dtype=np.int32)
         self.tw = np.full(self.m, np.inf)
-        self.ty = np.full(self.m, self.n, dtype=np.int64)
-        self.seen = np.zeros(self.m, dtype=np.int64)  # targets counted so far in a cluster's visit
-        self.stamp = np.full(self.m, -1, dtype=np.int64)  # the round a cluster last merged in
+        self.ty = np.full(self.m, self.n, dtype=self.idt)
+        self.seen = np.zeros(self.m, dtype=np.int32)  # targets counted so far in a cluster's visit
+        self.stamp = np.full(self.m, -1, dtype=np.int32)  # the round a cluster last merged in
         self.round = 0
         self.phase = None  # the visits under way: (round, kind)
         self.todo = np.empty(0, dtype=np.int64)
@@ -484,7 +489,7 @@ class RacActor:
                 self.sq[scr:scr + k] = sq_c
                 cnt = np.empty(k, dtype=np.int32)
                 kept = np.empty(k, dtype=np.int8)
-                ri = np.empty((k, M), dtype=np.int64)
+                ri = np.empty((k, M), dtype=self.idt)
                 rw = np.empty((k, M), dtype=np.float64)
                 R.visit_targets(c, scr, ptr, ys, self._loc(ys), self.S, self.size, self.sq, self.metric, update,
                                 self.stamp, self.round, self.topi, self.topw, self.topc, self.tw, self.ty,
