@@ -150,6 +150,19 @@ def test_knn_on_ray_equals_local(ray_mod, metric, method, n):
     np.testing.assert_array_equal(res.distances, local.distances)
 
 
+def test_knn_on_ray_exchange_in_pieces_equals_local(ray_mod, monkeypatch):
+    # the shard exchange in many small pieces (rows of a (shard, owner) split across rounds, two in flight)
+    from batchal.engines import get_engine
+    from batchal.engines.ray import knn as RK
+
+    monkeypatch.setattr(RK, "SEND_ROWS", 997)
+    X = _blobs(24000, 12, 120, seed=3)
+    local = knn_graph(X, 10, metric="sqeuclidean", method="ivf", nprobe=3)
+    res = get_engine("ray", num_actors=3).knn_graph(X, 10, metric="sqeuclidean", method="ivf", nprobe=3)
+    np.testing.assert_array_equal(res.indices, local.indices)
+    np.testing.assert_array_equal(res.distances, local.distances)
+
+
 def test_knn_on_ray_given_centroids_and_few_candidates(ray_mod):
     # tiny cells and nprobe=1: many queries have fewer than k + 1 candidates (the padding rule)
     from batchal.clustering.knn import _train_cells

@@ -252,7 +252,7 @@ def fold_lists(rows, I2, K2, I, K, order):
         them in the row's list yet (as for :func:`probe_fold`: the candidates of
         a probed cell that someone else searched).
     I, K : (n, k) the running lists (any order; -1 / -inf pad), updated; any
-        integer id dtype (the Ray search carries a packed (position, row id)).
+        integer id dtype.
     order : sort each list (key descending, then id): the last pass.
 
     The lists that :func:`probe_fold` gives when it computes the same candidates

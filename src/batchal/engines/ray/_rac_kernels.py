@@ -174,25 +174,23 @@ def renames_by_owner(bl, gid, partner, start, length, nbr, A, n, n_actors):
 
 @njit(cache=True)
 def gather_lists(xs, start, length, nbr):
-    """Entries of the lists of ``xs``: ``(position of the list in xs, neighbour id)`` per entry.
+    """The lists of ``xs``, one after the other (in the arena's dtype; the caller has their lengths).
 
-    int32 positions and ids in the arena's dtype: in a 10M pool's first round these
-    arrays hold a third of an actor's entries (8 bytes each in int64 cost 2 GB).
+    In a 10M pool's first round they hold a third of an actor's entries (8 bytes each in int64
+    cost 2 GB); no position per entry (4 bytes an entry more: 51 MB an actor in 3M's first round).
     """
     total = 0
     for i in range(xs.shape[0]):
         total += length[xs[i]]
-    who = np.empty(total, dtype=np.int32)
     ys = np.empty(total, dtype=nbr.dtype)
     t = 0
     for i in range(xs.shape[0]):
         x = xs[i]
         s = start[x]
         for e in range(s, s + length[x]):
-            who[t] = i
             ys[t] = nbr[e]
             t += 1
-    return who, ys
+    return ys
 
 
 @njit(cache=True)
@@ -273,26 +271,14 @@ def dedupe_lists(xs, gid, start, length, nbr):
 
 
 @njit(cache=True)
-def gather_segments(lists, lens, order):
-    """The segments of ``lists`` (lengths ``lens``, one after the other) in the order ``order``: ``(ptr, out)``,
-    segment ``order[i]`` at ``out[ptr[i]:ptr[i + 1]]`` (in the dtype of ``lists``)."""
-    m = lens.shape[0]
-    at = np.empty(m + 1, dtype=np.int64)
-    at[0] = 0
-    for i in range(m):
-        at[i + 1] = at[i] + lens[i]
-    ptr = np.empty(m + 1, dtype=np.int64)
-    ptr[0] = 0
-    for i in range(m):
-        ptr[i + 1] = ptr[i] + lens[order[i]]
-    out = np.empty(ptr[m], dtype=lists.dtype)
-    for i in range(m):
-        r = order[i]
-        s = at[r]
-        t = ptr[i]
-        for e in range(lens[r]):
-            out[t + e] = lists[s + e]
-    return ptr, out
+def copy_segments(src, src_ptr, rows, dst, dst_at):
+    """Segment ``rows[i]`` of ``src`` (``src[src_ptr[r]:src_ptr[r + 1]]``) to ``dst[dst_at[i]:]``."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        t = dst_at[i]
+        for e in range(src_ptr[r], src_ptr[r + 1]):
+            dst[t] = src[e]
+            t += 1
 
 
 @njit(cache=True)

@@ -118,6 +118,26 @@ def _malloc_trim():
         return None
 
 
+#: Blocks from this size on are mapped on their own by glibc's malloc, and unmapped when freed.
+MMAP_THRESHOLD = 1 << 20
+
+
+def fixed_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
+    """Fix glibc's mmap threshold at ``nbytes`` in this process (``mallopt``; elsewhere nothing).
+
+    glibc raises the threshold, up to 32 MB, each time a mapped block is freed, so
+    the many few-MB temporaries of a RAC actor's push, propose and match calls come
+    from the heap after the first rounds and their freed pages stay resident (those
+    calls are not trimmed: :func:`trim_heap` after each cost CPU). Fixed, they are
+    mapped and given back when freed; setting it also stops the trim threshold's rise.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD
+
+
 def trim_heap() -> None:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``; elsewhere nothing).
 

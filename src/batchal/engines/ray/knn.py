@@ -28,9 +28,12 @@ i.e. the same library and CPU family, on the workers as on the local machine):
 3. The cells are cut into one contiguous run per actor (about ``n / actors``
    rows each); every actor sends each owner its rows of the owner's cells, and
    the owner lays them out in ``Xp`` order (cell, then shard, then row), so it
-   owns a contiguous range of ``Xp`` positions: whole cells. An actor drops
-   its first shard once sent (the pieces pass through the object store), so
-   no process ever gathers more than about its share of the rows.
+   owns a contiguous range of ``Xp`` positions: whole cells. The rows travel in
+   pieces of :data:`SEND_ROWS` rows, two rounds in flight, each piece let go
+   once placed, so the object store never holds more than a few of them (it
+   keeps the pages it has used: sending the whole pool at once left 0.8 GB
+   resident at 3M rows, through the HAC too); an actor drops its first shard
+   once the exchange is over.
 4. Each owner searches its cells against themselves (as locally) into per-row
    top-k lists of (key, ``Xp`` position, original id).
 5. Probe rounds stream batches of whole cells: in a round every owner takes its
@@ -39,12 +42,14 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    cell; rows in ``Xp`` order), multiplies each by the cell's rows and keeps the
    best k per query row (numba kernels of :mod:`batchal.clustering._knn_kernels`);
    the lists go back to each row's owner, which folds them into the row's
-   running best k with the local list kernel (:func:`~batchal.clustering.
+   running best k (int32 ``Xp`` positions and float32 keys, 8 bytes an entry
+   as locally) with the local list kernel (:func:`~batchal.clustering.
    _knn_kernels.fold_lists`) under (key descending, ``Xp`` position
    ascending): the local builder's total order.
 6. Each owner sorts its rows' lists once (the folds keep them in any order, as
    the local passes before the last do); distances are computed with the local
-   builder's float32 operations, and the lists leave as ``(original row ids, lists, distances)``
+   builder's float32 operations, the positions become original row ids through
+   the driver's map of the ``Xp`` order (int32, n), and the lists leave as ``(original row ids, lists, distances)``
    chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
 
 Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
@@ -72,6 +77,8 @@ BATCH_ROWS = 1 << 15
 FLAT_STEP = 4096
 #: Rows per output chunk of an owner.
 EMIT_ROWS = 1 << 16
+#: Rows per piece of the shard exchange (per shard and owner; 16 MB at d = 64).
+SEND_ROWS = 1 << 16
 
 
 class _RowsView:
@@ -121,31 +128,16 @@ def _split_out(out: list):
     return tuple(out) if len(out) > 1 else out[0]
 
 
-def _pack(pos, orig):
-    """One int64 id per list entry: the ``Xp`` position (the order's tie-break) above the original row id.
-
-    The local list kernels carry one id per entry; packed, ascending ids are
-    ascending positions (both fit in 31 bits), so they order entries as the
-    local builder does and the original id rides along.
-    """
-    return np.where(pos >= 0, (pos.astype(np.int64) << 32) | orig.astype(np.int64), -1)
-
-
-def _pack_rows(I, s0: int, orig, step: int = 1 << 14):
-    """:func:`_pack` of local list positions ``I`` (-1 = none; ``Xp`` position ``s0 + I``, original id
-    ``orig[I]``), a block of rows at a time: the whole-array expression made five (m, k) int64
-    temporaries at once, about 1 GB per kNN actor at 1M rows (the peak of the Ray clustering's memory)."""
-    out = np.empty(I.shape, dtype=np.int64)
-    for a in range(0, I.shape[0], step):
-        b = min(I.shape[0], a + step)
-        blk = I[a:b]
-        out[a:b] = _pack(np.where(blk >= 0, blk + s0, -1), orig[np.maximum(blk, 0)])
-    return out
-
-
-def _unpack_orig(packed):
-    """The original row ids (int32, -1 for none) of packed ids."""
-    return np.where(packed >= 0, packed & 0xFFFFFFFF, -1).astype(np.int32)
+def _to_positions(I, s0: int, step: int = 1 << 14):
+    """Local list positions ``I`` (-1 = none) made ``Xp`` positions ``s0 + I`` in place, a block of rows at a
+    time (no (m, k) temporaries). The running lists keep these int32 positions (the order's tie-break, as the
+    local builder's ids) with float32 keys: 8 bytes an entry, as locally; :meth:`KnnShard.emit` maps them to
+    original row ids through the whole ``Xp`` order."""
+    if s0:
+        for a in range(0, I.shape[0], step):
+            blk = I[a:a + step]
+            np.add(blk, s0, out=blk, where=blk >= 0)
+    return I
 
 
 class KnnShard:
@@ -298,47 +290,61 @@ class KnnShard:
         return self._probe_entries(nc)
 
     @trimmed
-    def split(self, cell_bounds):
-        """This shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``; the shard is dropped.
+    def expect(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, counts):
+        """Own cells ``[c0, c1)`` (``Xp`` positions ``s0 ..``): room for their rows, which :meth:`take` fills.
 
-        Pieces ``(rows, ids, probes, rows per cell)`` (None when empty), one return per owner.
+        ``counts[s]``: shard ``s``'s rows in each owned cell. This actor's own shard is kept (for
+        :meth:`send`) until :meth:`settle`.
         """
-        ptr = np.concatenate(([0], np.cumsum(self.counts)))
-        out = []
-        for o in range(len(cell_bounds) - 1):
-            c0, c1 = int(cell_bounds[o]), int(cell_bounds[o + 1])
-            a, b = int(ptr[c0]), int(ptr[c1])
-            if b == a:
-                out.append(None)
-                continue
-            out.append((self.X[a:b], self.ids[a:b], None if self.probes is None else self.probes[a:b],
-                        self.counts[c0:c1]))
-        self.X = self.ids = self.probes = self.counts = None
-        return _split_out(out)
-
-    @trimmed
-    def receive(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, nlist: int, *pieces):
-        """Own cells ``[c0, c1)``: lay the shards' pieces out in ``Xp`` order (positions ``s0 ..``)."""
+        self.shard = (self.X, self.ids, self.probes, self.counts)
         self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
-        ncell = c1 - c0
-        cnts = [np.zeros(ncell, np.int64) if pc is None else np.asarray(pc[3], np.int64) for pc in pieces]
-        total = np.sum(cnts, axis=0) if cnts else np.zeros(ncell, np.int64)
+        counts = np.asarray(counts, np.int64).reshape(-1, c1 - c0)
+        total = counts.sum(axis=0)
         self.cptr = np.concatenate(([0], np.cumsum(total))).astype(np.int64)
         m = self.m = int(self.cptr[-1])
         self.X = np.empty((m, d), dtype=np.float32)
         self.orig = np.empty(m, dtype=np.int64)
         self.probes = np.empty((m, nprobe - 1), dtype=np.int32) if nprobe > 1 else None
-        before = np.zeros(ncell, np.int64)
-        for pc, c in zip(pieces, cnts):
+        # where each shard's rows of the owned cells go: Xp order is cell, then shard, then row
+        self.dest, before = [], np.zeros(c1 - c0, np.int64)
+        for c in counts:
+            first = np.concatenate(([0], np.cumsum(c)[:-1]))
+            self.dest.append(np.repeat(self.cptr[:-1] + before - first, c) + np.arange(int(c.sum())))
+            before += c
+        return m
+
+    def send(self, cell_bounds, lo: int, hi: int):
+        """Rows ``[lo, hi)`` of this shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``.
+
+        Pieces ``(rows, ids, probes)`` (None when empty), one return per owner: the rows travel in
+        bounded pieces, each let go once placed, so the object store never holds the whole pool.
+        """
+        X, ids, probes, counts = self.shard
+        ptr = np.concatenate(([0], np.cumsum(counts)))
+        out = []
+        for o in range(len(cell_bounds) - 1):
+            a, b = int(ptr[int(cell_bounds[o])]), int(ptr[int(cell_bounds[o + 1])])
+            a2, b2 = a + lo, min(b, a + hi)
+            out.append(None if b2 <= a2 else (X[a2:b2], ids[a2:b2], None if probes is None else probes[a2:b2]))
+        return _split_out(out)
+
+    def take(self, lo: int, *pieces):
+        """Place each shard's piece (its rows ``lo ..`` of the owned cells, :meth:`send`) in ``Xp`` order."""
+        for s, pc in enumerate(pieces):
             if pc is not None:
-                first = np.concatenate(([0], np.cumsum(c)[:-1]))
-                dest = np.repeat(self.cptr[:-1] + before - first, c) + np.arange(int(c.sum()))
+                dest = self.dest[s][lo:lo + pc[0].shape[0]]
                 self.X[dest] = pc[0]
                 self.orig[dest] = pc[1]
                 if self.probes is not None:
                     self.probes[dest] = pc[2]
-            before += c
-        del pieces
+        return 0
+
+    @trimmed
+    def settle(self, nlist: int):
+        """The exchange is over: the shard goes; the probe entries' index. Returns the owned rows' original
+        ids (int32), for the driver's map of ``Xp`` positions to row ids."""
+        self.shard = self.dest = None
+        m = self.m
         self.half = np.zeros(1, dtype=np.float32)
         if self.l2:  # as the local search computes them
             self.half = np.empty(m, dtype=np.float32)
@@ -350,7 +356,7 @@ class KnnShard:
             self.pe_ptr = np.searchsorted(flat[order], np.arange(nlist + 1))
             self.pe_order = order.astype(np.int32) if order.shape[0] < (1 << 31) else order
             del order
-        return m
+        return self.orig.astype(np.int32)
 
     @trimmed
     def own_cells(self):
@@ -368,7 +374,7 @@ class KnnShard:
         sizes = np.diff(cptr)
         with threadpool_limits(1, user_api="blas"):
             done = self._map(one, np.argsort(-sizes, kind="stable").tolist())
-        self.PO = _pack_rows(I, self.s0, self.orig)
+        self.PI = _to_positions(I, self.s0)
         return done
 
     @trimmed
@@ -400,7 +406,7 @@ class KnnShard:
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
 
-        Returns per actor ``(its local rows, keys, packed ids)`` (None when it sent nothing; :func:`_pack`).
+        Returns per actor ``(its local rows, keys, Xp positions)`` (None when it sent nothing).
         """
         from threadpoolctl import threadpool_limits
 
@@ -443,12 +449,11 @@ class KnnShard:
         groups.sort(key=lambda g: -g[1].shape[0] * int(cptr[g[0] - c0 + 1] - cptr[g[0] - c0]))
         with threadpool_limits(1, user_api="blas"):
             self._map(one, groups)
-        Rpo = _pack_rows(Rl, self.s0, self.orig)
-        del Rl
+        _to_positions(Rl, self.s0)
         out, a = [], 0
         for s in range(P):
             b = a + sizes[s]
-            out.append(None if b == a else (parts[s][1], Rk[a:b], Rpo[a:b]))
+            out.append(None if b == a else (parts[s][1], Rk[a:b], Rl[a:b]))
             a = b
         return _split_out(out)
 
@@ -460,13 +465,15 @@ class KnnShard:
         done = 0
         for res in results:
             if res is not None:
-                KK.fold_lists(res[0], res[2], res[1], self.PO, self.K, False)
+                KK.fold_lists(res[0], res[2], res[1], self.PI, self.K, False)
                 done += res[0].shape[0]
         return done
 
     @trimmed
-    def emit(self, a: int, b: int, with_distances: bool):
+    def emit(self, a: int, b: int, with_distances: bool, pos2orig):
         """``(original ids, lists in original ids[, distances])`` of owned rows ``[a, b)``, as locally.
+
+        ``pos2orig``: every ``Xp`` position's original row id (int32, n; the driver's, from :meth:`settle`).
 
         The lists are sorted here, nearest first (ties by position): the folds kept them in any order.
         The search is over: the rows and probes go first (at 3M, 0.4 GB an actor beside the emitted lists).
@@ -474,9 +481,10 @@ class KnnShard:
         self.X = self.probes = self.pe_order = self.pe_ptr = None
         from ...clustering import _knn_kernels as KK
 
-        KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int64), np.empty((b - a, 0), np.float32), self.PO,
+        KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int32), np.empty((b - a, 0), np.float32), self.PI,
                       self.K, True)
-        qids, I = self.orig[a:b], _unpack_orig(self.PO[a:b])
+        P = self.PI[a:b]
+        qids, I = self.orig[a:b].astype(np.int32), np.where(P >= 0, pos2orig[np.maximum(P, 0)], -1).astype(np.int32)
         if not with_distances:
             return qids, I
         D = self.K[a:b].copy()
@@ -689,10 +697,23 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
     csum = np.concatenate([np.zeros((P, 1), np.int64), np.cumsum(cnt, axis=1)], axis=1)
     owned = csum[:, cb[1:]] - csum[:, cb[:-1]]  # rows of shard s in owner o's cells
     info["cross_node_rows"] = int(sum(owned[s, o] for s in range(P) for o in range(P) if nodes[s] != nodes[o]))
-    pieces = [_call(a.split, P, cb) for a in actors]
-    ray.get([actors[o].receive.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr, nl,
-                                      *[pieces[s][o] for s in range(P)]) for o in range(P)])
-    del pieces
+    # the shard exchange (step 3) in pieces of SEND_ROWS rows per (shard, owner), at most two rounds in flight
+    ray.get([actors[o].expect.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr,
+                                     cnt[:, cb[o]:cb[o + 1]]) for o in range(P)])
+    pending = []
+    for lo in range(0, int(owned.max()) if owned.size else 0, SEND_ROWS):
+        pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS) for a in actors]
+        pending.append([actors[o].take.remote(lo, *[pieces[s][o] for s in range(P)]) for o in range(P)])
+        del pieces
+        if len(pending) > 1:
+            ray.get(pending.pop(0))
+    for p_ in pending:
+        ray.get(p_)
+    del pending
+    pos2orig = np.empty(n, dtype=np.int32)  # Xp position -> original row id, for the emitted lists
+    for o, orig in enumerate(ray.get([a.settle.remote(nl) for a in actors])):
+        pos2orig[cell_ptr[cb[o]]:cell_ptr[cb[o + 1]]] = orig
+    pos2orig = ray.put(pos2orig)
     t1 = time.perf_counter()
     info.update({"nlist": int(nl), "nprobe": npr, **extra, "train_s": t_assign - t_train,
                  "assign_s": t1 - t_assign, "prepare_s": t1 - t0})
@@ -715,7 +736,7 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
         while pending:
             bar.update(sum(ray.get(pending.pop(0))))
         sizes = np.diff(cell_ptr[cb])
-        refs = [actors[o].emit.remote(a, b, not keep_chunks) for o in range(P)
+        refs = [actors[o].emit.remote(a, b, not keep_chunks, pos2orig) for o in range(P)
                 for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
         if keep_chunks:  # stay in the object store; waited for, as the actors go away after the search
             if refs:

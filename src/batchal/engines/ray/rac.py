@@ -45,7 +45,7 @@ from ...clustering.graph import MERGE_SLACK
 from . import _rac_kernels as R
 from ._checkpoint import CHECKPOINT_EVERY_S
 from ..base import StageFailed
-from ._session import lost_worker, trimmed
+from ._session import fixed_mmap_threshold, lost_worker, trimmed
 
 #: CPUs an actor reserves: half, so tasks (the kNN stage's reads) can run beside one actor per CPU.
 ACTOR_CPUS = 0.5
@@ -123,6 +123,7 @@ class RacActor:
     """
 
     def __init__(self, rank: int, n_actors: int, n: int, metric_code: int, stats_dtype: str):
+        fixed_mmap_threshold()
         self.rank = rank
         self.P = n_actors
         self.n = n
@@ -130,8 +131,12 @@ class RacActor:
         self.dtype = np.dtype(stats_dtype)
         # this actor's clusters: the ids whose permuted value is rank, rank + P, rank + 2 P, ... (row 0, 1, ...)
         self.A = _multiplier(n)
-        self.gid = (np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else \
-            np.arange(rank, n, n_actors, dtype=np.int64)
+        # cluster ids and tree nodes (below 2 n) in int32 where they fit: the per-cluster arrays are an actor's
+        # third largest part after its statistics and lists (9 of them, 36 bytes a cluster less: 54 MB an actor
+        # at 3M rows, issue 23)
+        self.idt = np.dtype(np.int32) if 2 * n < (1 << 31) else np.dtype(np.int64)
+        self.gid = ((np.arange(rank, n, n_actors, dtype=np.int64) * pow(self.A, -1, n)) % n if n > 1 else
+                    np.arange(rank, n, n_actors, dtype=np.int64)).astype(self.idt)
         self.m = self.gid.shape[0]
         self.counts = np.zeros(self.m, dtype=np.int64)
         self.bytes_sent = 0
@@ -259,19 +264,19 @@ class RacActor:
                 self.sq[a:b] = np.einsum("ij,ij->i", blk, blk)
         self.alive = np.ones(self.m, dtype=bool)
         self.node = self.gid.copy()  # current tree node of each cluster (leaves: their row)
-        self.nn = np.full(self.m, -1, dtype=np.int64)
+        self.nn = np.full(self.m, -1, dtype=self.idt)
         self.dirty = np.zeros(self.m, dtype=np.uint8)
-        self.partner = np.full(self.m, -1, dtype=np.int64)
+        self.partner = np.full(self.m, -1, dtype=self.idt)
         # each cluster's certified ranking, as the local merge keeps it: its best TOP_M links (ids, linkages)
         # and a threshold (tw, ty) every other entry of its list ranks after; no weight per list entry
         M = K.TOP_M
-        self.topi = np.full((self.m, M), -1, dtype=np.int64)
+        self.topi = np.full((self.m, M), -1, dtype=self.idt)
         self.topw = np.full((self.m, M), np.inf)
-        self.topc = np.zeros(self.m, dtype=np.int64)
+        self.topc = np.zeros(self.m, dtype=np.int32)
         self.tw = np.full(self.m, np.inf)
-        self.ty = np.full(self.m, self.n, dtype=np.int64)
-        self.seen = np.zeros(self.m, dtype=np.int64)  # targets counted so far in a cluster's visit
-        self.stamp = np.full(self.m, -1, dtype=np.int64)  # the round a cluster last merged in
+        self.ty = np.full(self.m, self.n, dtype=self.idt)
+        self.seen = np.zeros(self.m, dtype=np.int32)  # targets counted so far in a cluster's visit
+        self.stamp = np.full(self.m, -1, dtype=np.int32)  # the round a cluster last merged in
         self.round = 0
         self.phase = None  # the visits under way: (round, kind)
         self.todo = np.empty(0, dtype=np.int64)
@@ -350,7 +355,7 @@ class RacActor:
                 outs.append(None)
                 continue
             bq = bl[sel]
-            _, lists = R.gather_lists(bq, self.start, self.length, self.nbr)
+            lists = R.gather_lists(bq, self.start, self.length, self.nbr)
             qptr = np.concatenate(([0], np.cumsum(self.length[bq])))
             outs.append((a[sel], self.gid[bq], self.S[bq], self.size[bq], self.sq[bq], self.node[bq], qptr, lists))
         self.alive[bl] = False
@@ -371,36 +376,40 @@ class RacActor:
             a = np.concatenate([p[0] for p in parts])
             order = np.argsort(a, kind="stable")  # merges numbered in id order: deterministic
             a = a[order]
-            # the b's in a's order: rows taken chunk by chunk into the scratch rows, lists gathered in one pass
-            # (no sorted copy of the statistics, no int64 index per list entry: issue 23)
-            Sb = np.concatenate([p[2] for p in parts])
-            size_b = np.concatenate([p[3] for p in parts])
-            sq_b = np.concatenate([p[4] for p in parts])
+            # the b's in a's order, each taken where it arrived (its part of the inbox, its row there): their
+            # statistics chunk by chunk into the scratch rows and their lists group by group, so no copy of
+            # the inbox's statistics or lists is made (at 3M rows, 0.15 GB an actor in the first round, issue 23)
+            src = np.concatenate([np.full(p[0].shape[0], i, np.int64) for i, p in enumerate(parts)])[order]
+            row = np.concatenate([np.arange(p[0].shape[0], dtype=np.int64) for p in parts])[order]
             node_b = np.concatenate([p[5] for p in parts])[order]
-            lens = np.concatenate([np.diff(p[6]) for p in parts])
-            lists = np.concatenate([p[7] for p in parts])
-            del parts
-            b_ptr, b_nbr = R.gather_segments(lists, lens, order)
-            del lists
+            lens = np.concatenate([np.diff(p[6]) for p in parts])[order]
+            b_at = np.concatenate(([0], np.cumsum(lens)))
             al = self._loc(a)
             node_a = self.node[al].copy()
             heights = np.empty(a.shape[0])
             sizes = np.empty(a.shape[0])
+            scr = self.m
             for s0, s1 in iter_chunks(a.shape[0], PUSH_ROWS):
-                scr = self.m
-                take = order[s0:s1]
-                self.S[scr:scr + s1 - s0] = Sb[take]
-                self.size[scr:scr + s1 - s0] = size_b[take]
-                self.sq[scr:scr + s1 - s0] = sq_b[take]
+                for i, p in enumerate(parts):
+                    sel = np.flatnonzero(src[s0:s1] == i)
+                    r = row[s0:s1][sel]
+                    self.S[scr + sel] = p[2][r]
+                    self.size[scr + sel] = p[3][r]
+                    self.sq[scr + sel] = p[4][r]
                 R.merge_pairs(al[s0:s1], scr, self.S, self.size, self.sq, self.metric, heights[s0:s1], sizes[s0:s1])
-            del Sb, size_b, sq_b
             # united a few thousand pairs at a time, as the local merge unites pair by pair: a compaction
             # between two groups drops the lists they replaced, so the arena's touched room stays near
             # slack x its edges (the whole round at once made it grow by a quarter, issue 23)
             for s0, s1 in iter_chunks(a.shape[0], UNION_ROWS):
-                self._room(int(self.length[al[s0:s1]].sum() + b_ptr[s1] - b_ptr[s0]))
-                self.end = R.union_lists(al[s0:s1], a[s0:s1], b_ptr[s0:s1 + 1], b_nbr, self.start, self.length,
-                                         self.nbr, self.end)
+                b_ptr = b_at[s0:s1 + 1] - b_at[s0]
+                b_nbr = np.empty(int(b_ptr[-1]), dtype=self.nbr.dtype)
+                for i, p in enumerate(parts):
+                    sel = np.flatnonzero(src[s0:s1] == i)
+                    R.copy_segments(p[7], p[6], row[s0:s1][sel], b_nbr, b_ptr[sel])
+                self._room(int(self.length[al[s0:s1]].sum() + b_ptr[-1]))
+                self.end = R.union_lists(al[s0:s1], a[s0:s1], b_ptr, b_nbr, self.start, self.length, self.nbr,
+                                         self.end)
+            del parts
             self.dirty[al] = 1
             self.stamp[al] = self.round
             self._unrank(al)  # ranked again by their visits (an empty list: no neighbour, no ranking)
@@ -480,7 +489,7 @@ class RacActor:
                 self.sq[scr:scr + k] = sq_c
                 cnt = np.empty(k, dtype=np.int32)
                 kept = np.empty(k, dtype=np.int8)
-                ri = np.empty((k, M), dtype=np.int64)
+                ri = np.empty((k, M), dtype=self.idt)
                 rw = np.empty((k, M), dtype=np.float64)
                 R.visit_targets(c, scr, ptr, ys, self._loc(ys), self.S, self.size, self.sq, self.metric, update,
                                 self.stamp, self.round, self.topi, self.topw, self.topc, self.tw, self.ty,
