@@ -56,23 +56,36 @@ from bench_cluster import CACHE, blobs_path  # noqa: E402
 OBJECT_STORE = 2 << 30
 
 
-class MemSampler(threading.Thread):
+class _StagedSampler(threading.Thread):
+    """A daemon sampling thread whose peaks are also kept per stage; ``stage(name)`` starts one."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = False
+        self.stages = {}
+        self.current = None
+
+    def _new_stage(self) -> dict:
+        raise NotImplementedError  # each sampler names the peaks it keeps per stage
+
+    def stage(self, name: str):
+        self.current = name
+        self.stages[name] = self._new_stage()
+
+
+class MemSampler(_StagedSampler):
     """Peak RSS per process (this one and every ``ray::`` worker) and of their sum, sampled every second.
 
     ``stage(name)`` starts a new stage: the peaks are also kept per stage.
     """
 
     def __init__(self):
-        super().__init__(daemon=True)
+        super().__init__()
         self.peak = {}
         self.peak_sum = 0
-        self.stop = False
-        self.stages = {}
-        self.current = None
 
-    def stage(self, name: str):
-        self.current = name
-        self.stages[name] = {"peak": {}, "peak_sum": 0}
+    def _new_stage(self) -> dict:
+        return {"peak": {}, "peak_sum": 0}
 
     def run(self):
         me = os.getpid()
@@ -103,7 +116,7 @@ class MemSampler(threading.Thread):
             time.sleep(1.0)
 
 
-class PssSampler(threading.Thread):
+class PssSampler(_StagedSampler):
     """Peak of the simultaneous memory of this process, its descendants and every ``ray::`` process.
 
     Each process counts its PSS without shared memory (``Pss - Pss_Shmem`` of
@@ -117,7 +130,7 @@ class PssSampler(threading.Thread):
     """
 
     def __init__(self, every: float = 0.25):
-        super().__init__(daemon=True)
+        super().__init__()
         self.every = every
         self.peak_pss = 0
         self.peak_pss_plain = 0
@@ -125,13 +138,9 @@ class PssSampler(threading.Thread):
         self.pss_at_peak = {}
         self.peak_per_process = {}
         self.samples = 0
-        self.stop = False
-        self.stages = {}
-        self.current = None
 
-    def stage(self, name: str):
-        self.current = name
-        self.stages[name] = {"peak_pss": 0}
+    def _new_stage(self) -> dict:
+        return {"peak_pss": 0}
 
     @staticmethod
     def _session(me: int) -> dict:
