@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("ray", reason="the ray engine's tests need ray (pip install \"batchal[ray]\")")
 
 from batchal.clustering.graph import graph_linkage
-from ray_util import Killer, SlowSoftmax, ray_engine, write_shards
+from ray_util import Killer, SlowSoftmax, own_workers, ray_engine, write_shards
 from test_ray_cluster import _blobs, canonical_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -60,13 +60,25 @@ def test_a_killed_rac_actor_reloads_the_last_round(engine, pool, tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
-def test_a_killed_rac_actor_without_checkpoint_builds_the_graph_again(engine, pool):
+def test_a_killed_rac_actor_without_checkpoint_builds_the_graph_again(engine, pool, monkeypatch):
     # the kNN lists left the object store once the actors held the graph: with no checkpoint to reload,
-    # the restart runs the kNN stage again (deterministic) and builds the same graph
+    # the restart runs the kNN stage again (deterministic) and builds the same graph. The kill lands after a
+    # round drawn at random (a timed kill can miss the stage: on a fast machine it is over in under a second)
+    from batchal.engines.ray import rac
+
     X, want = pool
-    killer = Killer("RacActor", 1.0, seed=4)
+    at = int(np.random.default_rng(4).integers(1, 6))
+    killed = []
+
+    def kill_once(rounds):
+        if rounds == at and not killed:
+            pid = int(np.random.default_rng(4).choice(own_workers("RacActor")))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    monkeypatch.setattr(rac, "_after_round", kill_once)
     Z, info = engine.linkage(X, knn=10)
-    assert killer.join(), "no RAC actor was found to kill"
+    assert killed, "no RAC actor was found to kill"
     assert info["restarts"] == 1 and info["knn_reruns"] == 1 and info["checkpoints"] == 0
     np.testing.assert_array_equal(canonical_tree(Z, X.shape[0]), want)
 

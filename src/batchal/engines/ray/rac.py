@@ -60,6 +60,9 @@ _NO_WEIGHTS = np.empty(0, dtype=np.float64)  # the lists keep no weight per entr
 _NO_IDS = np.empty(0, dtype=np.int32)  # R.own_edges counting: no arena
 #: kNN chunks per call of an actor's count / fill (what its node fetches at once).
 CHUNKS_PER_CALL = 4
+# Fault injection at a known moment: a callable(rounds completed) the driver runs after every RAC round, or
+# None. The tests kill an actor from it, since a timed kill misses a stage that is over in under a second.
+_after_round = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -753,6 +756,8 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
             push_all((st["rounds"], "merged"))  # the merged clusters' linkages, pushed to their neighbours
             push_all((st["rounds"], "revisit"))  # then the clusters whose ranking ran out, in full
             st["rounds"] += 1
+            if _after_round is not None:
+                _after_round(st["rounds"])
             st["merges_per_round"].append(int(sum(cnt)))
             st["bytes_per_round"].append(int(b1 - st["b0"]))
             st["b0"] = int(b1)
