@@ -215,6 +215,23 @@ def test_joint_multilabel_logreg_equals_per_class_sklearn():
         np.testing.assert_allclose(P[:, c], ref, atol=2e-3)
 
 
+def test_bce_kernel_matches_the_numpy_formula():
+    """The fused loss-and-residual kernel against the plain formula, at extreme logits too."""
+    from batchal.simulate._kernels import bce_residual
+
+    rng = np.random.default_rng(1)
+    Z = (rng.normal(size=(257, 33)) * 8).astype(np.float32)
+    Z[0, :3] = [80.0, -80.0, 0.0]
+    Y = (rng.random(Z.shape) < 0.2).astype(np.int8)
+    z, y = Z.astype(np.float64), Y.astype(np.float64)
+    want_loss = np.sum(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
+    want_res = 1.0 / (1.0 + np.exp(-z)) - y
+    R = Z.copy()
+    got = bce_residual(R, Y)
+    assert abs(got - want_loss) <= 1e-9 * want_loss
+    np.testing.assert_allclose(R, want_res, atol=1e-6)
+
+
 def test_mlp_early_stopping_holds_out_and_stops():
     pytest.importorskip("torch")
     from batchal.simulate.models import MLPModel

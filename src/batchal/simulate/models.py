@@ -202,8 +202,10 @@ class _JointSigmoid:
     def fit(self, X, Y, init=None):
         from scipy.optimize import minimize
 
+        from ._kernels import bce_residual
+
         X = np.ascontiguousarray(X, dtype=np.float32)
-        Y = np.asarray(Y, dtype=np.float32)
+        Y = np.ascontiguousarray(Y, dtype=np.int8)  # 0/1 (checked by the dataset); 4x smaller than float32
         n, d = X.shape
         C = Y.shape[1]
         w0 = np.zeros((d + 1, C)) if init is None else np.asarray(init, dtype=np.float64)
@@ -217,12 +219,10 @@ class _JointSigmoid:
             gb = np.zeros(C, dtype=np.float64)
             for a in range(0, n, self.chunk):
                 Z = X[a : a + self.chunk] @ W32 + b32
-                Yc = Y[a : a + self.chunk]
-                # BCE with logits, stable: max(z, 0) - z y + log(1 + exp(-|z|))
-                loss += float(np.sum(np.maximum(Z, 0) - Z * Yc + np.log1p(np.exp(-np.abs(Z)))))
-                R = 1.0 / (1.0 + np.exp(-Z)) - Yc
-                G += X[a : a + self.chunk].T @ R
-                gb += R.sum(0)
+                # the summed BCE with logits; Z becomes the residual sigmoid(Z) - Y
+                loss += bce_residual(Z, Y[a : a + self.chunk])
+                G += X[a : a + self.chunk].T @ Z
+                gb += Z.sum(0, dtype=np.float64)
             loss += 0.5 / self.C * float(np.sum(W[:d] ** 2))
             G += W[:d] / self.C
             # divided by n as scikit-learn does, so its tolerances mean the same here
