@@ -324,6 +324,46 @@ def figure(S: list[dict]) -> None:
     print(f"\nfigure: {FIGURES / 'scale_labels_saved.png'}")
 
 
+def headroom(args) -> int:
+    """How much of each configuration's curve is left after its first batch, and how far the specs part.
+
+    Where the first batch already brings random most of the way from the seed set to the whole-pool
+    model, no selection can save much after it: the saving of any spec is bounded by what is left, and
+    its ratio to margin's labels reads differences inside the trials' spread.
+    """
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import _by
+
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*_results.csv"))
+    if args.only:
+        names = [n for n in names if any(re.search(o, n) for o in args.only)]
+    print("| configuration | seed set -> whole pool | random after batch 1: share of its rise | labels where "
+          "random is first within 0.002 of the whole pool | recommended - margin, rounds 1-6 (min .. max) "
+          "| cluster-margin - margin (min .. max) |")
+    print("|---|---|---:|---:|---|---|")
+    for name in names:
+        rows, meta = _load(name)
+        have = meta["config"]["strategies"]
+        if "random" not in have or "margin" not in have:
+            continue
+        full = float(meta["full_pool_score"])
+        lab, R = _by(rows, "random")
+        r = np.nanmean(R, axis=1)
+        rise = r.max() - r[0]
+        near = np.flatnonzero(r >= full - 0.002)
+        m = np.nanmean(_by(rows, "margin")[1], axis=1)
+
+        def gap(spec):
+            if spec not in have:
+                return "—"
+            d = np.nanmean(_by(rows, spec)[1], axis=1)[1:] - m[1:]
+            return f"{d.min():+.4f} .. {d.max():+.4f}"
+
+        print(f"| {name} | {r[0]:.3f} -> {full:.3f} | {(r[1] - r[0]) / rise:.0%} | "
+              f"{f'{int(lab[near[0]]):,}' if near.size else 'never'} | {gap(RECOMMENDED)} | {gap('cluster-margin')} |")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -338,8 +378,10 @@ def main(argv=None) -> int:
     r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: further options for batchal simulate")
     t = sub.add_parser("table", help="the scale table (markdown) and figure from results/scale/")
     t.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
+    h = sub.add_parser("headroom", help="what each configuration's curve leaves after its first batch (markdown)")
+    h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     args = ap.parse_args(argv)
-    return run(args) if args.cmd == "run" else table(args)
+    return {"run": run, "table": table, "headroom": headroom}[args.cmd](args)
 
 
 if __name__ == "__main__":
