@@ -50,7 +50,9 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    the local passes before the last do); distances are computed with the local
    builder's float32 operations, the positions become original row ids through
    the driver's map of the ``Xp`` order (int32, n), and the lists leave as ``(original row ids, lists, distances)``
-   chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
+   chunks. For the Ray RAC (``keep_chunks``) they stay in the actors, sorted and
+   in original ids, and leave as ``(original row ids, lists)`` chunks when the
+   graph's build reads them (:class:`LiveLists`: twice, a few chunks at a time).
 
 Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
 / actors)) and one batch's queries and results. Rounds end together: an
@@ -500,6 +502,64 @@ class KnnShard:
         return qids, I, D
 
 
+    @trimmed
+    def finish_ids(self, pos2orig):
+        """The search is over: every owned row's list sorted (nearest first, ties by position) and its
+        positions made original row ids in place; the rows, probes and keys go. :meth:`emit_ids` then hands
+        out ``(original ids, lists)`` chunks, the same as :meth:`emit` without distances, as often as asked.
+
+        Held so, the lists reach the RAC actors' graph build chunk by chunk, once for its count pass and
+        once for its fill pass, instead of all sitting in the object store at once (whose resident pages
+        stay at their high-water mark: 0.67 GB at 3M rows through the whole HAC, issue 23). What an actor
+        keeps is 4 bytes a list entry (300 MB at 3M rows on 2 actors).
+        """
+        from ...clustering import _knn_kernels as KK
+
+        self.X = self.probes = self.pe_order = self.pe_ptr = self.half = None
+        for a, b in iter_chunks(self.m, EMIT_ROWS):
+            KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int32), np.empty((b - a, 0), np.float32),
+                          self.PI, self.K, True)
+            P = self.PI[a:b]
+            P[...] = np.where(P >= 0, pos2orig[np.maximum(P, 0)], -1)
+        self.K = None
+        self.qids, self.orig = self.orig.astype(np.int32), None
+        return self.m
+
+    def emit_ids(self, a: int, b: int):
+        """``(original ids, lists in original ids)`` of owned rows ``[a, b)``, after :meth:`finish_ids`."""
+        return self.qids[a:b], self.PI[a:b]
+
+
+class LiveLists:
+    """The kNN lists left in the search's live actors (:meth:`KnnShard.finish_ids`), emitted on demand.
+
+    :meth:`chunks` asks the actors for their lists chunk by chunk, anew at every call, as items
+    ``(None, ObjectRef of (row ids, lists))``: a reader that lets each chunk go once read (the RAC graph
+    build, twice: count and fill) keeps only a few of them in the object store at a time. :meth:`close`
+    ends the actors (the owner of this object must, once the lists are read).
+    """
+
+    def __init__(self, actors, spans):
+        self.actors = list(actors)
+        self.spans = spans  # (actor, first row, end row): the owners' chunks, interleaved
+
+    def __len__(self):
+        return len(self.spans)
+
+    def chunks(self):
+        for o, a, b in self.spans:
+            if not self.actors:
+                raise RuntimeError("the kNN actors were closed")
+            yield None, self.actors[o].emit_ids.remote(a, b)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
 def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *parts_and_results):
     """Flat: merge the shards' candidates of one query chunk and drop each query's own row, as locally.
 
@@ -586,14 +646,15 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     Parameters as :func:`batchal.clustering.knn.knn_graph`; ``centroids`` gives
     a trained coarse quantizer (nlist, d) instead of training one (with
     ``nprobe="auto"`` the estimate then draws from the random stream as if the
-    centroids had been trained here). With ``keep_chunks`` the lists stay in
-    the object store as ``(row ids, lists)`` chunks (what
-    :func:`batchal.engines.ray.rac.ray_rac` reads) instead of being gathered
-    into (n, k) arrays.
+    centroids had been trained here). With ``keep_chunks`` the lists are not
+    gathered into (n, k) arrays but kept for :func:`batchal.engines.ray.rac.ray_rac`:
+    IVF, in the live actors, which emit them chunk by chunk when read (a
+    :class:`LiveLists`; whoever reads it must :meth:`~LiveLists.close` it);
+    flat (small pools), as ``(row ids, lists)`` chunks in the object store.
 
     Returns
     -------
-    KNNResult (or, with ``keep_chunks``, ``(chunks, info)``).
+    KNNResult (or, with ``keep_chunks``, ``(LiveLists or chunks, info)``).
     """
     import ray
 
@@ -643,7 +704,11 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
         info = result[1] if keep_chunks else result.info
         info["actor_nodes"] = nodes  # where the actors ran (Ray node ids): several nodes, data crossed them
         info["nodes"] = len(set(nodes))
-    finally:
+    except BaseException:
+        for a in actors:
+            ray.kill(a)
+        raise
+    if not (keep_chunks and isinstance(result[0], LiveLists)):  # live lists: their reader ends the actors
         for a in actors:
             ray.kill(a)
     return result
@@ -736,13 +801,15 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
         while pending:
             bar.update(sum(ray.get(pending.pop(0))))
         sizes = np.diff(cell_ptr[cb])
-        refs = [actors[o].emit.remote(a, b, not keep_chunks, pos2orig) for o in range(P)
-                for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
-        if keep_chunks:  # stay in the object store; waited for, as the actors go away after the search
-            if refs:
-                ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        if keep_chunks:  # the lists stay in the actors, emitted chunk by chunk when read (LiveLists)
+            ray.get([a.finish_ids.remote(pos2orig) for a in actors])
+            spans = [[(o, a, b) for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)] for o in range(P)]
+            spans = [sp for t in range(max(map(len, spans), default=0)) for per in spans if t < len(per)
+                     for sp in [per[t]]]  # the owners' chunks interleaved: both emit while one pass reads
             info["search_s"] = time.perf_counter() - t1
-            return refs, info
+            return LiveLists(actors, spans), info
+        refs = [actors[o].emit.remote(a, b, True, pos2orig) for o in range(P)
+                for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
         I_all = np.empty((n, k), dtype=np.int32)
         D_all = np.empty((n, k), dtype=np.float32)
         for ref in refs:
