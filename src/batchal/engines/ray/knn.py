@@ -292,11 +292,12 @@ class KnnShard:
         return self._probe_entries(nc)
 
     @trimmed
-    def expect(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, counts):
+    def expect(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, counts, me: int = -1):
         """Own cells ``[c0, c1)`` (``Xp`` positions ``s0 ..``): room for their rows, which :meth:`take` fills.
 
         ``counts[s]``: shard ``s``'s rows in each owned cell. This actor's own shard is kept (for
-        :meth:`send`) until :meth:`settle`.
+        :meth:`send`) until :meth:`settle`. ``me``: this actor's shard; its rows of the owned cells are
+        placed here at once, not sent through the object store (see :meth:`send`).
         """
         self.shard = (self.X, self.ids, self.probes, self.counts)
         self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
@@ -313,18 +314,33 @@ class KnnShard:
             first = np.concatenate(([0], np.cumsum(c)[:-1]))
             self.dest.append(np.repeat(self.cptr[:-1] + before - first, c) + np.arange(int(c.sum())))
             before += c
+        if me >= 0:  # this shard's own rows of the owned cells: where they lie already
+            X, ids, probes, cnt = self.shard
+            ptr = np.concatenate(([0], np.cumsum(cnt)))
+            a, b = int(ptr[c0]), int(ptr[c1])
+            for lo in range(a, b, SEND_ROWS):  # in pieces, as received: no (rows, d) temporary of the whole
+                hi = min(b, lo + SEND_ROWS)
+                self.take(lo - a, *[(X[lo:hi], ids[lo:hi], None if probes is None else probes[lo:hi])
+                                    if s == me else None for s in range(len(self.dest))])
         return m
 
-    def send(self, cell_bounds, lo: int, hi: int):
+    def send(self, cell_bounds, lo: int, hi: int, me: int = -1):
         """Rows ``[lo, hi)`` of this shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``.
 
         Pieces ``(rows, ids, probes)`` (None when empty), one return per owner: the rows travel in
         bounded pieces, each let go once placed, so the object store never holds the whole pool.
+        None for owner ``me`` (this actor: :meth:`expect` placed those rows). The object store keeps
+        the pages it has used and takes seconds to reuse freed ones, so what passes through it in
+        a short while stays resident: at 3M rows on 2 actors the whole exchange left 0.67 GB, through
+        the HAC too (issue 23); each actor's own rows, half of it there, no longer pass.
         """
         X, ids, probes, counts = self.shard
         ptr = np.concatenate(([0], np.cumsum(counts)))
         out = []
         for o in range(len(cell_bounds) - 1):
+            if o == me:
+                out.append(None)
+                continue
             a, b = int(ptr[int(cell_bounds[o])]), int(ptr[int(cell_bounds[o + 1])])
             a2, b2 = a + lo, min(b, a + hi)
             out.append(None if b2 <= a2 else (X[a2:b2], ids[a2:b2], None if probes is None else probes[a2:b2]))
@@ -379,42 +395,53 @@ class KnnShard:
         self.PI = _to_positions(I, self.s0)
         return done
 
+    def _probe_piece(self, bt):
+        """This actor's rows probing the cells ``bt = [j0, j1)`` (or None): see :meth:`probe_queries`."""
+        if bt is None or self.probes is None:
+            return None
+        npr = self.p - 1
+        f = self.pe_order[self.pe_ptr[bt[0]]:self.pe_ptr[bt[1]]].astype(np.int64)
+        if f.shape[0] == 0:
+            return None
+        rows = f // npr
+        thr = self.K[rows].min(axis=1)
+        return self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr
+
     @trimmed
-    def probe_queries(self, batches):
+    def probe_queries(self, batches, me: int = -1):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
         Pieces ``(rows (e, d), local row, probe rank, probed cell, threshold)``, by cell then row; the
         threshold is the row's current k-th best key (its smallest: the running lists are kept in any
         order until :meth:`emit`; -inf while it has fewer than k): the owner's search keeps only
         candidates at least as near, as the local search starts from the row's best k.
+
+        None for owner ``me`` (this actor): its :meth:`search` makes that piece itself (the same
+        numbers: nothing runs on this actor between the two calls) instead of reading it from the
+        object store.
         """
-        out = []
-        npr = self.p - 1
-        for bt in batches:
-            if bt is None or self.probes is None:
-                out.append(None)
-                continue
-            f = self.pe_order[self.pe_ptr[bt[0]]:self.pe_ptr[bt[1]]].astype(np.int64)
-            if f.shape[0] == 0:
-                out.append(None)
-                continue
-            rows = f // npr
-            thr = self.K[rows].min(axis=1)
-            out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
-        return _split_out(out)
+        return _split_out([None if o == me else self._probe_piece(bt) for o, bt in enumerate(batches)])
 
     @trimmed
-    def search(self, j0: int, j1: int, *parts):
+    def search(self, j0: int, j1: int, me: int, *parts):
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
 
-        Returns per actor ``(its local rows, keys, Xp positions)`` (None when it sent nothing).
+        Returns per actor ``(its local rows, keys, Xp positions)`` (None when it sent nothing). With
+        ``me >= 0`` this actor is actor ``me``: its own piece is made here (``parts[me]`` is None, see
+        :meth:`probe_queries`) and its own rows' lists are folded here (its return there is None), so
+        neither passes through the object store.
         """
         from threadpoolctl import threadpool_limits
 
         from ...clustering import _knn_kernels as KK
 
+        if me >= 0:
+            parts = list(parts)
+            parts[me] = self._probe_piece((j0, j1))
         P = len(parts)
+        if not any(pc is not None for pc in parts):
+            return _split_out([None] * P)
         sizes = [0 if pc is None else pc[1].shape[0] for pc in parts]
         live = [pc for pc in parts if pc is not None]
         k, npr, cap = self.k, self.p - 1, L.BUFFER_PER_K * self.k
@@ -457,6 +484,9 @@ class KnnShard:
             b = a + sizes[s]
             out.append(None if b == a else (parts[s][1], Rk[a:b], Rl[a:b]))
             a = b
+        if me >= 0 and out[me] is not None:  # this actor's own rows: folded here (fold gets None for them)
+            KK.fold_lists(out[me][0], out[me][2], out[me][1], self.PI, self.K, False)
+            out[me] = None
         return _split_out(out)
 
     @trimmed
@@ -763,11 +793,13 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
     owned = csum[:, cb[1:]] - csum[:, cb[:-1]]  # rows of shard s in owner o's cells
     info["cross_node_rows"] = int(sum(owned[s, o] for s in range(P) for o in range(P) if nodes[s] != nodes[o]))
     # the shard exchange (step 3) in pieces of SEND_ROWS rows per (shard, owner), at most two rounds in flight
+    # (each actor's own rows of its own cells are placed by expect: they do not pass through the store)
     ray.get([actors[o].expect.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr,
-                                     cnt[:, cb[o]:cb[o + 1]]) for o in range(P)])
+                                     cnt[:, cb[o]:cb[o + 1]], o) for o in range(P)])
     pending = []
-    for lo in range(0, int(owned.max()) if owned.size else 0, SEND_ROWS):
-        pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS) for a in actors]
+    sent = owned[~np.eye(P, dtype=bool)] if P > 1 else np.zeros(0, np.int64)
+    for lo in range(0, int(sent.max()) if sent.size else 0, SEND_ROWS):
+        pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS, s) for s, a in enumerate(actors)]
         pending.append([actors[o].take.remote(lo, *[pieces[s][o] for s in range(P)]) for o in range(P)])
         del pieces
         if len(pending) > 1:
@@ -791,8 +823,9 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
         pending = []
         for t in range(rounds):
             bl = [b[t] if t < len(b) else None for b in batches]
-            qs = [_call(a.probe_queries, P, bl) for a in actors]
-            res = {o: _call(actors[o].search, P, *bl[o], *[qs[s][o] for s in range(P)])
+            # an actor's own queries and lists stay in it (search makes and folds them): not through the store
+            qs = [_call(a.probe_queries, P, bl, s) for s, a in enumerate(actors)]
+            res = {o: _call(actors[o].search, P, *bl[o], o, *[qs[s][o] for s in range(P)])
                    for o in range(P) if bl[o] is not None}
             pending.append([actors[s].fold.remote(*[r[s] for r in res.values()]) for s in range(P)])
             del qs, res
