@@ -81,6 +81,11 @@ FLAT_STEP = 4096
 EMIT_ROWS = 1 << 16
 #: Rows per piece of the shard exchange (per shard and owner; 16 MB at d = 64).
 SEND_ROWS = 1 << 16
+#: Least seconds per round of the shard exchange. A raylet deletes released objects in batches, once a
+#: second (Ray's ``free_objects_period_milliseconds``), and the object store keeps every page it has used:
+#: pieces sent faster than that all stay resident (at 3M rows the exchange, 0.4 GB across 2 actors, went
+#: through in a couple of seconds and set the store's high-water mark for the whole job, issue 23).
+SEND_ROUND_S = 0.5
 
 
 class _RowsView:
@@ -798,12 +803,15 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
                                      cnt[:, cb[o]:cb[o + 1]], o) for o in range(P)])
     pending = []
     sent = owned[~np.eye(P, dtype=bool)] if P > 1 else np.zeros(0, np.int64)
+    last = time.perf_counter()
     for lo in range(0, int(sent.max()) if sent.size else 0, SEND_ROWS):
         pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS, s) for s, a in enumerate(actors)]
         pending.append([actors[o].take.remote(lo, *[pieces[s][o] for s in range(P)]) for o in range(P)])
         del pieces
         if len(pending) > 1:
             ray.get(pending.pop(0))
+            time.sleep(max(0.0, SEND_ROUND_S - (time.perf_counter() - last)))  # let the raylet free them
+            last = time.perf_counter()
     for p_ in pending:
         ray.get(p_)
     del pending
