@@ -86,7 +86,8 @@ def test_a_killed_rac_actor_without_checkpoint_builds_the_graph_again(engine, po
 def test_a_knn_actor_killed_while_the_graph_build_reads_its_lists(engine, pool, monkeypatch):
     # the kNN lists stay in the kNN stage's live actors until the RAC actors hold the graph (LiveLists): a
     # kNN actor killed while the build reads them costs a RAC restart, which without a checkpoint runs the
-    # (deterministic) kNN stage again; the kill lands as the count pass asks for its second chunk
+    # (deterministic) kNN stage again; the kill lands as the count pass asks for its first chunk (an array is
+    # one block: one kNN actor)
     from batchal.engines.ray import knn as RK
 
     X, want = pool
@@ -95,7 +96,7 @@ def test_a_knn_actor_killed_while_the_graph_build_reads_its_lists(engine, pool, 
 
     def chunks(self):
         for i, item in enumerate(real(self)):
-            if i == 1 and not killed:
+            if i == 0 and not killed:
                 pid = int(np.random.default_rng(5).choice(own_workers("KnnShard")))
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
