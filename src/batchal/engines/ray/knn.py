@@ -30,9 +30,11 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    the owner lays them out in ``Xp`` order (cell, then shard, then row), so it
    owns a contiguous range of ``Xp`` positions: whole cells. The rows travel in
    pieces of :data:`SEND_ROWS` rows, two rounds in flight, each piece let go
-   once placed, so the object store never holds more than a few of them (it
-   keeps the pages it has used: sending the whole pool at once left 0.8 GB
-   resident at 3M rows, through the HAC too); an actor drops its first shard
+   once placed, rounds at least :data:`SEND_ROUND_S` apart (the raylet deletes
+   released objects once a second), so the object store never holds more than
+   a few of them (it keeps the pages it has used: sending the whole pool at
+   once left 0.8 GB resident at 3M rows, through the HAC too); an actor's own
+   rows of its own cells do not travel at all. An actor drops its first shard
    once the exchange is over.
 4. Each owner searches its cells against themselves (as locally) into per-row
    top-k lists of (key, ``Xp`` position, original id).
@@ -41,7 +43,8 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    (with the probe rank); the owner forms the local builder's groups (rank,
    cell; rows in ``Xp`` order), multiplies each by the cell's rows and keeps the
    best k per query row (numba kernels of :mod:`batchal.clustering._knn_kernels`);
-   the lists go back to each row's owner, which folds them into the row's
+   the lists go back to each row's owner (an actor's own rows' queries and
+   lists stay in it, not through the object store), which folds them into the row's
    running best k (int32 ``Xp`` positions and float32 keys, 8 bytes an entry
    as locally) with the local list kernel (:func:`~batchal.clustering.
    _knn_kernels.fold_lists`) under (key descending, ``Xp`` position
