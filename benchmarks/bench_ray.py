@@ -3,14 +3,14 @@
 Every case runs in its own process; two sampler threads record its memory:
 
 * ``peak_sum`` (the figure of the earlier runs): once a second, the resident
-  memory (VmRSS) of that process and of every Ray worker process (``ray::...``);
+  memory (VmRSS) of that process and of every Ray worker process it started (``ray::...``);
   the peak of each process and the peak of their sum. It counts a page that
   several processes map (the object store's shared memory, the memory-mapped
   ``.npy``) once per process, and leaves out Ray's own processes (raylet, GCS,
   agents).
 * ``peak_pss`` (issue 23): every 0.25 s, the memory of the whole session at
   that moment: this process and all its descendants (raylet, GCS, Ray's
-  agents, every worker and actor) plus any ``ray::`` process, each counted at
+  agents, every worker and actor; not another job's Ray), each counted at
   its proportional set size without shared memory (``Pss - Pss_Shmem`` of
   ``/proc/PID/smaps_rollup``: a file page mapped by several processes is split
   among them), plus the object store's shared-memory file once, at its
@@ -91,14 +91,13 @@ class MemSampler(_StagedSampler):
         me = os.getpid()
         while not self.stop:
             total = 0
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
+            # this process and its ray:: workers (descendants only: not another job's Ray on the machine)
+            for pid, name in PssSampler._session(me).items():
+                if pid != me and not name.startswith("ray::"):
                     continue
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as fh:
                         cmd = fh.read().split(b"\0")[0].decode(errors="replace")
-                    if int(pid) != me and not cmd.startswith("ray::"):
-                        continue
                     with open(f"/proc/{pid}/status") as fh:
                         rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
                 except (OSError, StopIteration, ValueError):
@@ -117,7 +116,7 @@ class MemSampler(_StagedSampler):
 
 
 class PssSampler(_StagedSampler):
-    """Peak of the simultaneous memory of this process, its descendants and every ``ray::`` process.
+    """Peak of the simultaneous memory of this process and its descendants (Ray's processes, workers, actors).
 
     Each process counts its PSS without shared memory (``Pss - Pss_Shmem`` of
     ``smaps_rollup``: private pages, and file pages split among the processes that
@@ -138,13 +137,15 @@ class PssSampler(_StagedSampler):
         self.pss_at_peak = {}
         self.peak_per_process = {}
         self.samples = 0
+        self.timeline = {}
+        self.t0 = time.perf_counter()
 
     def _new_stage(self) -> dict:
         return {"peak_pss": 0}
 
     @staticmethod
     def _session(me: int) -> dict:
-        """pid -> name of this process, its descendants and every ``ray::`` process."""
+        """pid -> name of this process and its descendants (the raylet's workers and actors among them)."""
         parent, cmds = {}, {}
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -167,7 +168,7 @@ class PssSampler(_StagedSampler):
                     inside = True
                     break
                 q = parent.get(q, 0)
-            if not inside and not first.startswith("ray::"):
+            if not inside:  # another job's Ray on the machine (a CI run beside this one) is not this session
                 continue
             if pid == me:
                 name = "driver"
@@ -230,13 +231,20 @@ class PssSampler(_StagedSampler):
             st = self.stages.get(self.current)
             if st is not None:
                 st["peak_pss"] = max(st["peak_pss"], total)
+            # every 5 s: the highest total and object store of that window, and the actors alive
+            b = int((time.perf_counter() - self.t0) // 5)
+            row = self.timeline.setdefault(b, [b * 5, 0, 0, key])
+            if total > row[1]:
+                row[1], row[3] = total, key
+            row[2] = max(row[2], shm)
             time.sleep(self.every)
 
     def result(self) -> dict:
         top = dict(sorted(self.pss_at_peak.items(), key=lambda kv: -kv[1]))
         return {"peak_pss": self.peak_pss, "peak_pss_plain": self.peak_pss_plain, "pss_at_peak": top,
                 "pss_peak_per_process": self.peak_per_process, "peak_pss_by_actors": self.by_actors,
-                "pss_samples": self.samples}
+                "pss_samples": self.samples,
+                "pss_timeline": [self.timeline[b] for b in sorted(self.timeline)]}  # [s, total, store, actors]
 
 
 def _start_ray(object_store: int = OBJECT_STORE):

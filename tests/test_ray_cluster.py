@@ -137,6 +137,37 @@ def test_rac_takes_the_knn_lists_from_a_callable_once(ray_mod):
     np.testing.assert_array_equal(canonical_tree(Zr, 1500), canonical_tree(Zl, 1500))
 
 
+def test_rac_reads_the_live_knn_lists_twice_and_ends_their_actors(ray_mod, monkeypatch):
+    # the IVF kNN stage for the RAC leaves its lists in its live actors (LiveLists): each chunks() call
+    # emits them anew, chunk by chunk (the graph build reads them twice: count, fill), equal to the
+    # gathered lists; the build ends the actors once its own hold the graph
+    from batchal.engines.ray import knn as RK
+    from batchal.engines.ray._sources import RowSource
+    from batchal.engines.ray.rac import ray_rac
+
+    monkeypatch.setattr(RK, "EMIT_ROWS", 700)  # several chunks per actor
+    X = _blobs(4000, 8, 40, seed=8)
+    src = RowSource.open(X, name="e", ray=ray_mod)
+    want = RK.ray_knn(src, 8, metric="cosine", method="ivf", nprobe=2, n_actors=2).indices
+    live, _ = RK.ray_knn(src, 8, metric="cosine", method="ivf", nprobe=2, n_actors=2, keep_chunks=True)
+    assert isinstance(live, RK.LiveLists) and len(live) == 6
+    for _ in range(2):
+        got = np.full_like(want, -2)
+        for start, ref in live.chunks():
+            assert start is None
+            qids, I = ray_mod.get(ref)
+            got[qids] = I
+        np.testing.assert_array_equal(got, want)
+    actors = list(live.actors)
+    Zr, info = ray_rac(src, lambda: live, 4000, metric="cosine", n_actors=2)
+    assert info["restarts"] == 0 and not live.actors
+    with pytest.raises(ray_mod.exceptions.RayActorError):
+        ray_mod.get(actors[0].emit_ids.remote(0, 1))
+    np.testing.assert_array_equal(want, knn_graph(X, 8, metric="cosine", method="ivf", nprobe=2).indices)
+    Zl, _ = graph_linkage(X, metric="cosine", knn=8, knn_method="ivf", nprobe=2)
+    np.testing.assert_array_equal(canonical_tree(Zr, 4000), canonical_tree(Zl, 4000))
+
+
 @pytest.mark.parametrize("metric,method,n", [("cosine", "flat", 3000), ("sqeuclidean", "ivf", 24000),
                                              ("euclidean", "ivf", 24000)])
 def test_knn_on_ray_equals_local(ray_mod, metric, method, n):

@@ -83,6 +83,36 @@ def test_a_killed_rac_actor_without_checkpoint_builds_the_graph_again(engine, po
     np.testing.assert_array_equal(canonical_tree(Z, X.shape[0]), want)
 
 
+def test_a_knn_actor_killed_while_the_graph_build_reads_its_lists(engine, pool, monkeypatch):
+    # the kNN lists stay in the kNN stage's live actors until the RAC actors hold the graph (LiveLists): a
+    # kNN actor killed while the build reads them costs a RAC restart, which without a checkpoint runs the
+    # (deterministic) kNN stage again; the kill lands as the count pass asks for its first chunk (an array is
+    # one block: one kNN actor)
+    from batchal.engines.ray import knn as RK
+
+    X, want = pool
+    real = RK.LiveLists.chunks
+    killed = []
+
+    def chunks(self):
+        for i, item in enumerate(real(self)):
+            if i == 0 and not killed:
+                pid = int(np.random.default_rng(5).choice(own_workers("KnnShard")))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            yield item
+
+    monkeypatch.setattr(RK.LiveLists, "chunks", chunks)
+    Z, info = engine.linkage(X, knn=10)
+    assert killed, "no kNN actor was found to kill"
+    assert info["knn_restarts"] == 0 and info["restarts"] == 1 and info["knn_reruns"] == 1
+    np.testing.assert_array_equal(canonical_tree(Z, X.shape[0]), want)
+    deadline = time.monotonic() + 10
+    while own_workers("KnnShard") and time.monotonic() < deadline:  # every kNN actor ended with the build
+        time.sleep(0.1)
+    assert not own_workers("KnnShard")
+
+
 def test_no_restarts_left_is_one_error_then_resume_gives_the_tree(engine, pool, tmp_path):
     from batchal.engines.base import StageFailed
 

@@ -27,6 +27,17 @@ from .select import RAY_STRATEGIES
 __all__ = ["RayEngine"]
 
 
+def _refs(chunks):
+    """The ObjectRefs of the kNN stage's lists: its chunks, or those its live actors emit (one at a time)."""
+    return (r for _, r in chunks.chunks()) if hasattr(chunks, "chunks") else chunks
+
+
+def _close(chunks) -> None:
+    """End the kNN stage's live actors, when it left its lists in them."""
+    if hasattr(chunks, "close"):
+        chunks.close()
+
+
 class RayEngine(Engine):
     """Runs the heavy steps on Ray.
 
@@ -127,18 +138,25 @@ class RayEngine(Engine):
     def _knn_stage(self, src, knn, metric, knn_method, nprobe, centroids, random_state, progress, restarts, ckpt,
                    **kw):
         """The kNN stage on actors, run again when one of its workers dies (it is deterministic), at most
-        ``restarts`` times: ``(chunks, info)``."""
+        ``restarts`` times: ``(chunks, info)``; with ``ckpt`` its lists are written there before it ends (the
+        IVF route's lists stay in its live actors, so a death while they are written runs the stage again)."""
+        import ray
+
         from ...clustering.knn import DEFAULT_NPROBE
         from .knn import ray_knn
 
         for attempt in range(restarts + 1):
+            chunks = None
             try:
                 chunks, kinfo = ray_knn(src, knn, metric=metric, method=knn_method,
                                         nprobe=DEFAULT_NPROBE if nprobe is None else nprobe,
                                         centroids=centroids, random_state=random_state,
                                         n_actors=self._actors(), progress=progress, keep_chunks=True, **kw)
+                if ckpt is not None:
+                    ckpt.save_knn(ray, _refs(chunks), src.n)
                 break
             except Exception as exc:
+                _close(chunks)
                 if not lost_worker(exc):
                     raise
                 if attempt == restarts:
@@ -173,7 +191,7 @@ class RayEngine(Engine):
         """
         from ...clustering.graph import _metric_code
         from ._checkpoint import CHECKPOINT_EVERY_S, JobCheckpoint
-        from .rac import ray_rac
+        from .rac import ChunkStream, ray_rac
 
         ray = import_ray()
         _metric_code(metric)
@@ -202,29 +220,32 @@ class RayEngine(Engine):
                                                 progress, restarts, ckpt, **kw)
                 info.update({f"knn_{k}": v for k, v in kinfo.items()})
                 info["knn"] = kinfo["prepare_s"] + kinfo["search_s"]
-                if ckpt is not None:
-                    ckpt.save_knn(ray, chunks, n)
             first = [] if knn_indices is not None else [chunks]
             chunks = None
             info["knn_reruns"] = 0
 
             def knn_lists():
-                """The kNN lists for a build of the RAC graph: the stage's (once; the RAC stage lets them go
-                when its actors hold the graph), else the given ones, the checkpoint's or the stage again."""
+                """The kNN lists for a build of the RAC graph: the stage's (once; the RAC stage reads them from
+                the stage's live actors, a few chunks at a time, and ends the actors when its own hold the
+                graph), else the given ones, the checkpoint's or the stage again."""
                 if first:
                     return first.pop()
                 lists = I if knn_indices is not None else ckpt.load_knn() if ckpt is not None else None
                 if lists is not None:
-                    return [(a, ray.put(np.ascontiguousarray(lists[a:a + (1 << 16)], dtype=np.int32)))
-                            for a in range(0, n, 1 << 16)]
+                    return ChunkStream(lists)
                 info["knn_reruns"] += 1  # a RAC restart without checkpoint: the kNN stage is deterministic
                 return self._knn_stage(src, knn, metric, knn_method, nprobe, centroids, random_state, False,
                                        restarts, None, **kw)[0]
 
-            Z, rinfo = ray_rac(src, knn_lists, n, metric=metric, n_actors=self._actors(), stats_dtype=stats_dtype,
-                               random_state=random_state, progress=progress, checkpoint=ckpt,
-                               checkpoint_s=CHECKPOINT_EVERY_S if checkpoint_s is None else checkpoint_s,
-                               restarts=restarts)
+            try:
+                Z, rinfo = ray_rac(src, knn_lists, n, metric=metric, n_actors=self._actors(),
+                                   stats_dtype=stats_dtype, random_state=random_state, progress=progress,
+                                   checkpoint=ckpt,
+                                   checkpoint_s=CHECKPOINT_EVERY_S if checkpoint_s is None else checkpoint_s,
+                                   restarts=restarts)
+            finally:
+                for c in first:  # never read (the RAC stage failed before its build): the kNN actors end
+                    _close(c)
             if ckpt is not None:
                 ckpt.clean()
         info.update(rinfo)

@@ -30,9 +30,11 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    the owner lays them out in ``Xp`` order (cell, then shard, then row), so it
    owns a contiguous range of ``Xp`` positions: whole cells. The rows travel in
    pieces of :data:`SEND_ROWS` rows, two rounds in flight, each piece let go
-   once placed, so the object store never holds more than a few of them (it
-   keeps the pages it has used: sending the whole pool at once left 0.8 GB
-   resident at 3M rows, through the HAC too); an actor drops its first shard
+   once placed, rounds at least :data:`SEND_ROUND_S` apart (the raylet deletes
+   released objects once a second), so the object store never holds more than
+   a few of them (it keeps the pages it has used: sending the whole pool at
+   once left 0.8 GB resident at 3M rows, through the HAC too); an actor's own
+   rows of its own cells do not travel at all. An actor drops its first shard
    once the exchange is over.
 4. Each owner searches its cells against themselves (as locally) into per-row
    top-k lists of (key, ``Xp`` position, original id).
@@ -41,7 +43,8 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    (with the probe rank); the owner forms the local builder's groups (rank,
    cell; rows in ``Xp`` order), multiplies each by the cell's rows and keeps the
    best k per query row (numba kernels of :mod:`batchal.clustering._knn_kernels`);
-   the lists go back to each row's owner, which folds them into the row's
+   the lists go back to each row's owner (an actor's own rows' queries and
+   lists stay in it, not through the object store), which folds them into the row's
    running best k (int32 ``Xp`` positions and float32 keys, 8 bytes an entry
    as locally) with the local list kernel (:func:`~batchal.clustering.
    _knn_kernels.fold_lists`) under (key descending, ``Xp`` position
@@ -50,7 +53,9 @@ i.e. the same library and CPU family, on the workers as on the local machine):
    the local passes before the last do); distances are computed with the local
    builder's float32 operations, the positions become original row ids through
    the driver's map of the ``Xp`` order (int32, n), and the lists leave as ``(original row ids, lists, distances)``
-   chunks (kept in the object store for the Ray RAC with ``keep_chunks``).
+   chunks. For the Ray RAC (``keep_chunks``) they stay in the actors, sorted and
+   in original ids, and leave as ``(original row ids, lists)`` chunks when the
+   graph's build reads them (:class:`LiveLists`: twice, a few chunks at a time).
 
 Each actor holds its rows, their probes and running lists (O(n (d + nprobe + k)
 / actors)) and one batch's queries and results. Rounds end together: an
@@ -79,6 +84,11 @@ FLAT_STEP = 4096
 EMIT_ROWS = 1 << 16
 #: Rows per piece of the shard exchange (per shard and owner; 16 MB at d = 64).
 SEND_ROWS = 1 << 16
+#: Least seconds per round of the shard exchange. A raylet deletes released objects in batches, once a
+#: second (Ray's ``free_objects_period_milliseconds``), and the object store keeps every page it has used:
+#: pieces sent faster than that all stay resident (at 3M rows the exchange, 0.4 GB across 2 actors, went
+#: through in a couple of seconds and set the store's high-water mark for the whole job, issue 23).
+SEND_ROUND_S = 0.5
 
 
 class _RowsView:
@@ -290,11 +300,12 @@ class KnnShard:
         return self._probe_entries(nc)
 
     @trimmed
-    def expect(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, counts):
+    def expect(self, c0: int, c1: int, s0: int, d: int, k: int, nprobe: int, counts, me: int = -1):
         """Own cells ``[c0, c1)`` (``Xp`` positions ``s0 ..``): room for their rows, which :meth:`take` fills.
 
         ``counts[s]``: shard ``s``'s rows in each owned cell. This actor's own shard is kept (for
-        :meth:`send`) until :meth:`settle`.
+        :meth:`send`) until :meth:`settle`. ``me``: this actor's shard; its rows of the owned cells are
+        placed here at once, not sent through the object store (see :meth:`send`).
         """
         self.shard = (self.X, self.ids, self.probes, self.counts)
         self.c0, self.c1, self.s0, self.k, self.p = c0, c1, int(s0), k, nprobe
@@ -311,18 +322,33 @@ class KnnShard:
             first = np.concatenate(([0], np.cumsum(c)[:-1]))
             self.dest.append(np.repeat(self.cptr[:-1] + before - first, c) + np.arange(int(c.sum())))
             before += c
+        if me >= 0:  # this shard's own rows of the owned cells: where they lie already
+            X, ids, probes, cnt = self.shard
+            ptr = np.concatenate(([0], np.cumsum(cnt)))
+            a, b = int(ptr[c0]), int(ptr[c1])
+            for lo in range(a, b, SEND_ROWS):  # in pieces, as received: no (rows, d) temporary of the whole
+                hi = min(b, lo + SEND_ROWS)
+                self.take(lo - a, *[(X[lo:hi], ids[lo:hi], None if probes is None else probes[lo:hi])
+                                    if s == me else None for s in range(len(self.dest))])
         return m
 
-    def send(self, cell_bounds, lo: int, hi: int):
+    def send(self, cell_bounds, lo: int, hi: int, me: int = -1):
         """Rows ``[lo, hi)`` of this shard's rows of each owner's cells ``[cell_bounds[o], cell_bounds[o + 1])``.
 
         Pieces ``(rows, ids, probes)`` (None when empty), one return per owner: the rows travel in
         bounded pieces, each let go once placed, so the object store never holds the whole pool.
+        None for owner ``me`` (this actor: :meth:`expect` placed those rows). The object store keeps
+        the pages it has used and takes seconds to reuse freed ones, so what passes through it in
+        a short while stays resident: at 3M rows on 2 actors the whole exchange left 0.67 GB, through
+        the HAC too (issue 23); each actor's own rows, half of it there, no longer pass.
         """
         X, ids, probes, counts = self.shard
         ptr = np.concatenate(([0], np.cumsum(counts)))
         out = []
         for o in range(len(cell_bounds) - 1):
+            if o == me:
+                out.append(None)
+                continue
             a, b = int(ptr[int(cell_bounds[o])]), int(ptr[int(cell_bounds[o + 1])])
             a2, b2 = a + lo, min(b, a + hi)
             out.append(None if b2 <= a2 else (X[a2:b2], ids[a2:b2], None if probes is None else probes[a2:b2]))
@@ -377,42 +403,53 @@ class KnnShard:
         self.PI = _to_positions(I, self.s0)
         return done
 
+    def _probe_piece(self, bt):
+        """This actor's rows probing the cells ``bt = [j0, j1)`` (or None): see :meth:`probe_queries`."""
+        if bt is None or self.probes is None:
+            return None
+        npr = self.p - 1
+        f = self.pe_order[self.pe_ptr[bt[0]]:self.pe_ptr[bt[1]]].astype(np.int64)
+        if f.shape[0] == 0:
+            return None
+        rows = f // npr
+        thr = self.K[rows].min(axis=1)
+        return self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr
+
     @trimmed
-    def probe_queries(self, batches):
+    def probe_queries(self, batches, me: int = -1):
         """Per owner's batch of cells ``[j0, j1)`` (or None): the rows of this actor probing them.
 
         Pieces ``(rows (e, d), local row, probe rank, probed cell, threshold)``, by cell then row; the
         threshold is the row's current k-th best key (its smallest: the running lists are kept in any
         order until :meth:`emit`; -inf while it has fewer than k): the owner's search keeps only
         candidates at least as near, as the local search starts from the row's best k.
+
+        None for owner ``me`` (this actor): its :meth:`search` makes that piece itself (the same
+        numbers: nothing runs on this actor between the two calls) instead of reading it from the
+        object store.
         """
-        out = []
-        npr = self.p - 1
-        for bt in batches:
-            if bt is None or self.probes is None:
-                out.append(None)
-                continue
-            f = self.pe_order[self.pe_ptr[bt[0]]:self.pe_ptr[bt[1]]].astype(np.int64)
-            if f.shape[0] == 0:
-                out.append(None)
-                continue
-            rows = f // npr
-            thr = self.K[rows].min(axis=1)
-            out.append((self.X[rows], rows, (f % npr).astype(np.int32), self.probes.reshape(-1)[f], thr))
-        return _split_out(out)
+        return _split_out([None if o == me else self._probe_piece(bt) for o, bt in enumerate(batches)])
 
     @trimmed
-    def search(self, j0: int, j1: int, *parts):
+    def search(self, j0: int, j1: int, me: int, *parts):
         """The probe groups of the owned cells ``[j0, j1)``: per (rank, cell), the rows probing that
         cell at that rank (from every actor, in ``Xp`` order) against its rows; the best ``k`` per entry.
 
-        Returns per actor ``(its local rows, keys, Xp positions)`` (None when it sent nothing).
+        Returns per actor ``(its local rows, keys, Xp positions)`` (None when it sent nothing). With
+        ``me >= 0`` this actor is actor ``me``: its own piece is made here (``parts[me]`` is None, see
+        :meth:`probe_queries`) and its own rows' lists are folded here (its return there is None), so
+        neither passes through the object store.
         """
         from threadpoolctl import threadpool_limits
 
         from ...clustering import _knn_kernels as KK
 
+        if me >= 0:
+            parts = list(parts)
+            parts[me] = self._probe_piece((j0, j1))
         P = len(parts)
+        if not any(pc is not None for pc in parts):
+            return _split_out([None] * P)
         sizes = [0 if pc is None else pc[1].shape[0] for pc in parts]
         live = [pc for pc in parts if pc is not None]
         k, npr, cap = self.k, self.p - 1, L.BUFFER_PER_K * self.k
@@ -455,6 +492,9 @@ class KnnShard:
             b = a + sizes[s]
             out.append(None if b == a else (parts[s][1], Rk[a:b], Rl[a:b]))
             a = b
+        if me >= 0 and out[me] is not None:  # this actor's own rows: folded here (fold gets None for them)
+            KK.fold_lists(out[me][0], out[me][2], out[me][1], self.PI, self.K, False)
+            out[me] = None
         return _split_out(out)
 
     @trimmed
@@ -498,6 +538,64 @@ class KnnShard:
             np.sqrt(D, out=D)
         D[I < 0] = np.inf
         return qids, I, D
+
+
+    @trimmed
+    def finish_ids(self, pos2orig):
+        """The search is over: every owned row's list sorted (nearest first, ties by position) and its
+        positions made original row ids in place; the rows, probes and keys go. :meth:`emit_ids` then hands
+        out ``(original ids, lists)`` chunks, the same as :meth:`emit` without distances, as often as asked.
+
+        Held so, the lists reach the RAC actors' graph build chunk by chunk, once for its count pass and
+        once for its fill pass, instead of all sitting in the object store at once (whose resident pages
+        stay at their high-water mark: 0.67 GB at 3M rows through the whole HAC, issue 23). What an actor
+        keeps is 4 bytes a list entry (300 MB at 3M rows on 2 actors).
+        """
+        from ...clustering import _knn_kernels as KK
+
+        self.X = self.probes = self.pe_order = self.pe_ptr = self.half = None
+        for a, b in iter_chunks(self.m, EMIT_ROWS):
+            KK.fold_lists(np.arange(a, b), np.empty((b - a, 0), np.int32), np.empty((b - a, 0), np.float32),
+                          self.PI, self.K, True)
+            P = self.PI[a:b]
+            P[...] = np.where(P >= 0, pos2orig[np.maximum(P, 0)], -1)
+        self.K = None
+        self.qids, self.orig = self.orig.astype(np.int32), None
+        return self.m
+
+    def emit_ids(self, a: int, b: int):
+        """``(original ids, lists in original ids)`` of owned rows ``[a, b)``, after :meth:`finish_ids`."""
+        return self.qids[a:b], self.PI[a:b]
+
+
+class LiveLists:
+    """The kNN lists left in the search's live actors (:meth:`KnnShard.finish_ids`), emitted on demand.
+
+    :meth:`chunks` asks the actors for their lists chunk by chunk, anew at every call, as items
+    ``(None, ObjectRef of (row ids, lists))``: a reader that lets each chunk go once read (the RAC graph
+    build, twice: count and fill) keeps only a few of them in the object store at a time. :meth:`close`
+    ends the actors (the owner of this object must, once the lists are read).
+    """
+
+    def __init__(self, actors, spans):
+        self.actors = list(actors)
+        self.spans = spans  # (actor, first row, end row): the owners' chunks, interleaved
+
+    def __len__(self):
+        return len(self.spans)
+
+    def chunks(self):
+        for o, a, b in self.spans:
+            if not self.actors:
+                raise RuntimeError("the kNN actors were closed")
+            yield None, self.actors[o].emit_ids.remote(a, b)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
 
 
 def _merge_batch(k: int, metric: str, n_shards: int, with_distances: bool, *parts_and_results):
@@ -586,14 +684,15 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     Parameters as :func:`batchal.clustering.knn.knn_graph`; ``centroids`` gives
     a trained coarse quantizer (nlist, d) instead of training one (with
     ``nprobe="auto"`` the estimate then draws from the random stream as if the
-    centroids had been trained here). With ``keep_chunks`` the lists stay in
-    the object store as ``(row ids, lists)`` chunks (what
-    :func:`batchal.engines.ray.rac.ray_rac` reads) instead of being gathered
-    into (n, k) arrays.
+    centroids had been trained here). With ``keep_chunks`` the lists are not
+    gathered into (n, k) arrays but kept for :func:`batchal.engines.ray.rac.ray_rac`:
+    IVF, in the live actors, which emit them chunk by chunk when read (a
+    :class:`LiveLists`; whoever reads it must :meth:`~LiveLists.close` it);
+    flat (small pools), as ``(row ids, lists)`` chunks in the object store.
 
     Returns
     -------
-    KNNResult (or, with ``keep_chunks``, ``(chunks, info)``).
+    KNNResult (or, with ``keep_chunks``, ``(LiveLists or chunks, info)``).
     """
     import ray
 
@@ -643,7 +742,11 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
         info = result[1] if keep_chunks else result.info
         info["actor_nodes"] = nodes  # where the actors ran (Ray node ids): several nodes, data crossed them
         info["nodes"] = len(set(nodes))
-    finally:
+    except BaseException:
+        for a in actors:
+            ray.kill(a)
+        raise
+    if not (keep_chunks and isinstance(result[0], LiveLists)):  # live lists: their reader ends the actors
         for a in actors:
             ray.kill(a)
     return result
@@ -698,15 +801,20 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
     owned = csum[:, cb[1:]] - csum[:, cb[:-1]]  # rows of shard s in owner o's cells
     info["cross_node_rows"] = int(sum(owned[s, o] for s in range(P) for o in range(P) if nodes[s] != nodes[o]))
     # the shard exchange (step 3) in pieces of SEND_ROWS rows per (shard, owner), at most two rounds in flight
+    # (each actor's own rows of its own cells are placed by expect: they do not pass through the store)
     ray.get([actors[o].expect.remote(int(cb[o]), int(cb[o + 1]), int(cell_ptr[cb[o]]), d, k, npr,
-                                     cnt[:, cb[o]:cb[o + 1]]) for o in range(P)])
+                                     cnt[:, cb[o]:cb[o + 1]], o) for o in range(P)])
     pending = []
-    for lo in range(0, int(owned.max()) if owned.size else 0, SEND_ROWS):
-        pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS) for a in actors]
+    sent = owned[~np.eye(P, dtype=bool)] if P > 1 else np.zeros(0, np.int64)
+    last = time.perf_counter()
+    for lo in range(0, int(sent.max()) if sent.size else 0, SEND_ROWS):
+        pieces = [_call(a.send, P, cb, lo, lo + SEND_ROWS, s) for s, a in enumerate(actors)]
         pending.append([actors[o].take.remote(lo, *[pieces[s][o] for s in range(P)]) for o in range(P)])
         del pieces
         if len(pending) > 1:
             ray.get(pending.pop(0))
+            time.sleep(max(0.0, SEND_ROUND_S - (time.perf_counter() - last)))  # let the raylet free them
+            last = time.perf_counter()
     for p_ in pending:
         ray.get(p_)
     del pending
@@ -726,8 +834,9 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
         pending = []
         for t in range(rounds):
             bl = [b[t] if t < len(b) else None for b in batches]
-            qs = [_call(a.probe_queries, P, bl) for a in actors]
-            res = {o: _call(actors[o].search, P, *bl[o], *[qs[s][o] for s in range(P)])
+            # an actor's own queries and lists stay in it (search makes and folds them): not through the store
+            qs = [_call(a.probe_queries, P, bl, s) for s, a in enumerate(actors)]
+            res = {o: _call(actors[o].search, P, *bl[o], o, *[qs[s][o] for s in range(P)])
                    for o in range(P) if bl[o] is not None}
             pending.append([actors[s].fold.remote(*[r[s] for r in res.values()]) for s in range(P)])
             del qs, res
@@ -736,13 +845,15 @@ def _ivf(actors, source, n, d, k, metric, nprobe, nlist, centroids, random_state
         while pending:
             bar.update(sum(ray.get(pending.pop(0))))
         sizes = np.diff(cell_ptr[cb])
-        refs = [actors[o].emit.remote(a, b, not keep_chunks, pos2orig) for o in range(P)
-                for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
-        if keep_chunks:  # stay in the object store; waited for, as the actors go away after the search
-            if refs:
-                ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        if keep_chunks:  # the lists stay in the actors, emitted chunk by chunk when read (LiveLists)
+            ray.get([a.finish_ids.remote(pos2orig) for a in actors])
+            spans = [[(o, a, b) for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)] for o in range(P)]
+            spans = [sp for t in range(max(map(len, spans), default=0)) for per in spans if t < len(per)
+                     for sp in [per[t]]]  # the owners' chunks interleaved: both emit while one pass reads
             info["search_s"] = time.perf_counter() - t1
-            return refs, info
+            return LiveLists(actors, spans), info
+        refs = [actors[o].emit.remote(a, b, True, pos2orig) for o in range(P)
+                for a, b in iter_chunks(int(sizes[o]), EMIT_ROWS)]
         I_all = np.empty((n, k), dtype=np.int32)
         D_all = np.empty((n, k), dtype=np.float32)
         for ref in refs:

@@ -34,6 +34,7 @@ the driver from their statistics, as the local engine does.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 
@@ -605,6 +606,23 @@ def join_components(S, size, sq, node, n: int, zc: int, metric: str, code: int, 
     return Z
 
 
+class ChunkStream:
+    """Directed kNN lists (an (n, k) array or memory map) as a stream for :func:`ray_rac`: each call of
+    :meth:`chunks` puts them in the object store anew, ``rows`` rows at a time, as they are read."""
+
+    def __init__(self, lists, rows: int = 1 << 16):
+        self.lists, self.rows = lists, int(rows)
+
+    def chunks(self):
+        import ray
+
+        for a in range(0, self.lists.shape[0], self.rows):
+            yield a, ray.put(np.ascontiguousarray(self.lists[a:a + self.rows], dtype=np.int32))
+
+    def close(self) -> None:
+        self.lists = None
+
+
 def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int = 2, stats_dtype: str = "auto",
             random_state=0, progress: bool = False, slack: float = MERGE_SLACK, reserve: float = RESERVE, checkpoint=None,
             checkpoint_s: float = CHECKPOINT_EVERY_S, restarts: int = 2):
@@ -614,14 +632,19 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
     ----------
     source : RowSource
         The rows (for the statistics), read by the actors.
-    knn_chunks : list or callable
+    knn_chunks : list, stream or callable
         The graph as directed kNN lists (original row ids, -1 = none): items
         ``(row_start, lists (m, k) or an ObjectRef of them)``, or ObjectRefs of
         ``(row ids, lists, ...)`` as :func:`batchal.engines.ray.knn.ray_knn` keeps them;
-        or a callable that returns such a list, called at every build of the graph
+        or a stream, whose ``chunks()`` makes such items anew at each call (the kNN
+        stage's live actors, :class:`batchal.engines.ray.knn.LiveLists`, or
+        :class:`ChunkStream` over an array): read a few chunks at a time, once to count
+        and once to fill, so the object store never holds all the lists;
+        or a callable that returns a list or a stream, called at every build of the graph
         (the first, and a restart that finds no checkpoint): the lists are then let
         go as soon as the actors hold their graph, so they leave the object store
-        before the rounds (208 MB at 1M, k = 50), and the caller must hold none of them.
+        before the rounds (208 MB at 1M, k = 50), and the caller must hold none of them;
+        a stream it returns is closed then (the kNN actors end).
     n : int
     metric : {"cosine", "euclidean", "sqeuclidean"}
     n_actors : int
@@ -672,7 +695,7 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
                 for it in chunks]
 
     fresh = callable(knn_chunks)
-    items = None if fresh else chunk_items(knn_chunks)
+    items = None if fresh else knn_chunks if hasattr(knn_chunks, "chunks") else chunk_items(knn_chunks)
     if stats_dtype not in ("auto", "float64", "float32"):
         raise BatchalInputError(f"stats_dtype must be auto, float64 or float32; got {stats_dtype!r}")
 
@@ -683,23 +706,38 @@ def ray_rac(source, knn_chunks, n: int, *, metric: str = "cosine", n_actors: int
 
     def build():
         """The symmetric graph from the kNN chunks, the statistics and the first linkages: round 0's state."""
-        # two passes over the chunks (count, fill): the edges are read twice instead of held twice
-        its = chunk_items(knn_chunks()) if fresh else items
-        for step in ("count", "fill"):
-            if step == "fill":
-                ray.get([a.alloc.remote(slack, reserve) for a in actors])
-            waits = []
-            for c in range(0, len(its), CHUNKS_PER_CALL):
-                batch = its[c:c + CHUNKS_PER_CALL]
-                starts = [it[0] for it in batch]
-                waits += [(a.count if step == "count" else a.fill_edges).remote(starts, *[it[1] for it in batch])
-                          for a in actors]
-                del batch
-                if len(waits) > 2 * P:  # bounded in flight: a few calls per actor
-                    ray.get(waits[:-P])
-                    waits = waits[-P:]
-            ray.get(waits)
-        del its  # a callable's lists: none held now, they leave the object store before the rounds
+        # two passes over the chunks (count, fill): the edges are read twice instead of held twice. A stream
+        # (the kNN stage's live actors, ChunkStream) makes its chunks anew for each pass, a few at a time,
+        # each let go once the actors have read it: the object store never holds all the lists (its pages
+        # stay at their high-water mark, so holding them left 0.67 GB resident through the HAC at 3M rows)
+        got = knn_chunks() if fresh else items
+        stream = hasattr(got, "chunks")
+        if fresh and not stream:
+            got = chunk_items(got)
+        try:
+            for step in ("count", "fill"):
+                if step == "fill":
+                    ray.get([a.alloc.remote(slack, reserve) for a in actors])
+                seq = got.chunks() if stream else iter(got)
+                waits = []
+                while True:
+                    batch = list(itertools.islice(seq, CHUNKS_PER_CALL))
+                    if not batch:
+                        break
+                    starts = [it[0] for it in batch]
+                    waits += [(a.count if step == "count" else a.fill_edges).remote(starts, *[it[1] for it in batch])
+                              for a in actors]
+                    del batch
+                    # bounded in flight: a few calls per actor (a stream's: the batch read and the next one made)
+                    if len(waits) > (P if stream else 2 * P):
+                        ray.get(waits[:-P])
+                        waits = waits[-P:]
+                ray.get(waits)
+                del seq, waits
+        finally:
+            if stream and fresh:
+                got.close()  # the kNN stage's actors end here: the graph is in the RAC actors (or the build failed)
+        del got  # a callable's lists: none held now, they leave the object store before the rounds
         edges = sum(ray.get([a.finish_graph.remote() for a in actors]))
         src_ref = ray.put(source)
         ray.get([a.init_stats.remote(src_ref, code == K.COSINE) for a in actors])
