@@ -299,3 +299,41 @@ def test_compaction_packs_lists_in_arena_order(weights):
         if weights:
             np.testing.assert_array_equal(wt[off:off + length[x]], before[x][1])
         off += int(length[x])
+
+
+@pytest.mark.parametrize("mode", ["serial", "parallel", "alternate"])
+def test_tree_does_not_depend_on_threads_per_round(mode, monkeypatch):
+    """Each RAC round runs on one thread or all (``_Pace``): the tree is the same either way."""
+    from numba import get_num_threads, set_num_threads
+
+    from batchal.clustering import _graph_kernels as K
+
+    X = _blobs(3000, 16, 12, seed=5, scale=0.5)  # overlapping: tens of rounds, most small
+    Z0, info0 = graph_linkage(X, metric="cosine", knn=10)
+    nt = get_num_threads()
+    calls = []
+
+    def forced(self, entries):
+        calls.append(entries)
+        if mode == "serial":
+            ntr = 1
+        elif mode == "parallel":
+            ntr = self.nt
+        else:
+            ntr = 1 if len(calls) % 2 else self.nt
+        self.mode = ntr
+        self.serial += ntr == 1
+        set_num_threads(ntr)
+        return ntr
+
+    monkeypatch.setattr(K._Pace, "round", forced)
+    # revisits too: every step may take the round's mode
+    monkeypatch.setattr(K, "SERIAL_ROUND_ENTRIES", 0)
+    Z, info = graph_linkage(X, metric="cosine", knn=10)
+    assert get_num_threads() == nt  # restored
+    assert info["rounds"] == info0["rounds"] > 20
+    np.testing.assert_array_equal(Z, Z0)
+    serial = info["merge_phases"]["serial_rounds"]
+    if nt > 1:
+        assert serial == {"serial": info["rounds"], "parallel": 0}.get(mode, serial)
+        assert mode != "alternate" or 0 < serial < info["rounds"]

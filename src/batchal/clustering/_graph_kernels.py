@@ -32,7 +32,7 @@ exactly; heights written to ``Z`` are the same float64 values.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, set_num_threads
 
 from ._prefetch import prefetch_row
 
@@ -514,6 +514,70 @@ def _compact_move(order, start, length, nbr, wt):
 
 #: Linkages of merged lists buffered per batch for :func:`_push` (8 bytes each).
 PUSH_BUFFER = 1 << 21
+#: A round whose merged lists hold fewer entries than this runs on one thread. Larger rounds
+#: run on one thread or all, whichever has measured fewer seconds per entry (see :class:`_Pace`).
+SERIAL_ROUND_ENTRIES = 1 << 14
+#: Every this many large rounds the mode not in use is timed again (the machine's load changes).
+PACE_RETRY = 16
+
+
+class _Pace:
+    """Threads per round of :func:`rac`: one, or all where that has measured faster.
+
+    Each round runs four or five parallel regions (merge, visit, push, revisits), and
+    each ends at a barrier that waits for every thread. On a machine whose cores are
+    busy with other work a thread is often descheduled, and the round waits a time
+    slice for it: on 200K ``longtail`` at load 7 on 2 cores, 1,918 rounds (median 6
+    pairs) took 57 s on 2 threads and 10 s on one. So rounds under
+    ``SERIAL_ROUND_ENTRIES`` list entries run on one thread, and larger ones on the
+    mode (one thread or ``nt``) with the lower measured seconds per entry, each mode
+    re-timed every ``PACE_RETRY`` large rounds. The work is split the same way in both
+    (by slot, independent per slot), so the tree does not depend on the choice.
+    """
+
+    def __init__(self, nt):
+        self.nt = nt
+        self.rate = {1: -1.0, nt: -1.0}  # seconds per entry, -1: not measured
+        self.big = 0
+        self.mode = 1
+        self.serial = 0
+
+    def round(self, entries):
+        """Threads for a round whose merged lists hold ``entries`` entries (and set them)."""
+        nt = self.nt
+        if nt == 1:
+            return 1
+        if entries < SERIAL_ROUND_ENTRIES:
+            ntr = 1
+        else:
+            self.big += 1
+            r1, rp = self.rate[1], self.rate[nt]
+            if rp < 0:
+                ntr = nt
+            elif r1 < 0:
+                ntr = 1
+            else:
+                ntr = 1 if r1 <= rp else nt
+                if self.big % PACE_RETRY == 0:
+                    ntr = nt if ntr == 1 else 1
+        self.mode = ntr
+        self.serial += ntr == 1
+        set_num_threads(ntr)
+        return ntr
+
+    def timed(self, entries, seconds):
+        """Record a large round's seconds (merge, visit and push) in its mode's rate."""
+        if self.nt > 1 and entries >= SERIAL_ROUND_ENTRIES:
+            r = seconds / entries
+            old = self.rate[self.mode]
+            self.rate[self.mode] = r if old < 0 else 0.5 * (old + r)
+
+    def steps(self, entries):
+        """Threads for a later step of the round (revisits) reading ``entries`` entries."""
+        ntr = 1 if entries < SERIAL_ROUND_ENTRIES else self.mode
+        if self.nt > 1:
+            set_num_threads(ntr)
+        return ntr
 
 
 def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
@@ -530,7 +594,13 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     ``phases``: a dict that accumulates seconds per phase (``visit_s``: merged
     lists; ``push_s``; ``revisit_s``: slots whose ranking ran out; ``pairs_s``,
     ``merge_s``, ``compact_s``, ``mark_s``) and counts (``touched``: slots
-    updated by a push, ``revisits``).
+    updated by a push, ``revisits``, ``serial_rounds``: rounds run on one thread,
+    see :class:`_Pace`); with a list under ``"trace"`` it also receives one tuple
+    per round: pairs, merged list entries, the longest merged list, touched slots,
+    revisits, seconds.
+
+    Threads: each round runs on one thread or on all ``get_num_threads()``
+    (:class:`_Pace`), restored on return; the tree is the same either way.
 
     Memory: per slot, the ranking (64 bytes for ``TOP_M = 4``), int32 dedup
     marks per thread and 17 bytes of round state; ``PUSH_BUFFER`` x 8 bytes.
@@ -539,10 +609,22 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
 
     ph = phases if phases is not None else {}
     for key in ("visit_s", "push_s", "revisit_s", "pairs_s", "merge_s", "compact_s", "mark_s", "touched",
-                "revisits"):
+                "revisits", "serial_rounds"):
         ph.setdefault(key, 0)
-    n = parent.shape[0]
     nt = get_num_threads()
+    try:
+        return _rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
+                    dirty0, Z, zc, n_leaves, metric, it, ph, nt)
+    finally:
+        set_num_threads(nt)
+
+
+def _rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, end,
+         dirty0, Z, zc, n_leaves, metric, it, ph, nt):
+    """:func:`rac`'s rounds; ``nt``: the threads (and the split of the per-thread work)."""
+    from time import perf_counter
+
+    n = parent.shape[0]
     m = TOP_M
     marks = np.zeros((nt, n), dtype=np.int32)
     ctr = np.zeros(nt, dtype=np.int64)
@@ -556,7 +638,9 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     topw, tw = R[:, :m], R[:, m]
     topi, ty, topc = Ri[:, ti:ti + m], Ri[:, ti + m], Ri[:, ti + m + 1]
     topc[:] = 0
-    isdirty = np.zeros(n, dtype=np.uint8)
+    # padded to whole 8-byte words: _collect_dirty skips eight clear flags at a time
+    isdirty = np.zeros((n + 7) // 8 * 8, dtype=np.uint8)
+    isdirty_w = isdirty.view(np.uint64)
     dirty = np.empty(n, dtype=np.int32)
     todo = np.empty(n, dtype=np.int32)
     ndirty = dirty0.shape[0]
@@ -577,21 +661,27 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
     isdirty[dirty[:ndirty]] = 1
     rounds = 0
     ncomp = 0
+    trace = ph.get("trace")
+    pace = _Pace(nt)
     while ndirty > 0:
+        tr0 = perf_counter()
         t = perf_counter()
         npairs = _find_pairs(dirty, ndirty, isdirty, nn, pa, pb)
         ph["pairs_s"] += perf_counter() - t
         if npairs == 0:
             break
         rounds += 1
+        # small rounds on one thread (see SERIAL_ROUND_ENTRIES); same results
+        need = length[pa[:npairs]] + length[pb[:npairs]]
+        cum = np.zeros(npairs + 1, dtype=np.int64)
+        np.cumsum(need, out=cum[1:])
+        ntr = pace.round(int(cum[npairs]))
+        tround = perf_counter()
         # The merged lists go to the end of the arena at offsets known before the
         # (parallel) merge, a run of pairs at a time: as many as fit, then a
         # compaction reclaims their old lists, so the arena grows (by a quarter) only
         # when even a compacted arena cannot hold the next pair: a whole round's
         # lists at once would need a larger arena beside the old one at 10M rows.
-        need = length[pa[:npairs]] + length[pb[:npairs]]
-        cum = np.zeros(npairs + 1, dtype=np.int64)
-        np.cumsum(need, out=cum[1:])
         p0 = 0
         while p0 < npairs:
             free = nbr.shape[0] - end
@@ -620,26 +710,31 @@ def rac(S, size, sq, parent, alive, node_id, stamp, built, start, length, nbr, e
             voff = cum[p0:p1] - cum[p0]
             t = perf_counter()
             _visit(pa[p0:p1], p1 - p0, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc,
-                   tw, ty, marks, ctr, metric, True, voff, vals)
+                   tw, ty, marks[:ntr], ctr[:ntr], metric, True, voff, vals)
             t2 = perf_counter()
             ph["visit_s"] += t2 - t
             _push(pa[p0:p1], p1 - p0, voff, vals, start, length, nbr, parent, stamp, it, topi, topw, topc,
-                  tw, ty, seen, isdirty, nt)
+                  tw, ty, seen, isdirty, ntr)
             ph["push_s"] += perf_counter() - t2
             p0 = p1
         t = perf_counter()
+        pace.timed(int(cum[npairs]), t - tround)
         isdirty[pa[:npairs]] = 1
-        ndirty = _collect_dirty(isdirty, dirty)
+        ndirty = _collect_dirty(isdirty_w, isdirty, dirty)
         nrev = _nearest_or_visit(dirty, ndirty, topc, topi, nn, todo)
         ph["mark_s"] += perf_counter() - t
         ph["touched"] += ndirty - npairs
         if nrev:
+            ntr = pace.steps(int(length[todo[:nrev]].sum()))
             t = perf_counter()
             _visit(todo, nrev, S, size, sq, parent, stamp, start, length, nbr, nn, topi, topw, topc, tw, ty,
-                   marks, ctr, metric, True, no_off, no_vals)
+                   marks[:ntr], ctr[:ntr], metric, True, no_off, no_vals)
             ph["revisit_s"] += perf_counter() - t
             ph["revisits"] += nrev
+        if trace is not None:
+            trace.append((npairs, int(cum[npairs]), int(need.max()), ndirty, nrev, perf_counter() - tr0))
         it += 1
+    ph["serial_rounds"] += pace.serial
     return nbr, end, zc, it, rounds, ncomp
 
 
@@ -698,13 +793,19 @@ def _merge_pairs(pa, pb, npairs, offs, S, size, sq, parent, alive, node_id, stam
 
 
 @njit(cache=True)
-def _collect_dirty(isdirty, dirty):
-    """The marked slots, in slot order (deterministic whatever the threads did)."""
+def _collect_dirty(words, isdirty, dirty):
+    """The marked slots, in slot order (deterministic whatever the threads did).
+
+    ``words``: ``isdirty`` (padded to whole words) as uint64, so eight clear flags cost one
+    test: a round's scan is n / 8 words, not n bytes (late rounds mark a few thousand).
+    """
     nd = 0
-    for x in range(isdirty.shape[0]):
-        if isdirty[x]:
-            dirty[nd] = x
-            nd += 1
+    for w in range(words.shape[0]):
+        if words[w] != 0:
+            for x in range(8 * w, 8 * w + 8):
+                if isdirty[x]:
+                    dirty[nd] = x
+                    nd += 1
     return nd
 
 
