@@ -43,6 +43,8 @@ POOLS = {
     "mnist1d-lt": (["--dataset", "mnist1d-lt"], 292_896),
     "fmnist-web": (["--dataset", "fmnist-web"], 1_000_000),
     "fmnist-web-lt": (["--dataset", "fmnist-web-lt"], 1_000_000),
+    "fmnist-web-views": (["--dataset", "fmnist-web-views"], 1_000_000),
+    "fmnist-web-lt-views": (["--dataset", "fmnist-web-lt-views"], 1_000_000),
     "manyclass": (["--dataset", "manyclass"], 1_000_000),
     "multilabel-vocab": (["--dataset", "multilabel-vocab"], 200_000),
 }

@@ -206,3 +206,33 @@ def test_load_dataset_names(monkeypatch):
 def test_bad_parameters(call, param):
     with pytest.raises(BatchalInputError, match=param):
         call()
+
+
+@needs_fmnist
+def test_web_test_views_are_drawn_as_pool_rows():
+    clean = pools.load_fmnist_web(3000, **WEB)
+    views = pools.load_fmnist_web(3000, test="views", **WEB)
+    assert views.name == "fmnist-web-views"
+    np.testing.assert_array_equal(views.X, clean.X)  # the pool does not depend on the test split
+    np.testing.assert_array_equal(views.y_test, clean.y_test)
+    path = pools.cache_dir() / pools._key("fmnist-web-v1", clean.redundancy["params"])
+    kind = np.load(path / "kind_test_views.npy")
+    red = clean.redundancy
+    share = red["rows_augmented"] / red["pool_rows"]
+    assert abs((kind == 2).mean() - share) < 0.03 and abs((kind == 0).mean() - 300 / 3000) < 0.02
+    # originals are the clean test rows exactly; copies moved, augmented ones more than near-exact ones
+    np.testing.assert_array_equal(np.asarray(views.X_test)[kind == 0], np.asarray(clean.X_test)[kind == 0])
+    moved = np.linalg.norm(np.asarray(views.X_test) - np.asarray(clean.X_test), axis=1)
+    assert 0 < np.median(moved[kind == 1]) < 0.5 * np.median(moved[kind == 2])
+    again = pools.load_fmnist_web(3000, test="views", **WEB)
+    np.testing.assert_array_equal(again.X_test, views.X_test)
+    with pytest.raises(BatchalInputError, match="test must be"):
+        pools.load_fmnist_web(3000, test="noisy", **WEB)
+
+
+@needs_fmnist
+def test_web_long_tail_test_views_keep_the_tail():
+    lt = pools.load_fmnist_web(4000, tail=1.0, **WEB)
+    lv = pools.load_fmnist_web(4000, tail=1.0, test="views", **WEB)
+    assert lv.name == "fmnist-web-lt-views" and lv.X_test.shape == lt.X_test.shape
+    np.testing.assert_array_equal(lv.y_test, lt.y_test)

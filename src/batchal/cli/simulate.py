@@ -38,7 +38,7 @@ class Training(str, Enum):
 @app.command()
 def simulate(
     data: Optional[Path] = typer.Option(None, "--data", help=_DATA_HELP),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, mnist1d, blobs, multilabel, or a generated pool at the paper's scale: mnist1d-lt, fmnist-web, fmnist-web-lt, manyclass, multilabel-vocab"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, mnist1d, blobs, multilabel, or a generated pool at the paper's scale: mnist1d-lt, fmnist-web, fmnist-web-lt (-views: the test images drawn as pool rows are), manyclass, multilabel-vocab"),
     size: Optional[int] = typer.Option(None, "--size", min=1, help="pool size: generated datasets (mnist1d, blobs, multilabel) are made this size; digits and fashion-mnist get a stratified random subset"),
     strategies: str = typer.Option("cluster-margin,margin,random", "--strategies", help="comma-separated strategy specs: NAME or NAME:key=value[:key=value...]; each labels its curve"),
     redundancy: Optional[str] = typer.Option(None, "--redundancy", help="make the pool redundant: zipf[:a=2,cap=50,noise=0.05,shift=S] repeats each pool row m ~ Zipf(a) times (at most cap), each copy perturbed; the test split is untouched"),

@@ -9,7 +9,8 @@ never sees half a pool), and loaded memory-mapped (``mmap_mode="r"``): a
 
 Names for :func:`~batchal.simulate.catalog.load_dataset` (see :data:`POOLS`):
 ``mnist1d-lt`` (MNIST-1D, long-tailed), ``fmnist-web`` and ``fmnist-web-lt``
-(web-like copies of Fashion-MNIST on frozen features), ``manyclass`` (32
+(web-like copies of Fashion-MNIST on frozen features; ``-views`` after either:
+the test images drawn as the pool's rows are), ``manyclass`` (32
 classes of MNIST-1D-style signals), ``multilabel-vocab`` (1,000 long-tailed
 labels). ``mnist1d`` above 100K rows is generated here in chunks.
 """
@@ -409,7 +410,7 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
                     hidden: int = 256, coarse: bool = False, n_sources: int | None = None,
                     tail: float | None = None,
                     tail_seed: int | None = None, seed: int = 0, progress: bool = False,
-                    block: int = 8192) -> Dataset:
+                    block: int = 8192, test: str = "clean") -> Dataset:
     """A web-like pool of ``size`` rows from Fashion-MNIST: heavy-tailed copies, frozen features.
 
     The 60K training images are split (stratified, seeded) into a *feature part*
@@ -423,7 +424,11 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     *near-exact* (a re-encode: pixel noise of sd 0.01, quantised to 1/255) or,
     with probability ``augmented``, *augmented* (shift up to 2 pixels, rotation
     up to 10 degrees, scale 0.9-1.1, pixel noise of sd 0.03). The test split is
-    Fashion-MNIST's 10K test images through the same network.
+    Fashion-MNIST's 10K test images through the same network: each image as
+    it is (``test="clean"``), or each drawn as one pool row is (``test="views"``:
+    the original, a near-exact or an augmented copy, with the pool's shares of
+    the three kinds), so that the test split and the pool's rows come from one
+    process, as a test set sampled from the same web source would.
 
     A linear head's curve on frozen features flattens once its ``hidden x 10``
     weights are well estimated, so the embedding is wide: logistic regression on
@@ -463,11 +468,15 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     progress : bool
     block : int
         Rows generated and embedded at once (memory; part of the cache key).
+    test : {"clean", "views"}
+        The test images as they are, or each drawn as a pool row is (above). The
+        pool's rows do not depend on it; the views are cached beside them.
 
     Returns
     -------
     Dataset
-        ``fmnist-web`` (``fmnist-web-lt`` with ``tail``): X float32 (size, hidden),
+        ``fmnist-web`` (``fmnist-web-lt`` with ``tail``; a suffix ``-views`` with
+        ``test="views"``): X float32 (size, hidden),
         memory-mapped; ``source`` the Fashion-MNIST training index of each row;
         ``redundancy`` the parameters, multiplicity statistics and the rows of
         each kind (original, near-exact, augmented).
@@ -489,6 +498,8 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
             raise BatchalInputError(f"n_sources must be <= {60_000 - feature_size} (60K minus feature_size); "
                                     f"got {n_sources}")
     block = _check_int(block, "block", 1)
+    if test not in ("clean", "views"):
+        raise BatchalInputError(f"test must be 'clean' or 'views'; got {test!r}")
     net_key = {"f": feature_size, "h": hidden, "c": int(bool(coarse)), "s": seed}
     params = {"n": size, "a": a, "aug": augmented, **net_key, "ns": "all" if n_sources is None else n_sources,
               "t": "none" if tail is None else tail,
@@ -501,29 +512,78 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
         got = _make_fmnist_web(path, _fashion_mnist(), size, a, augmented, feature_size, hidden, bool(coarse),
                                n_sources, tail, tail_seed, seed, progress, block, net_key, params)
     meta = json.loads((path / "meta.json").read_text())
-    return Dataset(name, got["X"], got["y"], got["X_test"], got["y_test"], source=got["source"], redundancy=meta)
+    X_test = got["X_test"]
+    if test == "views":
+        name += "-views"
+        X_test = _web_test_views(path, meta, feature_size, hidden, bool(coarse), n_sources, tail, tail_seed, seed,
+                                 net_key)
+    return Dataset(name, got["X"], got["y"], X_test, got["y_test"], source=got["source"], redundancy=meta)
 
 
-def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse, n_sources, tail, tail_seed, seed,
-                     progress, block, net_key, params) -> dict:
+def _web_split(fm, feature_size, n_sources, tail, tail_seed, seed):
+    """The feature part, the source images and the kept test images of a web-like pool (seeded)."""
     from sklearn.model_selection import train_test_split
 
-    X, y = fm["X"], np.asarray(fm["y"])
-    feat, src = train_test_split(np.arange(X.shape[0]), train_size=feature_size, stratify=y, random_state=seed)
+    y = np.asarray(fm["y"])
+    feat, src = train_test_split(np.arange(y.shape[0]), train_size=feature_size, stratify=y, random_state=seed)
     feat, src = np.sort(feat), np.sort(src)
-    target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
-    net_path = cache_dir() / _key("fmnist-web-net-v1", net_key)
-    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, net_path)
-    rng = np.random.default_rng([seed, 0xFEB])
     if n_sources is not None and n_sources < src.shape[0]:
         src = np.sort(train_test_split(src, train_size=n_sources, stratify=y[src], random_state=seed)[0])
-    Xt, yt = _pixels(fm["X_test"]), np.asarray(fm["y_test"])
+    keep_t = np.arange(np.asarray(fm["y_test"]).shape[0])
     if tail is not None:  # the tail is drawn over the source images, before any copy is made
         ranks = _class_ranks(10, tail_seed)
         trng = np.random.default_rng([tail_seed, 0x7A11, 1])
         src = src[_tail_rows(y[src], tail, ranks, trng)]
-        keep_t = _tail_rows(yt, tail, ranks, trng)
-        Xt, yt = Xt[keep_t], yt[keep_t]
+        keep_t = _tail_rows(np.asarray(fm["y_test"]), tail, ranks, trng)
+    return feat, src, keep_t
+
+
+def _web_views(imgs: np.ndarray, kind: np.ndarray, aug: np.ndarray, rng) -> np.ndarray:
+    """Copies of the (b, 784) pixel rows ``imgs`` by ``kind`` (0 as is, 1 near-exact, 2 augmented by ``aug``)."""
+    imgs = imgs.copy()
+    near = np.flatnonzero(kind == 1)
+    if near.size:
+        noisy = imgs[near] + rng.normal(0, 0.01, (near.size, imgs.shape[1])).astype(np.float32)
+        imgs[near] = np.clip(np.round(noisy * 255) / 255, 0, 1)
+    ag = np.flatnonzero(kind == 2)
+    if ag.size:
+        warped = _augment(imgs[ag].reshape(-1, 28, 28), aug[ag]).reshape(ag.size, -1)
+        warped += rng.normal(0, 0.03, warped.shape).astype(np.float32)
+        imgs[ag] = np.clip(warped, 0, 1)
+    return imgs
+
+
+def _augment_params(n: int, rng) -> np.ndarray:
+    """Per row (dy, dx, angle, scale): shifts up to 2 pixels, rotations up to 10 degrees, scale 0.9-1.1."""
+    return np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-2, 2, n), rng.uniform(-10, 10, n),
+                            rng.uniform(0.9, 1.1, n)])
+
+
+def _web_test_views(path, meta, feature_size, hidden, coarse, n_sources, tail, tail_seed, seed, net_key):
+    """The test split drawn as pool rows are (kinds in the pool's shares), cached beside the pool."""
+    f = path / "X_test_views.npy"
+    if not f.exists():
+        fm = _fashion_mnist()
+        _, _, keep_t = _web_split(fm, feature_size, n_sources, tail, tail_seed, seed)
+        layers = _feature_net(None, None, None, seed, 0, cache_dir() / _key("fmnist-web-net-v1", net_key))
+        shares = np.array([meta["rows_original"], meta["rows_near_exact"], meta["rows_augmented"]], float)
+        rng = np.random.default_rng([seed, 0x7E57])
+        kind = rng.choice(3, size=keep_t.shape[0], p=shares / shares.sum()).astype(np.int8)
+        imgs = _web_views(_pixels(fm["X_test"][keep_t]), kind, _augment_params(keep_t.shape[0], rng), rng)
+        _save_npy(path / "kind_test_views.npy", kind)
+        _save_npy(f, _embed(layers, imgs))
+    return np.load(f, mmap_mode="r")
+
+
+def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse, n_sources, tail, tail_seed, seed,
+                     progress, block, net_key, params) -> dict:
+    X, y = fm["X"], np.asarray(fm["y"])
+    feat, src, keep_t = _web_split(fm, feature_size, n_sources, tail, tail_seed, seed)
+    target = np.asarray(FMNIST_COARSE)[y[feat]] if coarse else y[feat]
+    net_path = cache_dir() / _key("fmnist-web-net-v1", net_key)
+    layers = _feature_net(_pixels(X[feat]), target, (hidden,), seed, 200, net_path)
+    rng = np.random.default_rng([seed, 0xFEB])
+    Xt, yt = _pixels(fm["X_test"])[keep_t], np.asarray(fm["y_test"])[keep_t]
     if size < src.shape[0]:  # fewer rows than sources: a random subset of the sources, once each
         src = np.sort(rng.choice(src, size, replace=False))
     mult = _multiplicities(src.shape[0], size, a, rng)
@@ -533,8 +593,7 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
     kind = np.where(first, 0, 1 + (rng.random(size) < augmented)).astype(np.int8)  # 0 original, 1 near, 2 aug
     perm = rng.permutation(size)
     source, kind = source[perm], kind[perm]
-    aug = np.column_stack([rng.uniform(-2, 2, size), rng.uniform(-2, 2, size), rng.uniform(-10, 10, size),
-                           rng.uniform(0.9, 1.1, size)])
+    aug = _augment_params(size, rng)
     out = np.empty((size, hidden), dtype=np.float32)
     n_blocks = -(-size // block)
     with _progress(size, f"{'fmnist-web' if tail is None else 'fmnist-web-lt'}: copies", enabled=progress,
@@ -542,18 +601,7 @@ def _make_fmnist_web(path, fm, size, a, augmented, feature_size, hidden, coarse,
         for k in range(n_blocks):
             lo, hi = k * block, min(size, (k + 1) * block)
             brng = np.random.default_rng([seed, 0xB10C, k])  # per block: the result does not depend on the order
-            imgs = _pixels(X[source[lo:hi]])
-            kb = kind[lo:hi]
-            near = np.flatnonzero(kb == 1)
-            if near.size:
-                noisy = imgs[near] + brng.normal(0, 0.01, (near.size, imgs.shape[1])).astype(np.float32)
-                imgs[near] = np.clip(np.round(noisy * 255) / 255, 0, 1)
-            ag = np.flatnonzero(kb == 2)
-            if ag.size:
-                warped = _augment(imgs[ag].reshape(-1, 28, 28), aug[lo:hi][ag]).reshape(ag.size, -1)
-                warped += brng.normal(0, 0.03, warped.shape).astype(np.float32)
-                imgs[ag] = np.clip(warped, 0, 1)
-            out[lo:hi] = _embed(layers, imgs)
+            out[lo:hi] = _embed(layers, _web_views(_pixels(X[source[lo:hi]]), kind[lo:hi], aug[lo:hi], brng))
             bar.update(hi - lo)
     meta = {"spec": f"web:a={a:g},augmented={augmented:g}" + ("" if tail is None else f",tail={tail:g}"),
             "params": params, **_multiplicity_stats(mult),
@@ -854,6 +902,8 @@ POOLS = {
     "mnist1d-lt": 1_000_000,  # the balanced MNIST-1D pool before the tail (a=1): 292,897 rows kept
     "fmnist-web": 1_000_000,
     "fmnist-web-lt": 1_000_000,
+    "fmnist-web-views": 1_000_000,  # the same pools, the test images drawn as pool rows are
+    "fmnist-web-lt-views": 1_000_000,
     "manyclass": 1_000_000,
     "multilabel-vocab": 200_000,
 }
@@ -866,10 +916,9 @@ def load_pool(name: str, size: int | None = None, seed: int = 0, progress: bool 
         if n < 20:
             raise BatchalInputError(f"--size {n}: too small a pool for mnist1d-lt")
         return long_tail(load_mnist1d(n=n, seed=seed, progress=progress), 1.0, seed)
-    if name == "fmnist-web":
-        return load_fmnist_web(n, seed=seed, progress=progress)
-    if name == "fmnist-web-lt":
-        return load_fmnist_web(n, tail=1.0, seed=seed, progress=progress)
+    if name.startswith("fmnist-web"):
+        return load_fmnist_web(n, tail=1.0 if "-lt" in name else None, seed=seed, progress=progress,
+                               test="views" if name.endswith("-views") else "clean")
     if name == "manyclass":
         return load_manyclass(n, seed=seed, progress=progress)
     return load_multilabel_vocab(n, seed=seed, progress=progress)
