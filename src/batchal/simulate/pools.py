@@ -515,6 +515,8 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     X_test = got["X_test"]
     if test == "views":
         name += "-views"
+        meta = {**meta, "test": "Each test image is drawn as a pool row is: as it is, a near-exact or an "
+                                "augmented copy, in the pool's shares of the three kinds."}
         X_test = _web_test_views(path, meta, feature_size, hidden, bool(coarse), n_sources, tail, tail_seed, seed,
                                  net_key)
     return Dataset(name, got["X"], got["y"], X_test, got["y_test"], source=got["source"], redundancy=meta)

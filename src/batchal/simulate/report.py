@@ -226,7 +226,7 @@ def summary_markdown(res) -> str:
             f"{red['pool_rows']:,} (multiplicity mean {red['mean_multiplicity']:.2f}, median "
             f"{red['median_multiplicity']:g}, max {red['max_multiplicity']}; {100 * red['share_rows_single']:.1f}% of "
             f"pool rows are single, {100 * red['share_rows_in_groups_of_10_plus']:.1f}% in groups of 10 or more). "
-            f"Rows per multiplicity: {top}, ... The test split is untouched."
+            f"Rows per multiplicity: {top}, ... {red.get('test', 'The test split is untouched.')}"
         )
     seed_m = float(np.nanmean(_by(res.rows, strategies[0])[1][0]))
     lines.append(f"\nCurve range: {metric} {seed_m:.4f} from the seed set ({cfg.seed_size:,} labels) and "
