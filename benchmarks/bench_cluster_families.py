@@ -265,6 +265,68 @@ def cmd_knn(args) -> list[dict]:
     return rows
 
 
+def _case_hnsw(args) -> None:
+    """faiss HNSW on the first ``n`` rows: build time, then search time and recall@k per ``efSearch``."""
+    import faiss
+
+    from batchal.clustering.knn import _prep_chunk
+
+    X = np.load(args.data, mmap_mode="r")[: args.rows]
+    Xn = _prep_chunk(np.asarray(X), args.metric, 0)
+    fm = faiss.METRIC_INNER_PRODUCT if args.metric == "cosine" else faiss.METRIC_L2
+    index = faiss.IndexHNSWFlat(Xn.shape[1], args.hnsw_m, fm)
+    index.hnsw.efConstruction = args.ef_construction
+    t0, c0 = time.perf_counter(), time.process_time()
+    index.add(Xn)
+    build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+    q = np.sort(np.random.default_rng(1).choice(Xn.shape[0], size=min(Xn.shape[0], args.queries), replace=False))
+    out = []
+    for ef in args.ef_search:
+        index.hnsw.efSearch = ef
+        c0 = time.process_time()
+        _, i = index.search(Xn[q], args.k + 1)
+        dt = time.process_time() - c0
+        got = np.stack([row[row != qi][: args.k] for row, qi in zip(i, q)])
+        c0 = time.process_time()
+        rec = brute_force_recall(X, _scatter(got, q, Xn.shape[0]), args.k, args.metric, args.queries)
+        exact = time.process_time() - c0  # the exact lists of the same queries: what brute force costs per row
+        out.append({"ef": ef, "recall": rec, "search_cpu_s_all_rows": dt * Xn.shape[0] / q.shape[0]})
+    print(json.dumps({"rows": Xn.shape[0], "build_s": build, "build_cpu_s": build_cpu,
+                      "exact_cpu_s_all_rows": exact * Xn.shape[0] / q.shape[0], "load": os.getloadavg(), "by_ef": out,
+                      "threads": faiss.omp_get_max_threads()}))
+
+
+def _scatter(got: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
+    """Lists of the query rows ``q`` placed at their rows of an (n, k) array (the recall helper indexes by row)."""
+    full = np.full((n, got.shape[1]), -1, dtype=np.int64)
+    full[q] = got
+    return full
+
+
+def cmd_hnsw(args) -> list[dict]:
+    """Is faiss's HNSW an option where IVF cannot reach the recall? Build and search cost, recall per efSearch."""
+    print(f"faiss HNSW (M = {args.hnsw_m}, efConstruction = {args.ef_construction}), first {args.rows:,} rows, "
+          f"k = {args.k}, recall on {args.queries} rows against brute force over the same rows")
+    print("| family | rows | build s (CPU s) | load (1 min) | " + " | ".join(f"ef {e}: recall, search CPU s (all rows)"
+                                                         for e in args.ef_search)
+          + " | exact (faiss brute force) CPU s (all rows) |")
+    print("|---|---:|---:|---:|" + "---|" * len(args.ef_search) + "---:|")
+    rows = []
+    for f in args.families:
+        argv = ["_hnsw", "--data", str(family_path(f, args.n, args.d)), "--queries", str(args.queries),
+                "--rows", str(args.rows), "--hnsw-m", str(args.hnsw_m), "--ef-construction", str(args.ef_construction),
+                "--ef-search", *map(str, args.ef_search), "--metric", args.metric, "--k", str(args.k)]
+        r = _sub(argv)
+        if "error" in r:
+            print(f"| {f} | ERROR {r['error'][-400:]} |")
+            continue
+        cells = " | ".join(f"{e['recall']:.3f}, {e['search_cpu_s_all_rows']:.1f}" for e in r["by_ef"])
+        print(f"| {f} | {r['rows']:,} | {r['build_s']:.1f} ({r['build_cpu_s']:.1f}) | {r['load'][0]:.1f} | {cells} | "
+              f"{r['exact_cpu_s_all_rows']:.0f} |", flush=True)
+        rows.append({"family": f, **r})
+    return rows
+
+
 def cmd_scale(args) -> list[dict]:
     """The table of issue 24: per family, median of ``repeats`` whole runs, peak, recall."""
     out = []
@@ -342,7 +404,7 @@ def cmd_agree(args) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    cmds = {"gen": cmd_gen, "knn": cmd_knn, "scale": cmd_scale, "agree": cmd_agree}
+    cmds = {"gen": cmd_gen, "knn": cmd_knn, "scale": cmd_scale, "agree": cmd_agree, "hnsw": cmd_hnsw}
     parsers = {name: sub.add_parser(name) for name in cmds}
     for p in parsers.values():
         p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -358,6 +420,16 @@ def main(argv=None):
     parsers["scale"].add_argument("--repeats", type=int, default=3)
     parsers["scale"].add_argument("--queries", type=int, default=1000, help="recall sample (0: skip)")
     parsers["agree"].add_argument("--rows", type=int, default=20_000)
+    hn = sub.add_parser("_hnsw")
+    for p in (parsers["hnsw"], hn):
+        p.add_argument("--rows", type=int, default=200_000)
+        p.add_argument("--hnsw-m", type=int, default=32)
+        p.add_argument("--ef-construction", type=int, default=40)
+        p.add_argument("--ef-search", type=int, nargs="+", default=[64, 256, 1024])
+    parsers["hnsw"].add_argument("--queries", type=int, default=1000)
+    for a, kw in (("--data", {"required": True}), ("--metric", {"default": "cosine"}), ("--k", {"type": int, "default": 50}),
+                  ("--queries", {"type": int, "default": 1000})):
+        hn.add_argument(a, **kw)
     for name in ("_knn", "_graph"):
         x = sub.add_parser(name)
         x.add_argument("--data", required=True)
@@ -374,6 +446,8 @@ def main(argv=None):
         return _case_knn(args)
     if args.cmd == "_graph":
         return _case_graph(args)
+    if args.cmd == "_hnsw":
+        return _case_hnsw(args)
     res = cmds[args.cmd](args)
     if args.json and res is not None:
         args.json.write_text(json.dumps(res, indent=1, default=str))
