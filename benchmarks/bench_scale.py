@@ -282,15 +282,19 @@ def figure(S: list[dict]) -> None:
     groups: dict = {}
     for s in S:
         m = re.match(r"(.+)-b(\d+)(?:-(.+))?$", s["name"])
-        if m is None or m.group(3):
-            continue  # ablations (suffixed) are not on the figure
+        if m is None or m.group(3) not in (None, "whiten"):
+            continue  # ablations (suffixed) are not on the figure; the web-like pools' runs are all whitened
         groups.setdefault(m.group(1), []).append((int(m.group(2)) / 10, s))
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     colors = {"random": "tab:gray", "cluster-margin": "tab:orange", "recommended": "tab:green",
               "earlier rec. (tol=0.1)": "tab:olive", "badge (part.)": "tab:red"}
-    for ax, (g, items) in zip(axes[0], sorted(groups.items())):
+    for ax, (g, items) in zip(axes.flat, sorted(groups.items())):
         items.sort(key=lambda x: x[0])
         flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
         # one line per strategy: BADGE's spec text changes with the batch (its partitions), its short name does not
@@ -317,7 +321,7 @@ def figure(S: list[dict]) -> None:
         ax.set_title(g + (f" (curve rises {100 * max(s['full'] - s['seed_metric'] for _, s in items):.1f} points)" if flat else ""), fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    for ax in axes[0]:
+    for ax in axes.flat[:len(groups)]:
         ax.text(0.02, 0.02, "no point: no trial reached the target", transform=ax.transAxes, fontsize=7, color="gray")
     fig.suptitle("Labels to reach random's final metric, saved against margin's (higher is better)", fontsize=10)
     fig.tight_layout()
