@@ -330,6 +330,42 @@ def figure(S: list[dict]) -> None:
     print(f"\nfigure: {FIGURES / 'scale_labels_saved.png'}")
 
 
+def pairs(args) -> int:
+    """The web-like pools evaluated on both test splits: clean test images, and test images drawn as pool rows are.
+
+    The two runs of a pair share seeds, pool and clustering, so their batches are the same (checked here:
+    every (strategy, trial, round) has the same batch mean margin); only the test split differs.
+    """
+    from batchal.simulate.report import fmt_ratio
+
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*-views-*_results.csv"))
+    print("| pool | batch | test split | seed set -> whole pool | random's final | cluster-margin / margin | "
+          "recommended / margin | rounds vs margin (recommended) | rounds vs margin (cluster-margin) | same batches |")
+    print("|---|---:|---|---|---:|---:|---:|---|---|---|")
+    for views in names:
+        clean = views.replace("-views", "")
+        if not (RESULTS / f"{clean}_results.csv").exists():
+            continue
+        rv, rc = _read_csv(RESULTS / f"{views}_results.csv")[1], _read_csv(RESULTS / f"{clean}_results.csv")[1]
+        key = lambda r: (r["strategy"], r["trial"], r["round"])  # noqa: E731
+        mc = {key(r): r["batch_mean_margin"] for r in rc}
+        shared = [key(r) for r in rv if key(r) in mc]
+        same = all(mc[k] == r["batch_mean_margin"] for r in rv for k in [key(r)] if k in mc)
+        m = re.match(r"logreg-(.+)-views-b(\d+)", views)
+        for label, name in (("clean", clean), ("drawn as pool rows", views)):
+            S = summarise(name)
+            by_short = {_short(k): k for k in S["strategies"]}
+            cells = [m.group(1), f"{int(m.group(2)) / 10:g}%", label, f"{S['seed_metric']:.3f} -> {S['full']:.3f}",
+                     f"{S['target']:.3f}"]
+            cells += [fmt_ratio(S["ratios"][by_short[o]]) if o in by_short else "—"
+                      for o in ("cluster-margin", "recommended")]
+            cells += ["/".join(map(str, S["rounds"][by_short[o]])) if o in by_short else "—"
+                      for o in ("recommended", "cluster-margin")]
+            cells.append(f"{'yes' if same else 'NO'} ({len(shared)} rows)" if label == "clean" else "")
+            print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def headroom(args) -> int:
     """How much of each configuration's curve is left after its first batch, and how far the specs part.
 
@@ -386,8 +422,9 @@ def main(argv=None) -> int:
     t.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     h = sub.add_parser("headroom", help="what each configuration's curve leaves after its first batch (markdown)")
     h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
+    sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
     args = ap.parse_args(argv)
-    return {"run": run, "table": table, "headroom": headroom}[args.cmd](args)
+    return {"run": run, "table": table, "headroom": headroom, "pairs": pairs}[args.cmd](args)
 
 
 if __name__ == "__main__":
