@@ -91,3 +91,19 @@ def test_exactly_one_source():
         margin()
     with pytest.raises(BatchalInputError, match="exactly one"):
         margin(np.full((2, 2), 0.5), logits=np.zeros((2, 2)))
+
+
+def test_wide_inputs_stream_in_blocks_of_bounded_entries(monkeypatch):
+    """Blocks of many classes hold fewer rows (BLOCK_ENTRIES): the same scores, and errors name the right row."""
+    import batchal.scores as S
+
+    rng = np.random.default_rng(5)
+    P = rng.random((103, 40)).astype(np.float32)
+    want = S.multilabel_margin(P)
+    want_m = S.margin(P / P.sum(1, keepdims=True))
+    monkeypatch.setattr(S, "BLOCK_ENTRIES", 7 * 40)  # 7 rows a block
+    np.testing.assert_array_equal(S.multilabel_margin(P), want)
+    np.testing.assert_array_equal(S.margin(P / P.sum(1, keepdims=True)), want_m)
+    P[52, 3] = 1.5
+    with pytest.raises(BatchalInputError, match="row 52"):
+        S.multilabel_margin(P)

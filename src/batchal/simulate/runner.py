@@ -115,11 +115,8 @@ def evaluate(dataset: Dataset, P: np.ndarray, rare: np.ndarray | None = None) ->
     """
     yt = dataset.y_test
     if dataset.multilabel:
-        from sklearn.metrics import average_precision_score
-
-        keep = yt.sum(0) > 0
-        return {"accuracy": float(average_precision_score(yt[:, keep], P[:, keep], average="macro")),
-                "micro_ap": float(average_precision_score(yt[:, keep], P[:, keep], average="micro"))}
+        macro, micro = average_precision(yt, P)
+        return {"accuracy": macro, "micro_ap": micro}
     pred = P.argmax(1)
     n_c = max(dataset.n_classes, P.shape[1])
     hit = np.bincount(yt[pred == yt], minlength=n_c).astype(float)
@@ -130,6 +127,43 @@ def evaluate(dataset: Dataset, P: np.ndarray, rare: np.ndarray | None = None) ->
         r = recall[rare]
         out["rare_recall"] = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
     return out
+
+
+def average_precision(Y, P) -> tuple[float, float]:
+    """Macro and pooled (micro) average precision of scores ``P`` for 0/1 labels ``Y`` (n, C).
+
+    The macro average runs over the classes with a positive in ``Y``. Equal to
+    scikit-learn's ``average_precision_score`` (``average="macro"`` and
+    ``"micro"`` on those classes), ties included: its step-wise sum over
+    thresholds is the mean, over the positives, of the precision at each
+    positive's score, ``tp(>= s) / n(>= s)``. Computed from one sort per class
+    and one of all scores, not one sort per class per call of scikit-learn's
+    binary routine, which on 20,000 x 1,000 (strided columns) took 70 s.
+    """
+    Y = np.asarray(Y)
+    P = np.asarray(P)
+    keep = np.flatnonzero(Y.sum(0, dtype=np.int64) > 0)
+    S = np.ascontiguousarray(P[:, keep].T) + 0  # (classes, n); + 0 turns -0.0 into 0.0 as == does
+    rows, cls = np.nonzero(Y[:, keep].T != 0)  # positives, class-major
+    s = S[rows, cls]
+    S.sort(axis=1)
+    n = S.shape[1]
+    ge = np.empty(s.shape[0], dtype=np.int64)  # scores of the class >= each positive's score
+    tp = np.empty(s.shape[0], dtype=np.int64)  # positives of the class scoring >= it
+    cut = np.searchsorted(rows, np.arange(keep.shape[0] + 1))
+    for k in range(keep.shape[0]):
+        a, b = cut[k], cut[k + 1]
+        sk = s[a:b]
+        ge[a:b] = n - np.searchsorted(S[k], sk, side="left")
+        tp[a:b] = (b - a) - np.searchsorted(np.sort(sk), sk, side="left")
+    prec = tp / ge
+    macro = float(np.mean(np.add.reduceat(prec, cut[:-1]) / np.diff(cut)))
+    # pooled: one ranking of every (row, class) score
+    flat = np.sort(S, axis=None)
+    sp = np.sort(s)
+    micro = float(np.mean((s.shape[0] - np.searchsorted(sp, s, side="left"))
+                          / (flat.shape[0] - np.searchsorted(flat, s, side="left"))))
+    return macro, micro
 
 
 def _metric(dataset: Dataset, P: np.ndarray) -> float:
