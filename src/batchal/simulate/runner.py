@@ -144,13 +144,13 @@ def average_precision(Y, P) -> tuple[float, float]:
     P = np.asarray(P)
     keep = np.flatnonzero(Y.sum(0, dtype=np.int64) > 0)
     S = np.ascontiguousarray(P[:, keep].T) + 0  # (classes, n); + 0 turns -0.0 into 0.0 as == does
-    rows, cls = np.nonzero(Y[:, keep].T != 0)  # positives, class-major
-    s = S[rows, cls]
+    cls, rows = np.nonzero(Y[:, keep].T != 0)  # positives, class-major
+    s = S[cls, rows]
     S.sort(axis=1)
     n = S.shape[1]
     ge = np.empty(s.shape[0], dtype=np.int64)  # scores of the class >= each positive's score
     tp = np.empty(s.shape[0], dtype=np.int64)  # positives of the class scoring >= it
-    cut = np.searchsorted(rows, np.arange(keep.shape[0] + 1))
+    cut = np.searchsorted(cls, np.arange(keep.shape[0] + 1))
     for k in range(keep.shape[0]):
         a, b = cut[k], cut[k + 1]
         sk = s[a:b]
