@@ -318,9 +318,17 @@ def figure(S: list[dict]) -> None:
         ax.set_xticklabels(["1%", "3%", "10%"])
         ax.set_xlabel("batch size (share of the pool)")
         ax.set_ylabel("labels saved vs margin (%)")
-        ax.set_title(g + (f" (curve rises {100 * max(s['full'] - s['seed_metric'] for _, s in items):.1f} points)" if flat else ""), fontsize=10)
+        title = g.replace("-views", ", test as pool rows") if g.endswith("-views") else (
+            g + ", clean test" if "fmnist-web" in g else g)
+        ax.set_title(title + (f" (curve rises {100 * max(s['full'] - s['seed_metric'] for _, s in items):.1f} points)" if flat else ""), fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles = {}
+    for ax in axes.flat[:len(groups)]:
+        ax.set_xlim(0.8, 12.5)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower right", fontsize=9, ncol=2,
+               bbox_to_anchor=(0.98, 0.04), title="strategy (against margin)")
     for ax in axes.flat[:len(groups)]:
         ax.text(0.02, 0.02, "no point: no trial reached the target", transform=ax.transAxes, fontsize=7, color="gray")
     fig.suptitle("Labels to reach random's final metric, saved against margin's (higher is better)", fontsize=10)
