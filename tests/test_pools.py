@@ -236,3 +236,7 @@ def test_web_long_tail_test_views_keep_the_tail():
     lv = pools.load_fmnist_web(4000, tail=1.0, test="views", **WEB)
     assert lv.name == "fmnist-web-lt-views" and lv.X_test.shape == lt.X_test.shape
     np.testing.assert_array_equal(lv.y_test, lt.y_test)
+    # long_tail of a views pool keeps its test split drawn as pool rows
+    again = pools.long_tail(pools.load_fmnist_web(4000, test="views", **WEB), a=1.0, seed=0)
+    assert again.name == "fmnist-web-lt-views"
+    np.testing.assert_array_equal(again.X_test, lv.X_test)

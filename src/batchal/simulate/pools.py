@@ -879,7 +879,8 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
         q = red["params"]
         return load_fmnist_web(q["n"], a=q["a"], augmented=q["aug"], feature_size=q["f"], hidden=q["h"],
                                coarse=bool(q["c"]), n_sources=None if q["ns"] == "all" else q["ns"],
-                               tail=a, tail_seed=seed, seed=q["s"], block=q["b"])
+                               tail=a, tail_seed=seed, seed=q["s"], block=q["b"],
+                               test="views" if "test" in red else "clean")
     y = np.asarray(dataset.y)
     ranks = _class_ranks(dataset.n_classes, seed)
     rng = np.random.default_rng([seed, 0x7A11, 2])
