@@ -1,5 +1,6 @@
 """The simulator end to end on small data: outputs, savings arithmetic, multi-label, user npz files."""
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -324,6 +325,33 @@ def test_one_clustering_per_trial_shared_by_specs_and_cached(tmp_path, monkeypat
     c = simulate(ds, small_cfg(strategies=specs, trials=2, rounds=2, cluster_cache=False))
     assert not any(x["cluster_cached"] for x in c.diagnostics if "n_clusters" in x)
     assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in c.rows]
+
+
+def test_whole_pool_reference_is_cached_per_pool_and_training_rule(tmp_path, monkeypatch):
+    """The reference fit runs once per (pool, test split, rule); a changed label, rule or flag refits."""
+    from batchal.simulate import runner
+
+    monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
+    fits = []
+    real = runner._new_model
+    monkeypatch.setattr(runner, "_new_model", lambda *a, **k: fits.append(k.get("reference", False)) or real(*a, **k))
+    ds = load_dataset("digits")
+    cfg = dict(strategies=["margin"], trials=1, rounds=1)
+    a = simulate(ds, small_cfg(**cfg))
+    assert fits.count(True) == 1
+    b = simulate(ds, small_cfg(**cfg, batch_size=30))  # another batch size: the same reference
+    assert fits.count(True) == 1 and b.full_score == a.full_score
+    c = simulate(ds, small_cfg(**cfg, reference_cache=False))
+    assert fits.count(True) == 2 and c.full_score == a.full_score  # recomputed: the cached score was right
+    y = ds.y.copy()
+    y[:5] = (y[:5] + 1) % 10
+    simulate(replace(ds, y=y), small_cfg(**cfg))  # other labels: refit
+    simulate(ds, small_cfg(**cfg, whiten=True))  # another training rule: refit
+    assert fits.count(True) == 4
+    for e in (tmp_path / "cache" / "reference").glob("*.json"):  # a damaged entry is recomputed, never trusted
+        e.write_text("{not json")
+    d = simulate(ds, small_cfg(**cfg))
+    assert fits.count(True) == 5 and d.full_score == a.full_score
 
 
 def test_label_dependent_embedding_is_clustered_per_trial(tmp_path, monkeypatch):
