@@ -11,6 +11,7 @@ in parallel processes.
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -385,9 +386,6 @@ def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None
     costs 2-8 minutes at 1M rows and gives the same score for every batch size
     and spec list of a pool.
     """
-    import json
-    import os
-
     path = None
     if cfg.reference_cache:
         # the thread count is in the key: torch's sums (MLP) differ in the last bits between counts
