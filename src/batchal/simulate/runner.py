@@ -407,9 +407,12 @@ def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None
     seconds = time.perf_counter() - t0
     _say(cfg, f"whole-pool reference: {score:.4f} ({seconds:.0f} s)")
     if path is not None:
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"score": score, "seconds": seconds, "dataset": dataset.name}))
-        os.replace(tmp, path)
+        from pathlib import Path
+
+        from ..io import atomic_write
+
+        entry = json.dumps({"score": score, "seconds": seconds, "dataset": dataset.name})
+        atomic_write(path, lambda tmp: Path(tmp).write_text(entry))
     return score
 
 
