@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 
 import numpy as np
+
+from ..io import atomic_write
 
 #: bump when the clustering code changes what it returns for the same input
 CACHE_VERSION = 1
@@ -77,11 +78,10 @@ def cluster_embedding(E: np.ndarray, params: dict, *, cache: bool = True) -> dic
     out = {"labels": hac.labels_.astype(np.int64), "threshold": float(hac.threshold_), "method": hac.method_,
            "seconds": time.perf_counter() - t0, "cached": False}
     if path is not None:
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, labels=out["labels"].astype(np.int32 if out["labels"].max() < 2**31 else np.int64),
-                 threshold=out["threshold"], method=out["method"], seconds=out["seconds"],
-                 params=json.dumps(params, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(
+            tmp, labels=out["labels"].astype(np.int32 if out["labels"].max() < 2**31 else np.int64),
+            threshold=out["threshold"], method=out["method"], seconds=out["seconds"],
+            params=json.dumps(params, sort_keys=True)))
     return out
 
 

@@ -18,10 +18,12 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .._validation import BatchalInputError
+from ..io import atomic_write
 from ..selectors import Pool
 from ..selectors.spec import parse_spec, split_specs
 from . import clusters as _clusters
@@ -407,10 +409,6 @@ def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None
     seconds = time.perf_counter() - t0
     _say(cfg, f"whole-pool reference: {score:.4f} ({seconds:.0f} s)")
     if path is not None:
-        from pathlib import Path
-
-        from ..io import atomic_write
-
         entry = json.dumps({"score": score, "seconds": seconds, "dataset": dataset.name})
         atomic_write(path, lambda tmp: Path(tmp).write_text(entry))
     return score
