@@ -80,26 +80,35 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         return list(rd.fieldnames or []), list(rd)
 
 
-def merge_results(name: str, new_csv: Path) -> list[str]:
+def merge_results(name: str, new_out: Path) -> tuple[list[str], list[str]]:
     """Add the strategies of a later run (``--specs``) to a configuration's recorded results.
 
     The runs share seeds, so a strategy in both must have the same curve: its
     rows are compared (accuracy per trial and round, to 1e-9) and a mismatch
     refuses the merge, which doubles as a check that the simulator is
-    reproducible. Returns the strategies added.
+    reproducible. The whole-pool reference score must match too, so a run that
+    shares no strategy is still checked to be on the same pool, test split and
+    training rule. Returns the strategies added and those checked.
     """
-    old_f, new_f = RESULTS / f"{name}_results.csv", new_csv
+    old_f, new_f = RESULTS / f"{name}_results.csv", new_out / "results.csv"
+    ref_old = json.loads((RESULTS / f"{name}_run.json").read_text()).get("full_pool_score")
+    ref_new = json.loads((new_out / "run.json").read_text()).get("full_pool_score")
+    if ref_old is not None and ref_new is not None and abs(float(ref_old) - float(ref_new)) > 1e-9:
+        raise SystemExit(f"{name}: the whole-pool reference differs between the recorded run and this one "
+                         f"({ref_old} vs {ref_new}): another pool, test split or training rule; not merged")
     fo, old = _read_csv(old_f)
     fn, new = _read_csv(new_f)
     key = lambda r: (r["strategy"], r["trial"], r["round"])  # noqa: E731
     have = {key(r): r for r in old}
-    added = []
+    added, checked = [], []
     for r in new:
         k = key(r)
         if k in have:
             if abs(float(have[k]["accuracy"]) - float(r["accuracy"])) > 1e-9:
                 raise SystemExit(f"{name}: {k} differs between the recorded run and this one "
                                  f"({have[k]['accuracy']} vs {r['accuracy']}): not merged")
+            if r["strategy"] not in checked:
+                checked.append(r["strategy"])
         else:
             old.append(r)
             if r["strategy"] not in added:
@@ -109,7 +118,7 @@ def merge_results(name: str, new_csv: Path) -> list[str]:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(old)
-    return added
+    return added, checked
 
 
 def run(args) -> int:
@@ -135,7 +144,7 @@ def run(args) -> int:
                     rc = 1
                     continue
                 if specs and (RESULTS / f"{name}_results.csv").exists():
-                    added = merge_results(name, out / "results.csv")
+                    added, checked = merge_results(name, out)
                     meta = json.loads((RESULTS / f"{name}_run.json").read_text())
                     meta["config"]["strategies"] += [x for x in added if x not in meta["config"]["strategies"]]
                     meta.setdefault("added_runs", []).append(dict(
@@ -144,8 +153,10 @@ def run(args) -> int:
                     (RESULTS / f"{name}_run.json").write_text(json.dumps(meta, indent=1, default=str))
                     (RESULTS / f"{name}_summary.md").write_text(
                         (RESULTS / f"{name}_summary.md").read_text()
-                        + f"\n\nAdded {', '.join(added) or 'nothing new'} ({wall:,.0f} s wall; the shared strategies' "
-                          f"curves matched the recorded run exactly):\n\n    {' '.join(cmd)}\n")
+                        + f"\n\nAdded {', '.join(added) or 'nothing new'} ({wall:,.0f} s wall; "
+                          + (f"the curves of {', '.join(checked)} matched the recorded run exactly"
+                             if checked else "no strategy shared with the recorded run")
+                          + f"; the whole-pool reference score matched it):\n\n    {' '.join(cmd)}\n")
                     print(f"  merged into {name}: {', '.join(added) or 'nothing new'}", flush=True)
                     continue
                 shutil.copy(out / "results.csv", RESULTS / f"{name}_results.csv")

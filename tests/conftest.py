@@ -2,6 +2,18 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep the simulator's generated pools, clusterings and references out of the user's cache.
+
+    One directory for the whole session, so tests that generate the same small pool
+    still share it; a test that sets ``BATCHAL_CACHE`` itself overrides it.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BATCHAL_CACHE", str(tmp_path_factory.mktemp("batchal-cache")))
+        yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
