@@ -359,8 +359,9 @@ def pairs(args) -> int:
 
     names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*-views-*_results.csv"))
     print("| pool | batch | test split | seed set -> whole pool | random's final | cluster-margin / margin | "
-          "recommended / margin | rounds vs margin (recommended) | rounds vs margin (cluster-margin) | same batches |")
-    print("|---|---:|---|---|---:|---:|---:|---|---|---|")
+          "recommended / margin | badge (part.) / margin | rounds vs margin (recommended) | "
+          "rounds vs margin (cluster-margin) | same batches |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|---|---|")
     for views in names:
         clean = views.replace("-views", "")
         if not (RESULTS / f"{clean}_results.csv").exists():
@@ -377,7 +378,7 @@ def pairs(args) -> int:
             cells = [m.group(1), f"{int(m.group(2)) / 10:g}%", label, f"{S['seed_metric']:.3f} -> {S['full']:.3f}",
                      f"{S['target']:.3f}"]
             cells += [fmt_ratio(S["ratios"][by_short[o]]) if o in by_short else "—"
-                      for o in ("cluster-margin", "recommended")]
+                      for o in ("cluster-margin", "recommended", "badge (part.)")]
             cells += ["/".join(map(str, S["rounds"][by_short[o]])) if o in by_short else "—"
                       for o in ("recommended", "cluster-margin")]
             cells.append(f"{'yes' if same else 'NO'} ({len(shared)} rows)" if label == "clean" else "")
