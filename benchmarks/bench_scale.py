@@ -16,6 +16,8 @@ Usage::
     python benchmarks/bench_scale.py run --pools mnist1d --models logreg --shares 0.01 0.03 0.1
     python benchmarks/bench_scale.py run --pools mnist1d --models mlp --shares 0.1 -- --training full
     python benchmarks/bench_scale.py table      # the scale table and the figure from results/scale/
+    python benchmarks/bench_scale.py pairs      # the web-like pools under both test splits
+    python benchmarks/bench_scale.py between    # specs between margin and the recommended spec
 
 Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
 """
@@ -309,7 +311,8 @@ def figure(S: list[dict]) -> None:
         items.sort(key=lambda x: x[0])
         flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
         # one line per strategy: BADGE's spec text changes with the batch (its partitions), its short name does not
-        specs = list({_short(k): k for _, s in items for k in s["strategies"] if k != "margin"}.values())
+        # the table's specs only: the ablations of `between` would crowd the panels
+        specs = list({_short(k): k for _, s in items for k in s["strategies"] if _short(k) in colors}.values())
         for spec in specs:
             xs, ys = [], []
             for share, s in items:
@@ -386,6 +389,42 @@ def pairs(args) -> int:
     return 0
 
 
+#: specs between margin and the recommended spec (`between`): more copies per near-duplicate group, or the
+#: clusters instead of the near-duplicate test
+BETWEEN = ("cluster-margin:order=margin", "cluster-margin:order=margin:dup=0.01:copies=2",
+           "cluster-margin:order=margin:dup=0.01:copies=4", "cluster-margin:order=margin:dup=0.01:copies=8")
+
+
+def between(args) -> int:
+    """Specs between margin and the recommended spec on the web-like pools, under both test splits.
+
+    Margin takes every near-duplicate of an uncertain item, the recommended spec one per pass;
+    ``copies=c`` takes c per pass, and ``order=margin`` alone one per *cluster* per pass. Printed for
+    the configurations whose recorded results hold at least one of them.
+    """
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import fmt_ratio
+
+    specs = ["margin", RECOMMENDED, *BETWEEN, "cluster-margin"]
+    heads = ["margin (copies: all)", "recommended (copies=1)", "order=margin (one per cluster)", "copies=2",
+             "copies=4", "copies=8", "cluster-margin"]
+    print("| pool | batch | test split | random's final | " + " | ".join(f"{h} / margin" for h in heads[1:])
+          + " | rounds vs margin (copies=2 / 4 / 8) |")
+    print("|---|---:|---|---:|" + "---:|" * (len(heads) - 1) + "---|")
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten_results.csv"))
+    for name in names:
+        S = summarise(name)
+        if not any(b in S["strategies"] for b in BETWEEN):
+            continue
+        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
+        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
+                 f"{S['target']:.3f}"]
+        cells += [fmt_ratio(S["ratios"][sp]) if sp in S["ratios"] else "—" for sp in specs[1:]]
+        cells.append(", ".join("/".join(map(str, S["rounds"][sp])) if sp in S["rounds"] else "—" for sp in BETWEEN[1:]))
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def headroom(args) -> int:
     """How much of each configuration's curve is left after its first batch, and how far the specs part.
 
@@ -443,8 +482,9 @@ def main(argv=None) -> int:
     h = sub.add_parser("headroom", help="what each configuration's curve leaves after its first batch (markdown)")
     h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
+    sub.add_parser("between", help="specs between margin and the recommended spec on the web-like pools (markdown)")
     args = ap.parse_args(argv)
-    return {"run": run, "table": table, "headroom": headroom, "pairs": pairs}[args.cmd](args)
+    return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between}[args.cmd](args)
 
 
 if __name__ == "__main__":

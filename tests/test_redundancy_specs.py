@@ -339,3 +339,40 @@ def test_dup_variant_errors_named():
         select("cluster-margin:order=margin:dup=0.01", 5, probs=arrays["probs"], clusters=arrays["clusters"])
     assert parse_spec("cluster-margin:order=margin:dup=0.01").requires == ("predictions", "clusters", "embeddings")
     assert "embeddings" not in parse_spec("cluster-margin:order=margin:tol=0.1").requires
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3, 1000])
+def test_copies_takes_that_many_per_group_per_pass_against_reference(copies):
+    from batchal.selectors.cluster_margin import near_duplicate_round_robin
+
+    r = np.random.default_rng(copies)
+    m, d = 240, 6
+    base = r.normal(size=(40, d))
+    E = (base[r.integers(0, 40, m)] + r.normal(scale=0.01, size=(m, d))).astype(np.float32)
+    cand, cids = r.permutation(5000)[:m], r.integers(0, 5, m)
+    for k in (1, 50, m):
+        got, ranks = near_duplicate_round_robin(cand, cids, None, k, 0.05, embeddings=E, copies=copies)
+        _, wranks = reference_embedding_duplicates(cand, cids, E.astype(np.float64), m, 0.05)
+        np.testing.assert_array_equal(ranks, wranks)  # the copy ranks do not depend on copies
+        order = sorted(range(m), key=lambda i: (wranks[i] // copies, i))
+        np.testing.assert_array_equal(got, cand[order[:k]])
+    if copies == 1000:  # more than any group holds: margin's order
+        np.testing.assert_array_equal(got, cand)
+
+
+def test_copies_moves_the_dup_batch_toward_margin_and_errors_named():
+    arrays = make_pool(n=300, n_labeled=0, d=16)
+    r = np.random.default_rng(2)
+    E = np.repeat(arrays["embeddings"], 5, axis=0) + r.normal(scale=1e-3, size=(1500, 16)).astype(np.float32)
+    P, cl, src = np.repeat(arrays["probs"], 5, axis=0), np.repeat(arrays["clusters"], 5), np.repeat(np.arange(300), 5)
+    kw = dict(probs=P, clusters=cl, embeddings=E)
+    for c in (1, 2, 5):
+        idx = select(f"cluster-margin:order=margin:dup=0.01:max_candidate_share=1:copies={c}", 40, **kw)
+        assert np.bincount(src[idx]).max() == c and np.unique(src[idx]).shape[0] == -(-40 // c)
+    np.testing.assert_array_equal(select("cluster-margin:order=margin:dup=0.01:max_candidate_share=1:copies=5", 40, **kw),
+                                  select("margin", 40, probs=P))
+    for bad in ("0", "1.5", "-2"):
+        with pytest.raises(BatchalInputError, match="copies must be a whole number"):
+            select(f"cluster-margin:order=margin:dup=0.01:copies={bad}", 5, **kw)
+    with pytest.raises(BatchalInputError, match="copies counts near-duplicates"):
+        select("cluster-margin:order=margin:copies=2", 5, **arrays)

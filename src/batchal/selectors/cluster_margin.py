@@ -144,7 +144,7 @@ def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) 
 
 def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, probs, k: int,
                                tol: float, max_reps: int = 256, multilabel: bool = False,
-                               embeddings=None) -> tuple[np.ndarray, np.ndarray]:
+                               embeddings=None, copies: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Margin order, each group of near-duplicates giving one item per pass.
 
     Parameters
@@ -169,12 +169,17 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
         The candidates' embeddings. When given, the test compares them instead of
         ``probs``: two candidates of one cluster are near-duplicates when the cosine
         distance of their embeddings is at most ``tol``.
+    copies : int, default 1
+        Members of one near-duplicate group taken per pass: pass ``r // copies`` for
+        a group's r-th copy. 1 spreads every copy; a count at least the largest
+        group's size gives margin's order.
 
     Returns
     -------
     batch : int64 array of shape (k,), in selection order
     passes : int64 array of shape (m,)
-        Each candidate's pass: 0 for the first of its near-duplicate group, r for its r-th copy.
+        Each candidate's copy rank: 0 for the first of its near-duplicate group, r for its r-th copy
+        (before the division by ``copies``).
 
     Notes
     -----
@@ -199,7 +204,7 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
         P = np.ascontiguousarray(probs, dtype=np.float32)
         passes = _round_robin.near_duplicate_passes(cids, P, float(tol), int(max_reps))
     m = passes.shape[0]
-    keys = passes * m + np.arange(m)
+    keys = (passes // max(1, int(copies))) * m + np.arange(m)
     part = np.argpartition(keys, k - 1)[:k] if k < m else np.arange(m)
     return candidates[part[np.argsort(keys[part], kind="stable")]].astype(np.int64), passes
 
@@ -285,6 +290,10 @@ class ClusterMarginSelector(Selector):
         cosine distances near 0 while distinct items of a pool rarely come within
         0.01 (BENCHMARKS.md, *Label savings at scale*), so on a pool without copies
         this is exactly margin. Exclusive with ``tol``.
+    copies : int, default 1
+        With ``tol`` or ``dup``: members of one near-duplicate group taken per
+        pass (1: one per group before any second copy; larger counts move the
+        batch toward margin's, which takes every copy in margin order).
     balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
         Move the batch's share per predicted class toward a target (see
         :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole
@@ -325,8 +334,9 @@ class ClusterMarginSelector(Selector):
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
-                 balance_by: str | None = None, typical: int | None = None, random_state=None):
+                 balance_by: str | None = None, typical: int | None = None, copies: int = 1, random_state=None):
         super().__init__(random_state=random_state)
+        self.copies = copies
         self.typical = typical
         self.balance = balance
         self.balance_by = balance_by
@@ -410,14 +420,20 @@ class ClusterMarginSelector(Selector):
                 raise BatchalInputError(f"{key} applies with order=margin only")
             if not (np.isfinite(value) and 0 <= value <= (1 if key == "tol" else 2)):
                 raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
+            c = self.copies
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+                raise BatchalInputError(f"copies must be a whole number >= 1 (near-duplicates taken per pass); got {c!r}")
             # (a missing embedding is refused by select(), through requires_for)
             probs, emb = (None, pool.rows_embeddings(cand)) if key == "dup" else (pool.rows_probs(cand), None)
             # balanced: the whole visiting order of M (its first k are the plain batch), scanned with quotas
             batch, passes = near_duplicate_round_robin(cand, cids, probs, cand.shape[0] if balanced else k,
-                                                       value, multilabel=pool.multilabel, embeddings=emb)
+                                                       value, multilabel=pool.multilabel, embeddings=emb,
+                                                       copies=int(c))
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
             self.diagnostics_["near_duplicate_test"] = key
+        elif self.copies != 1:
+            raise BatchalInputError("copies counts near-duplicates: give tol (probabilities) or dup (embeddings)")
         elif self.order == "margin":
             batch = margin_round_robin(cand, cids, cand.shape[0] if balanced else k)
         else:
