@@ -145,7 +145,7 @@ def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) 
 def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, probs, k: int,
                                tol: float, max_reps: int = 256, multilabel: bool = False,
                                embeddings=None, copies: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Margin order, each group of near-duplicates giving one item per pass.
+    """Margin order, each group of near-duplicates giving ``copies`` items per pass (default one).
 
     Parameters
     ----------
