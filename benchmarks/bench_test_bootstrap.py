@@ -19,13 +19,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "scale"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale as BS  # noqa: E402  (the recorded results, their names and reader)
 
 
 def replay(pool: str, batch: int, specs: list[str], trials: int, rounds: int, seed_size: int, whiten: bool,
@@ -42,11 +43,9 @@ def replay(pool: str, batch: int, specs: list[str], trials: int, rounds: int, se
     evaluate = R.evaluate
     current = {}
 
-    def keep(dataset, P, rare=None):  # the simulator's evaluate, plus the per-row hits
-        out = evaluate(dataset, P, rare)
-        if P.shape[0] == dataset.y_test.shape[0]:
-            current.setdefault("hits", []).append(P.argmax(1) == dataset.y_test)
-        return out
+    def keep(dataset, P, rare=None):  # the simulator's evaluate (always of the test split), plus the per-row hits
+        current.setdefault("hits", []).append(P.argmax(1) == dataset.y_test)
+        return evaluate(dataset, P, rare)
 
     R.evaluate = keep
     try:
@@ -68,10 +67,10 @@ def replay(pool: str, batch: int, specs: list[str], trials: int, rounds: int, se
 
 def check_recorded(name: str, rows: list[dict]) -> tuple[int, int, float]:
     """(rows in both, rows equal to 1e-9, largest difference) against the recorded run's accuracies."""
-    path = RESULTS / f"{name}_results.csv"
+    path = BS.RESULTS / f"{name}_results.csv"
     if not path.exists():
         return 0, 0, float("nan")
-    rec = {(r["strategy"], int(r["trial"]), int(r["round"])): float(r["accuracy"]) for r in csv.DictReader(open(path))}
+    rec = {(r["strategy"], int(r["trial"]), int(r["round"])): float(r["accuracy"]) for r in BS._read_csv(path)[1]}
     d = [abs(rec[k] - r["accuracy"]) for r in rows for k in [(r["strategy"], r["trial"], r["round"])] if k in rec]
     return len(d), int(np.sum(np.asarray(d) <= 1e-9)), float(max(d, default=float("nan")))
 
@@ -121,8 +120,8 @@ def main(argv=None) -> int:
     specs = [RECOMMENDED if s == "recommended" else s for s in args.specs.split(",")]
     if "random" not in specs or "margin" not in specs:
         raise SystemExit("--specs needs random (the target) and margin (the reference)")
-    name = args.name or f"logreg-{args.pool}-b{round(args.batch * 1000 / 1_000_000):03d}" + (
-        "-whiten" if args.whiten else "")
+    share = args.batch / BS.POOLS[args.pool][1]
+    name = args.name or BS.tag(args.pool, "logreg", share, "whiten" if args.whiten else "")
     t0 = time.perf_counter()
     rows, hits = replay(args.pool, args.batch, specs, args.trials, args.rounds, args.seed_size, args.whiten,
                         args.threads)

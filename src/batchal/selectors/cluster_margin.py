@@ -29,6 +29,13 @@ from .balance import balanced_order_fill, check_balance
 from .base import Pool, Selector, register
 
 
+def _whole_at_least_one(value, name: str, unit: str, note: str) -> int:
+    """``value`` as an int, refused unless a whole number >= 1 (bools too: ``True`` is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BatchalInputError(f"{name} must be a whole number{unit} >= 1 ({note}); got {value!r}")
+    return int(value)
+
+
 def candidate_count(k: int, n_unlabeled: int, margin_factor: float = 10.0,
                     max_candidate_share: float | None = 0.1) -> int:
     """The number ``k_m`` of low-margin candidates for a batch of ``k``.
@@ -367,11 +374,8 @@ class ClusterMarginSelector(Selector):
         self.diagnostics_ = {}
         t = 0
         if self.typical is not None:
-            v = self.typical
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise BatchalInputError(f"typical must be a whole number of labeled rows >= 1 (advice: 5 x classes); "
-                                        f"got {v!r}")
-            t = int(min(k, max(0, int(v) - (pool.n - pool.n_unlabeled))))
+            v = _whole_at_least_one(self.typical, "typical", " of labeled rows", "advice: 5 x classes")
+            t = int(min(k, max(0, v - (pool.n - pool.n_unlabeled))))
         if t == 0:
             batch = self._select_rule(pool, k, rng)
         else:
@@ -420,15 +424,13 @@ class ClusterMarginSelector(Selector):
                 raise BatchalInputError(f"{key} applies with order=margin only")
             if not (np.isfinite(value) and 0 <= value <= (1 if key == "tol" else 2)):
                 raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
-            c = self.copies
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
-                raise BatchalInputError(f"copies must be a whole number >= 1 (near-duplicates taken per pass); got {c!r}")
+            c = _whole_at_least_one(self.copies, "copies", "", "near-duplicates taken per pass")
             # (a missing embedding is refused by select(), through requires_for)
             probs, emb = (None, pool.rows_embeddings(cand)) if key == "dup" else (pool.rows_probs(cand), None)
             # balanced: the whole visiting order of M (its first k are the plain batch), scanned with quotas
             batch, passes = near_duplicate_round_robin(cand, cids, probs, cand.shape[0] if balanced else k,
                                                        value, multilabel=pool.multilabel, embeddings=emb,
-                                                       copies=int(c))
+                                                       copies=c)
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
             self.diagnostics_["near_duplicate_test"] = key
