@@ -18,6 +18,7 @@ Usage::
     python benchmarks/bench_scale.py table      # the scale table and the figure from results/scale/
     python benchmarks/bench_scale.py pairs      # the web-like pools under both test splits
     python benchmarks/bench_scale.py between    # specs between margin and the recommended spec
+    python benchmarks/bench_scale.py propagated # the web-like pools with labels copied to near-exact copies
 
 Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
 """
@@ -425,6 +426,56 @@ def between(args) -> int:
     return 0
 
 
+def propagated(args) -> int:
+    """The web-like pools with each batch's labels copied to its near-exact duplicates (``--propagate 0.01``).
+
+    A ``-whiten-prop`` run replays a recorded ``-whiten`` configuration with propagation: every strategy
+    buys its batch, then each bought label is copied to the item's near-duplicate group (cosine distance
+    at most 0.01 on the embedding the clustering reads, the recommended spec's own ``dup=0.01`` test).
+    Labels are the ones bought. One target for both runs: random's final metric *without* propagation
+    (the scale table's); the with-propagation run's own random is shown beside it.
+    """
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import _by, fmt_ratio, ratio_to_margin, verdict
+
+    print("| pool | batch | test split | random's final (without / with propagation) | recommended / margin, "
+          "neither propagating | margin + prop. / margin | recommended + prop. / margin | recommended + prop. / "
+          "margin + prop. | rounds vs margin + prop. (recommended + prop.) | labels propagated by the last round "
+          "(recommended + prop.; wrong) |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|---:|")
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten-prop_results.csv"))
+    for name in names:
+        base = name[: -len("-prop")]
+        if not (RESULTS / f"{base}_results.csv").exists():
+            continue
+        old, _ = _load(base)
+        new, _ = _load(name)
+        target = float(np.nanmean(_by(old, "random")[1][-1]))
+        own = float(np.nanmean(_by(new, "random")[1][-1]))
+        rows = [dict(r) for r in old if r["strategy"] in ("margin", RECOMMENDED)]
+        for r in rows:
+            r["strategy"] = {"margin": "margin", RECOMMENDED: "rec"}[r["strategy"]]
+        for r in new:
+            if r["strategy"] in ("margin", RECOMMENDED):
+                rows.append(dict(r, strategy={"margin": "margin+p", RECOMMENDED: "rec+p"}[r["strategy"]]))
+        ratios = ratio_to_margin(rows, ["margin", "rec", "margin+p", "rec+p"], target)
+        pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
+                if r["strategy"] in ("margin+p", "rec+p")]
+        vs_p = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
+        mg, rp = _by(pair, "margin")[1], _by(pair, "rec+p")[1]
+        vs = [verdict(rp[i] - mg[i])[2] for i in range(1, mg.shape[0])]
+        last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == max(x["round"] for x in new)]
+        n_prop = np.mean([r["n_propagated"] for r in last])
+        wrong = np.mean([r["propagated_error_rate"] for r in last])
+        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
+        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
+                 f"{target:.3f} / {own:.3f}", fmt_ratio(ratios["rec"]), fmt_ratio(ratios["margin+p"]),
+                 fmt_ratio(ratios["rec+p"]), fmt_ratio(vs_p),
+                 f"{vs.count('above')}/{vs.count('within spread')}/{vs.count('below')}", f"{n_prop:,.0f} ({wrong:.2%})"]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def headroom(args) -> int:
     """How much of each configuration's curve is left after its first batch, and how far the specs part.
 
@@ -483,8 +534,10 @@ def main(argv=None) -> int:
     h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
     sub.add_parser("between", help="specs between margin and the recommended spec on the web-like pools (markdown)")
+    sub.add_parser("propagated", help="the web-like pools with labels copied to near-exact duplicates (markdown)")
     args = ap.parse_args(argv)
-    return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between}[args.cmd](args)
+    return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between,
+            "propagated": propagated}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,28 @@ def test_logreg_warm_start_reaches_the_cold_optimum():
     assert again.n_iter_[1] <= max(3, again.n_iter_[0] // 5)
 
 
+def test_tight_tolerance_makes_the_fit_independent_of_its_start():
+    """At ``tol=1e-7`` warm and cold fits agree far more closely than at the default; bad tolerances are refused."""
+    from batchal.simulate.models import LogRegModel
+
+    ds = load_dataset("digits")
+    first, later = np.arange(200), np.arange(ds.X.shape[0])
+
+    def gap(tol):
+        warm = LogRegModel(10, tol=tol).set_pool(ds.X)
+        warm.fit(ds.X[first], ds.y[first]).fit(ds.X[later], ds.y[later])
+        cold = LogRegModel(10, tol=tol, warm_start=False).set_pool(ds.X).fit(ds.X[later], ds.y[later])
+        return np.abs(warm.predict_proba(ds.X_test) - cold.predict_proba(ds.X_test)).max(), warm.n_iter_[-1]
+
+    loose, it_loose = gap(1e-4)
+    tight, it_tight = gap(1e-7)
+    assert tight < loose / 10 and tight < 1e-3
+    assert it_tight > it_loose  # the tolerance is what stopped the loose fit
+    for bad in (0.0, -1e-6, float("nan")):
+        with pytest.raises(BatchalInputError, match="tol"):
+            simulate(ds, small_cfg(tol=bad))
+
+
 def test_joint_multilabel_logreg_equals_per_class_sklearn():
     """All classes fitted at once give each class's own scikit-learn logistic regression."""
     from sklearn.linear_model import LogisticRegression
@@ -347,11 +369,12 @@ def test_whole_pool_reference_is_cached_per_pool_and_training_rule(tmp_path, mon
     y[:5] = (y[:5] + 1) % 10
     simulate(replace(ds, y=y), small_cfg(**cfg))  # other labels: refit
     simulate(ds, small_cfg(**cfg, whiten=True))  # another training rule: refit
-    assert fits.count(True) == 4
+    simulate(ds, small_cfg(**cfg, tol=1e-7))  # another tolerance: refit
+    assert fits.count(True) == 5
     for e in (tmp_path / "cache" / "reference").glob("*.json"):  # a damaged entry is recomputed, never trusted
         e.write_text("{not json")
     d = simulate(ds, small_cfg(**cfg))
-    assert fits.count(True) == 5 and d.full_score == a.full_score
+    assert fits.count(True) == 6 and d.full_score == a.full_score
 
 
 def test_label_dependent_embedding_is_clustered_per_trial(tmp_path, monkeypatch):

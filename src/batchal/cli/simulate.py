@@ -53,6 +53,7 @@ def simulate(
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="MLP: gradient steps per round at most (0 = no cap)"),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="logreg: start each round's fit from the previous round's coefficients (same optimum, fewer iterations)"),
     whiten: bool = typer.Option(False, "--whiten/--no-whiten", help="logreg: fit on the input whitened with the pool's covariance: far fewer iterations on correlated features, but the L2 penalty then acts on whitened coefficients (default: standardised input)"),
+    tol: float = typer.Option(1e-4, "--tol", callback=finite(0, lo_open=True), help="logreg: L-BFGS stopping tolerance on the gradient (scikit-learn's tol); check a conclusion at 1e-6, where fits no longer depend on the start or the thread count"),
     cluster_cache: bool = typer.Option(True, "--cluster-cache/--no-cluster-cache", help="reuse a clustering of the same embedding and parameters from the cache ($BATCHAL_CACHE or ~/.cache/batchal)"),
     reference_cache: bool = typer.Option(True, "--reference-cache/--no-reference-cache", help="reuse the whole-pool reference score of the same pool, test split and training rule from the cache"),
     margin_factor: float = typer.Option(10.0, "--margin-factor", callback=finite(1), help="cluster-margin: k_m = factor x batch size"),
@@ -103,7 +104,7 @@ def simulate(
         cfg = SimulationConfig(
             strategies=specs, propagate=propagate, propagate_metric=propagate_metric.value,
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, trials=trials, model=model.value,
-            epochs=epochs, max_steps=max_steps or None, training=training.value, min_steps=min_steps, warm_start=warm_start, whiten=whiten,
+            epochs=epochs, max_steps=max_steps or None, training=training.value, min_steps=min_steps, warm_start=warm_start, whiten=whiten, tol=tol,
             cluster_cache=cluster_cache, reference_cache=reference_cache,
             margin_factor=margin_factor, max_candidate_share=max_candidate_share, mean_cluster_size=mean_cluster_size, metric=metric.value,
             cluster_method=cluster_method.value, cluster_space=cluster_space.value, knn=knn, badge_partitions=partitions, seed=seed,

@@ -102,11 +102,12 @@ class LogRegModel(_Standardise):
     embedding_uses_labels = False
 
     def __init__(self, n_classes: int, multilabel: bool = False, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
-                 warm_start: bool = True, whiten: bool = False):
+                 warm_start: bool = True, whiten: bool = False, tol: float = 1e-4):
         self.n_classes = n_classes
         self.multilabel = multilabel
         self.C = C
         self.max_iter = max_iter
+        self.tol = tol
         self.seed = seed
         self.warm_start = warm_start
         self.whiten = whiten
@@ -138,11 +139,11 @@ class LogRegModel(_Standardise):
         Xt = self._w(X)
         if self.multilabel:
             prev = self.model_ if self.warm_start else None
-            self.model_ = _JointSigmoid(self.C, self.max_iter).fit(Xt, y, init=None if prev is None else prev.W_)
+            self.model_ = _JointSigmoid(self.C, self.max_iter, self.tol).fit(Xt, y, init=None if prev is None else prev.W_)
             self.n_iter_.append(self.model_.n_iter_)
             return self
         classes = np.unique(y)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, warm_start=self.warm_start)
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol, warm_start=self.warm_start)
         init = self._warm_init(classes) if self.warm_start else None
         if init is not None:
             model.coef_, model.intercept_ = init
@@ -203,9 +204,10 @@ class _JointSigmoid:
     (n, C) 0/1 matrix is never read per iteration. Sums are accumulated in float64.
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 300, chunk: int = 2048):
+    def __init__(self, C: float = 1.0, max_iter: int = 300, tol: float = 1e-4, chunk: int = 2048):
         self.C = C
         self.max_iter = max_iter
+        self.tol = tol
         self.chunk = chunk
 
     def fit(self, X, Y, init=None):
@@ -258,7 +260,7 @@ class _JointSigmoid:
         # 2,000-row fit took 40 s instead of 3 s (``batchal simulate --jobs 1`` sets no thread limit)
         with threadpool_limits(limits=1, user_api="blas"):
             res = minimize(fun, w0.ravel(), jac=True, method="L-BFGS-B",
-                           options={"maxiter": self.max_iter, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps})
+                           options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 64 * np.finfo(float).eps})
         self.W_ = res.x.reshape(d + 1, C)
         self.n_iter_ = int(res.nit)
         return self
@@ -491,17 +493,18 @@ class MLPModel(_Standardise):
 
 def make_model(name: str, n_classes: int, multilabel: bool, seed: int, threads: int | None = None,
                reference: bool = False, epochs: int = 30, max_steps: int | None = None,
-               training: str = "budget", warm_start: bool = True, whiten: bool = False, min_steps: int = 20_000):
+               training: str = "budget", warm_start: bool = True, whiten: bool = False, min_steps: int = 20_000,
+               tol: float = 1e-4):
     """A fresh model by name.
 
     ``epochs``, ``min_steps``, ``max_steps`` and ``training`` set the MLP's training rule per
-    round (see :class:`MLPModel`); ``warm_start`` and ``whiten`` apply to ``logreg``.
+    round (see :class:`MLPModel`); ``warm_start``, ``whiten`` and ``tol`` apply to ``logreg``.
     ``reference=True`` is the model trained on the whole pool that sets the
     target metric: the same rule, without a step cap (a capped reference would
     be weaker than models trained on a fraction of the pool).
     """
     if name == "logreg":
-        return LogRegModel(n_classes, multilabel, seed=seed, warm_start=warm_start, whiten=whiten)
+        return LogRegModel(n_classes, multilabel, seed=seed, warm_start=warm_start, whiten=whiten, tol=tol)
     if name == "mlp":
         return MLPModel(n_classes, multilabel, epochs=epochs, max_steps=None if reference else max_steps,
                         seed=seed, threads=threads, training=training, min_steps=min_steps)

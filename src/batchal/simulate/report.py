@@ -210,7 +210,7 @@ def summary_markdown(res) -> str:
         budget = f" (training `{cfg.training}`: {rule}{cap})"
     elif cfg.model == "logreg":
         budget = (f" ({'whitened' if getattr(cfg, 'whiten', False) else 'standardised'} input, "
-                  f"{'warm' if cfg.warm_start else 'cold'}-started each round)")
+                  f"{'warm' if cfg.warm_start else 'cold'}-started each round, L-BFGS tolerance {getattr(cfg, 'tol', 1e-4):g})")
     lines.append(
         f"model `{cfg.model}`{budget}, seed set {cfg.seed_size:,}, batches of {cfg.batch_size:,}, {cfg.rounds} rounds, "
         f"{cfg.trials} trials; cluster-margin: margin factor {cfg.margin_factor:g}, candidates at most "

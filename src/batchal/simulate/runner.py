@@ -49,6 +49,8 @@ class SimulationConfig:
     min_steps: int = 20_000
     warm_start: bool = True
     whiten: bool = False
+    #: logreg: L-BFGS stopping tolerance on the (scaled) gradient, as scikit-learn's ``tol``
+    tol: float = 1e-4
     margin_factor: float = 10.0
     max_candidate_share: float | None = 0.1
     mean_cluster_size: float = 10.0
@@ -81,6 +83,8 @@ class SimulationConfig:
             raise BatchalInputError(f"training must be one of {', '.join(TRAINING)}; got {self.training!r}")
         if self.max_steps is not None and int(self.max_steps) < 1:
             raise BatchalInputError(f"max_steps must be >= 1 (or None for no cap); got {self.max_steps}")
+        if not (np.isfinite(self.tol) and self.tol > 0):
+            raise BatchalInputError(f"tol must be a positive number; got {self.tol}")
         if int(self.min_steps) < 0:
             raise BatchalInputError(f"min_steps must be >= 0; got {self.min_steps}")
         for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
@@ -204,7 +208,7 @@ def _new_model(dataset: Dataset, cfg: SimulationConfig, ts: int, threads: int | 
     return make_model(cfg.model, dataset.n_classes, dataset.multilabel, seed=ts, threads=threads,
                       reference=reference, epochs=cfg.epochs, max_steps=cfg.max_steps, training=cfg.training,
                       min_steps=cfg.min_steps,
-                      warm_start=cfg.warm_start, whiten=cfg.whiten)
+                      warm_start=cfg.warm_start, whiten=cfg.whiten, tol=cfg.tol)
 
 
 def seed_set(n: int, cfg: SimulationConfig, trial: int) -> np.ndarray:
@@ -377,7 +381,7 @@ def reference_params(dataset: Dataset, cfg: SimulationConfig) -> dict:
     return {"y": h(np.asarray(dataset.y)), "X_test": h(np.asarray(dataset.X_test)),
             "y_test": h(np.asarray(dataset.y_test)), "model": cfg.model, "epochs": int(cfg.epochs),
             "training": cfg.training, "min_steps": int(cfg.min_steps), "whiten": bool(cfg.whiten),
-            "seed": int(cfg.seed), "version": REFERENCE_VERSION}
+            "seed": int(cfg.seed), "version": REFERENCE_VERSION, **({"tol": float(cfg.tol)} if cfg.model == "logreg" else {})}
 
 
 def full_pool_score(dataset: Dataset, cfg: SimulationConfig, threads: int | None = None) -> float:
