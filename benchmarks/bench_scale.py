@@ -327,6 +327,15 @@ def figure(S: list[dict]) -> None:
             if xs:
                 ax.plot(xs, ys, marker="o", label=_short(spec), color=colors.get(_short(spec)),
                         lw=2 if _short(spec) == "recommended" else 1.2)
+        # the recommended workflow on the web-like pools: the spec, labels copied to near-exact duplicates
+        xs, ys = [], []
+        for share, s in items:
+            P = propagation_ratios(s["name"] + "-prop") if s["name"].endswith("-whiten") else None
+            if P is not None and np.isfinite(P["ratios"]["rec+p"][0]):
+                xs.append(share)
+                ys.append(100 * (1 - P["ratios"]["rec+p"][0]))
+        if xs:
+            ax.plot(xs, ys, marker="s", ls="--", lw=2, color="tab:green", label="recommended + propagation")
         ax.axhline(0, color="gray", lw=1, ls=":")
         ax.set_xscale("log")
         ax.set_xticks([1, 3, 10])
@@ -426,17 +435,49 @@ def between(args) -> int:
     return 0
 
 
+def propagation_ratios(name: str) -> dict | None:
+    """A ``-whiten-prop`` run read against its recorded ``-whiten`` configuration (None when either is missing).
+
+    One target for both runs: random's final metric *without* propagation (the scale table's). Labels are
+    the ones bought; ``rec``/``margin`` are the recorded run's specs, ``rec+p``/``margin+p`` the propagating run's.
+    """
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import _by, ratio_to_margin, verdict
+
+    base = name[: -len("-prop")]
+    if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
+        return None
+    old, _ = _load(base)
+    new, _ = _load(name)
+    target = float(np.nanmean(_by(old, "random")[1][-1]))
+    short = {"margin": "margin", RECOMMENDED: "rec"}
+    rows = [dict(r, strategy=short[r["strategy"]]) for r in old if r["strategy"] in short]
+    rows += [dict(r, strategy=short[r["strategy"]] + "+p") for r in new if r["strategy"] in short]
+    ratios = ratio_to_margin(rows, ["margin", "rec", "margin+p", "rec+p"], target)
+    # the recommended spec against margin, both propagating: margin+p plays margin
+    pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
+            if r["strategy"] in ("margin+p", "rec+p")]
+    ratios["rec+p vs margin+p"] = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
+    mg, rp = _by(pair, "margin")[1], _by(pair, "rec+p")[1]
+    vs = [verdict(rp[i] - mg[i])[2] for i in range(1, mg.shape[0])]
+    final = max(r["round"] for r in new)
+    last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == final]
+    return {"target": target, "own_target": float(np.nanmean(_by(new, "random")[1][-1])), "ratios": ratios,
+            "rounds": (vs.count("above"), vs.count("within spread"), vs.count("below")),
+            "propagated": float(np.mean([r["n_propagated"] for r in last])),
+            "wrong": float(np.mean([r["propagated_error_rate"] for r in last]))}
+
+
 def propagated(args) -> int:
     """The web-like pools with each batch's labels copied to its near-exact duplicates (``--propagate 0.01``).
 
     A ``-whiten-prop`` run replays a recorded ``-whiten`` configuration with propagation: every strategy
     buys its batch, then each bought label is copied to the item's near-duplicate group (cosine distance
     at most 0.01 on the embedding the clustering reads, the recommended spec's own ``dup=0.01`` test).
-    Labels are the ones bought. One target for both runs: random's final metric *without* propagation
-    (the scale table's); the with-propagation run's own random is shown beside it.
+    Labels are the ones bought, read at one target for both runs: random's final metric *without*
+    propagation (the scale table's); the propagating run's own random is shown beside it.
     """
-    from batchal.selectors import RECOMMENDED
-    from batchal.simulate.report import _by, fmt_ratio, ratio_to_margin, verdict
+    from batchal.simulate.report import fmt_ratio
 
     print("| pool | batch | test split | random's final (without / with propagation) | recommended / margin, "
           "neither propagating | margin + prop. / margin | recommended + prop. / margin | recommended + prop. / "
@@ -445,33 +486,15 @@ def propagated(args) -> int:
     print("|---|---:|---|---|---:|---:|---:|---:|---|---:|")
     names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten-prop_results.csv"))
     for name in names:
-        base = name[: -len("-prop")]
-        if not (RESULTS / f"{base}_results.csv").exists():
+        P = propagation_ratios(name)
+        if P is None:
             continue
-        old, _ = _load(base)
-        new, _ = _load(name)
-        target = float(np.nanmean(_by(old, "random")[1][-1]))
-        own = float(np.nanmean(_by(new, "random")[1][-1]))
-        rows = [dict(r) for r in old if r["strategy"] in ("margin", RECOMMENDED)]
-        for r in rows:
-            r["strategy"] = {"margin": "margin", RECOMMENDED: "rec"}[r["strategy"]]
-        for r in new:
-            if r["strategy"] in ("margin", RECOMMENDED):
-                rows.append(dict(r, strategy={"margin": "margin+p", RECOMMENDED: "rec+p"}[r["strategy"]]))
-        ratios = ratio_to_margin(rows, ["margin", "rec", "margin+p", "rec+p"], target)
-        pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
-                if r["strategy"] in ("margin+p", "rec+p")]
-        vs_p = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
-        mg, rp = _by(pair, "margin")[1], _by(pair, "rec+p")[1]
-        vs = [verdict(rp[i] - mg[i])[2] for i in range(1, mg.shape[0])]
-        last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == max(x["round"] for x in new)]
-        n_prop = np.mean([r["n_propagated"] for r in last])
-        wrong = np.mean([r["propagated_error_rate"] for r in last])
+        r = P["ratios"]
         m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
         cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
-                 f"{target:.3f} / {own:.3f}", fmt_ratio(ratios["rec"]), fmt_ratio(ratios["margin+p"]),
-                 fmt_ratio(ratios["rec+p"]), fmt_ratio(vs_p),
-                 f"{vs.count('above')}/{vs.count('within spread')}/{vs.count('below')}", f"{n_prop:,.0f} ({wrong:.2%})"]
+                 f"{P['target']:.3f} / {P['own_target']:.3f}", fmt_ratio(r["rec"]), fmt_ratio(r["margin+p"]),
+                 fmt_ratio(r["rec+p"]), fmt_ratio(r["rec+p vs margin+p"]), "/".join(map(str, P["rounds"])),
+                 f"{P['propagated']:,.0f} ({P['wrong']:.2%})"]
         print("| " + " | ".join(cells) + " |")
     return 0
 

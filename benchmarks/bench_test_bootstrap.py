@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_test_bootstrap.py --pool fmnist-web-lt --batch 30000 --whiten \\
         --specs random,margin,recommended
+    python benchmarks/bench_test_bootstrap.py --pool fmnist-web-lt --batch 10000 --whiten --propagate 0.01
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import bench_scale as BS  # noqa: E402  (the recorded results, their names and r
 
 
 def replay(pool: str, batch: int, specs: list[str], trials: int, rounds: int, seed_size: int, whiten: bool,
-           threads: int | None = 1):
+           threads: int | None = 1, propagate: float | None = None):
     """Per (strategy, trial, round): the boolean vector of test rows predicted right, and the labels."""
     from batchal.selectors.spec import parse_spec
     from batchal.simulate import SimulationConfig, load_dataset
@@ -38,7 +39,7 @@ def replay(pool: str, batch: int, specs: list[str], trials: int, rounds: int, se
 
     ds = load_dataset(pool)
     cfg = SimulationConfig(model="logreg", seed_size=seed_size, batch_size=batch, rounds=rounds, trials=trials,
-                           strategies=specs, whiten=whiten, progress=False)
+                           strategies=specs, whiten=whiten, propagate=propagate, progress=False)
     hits, rows = {}, []
     evaluate = R.evaluate
     current = {}
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--whiten", action="store_true")
+    ap.add_argument("--propagate", type=float, default=None, help="copy batch labels to near-duplicates at this "
+                    "distance, as batchal simulate --propagate (checked against the recorded -whiten-prop run)")
     ap.add_argument("--specs", default="random,margin,recommended")
     ap.add_argument("--reps", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads per fit: 1 is what the simulator's "
@@ -121,10 +124,11 @@ def main(argv=None) -> int:
     if "random" not in specs or "margin" not in specs:
         raise SystemExit("--specs needs random (the target) and margin (the reference)")
     share = args.batch / BS.POOLS[args.pool][1]
-    name = args.name or BS.tag(args.pool, "logreg", share, "whiten" if args.whiten else "")
+    suffix = "-".join(x for x in ("whiten" if args.whiten else "", "prop" if args.propagate is not None else "") if x)
+    name = args.name or BS.tag(args.pool, "logreg", share, suffix)
     t0 = time.perf_counter()
     rows, hits = replay(args.pool, args.batch, specs, args.trials, args.rounds, args.seed_size, args.whiten,
-                        args.threads)
+                        args.threads, args.propagate)
     both, equal, dmax = check_recorded(name, rows)
     B = bootstrap(rows, hits, specs, args.reps)
     print(f"\n{args.pool}, batch {args.batch:,}: {B['test_rows']:,} test rows, {args.reps} resamples; "

@@ -497,3 +497,30 @@ def test_workers_end_when_simulate_is_killed(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_propagation_that_uses_up_the_pool_buys_what_is_left_then_stands(tmp_path, monkeypatch):
+    """Propagated labels can exhaust the pool before the rounds end: a round buys what is left, then none."""
+    from batchal.simulate.report import savings_table
+
+    monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset("digits")
+    # a threshold that joins most rows into a few groups: the first batches' labels reach most of the pool
+    cfg = small_cfg(strategies=["random", "margin"], seed_size=30, batch_size=200, rounds=6, trials=2,
+                    propagate=0.5)
+    res = simulate(ds, cfg)
+    n = ds.X.shape[0]
+    for s in ("random", "margin"):
+        for t in range(2):
+            rs = sorted((r for r in res.rows if r["strategy"] == s and r["trial"] == t), key=lambda r: r["round"])
+            assert [r["round"] for r in rs] == list(range(7))
+            bought = np.diff([r["n_labeled"] for r in rs])
+            assert ((bought >= 0) & (bought <= 200)).all()
+            done = [r.get("pool_exhausted", False) for r in rs]
+            assert any(done), "the threshold should use the pool up"
+            first = done.index(True)
+            assert rs[first - 1]["n_labeled"] + rs[first - 1]["n_propagated"] == n  # nothing left when it stands
+            for r in rs[first:]:  # no label bought, the model unchanged
+                assert r["n_labeled"] == rs[first - 1]["n_labeled"] and r["accuracy"] == rs[first - 1]["accuracy"]
+    tab = savings_table(res.rows, ["random", "margin"], target=0.5)
+    assert all(np.isfinite(tab[s]["labels"]).all() for s in ("random", "margin"))

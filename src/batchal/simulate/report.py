@@ -17,7 +17,7 @@ COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accu
            "diag_margin_batch_clusters", "diag_margin_batch_repeat_share",
            "diag_candidate_near_duplicate_share", "diag_margin_batch_near_duplicate_share"]
 # --propagate (batchal.simulate.propagate): labels copied to near-duplicates, next to n_labeled (bought)
-COLUMNS += ["n_propagated", "propagated_error_rate"]
+COLUMNS += ["n_propagated", "propagated_error_rate", "pool_exhausted"]
 
 
 def verdict(diff: np.ndarray) -> tuple[float, float, str]:
@@ -65,17 +65,25 @@ def fmt_ratio(v) -> str:
     return f"{note + ' ' if note else ''}{r:.2f}x"
 
 
-def _by(rows, strategy):
-    """(rounds, trials) accuracy matrix and the labels axis for one strategy."""
+def _by(rows, strategy, per_trial: bool = False):
+    """(rounds, trials) accuracy matrix and the labels axis for one strategy.
+
+    The labels axis is the mean over trials of each round's labels (the same in every trial unless
+    propagated labels used up the pool, when later rounds buy less); ``per_trial`` returns the
+    (rounds, trials) labels matrix instead.
+    """
     rs = [r for r in rows if r["strategy"] == strategy]
     trials = sorted({r["trial"] for r in rs})
     rounds = sorted({r["round"] for r in rs})
     acc = np.full((len(rounds), len(trials)), np.nan)
-    lab = np.zeros(len(rounds))
+    labm = np.full((len(rounds), len(trials)), np.nan)
     for r in rs:
         i, j = rounds.index(r["round"]), trials.index(r["trial"])
         acc[i, j] = r["accuracy"]
-        lab[i] = r["n_labeled"]
+        labm[i, j] = r["n_labeled"]
+    if per_trial:
+        return labm, acc
+    lab = np.nanmean(labm, axis=1) if labm.size else np.zeros(len(rounds))
     return lab, acc
 
 
@@ -109,8 +117,8 @@ def savings_table(rows, strategies, target: float):
     """
     per = {}
     for s in strategies:
-        lab, acc = _by(rows, s)
-        per[s] = (lab, [labels_to_reach(lab, acc[:, j], target) for j in range(acc.shape[1])])
+        labm, acc = _by(rows, s, per_trial=True)
+        per[s] = (np.nanmean(labm, axis=1), [labels_to_reach(labm[:, j], acc[:, j], target) for j in range(acc.shape[1])])
     out = {}
     for s in strategies:
         lab, L = per[s]

@@ -338,13 +338,19 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
 
     record(0, 0.0, 0.0, prop.record() if prop else None)
     for r in range(1, cfg.rounds + 1):
+        # propagated labels can use up the pool before the rounds do (validate() checks bought labels only):
+        # then a round buys what is left, and once nothing is left the model stands and no label is bought
+        left = X.shape[0] - (labeled.shape[0] if prop is None else prop.excluded(labeled).shape[0])
+        if left <= 0:
+            record(r, 0.0, 0.0, dict(prop.record(), pool_exhausted=True))
+            continue
         P = model.predict_proba(X)
         E = fixed_E if fixed_E is not None else (model.embed(X) if "embeddings" in spec.requires else None)
         t0 = time.perf_counter()
         selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
         batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl,
                                      labeled=labeled if prop is None else prop.excluded(labeled),
-                                     multilabel=dataset.multilabel), cfg.batch_size)
+                                     multilabel=dataset.multilabel), min(cfg.batch_size, left))
         dt = time.perf_counter() - t0
         del E
         extra = _batch_diagnostics(dataset, labeled, batch, P, cl, dict(getattr(selector, "diagnostics_", {})))
