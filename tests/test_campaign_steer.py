@@ -122,6 +122,38 @@ def test_propagated_labels_are_apart_excluded_and_undone_with_their_round(camp):
     assert c.select(50, tmp / "pred.parquet", seed=0, exclude_duplicates=True).ids == b.ids
 
 
+def test_a_bought_non_representative_labels_its_group(camp):
+    """Without --exclude-duplicates a batch takes any member of a group; its label reaches the group.
+
+    A group's label is its representative's when bought, else its earliest-bought member's (round, then
+    row), as the simulator replays it; checked against a plain reference over two rounds.
+    """
+    c, tmp, ids, E, _, _ = camp
+    c.dedup(T)
+    rep = near_duplicate_groups(E, T, knn=50)["representative"]
+    names = ("cat", "dog", "fox")
+    bought = {}  # row -> (round, label)
+    for rnd, seed in ((1, 0), (2, 1)):
+        b = c.select(40, tmp / "pred.parquet", seed=seed, strategy="random")
+        rows = [ids.index(i) for i in b.ids]
+        labels = [names[(j + rnd) % 3] for j in rows]  # members of one group disagree: the rule decides
+        write_label_csv(tmp / f"l{rnd}.csv", b.ids, labels)
+        c.label(tmp / f"l{rnd}.csv", propagate=rnd == 2)
+        bought.update({j: (rnd, lab) for j, lab in zip(rows, labels)})
+    source = {}
+    for j in sorted(bought, key=lambda j: (rep[j] != j, bought[j][0], j)):
+        source.setdefault(int(rep[j]), j)
+    assert any(rep[s] != s for s in source.values()), "some group should be labeled by a non-representative"
+    expected = {ids[j]: bought[source[int(rep[j])]][1] for j in range(len(ids))
+                if j not in bought and int(rep[j]) in source}
+    lab = c.labels().to_pydict()
+    got = {i: l for i, l, p in zip(lab["id"], lab["label"], lab["propagated"]) if p}
+    assert got == expected and len(got) > 0
+    assert c.check() == []
+    u = c.undo()  # round 2's labels go, and the labels propagated from them; round 1's sources stay bought
+    assert u["round"] == 2 and c.check() == []
+
+
 def test_propagate_and_exclusion_need_groups(camp):
     c, tmp, *_ = camp
     with pytest.raises(BatchalInputError, match="run `batchal campaign dedup"):

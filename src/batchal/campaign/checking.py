@@ -145,5 +145,5 @@ def _check_propagated(conn) -> list[str]:
     bad = q("SELECT p.item_id FROM propagated p LEFT JOIN labels l ON l.row=p.source_row WHERE l.row IS NULL "
             "OR l.label IS NOT p.label OR l.round IS NOT p.round LIMIT 5")
     if bad:
-        problems.append(f"propagated labels that do not copy their representative's bought label: {[x[0] for x in bad]}")
+        problems.append(f"propagated labels that do not copy their source's bought label: {[x[0] for x in bad]}")
     return problems

@@ -27,9 +27,9 @@ def label(campaign, labels=None, *, close: bool = False, id_column: str | None =
     close : bool
         Close the open round after recording: its unlabeled items return to the pool.
     propagate : bool
-        Then copy every labeled representative's label to the members of its
-        near-duplicate group (:meth:`Campaign.dedup`) that have no label and are
-        not pending. They are recorded apart, as propagated: never counted as
+        Then copy each near-duplicate group's bought label (:meth:`Campaign.dedup`;
+        its representative's, else its earliest-bought member's) to the members
+        that have no label and are not pending. They are recorded apart, as propagated: never counted as
         bought labels (``labeled`` in status), listed by ``labels()`` with
         ``propagated`` true, kept out of later batches, and undone with the round
         of the label they copy (:meth:`Campaign.undo`). In the same transaction
@@ -164,7 +164,12 @@ def _record_labels(campaign, conn, lf, path: Path, result: dict) -> None:
 
 
 def _propagate(campaign, conn) -> int:
-    """Copy labeled representatives' labels to their groups' unlabeled, unpending members; returns how many."""
+    """Copy each group's bought label to its unlabeled, unpending members; returns how many.
+
+    A group's label is its representative's when bought, else its earliest-bought member's (lowest
+    round, then row): a batch that took any member of a group labels the group, as ``batchal simulate
+    --propagate`` replays it, whether or not the batch kept non-representatives out.
+    """
     from .deduplicating import representatives
 
     gen, rep = representatives(campaign, conn, "--propagate")
@@ -175,13 +180,19 @@ def _propagate(campaign, conn) -> int:
     for row, lab, r in conn.execute("SELECT row, label, round FROM labels WHERE row < ?", (m,)):
         label_of[row], round_of[row] = lab, r
         taken[row] = True
+    bought = np.flatnonzero(taken)
     for (row,) in conn.execute("SELECT row FROM propagated WHERE row < ? UNION ALL SELECT row FROM batch_items "
                                "WHERE returned=0 AND row < ?", (m, m)):
         taken[row] = True
-    rows = np.flatnonzero(~taken & (rep != np.arange(m)) & (label_of[rep] != None))  # noqa: E711 (elementwise)
+    # each group's source: the representative if bought, else the earliest-bought member
+    order = np.lexsort((bought, round_of[bought], rep[bought] != bought))
+    first = np.unique(rep[bought[order]], return_index=True)
+    source = np.full(m, -1, dtype=np.int64)
+    source[first[0]] = bought[order][first[1]]
+    rows = np.flatnonzero(~taken & (source[rep] >= 0))
     if not rows.size:
         return 0
-    src = rep[rows]
+    src = source[rep[rows]]
     at = now()
     conn.executemany("INSERT INTO propagated(row, item_id, round, label, source_row, dedup_gen, at) "
                      "VALUES (?,?,?,?,?,?,?)",

@@ -203,7 +203,7 @@ def label(
     id_column: Optional[str] = typer.Option(None, "--id-column", help="default: the pool's id column"),
     label_column: str = typer.Option("label", "--label-column"),
     fmt: Optional[LabelFormat] = typer.Option(None, "--format", help="default: from the file's extension"),
-    propagate: bool = typer.Option(False, "--propagate", help="then copy each labeled representative's label to its near-duplicate group (`campaign dedup`), recorded as propagated, not bought"),
+    propagate: bool = typer.Option(False, "--propagate", help="then copy each near-duplicate group's bought label (its representative's, else its earliest-bought member's; `campaign dedup`) to its unlabeled members, recorded as propagated, not bought"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Record labels; importing the same labels again is a no-op."""
