@@ -167,8 +167,9 @@ def _propagate(campaign, conn) -> int:
     """Copy each group's bought label to its unlabeled, unpending members; returns how many.
 
     A group's label is its representative's when bought, else its earliest-bought member's (lowest
-    round, then row): a batch that took any member of a group labels the group, as ``batchal simulate
-    --propagate`` replays it, whether or not the batch kept non-representatives out.
+    round, then row): a batch that took any member of a group labels the group, whether or not it kept
+    non-representatives out, as ``batchal simulate --propagate`` replays it (there the first member in
+    batch order is the source; members of a group within the threshold almost always agree).
     """
     from .deduplicating import representatives
 
