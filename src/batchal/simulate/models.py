@@ -97,6 +97,12 @@ class LogRegModel(_Standardise):
         coefficients, a different regulariser (measured there: 0.829 against
         0.840 test accuracy at 10K rows, equal at 110K). The embedding the
         clustering reads stays the standardised input.
+    tol : float, default 1e-4
+        L-BFGS stopping tolerance (scikit-learn's ``tol``; the joint multi-label
+        fit's ``gtol``). At the default a fit on the web-like pool's features can
+        stop 0.1-0.2 test-accuracy points from its optimum, by an amount that
+        depends on the warm start and the BLAS thread count; at 1e-6 neither
+        matters (BENCHMARKS.md).
     """
 
     embedding_uses_labels = False
