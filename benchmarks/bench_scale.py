@@ -199,13 +199,21 @@ def _base_target(name: str) -> float:
     return float(np.nanmean(_by(rows, "random")[1][-1]))
 
 
+def rounds_vs(acc: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+    """Rounds 1.. where the (rounds, trials) curve ``acc`` is above / within spread / below ``ref``, paired by trial."""
+    from batchal.simulate.report import verdict
+
+    vs = [verdict(acc[i] - ref[i])[2] for i in range(1, ref.shape[0])]
+    return vs.count("above"), vs.count("within spread"), vs.count("below")
+
+
 def summarise(name: str) -> dict:
     """The scale table's entries for one configuration.
 
     A tagged run without random (e.g. a training-rule check of margin and the
     recommended spec) is judged against its untagged configuration's random.
     """
-    from batchal.simulate.report import _by, ratio_to_margin, verdict
+    from batchal.simulate.report import _by, ratio_to_margin
 
     rows, meta = _load(name)
     strategies_ = meta["config"]["strategies"]
@@ -215,13 +223,7 @@ def summarise(name: str) -> dict:
     from batchal.simulate.report import savings_table
 
     margin_labels = savings_table(rows, strategies_, target)["margin"]["labels"]
-    mg = curves["margin"][1]
-    rounds = {}
-    for s in strategies_:
-        if s == "margin":
-            continue
-        vs = [verdict(curves[s][1][i] - mg[i])[2] for i in range(1, mg.shape[0])]
-        rounds[s] = (vs.count("above"), vs.count("within spread"), vs.count("below"))
+    rounds = {s: rounds_vs(curves[s][1], curves["margin"][1]) for s in strategies_ if s != "margin"}
     diag = {}
     for s in strategies_:
         rs = [r for r in rows if r["strategy"] == s and r["round"] > 0]
@@ -442,7 +444,7 @@ def propagation_ratios(name: str) -> dict | None:
     the ones bought; ``rec``/``margin`` are the recorded run's specs, ``rec+p``/``margin+p`` the propagating run's.
     """
     from batchal.selectors import RECOMMENDED
-    from batchal.simulate.report import _by, ratio_to_margin, verdict
+    from batchal.simulate.report import _by, ratio_to_margin
 
     base = name[: -len("-prop")]
     if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
@@ -458,12 +460,10 @@ def propagation_ratios(name: str) -> dict | None:
     pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
             if r["strategy"] in ("margin+p", "rec+p")]
     ratios["rec+p vs margin+p"] = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
-    mg, rp = _by(pair, "margin")[1], _by(pair, "rec+p")[1]
-    vs = [verdict(rp[i] - mg[i])[2] for i in range(1, mg.shape[0])]
     final = max(r["round"] for r in new)
     last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == final]
     return {"target": target, "own_target": float(np.nanmean(_by(new, "random")[1][-1])), "ratios": ratios,
-            "rounds": (vs.count("above"), vs.count("within spread"), vs.count("below")),
+            "rounds": rounds_vs(_by(pair, "rec+p")[1], _by(pair, "margin")[1]),
             "propagated": float(np.mean([r["n_propagated"] for r in last])),
             "wrong": float(np.mean([r["propagated_error_rate"] for r in last]))}
 

@@ -340,7 +340,8 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
     for r in range(1, cfg.rounds + 1):
         # propagated labels can use up the pool before the rounds do (validate() checks bought labels only):
         # then a round buys what is left, and once nothing is left the model stands and no label is bought
-        left = X.shape[0] - (labeled.shape[0] if prop is None else prop.excluded(labeled).shape[0])
+        excluded = labeled if prop is None else prop.excluded(labeled)
+        left = X.shape[0] - excluded.shape[0]
         if left <= 0:
             record(r, 0.0, 0.0, dict(prop.record(), pool_exhausted=True))
             continue
@@ -349,8 +350,7 @@ def run_one(dataset: Dataset, cfg: SimulationConfig, trial: int, strategy: str, 
         t0 = time.perf_counter()
         selector = spec.make(random_state=ts * 100 + r, defaults=selector_defaults(cfg))
         batch = selector.select(Pool(probs=P, embeddings=E, clusters=cl,
-                                     labeled=labeled if prop is None else prop.excluded(labeled),
-                                     multilabel=dataset.multilabel), min(cfg.batch_size, left))
+                                     labeled=excluded, multilabel=dataset.multilabel), min(cfg.batch_size, left))
         dt = time.perf_counter() - t0
         del E
         extra = _batch_diagnostics(dataset, labeled, batch, P, cl, dict(getattr(selector, "diagnostics_", {})))
