@@ -499,6 +499,66 @@ def propagated(args) -> int:
     return 0
 
 
+def converged_check(name: str) -> dict | None:
+    """A ``-tol6`` run (L-BFGS at ``tol=1e-6``) read against its recorded configuration (the name without ``-tol6``).
+
+    Per spec: its ratio to margin's labels in each run (each against its own random's final metric, and the
+    converged run also against the default's), its rounds against margin in each, and how far its curve
+    moved: the rounds where the two mean curves differ by more than 2 standard errors of the trials (both
+    curves' spreads combined) and the largest change of the mean. None when either run is missing.
+    """
+    from batchal.simulate.report import _by, ratio_to_margin
+
+    base = name[: -len("-tol6")]
+    if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
+        return None
+    old, _ = _load(base)
+    new, meta = _load(name)
+    specs = [s for s in meta["config"]["strategies"] if s in {r["strategy"] for r in old}]
+    t_old = float(np.nanmean(_by(old, "random")[1][-1]))
+    t_new = float(np.nanmean(_by(new, "random")[1][-1]))
+    out = {"specs": specs, "target": (t_old, t_new), "ratio": {}, "rounds": {}, "moved": {}}
+    r_old = ratio_to_margin(old, specs, t_old)
+    r_new = ratio_to_margin(new, specs, t_new)
+    r_new_at_old = ratio_to_margin(new, specs, t_old)
+    for s in specs:
+        a, b = _by(old, s)[1], _by(new, s)[1]
+        # beyond the trials' spread: the means differ by more than 2 standard errors of the trials (both curves)
+        se = np.sqrt(np.nanvar(a, axis=1, ddof=1) / a.shape[1] + np.nanvar(b, axis=1, ddof=1) / b.shape[1])[1:]
+        d = np.nanmean(b, axis=1)[1:] - np.nanmean(a, axis=1)[1:]
+        out["moved"][s] = (int((np.abs(d) > 2 * se).sum()), float(d[np.argmax(np.abs(d))]))
+        if s != "margin":
+            out["ratio"][s] = (r_old[s], r_new[s], r_new_at_old[s])
+            out["rounds"][s] = (rounds_vs(a, _by(old, "margin")[1]), rounds_vs(b, _by(new, "margin")[1]))
+    return out
+
+
+def converged(args) -> int:
+    """Recorded verdicts replayed with converged logistic regression (``--tol 1e-6``), beside the default's."""
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import fmt_ratio
+
+    print("| configuration | random's final (default / converged) | spec | ratio to margin: default | converged | "
+          "converged, default's target | rounds vs margin: default / converged | rounds moved beyond spread (of 6) | "
+          "largest change of the mean, points |")
+    print("|---|---|---|---:|---:|---:|---|---:|---:|")
+    for name in sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-*-tol6_results.csv")):
+        C = converged_check(name)
+        if C is None:
+            continue
+        head = [name[: -len("-tol6")], f"{C['target'][0]:.4f} / {C['target'][1]:.4f}"]
+        for s in C["specs"]:
+            moved, dmax = C["moved"][s]
+            if s == "margin":
+                cells = ["1.00x", "1.00x", "1.00x", "—"]
+            else:
+                ro, rn = C["rounds"][s]
+                cells = [*(fmt_ratio(v) for v in C["ratio"][s]), f"{'/'.join(map(str, ro))} / {'/'.join(map(str, rn))}"]
+            print("| " + " | ".join(head + [{RECOMMENDED: "recommended"}.get(s, s), *cells, str(moved),
+                                            f"{100 * dmax:+.2f}"]) + " |")
+    return 0
+
+
 def headroom(args) -> int:
     """How much of each configuration's curve is left after its first batch, and how far the specs part.
 
@@ -558,9 +618,10 @@ def main(argv=None) -> int:
     sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
     sub.add_parser("between", help="specs between margin and the recommended spec on the web-like pools (markdown)")
     sub.add_parser("propagated", help="the web-like pools with labels copied to near-exact duplicates (markdown)")
+    sub.add_parser("converged", help="recorded verdicts with converged logistic regression (--tol 1e-6) (markdown)")
     args = ap.parse_args(argv)
     return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between,
-            "propagated": propagated}[args.cmd](args)
+            "propagated": propagated, "converged": converged}[args.cmd](args)
 
 
 if __name__ == "__main__":
