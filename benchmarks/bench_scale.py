@@ -19,6 +19,7 @@ Usage::
     python benchmarks/bench_scale.py pairs      # the web-like pools under both test splits
     python benchmarks/bench_scale.py between    # specs between margin and the recommended spec
     python benchmarks/bench_scale.py propagated # the web-like pools with labels copied to near-exact copies
+    python benchmarks/bench_scale.py converged  # recorded verdicts beside their replays at --tol 1e-6 (-tol6 runs)
 
 Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
 """
