@@ -194,10 +194,25 @@ def _load(name: str):
 def _base_target(name: str) -> float:
     """Random's final metric of the configuration a tagged run (without random) belongs to."""
     base = re.match(r"(.*-b\d{3})", name).group(1)
-    rows, meta = _load(base)
+    rows, _ = _load(base)
+    return _random_final(rows)
+
+
+def _random_final(rows) -> float:
+    """Random's final metric (mean over trials): the target of labels-to-reach."""
     from batchal.simulate.report import _by
 
     return float(np.nanmean(_by(rows, "random")[1][-1]))
+
+
+def _with_recorded(name: str, suffix: str):
+    """``(recorded rows, rows, meta)`` of a run named ``name`` that replays ``name`` without ``suffix``;
+    None when either is missing."""
+    base = name[: -len(suffix)]
+    if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
+        return None
+    old, _ = _load(base)
+    return (old, *_load(name))
 
 
 def rounds_vs(acc: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
@@ -447,12 +462,11 @@ def propagation_ratios(name: str) -> dict | None:
     from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by, ratio_to_margin
 
-    base = name[: -len("-prop")]
-    if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
+    pair = _with_recorded(name, "-prop")
+    if pair is None:
         return None
-    old, _ = _load(base)
-    new, _ = _load(name)
-    target = float(np.nanmean(_by(old, "random")[1][-1]))
+    old, new, _ = pair
+    target = _random_final(old)
     short = {"margin": "margin", RECOMMENDED: "rec"}
     rows = [dict(r, strategy=short[r["strategy"]]) for r in old if r["strategy"] in short]
     rows += [dict(r, strategy=short[r["strategy"]] + "+p") for r in new if r["strategy"] in short]
@@ -463,7 +477,7 @@ def propagation_ratios(name: str) -> dict | None:
     ratios["rec+p vs margin+p"] = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
     final = max(r["round"] for r in new)
     last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == final]
-    return {"target": target, "own_target": float(np.nanmean(_by(new, "random")[1][-1])), "ratios": ratios,
+    return {"target": target, "own_target": _random_final(new), "ratios": ratios,
             "rounds": rounds_vs(_by(pair, "rec+p")[1], _by(pair, "margin")[1]),
             "propagated": float(np.mean([r["n_propagated"] for r in last])),
             "wrong": float(np.mean([r["propagated_error_rate"] for r in last]))}
@@ -510,14 +524,12 @@ def converged_check(name: str) -> dict | None:
     """
     from batchal.simulate.report import _by, ratio_to_margin
 
-    base = name[: -len("-tol6")]
-    if not ((RESULTS / f"{base}_results.csv").exists() and (RESULTS / f"{name}_results.csv").exists()):
+    pair = _with_recorded(name, "-tol6")
+    if pair is None:
         return None
-    old, _ = _load(base)
-    new, meta = _load(name)
+    old, new, meta = pair
     specs = [s for s in meta["config"]["strategies"] if s in {r["strategy"] for r in old}]
-    t_old = float(np.nanmean(_by(old, "random")[1][-1]))
-    t_new = float(np.nanmean(_by(new, "random")[1][-1]))
+    t_old, t_new = _random_final(old), _random_final(new)
     out = {"specs": specs, "target": (t_old, t_new), "ratio": {}, "rounds": {}, "moved": {}}
     r_old = ratio_to_margin(old, specs, t_old)
     r_new = ratio_to_margin(new, specs, t_new)
