@@ -93,6 +93,48 @@ def run(name: str, jobs: int | None) -> dict:
     return out
 
 
+def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> dict:
+    """Run ``spec`` beside margin on a recorded configuration and merge it into its JSON.
+
+    The seeds are the recorded run's, so margin's curve must come out identical (checked on its
+    final mean; ``training`` gives the MLP's rule of the recorded run, ``early-stop`` for the runs
+    recorded before ``budget`` became the default); the ratio reads the recorded random's final metric.
+    Also records, per round, the
+    share of margin's batch that are near-duplicates and, for ``order=auto``, the rounds that took
+    the paper's round-robin.
+    """
+    from batchal.simulate import SimulationConfig, simulate
+    from batchal.simulate.report import _by, ratio_to_margin, verdict
+
+    f = RESULTS / f"{name}.json"
+    rec = json.loads(f.read_text())
+    pool, model, share, trials, extra = CONFIGS[name]
+    ds = _pool(pool)
+    b = max(10, round(share * ds.X.shape[0]))
+    extra = dict(extra, **({"training": training} if training and model == "mlp" else {}))
+    cfg = SimulationConfig(strategies=["margin", spec], seed_size=b, batch_size=b, rounds=6, trials=trials,
+                           model=model, progress=False, n_jobs=jobs, **extra)
+    t0 = time.perf_counter()
+    res = simulate(ds, cfg)
+    wall = time.perf_counter() - t0
+    _, m_acc = _by(res.rows, "margin")
+    if not np.isclose(float(np.nanmean(m_acc[-1])), rec["final"]["margin"], rtol=0, atol=1e-9):
+        raise SystemExit(f"{name}: margin's final {np.nanmean(m_acc[-1]):.6f} differs from the recorded "
+                         f"{rec['final']['margin']:.6f}: not the recorded run's seeds")
+    _, acc = _by(res.rows, spec)
+    v = [verdict(acc[i] - m_acc[i])[2] for i in range(1, acc.shape[0])]
+    rows = [r for r in res.rows if r["strategy"] == spec and r["round"] > 0]
+    nd = [r.get("diag_margin_batch_near_duplicate_share", np.nan) for r in rows]
+    rec["ratios"][spec] = list(ratio_to_margin(res.rows, ["margin", spec], rec["random_final"])[spec])
+    rec["rounds_vs_margin"][spec] = [v.count("above"), v.count("within spread"), v.count("below")]
+    rec["final"][spec] = float(np.nanmean(acc[-1]))
+    rec.setdefault("added", {})[spec] = {
+        "wall_s": wall, "training": cfg.training if model == "mlp" else None, "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
+        "paper_rounds": sum(bool(r.get("diag_redundant_pool", False)) for r in rows), "rounds": len(rows)}
+    f.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
 def table() -> str:
     from batchal.simulate.report import fmt_ratio
 
@@ -119,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="*", default=[])
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--add", metavar="SPEC", help="run SPEC beside margin on the recorded configurations and merge it")
+    ap.add_argument("--training", default=None, help="with --add: the MLP's training rule of the recorded runs")
     ap.add_argument("--table", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
@@ -128,6 +172,11 @@ def main(argv=None) -> int:
         if name not in CONFIGS:
             print(f"unknown configuration {name!r}; --list shows them", file=sys.stderr)
             return 2
+        if a.add:
+            r = add(name, a.add, a.jobs, a.training)
+            print(f"{name}: {a.add} {r['ratios'][a.add]}, rounds vs margin {r['rounds_vs_margin'][a.add]}, "
+                  f"{r['added'][a.add]}", flush=True)
+            continue
         r = run(name, a.jobs)
         print(f"{name}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
               + ", ".join(f"{s}: {r['ratios'][s]}" for s in SPECS[2:]) + f"; {r['wall_s']:.0f} s", flush=True)

@@ -256,7 +256,7 @@ def test_tol_variant_is_margin_without_near_duplicates_and_skips_copies():
     idx = select("cluster-margin:order=margin:tol=0.01:max_candidate_share=1", 40, probs=P, clusters=cl)
     assert np.unique(src[idx]).shape[0] == 40
     assert np.unique(src[select("margin", 40, probs=P)]).shape[0] <= 10
-    with pytest.raises(BatchalInputError, match="order=margin only"):
+    with pytest.raises(BatchalInputError, match="order=margin or order=auto only"):
         select("cluster-margin:tol=0.1", 5, **arrays)
     with pytest.raises(BatchalInputError, match="tol must be in"):
         select("cluster-margin:order=margin:tol=2", 5, **arrays)
@@ -329,7 +329,7 @@ def test_dup_variant_is_margin_without_copies_and_takes_one_copy_of_each():
 
 def test_dup_variant_errors_named():
     arrays = make_pool()
-    with pytest.raises(BatchalInputError, match="order=margin only"):
+    with pytest.raises(BatchalInputError, match="order=margin or order=auto only"):
         select("cluster-margin:dup=0.01", 5, **arrays)
     with pytest.raises(BatchalInputError, match="dup must be in"):
         select("cluster-margin:order=margin:dup=3", 5, **arrays)
@@ -376,3 +376,68 @@ def test_copies_moves_the_dup_batch_toward_margin_and_errors_named():
             select(f"cluster-margin:order=margin:dup=0.01:copies={bad}", 5, **kw)
     with pytest.raises(BatchalInputError, match="copies counts near-duplicates"):
         select("cluster-margin:order=margin:copies=2", 5, **arrays)
+
+
+# --- order=auto: the paper's round-robin on a redundant pool, the near-duplicate walk elsewhere ---------
+
+def _copied_pool(n=300, reps=5, d=16, seed=2):
+    arrays = make_pool(n=n, n_labeled=0, d=d)
+    r = np.random.default_rng(seed)
+    E = np.repeat(arrays["embeddings"], reps, axis=0) + r.normal(scale=1e-3, size=(n * reps, d)).astype(np.float32)
+    return dict(probs=np.repeat(arrays["probs"], reps, axis=0), clusters=np.repeat(arrays["clusters"], reps),
+                embeddings=E), arrays
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_order_is_the_paper_on_a_redundant_pool_and_the_dup_walk_elsewhere(seed):
+    from batchal.selectors.cluster_margin import ClusterMarginSelector, round_robin
+    from batchal.selectors import Pool
+
+    copied, plain = _copied_pool(seed=seed)
+    # every item copied 5 times: margin's batch is mostly near-duplicates, so the paper's round-robin,
+    # with the same random draws as the paper's spec given the same random_state
+    for k in (1, 40, 200):
+        auto = ClusterMarginSelector(order="auto", dup=0.01, random_state=seed)
+        got = auto.select(Pool(**copied), k)
+        redundant = auto.diagnostics_["margin_batch_near_duplicate_share"] >= 0.05
+        assert auto.diagnostics_["redundant_pool"] == redundant
+        # a batch of one is never a near-duplicate of a more uncertain row of the batch: the walk
+        assert redundant == (k > 1)
+        want = (ClusterMarginSelector(random_state=seed).select(Pool(probs=copied["probs"], clusters=copied["clusters"]), k)
+                if redundant else
+                ClusterMarginSelector(order="margin", dup=0.01, random_state=seed).select(Pool(**copied), k))
+        np.testing.assert_array_equal(got, want)
+    assert auto.diagnostics_["margin_batch_near_duplicate_share"] > 0.5
+    # the same, written out: the paper's round-robin over the candidates M, here every unlabeled row's top 10%
+    sel = ClusterMarginSelector(order="auto", dup=0.01, random_state=seed)
+    got = sel.select(Pool(**copied), 40)
+    cand = sel.candidates_
+    want = round_robin(cand, copied["clusters"][cand], 40, np.random.default_rng(seed))
+    np.testing.assert_array_equal(got, want)
+    # distinct rows: no near-duplicates, so the near-duplicate walk, which is margin's batch here
+    kw = dict(probs=plain["probs"], clusters=plain["clusters"], embeddings=plain["embeddings"])
+    sel = ClusterMarginSelector(order="auto", dup=0.01, random_state=seed)
+    np.testing.assert_array_equal(sel.select(Pool(**kw), 40), select("margin", 40, probs=plain["probs"]))
+    assert not sel.diagnostics_["redundant_pool"] and sel.diagnostics_["margin_batch_near_duplicate_share"] == 0
+
+
+def test_auto_order_threshold_and_errors_named():
+    copied, _ = _copied_pool()
+    from batchal.selectors import Pool
+
+    walk = parse_spec("cluster-margin:order=margin:dup=0.01").make(random_state=0)
+    walk.select(Pool(**copied), 40)
+    s = walk.diagnostics_["margin_batch_near_duplicate_share"]
+    # just above the measured share: the walk (margin order, copies deferred); at it: the paper's
+    above = select(f"cluster-margin:order=auto:dup=0.01:redundant={min(1.0, s + 1e-6)}", 40, seed=0, **copied)
+    np.testing.assert_array_equal(above, select("cluster-margin:order=margin:dup=0.01", 40, seed=0, **copied))
+    at = select(f"cluster-margin:order=auto:dup=0.01:redundant={s}", 40, seed=0, **copied)
+    np.testing.assert_array_equal(at, select("cluster-margin", 40, seed=0, probs=copied["probs"],
+                                             clusters=copied["clusters"]))
+    with pytest.raises(BatchalInputError, match="order=auto chooses"):
+        select("cluster-margin:order=auto", 5, **copied)
+    for bad in ("-0.1", "1.5", "nan"):
+        with pytest.raises(BatchalInputError, match="redundant must be a share"):
+            select(f"cluster-margin:order=auto:dup=0.01:redundant={bad}", 5, **copied)
+    with pytest.raises(BatchalInputError, match="'size' \\(the paper\\), 'margin' or 'auto'"):
+        select("cluster-margin:order=sideways", 5, **copied)

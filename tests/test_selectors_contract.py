@@ -274,3 +274,14 @@ class TestRecommendedTypicalFirst(SelectorContract):
     from batchal.selectors import RECOMMENDED
 
     strategy = RECOMMENDED + ":typical=100"
+
+
+class TestClusterMarginAutoOrder(SelectorContract):
+    """order=auto with a loose distance (it takes the paper's round-robin on this pool) and a strict one (the walk)."""
+
+    strategy = "cluster-margin"
+    params = {"order": "auto", "dup": 0.3}
+
+
+class TestClusterMarginAutoOrderWalk(SelectorContract):
+    strategy = "cluster-margin:order=auto:dup=0.0001:balance=uniform"

@@ -277,12 +277,15 @@ class ClusterMarginSelector(Selector):
         Also cap ``k_m`` at this share of the unlabeled rows, but not below
         ``2 k_t``; None applies the paper's rule unchanged. See
         :func:`candidate_count` for the rule and the evidence.
-    order : {"size", "margin"}, default "size"
+    order : {"size", "margin", "auto"}, default "size"
         ``"size"``: the paper's round-robin (clusters smallest first, a uniformly
         random member per visit). ``"margin"``: clusters visited in the order of
         their most uncertain candidate, members taken in margin order (see
         :func:`margin_round_robin`): margin's list with at most one item per
-        cluster per pass.
+        cluster per pass. ``"auto"`` (needs ``dup`` or ``tol``): the paper's
+        round-robin when at least ``redundant`` of margin's own batch are
+        near-duplicates of a more uncertain candidate (a redundant pool),
+        ``"margin"`` with the near-duplicate test otherwise; decided every call.
     tol : float or None, default None
         With ``order="margin"``: only *near-duplicates* are spread over passes:
         candidates of one cluster whose predicted probabilities differ by at
@@ -301,6 +304,11 @@ class ClusterMarginSelector(Selector):
         With ``tol`` or ``dup``: members of one near-duplicate group taken per
         pass (1: one per group before any second copy; larger counts move the
         batch toward margin's, which takes every copy in margin order).
+    redundant : float in [0, 1], default 0.05
+        With ``order="auto"``: the share of margin's batch that are
+        near-duplicates at which the pool counts as redundant. Measured per
+        round: 16-99% on the web-like pools, at most 0.03% on every pool without
+        copies (BENCHMARKS.md).
     balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
         Move the batch's share per predicted class toward a target (see
         :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole
@@ -341,8 +349,10 @@ class ClusterMarginSelector(Selector):
 
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
-                 balance_by: str | None = None, typical: int | None = None, copies: int = 1, random_state=None):
+                 balance_by: str | None = None, typical: int | None = None, copies: int = 1, redundant: float = 0.05,
+                 random_state=None):
         super().__init__(random_state=random_state)
+        self.redundant = redundant
         self.copies = copies
         self.typical = typical
         self.balance = balance
@@ -406,8 +416,11 @@ class ClusterMarginSelector(Selector):
         share = self.max_candidate_share
         if share is not None and not (np.isfinite(share) and 0 < share <= 1):
             raise BatchalInputError(f"max_candidate_share must be in (0, 1] or None; got {share}")
-        if self.order not in ("size", "margin"):
-            raise BatchalInputError(f"order must be 'size' (the paper) or 'margin'; got {self.order!r}")
+        if self.order not in ("size", "margin", "auto"):
+            raise BatchalInputError(f"order must be 'size' (the paper), 'margin' or 'auto'; got {self.order!r}")
+        r = self.redundant
+        if not (np.isfinite(r) and 0 <= r <= 1):
+            raise BatchalInputError(f"redundant must be a share in [0, 1]; got {r}")
         balanced = self.balance is not None or self.balance_by is not None
         check_balance(self.balance, self.balance_by)  # before any work
         k_m = candidate_count(k, pool.n_unlabeled, self.margin_factor, share)
@@ -420,8 +433,8 @@ class ClusterMarginSelector(Selector):
             key, value = ("tol", self.tol) if self.dup is None else ("dup", self.dup)
             if self.tol is not None and self.dup is not None:
                 raise BatchalInputError("give one near-duplicate test: tol (probabilities) or dup (embeddings)")
-            if self.order != "margin":
-                raise BatchalInputError(f"{key} applies with order=margin only")
+            if self.order == "size":
+                raise BatchalInputError(f"{key} applies with order=margin or order=auto only")
             if not (np.isfinite(value) and 0 <= value <= (1 if key == "tol" else 2)):
                 raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
             c = _whole_at_least_one(self.copies, "copies", "", "near-duplicates taken per pass")
@@ -434,6 +447,16 @@ class ClusterMarginSelector(Selector):
             self.diagnostics_["candidate_near_duplicate_share"] = float((passes > 0).mean())
             self.diagnostics_["margin_batch_near_duplicate_share"] = float((passes[: min(k, passes.shape[0])] > 0).mean())
             self.diagnostics_["near_duplicate_test"] = key
+            if self.order == "auto":
+                # margin's batch full of near-exact copies: the pool is redundant, and there the paper's
+                # round-robin saved the most labels under both test splits (BENCHMARKS.md, *order=auto*)
+                redundant = self.diagnostics_["margin_batch_near_duplicate_share"] >= self.redundant
+                self.diagnostics_["redundant_pool"] = bool(redundant)
+                if redundant:
+                    batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng)
+        elif self.order == "auto":
+            raise BatchalInputError("order=auto chooses by the share of near-duplicates in margin's batch: "
+                                    "give dup (embeddings) or tol (probabilities)")
         elif self.copies != 1:
             raise BatchalInputError("copies counts near-duplicates: give tol (probabilities) or dup (embeddings)")
         elif self.order == "margin":

@@ -18,6 +18,14 @@ COLUMNS = ["strategy", "trial", "round", "n_labeled", "accuracy", "balanced_accu
            "diag_candidate_near_duplicate_share", "diag_margin_batch_near_duplicate_share"]
 # --propagate (batchal.simulate.propagate): labels copied to near-duplicates, next to n_labeled (bought)
 COLUMNS += ["n_propagated", "propagated_error_rate", "pool_exhausted"]
+# cluster-margin:order=auto: did the round take the paper's round-robin (margin's batch redundant)?
+COLUMNS += ["diag_redundant_pool"]
+
+
+def _auto_rounds(rs) -> str:
+    """``taken / rounds`` for specs that record ``order=auto``'s choice, else a dash."""
+    flags = [r["diag_redundant_pool"] for r in rs if "diag_redundant_pool" in r]
+    return f"{sum(map(bool, flags))} / {len(flags)}" if flags else "—"
 
 
 def verdict(diff: np.ndarray) -> tuple[float, float, str]:
@@ -329,8 +337,8 @@ def summary_markdown(res) -> str:
         lines += ["", "## Redundancy of the uncertain candidates (strategies that read clusters)", ""]
         lines.append("| strategy | k_m | clusters among candidates | candidates repeating a cluster | "
                      "margin's batch: clusters | margin's batch repeating a cluster | "
-                     "margin's batch: near-duplicates |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+                     "margin's batch: near-duplicates | rounds on the paper's round-robin (order=auto) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s in red:
             rs = [r for r in res.rows if r["strategy"] == s and "diag_k_m" in r]
             mean = lambda c: float(np.mean([r[c] for r in rs])) if all(c in r for r in rs) else float("nan")  # noqa: E731
@@ -338,10 +346,13 @@ def summary_markdown(res) -> str:
             lines.append(f"| {s} | {mean('diag_k_m'):,.0f} | {mean('diag_candidate_clusters'):,.0f} | "
                          f"{100 * mean('diag_candidate_repeat_share'):.1f}% | {mean('diag_margin_batch_clusters'):,.0f} | "
                          f"{100 * mean('diag_margin_batch_repeat_share'):.1f}% | "
-                         f"{'—' if not np.isfinite(nd) else f'{100 * nd:.1f}%'} |")
+                         f"{'—' if not np.isfinite(nd) else f'{100 * nd:.1f}%'} | "
+                         f"{_auto_rounds(rs)} |")
         lines += ["", "A candidate *repeats a cluster* when its cluster already holds a more uncertain candidate; "
                   "it is a *near-duplicate* (specs with `tol`) when, in addition, no class probability differs "
-                  "from that candidate's by more than `tol`. A high near-duplicate share in margin's own batch "
+                  "from that candidate's by more than `tol` (or, with `dup`, its embedding lies within cosine "
+                  "distance `dup`). With `order=auto` a round whose margin batch holds at least `redundant` "
+                  "(default 5%) near-duplicates takes the paper's round-robin. A high near-duplicate share in margin's own batch "
                   "means margin would spend labels on copies: the diversity step pays. Cluster repeats alone "
                   "also count distinct items of one region, which margin needs on a clean pool."]
     lines += ["", "Outputs: `results.csv` (one row per strategy, trial and round), `curves.png`, "
