@@ -136,23 +136,25 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
 
 
 def table() -> str:
+    """The markdown table; specs merged by ``--add`` get a column each, rounds vs margin read the last of them."""
     from batchal.simulate.report import fmt_ratio
 
+    recs = [json.loads(f.read_text()) for name in CONFIGS for f in [RESULTS / f"{name}.json"] if f.exists()]
+    added = list(dict.fromkeys(sp for r in recs for sp in r.get("added", {})))
+    cols = SPECS[2:] + added
+    last = added[-1] if added else SPECS[-1]
     lines = ["| configuration | rows x classes | model | batch | seed set -> whole pool | random's final | "
-             + " | ".join(f"`{s}` / margin" for s in SPECS[2:]) + " | rounds vs margin (dup) | wall |",
-             "|---|---|---|---:|---:|---:|" + "---:|" * (len(SPECS) - 2) + "---|---:|"]
-    for name in CONFIGS:
-        f = RESULTS / f"{name}.json"
-        if not f.exists():
-            continue
-        r = json.loads(f.read_text())
+             + " | ".join(f"`{s}` / margin" for s in cols) + f" | rounds vs margin (`{last}`) | wall |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---|---:|"]
+    for r in recs:
         rise = r["full_metric"] - r["seed_metric"]
         flat = " (flat)" if rise < 0.02 else ""
-        cells = [fmt_ratio(tuple(r["ratios"][s])) for s in SPECS[2:]]
-        rv = r["rounds_vs_margin"][SPECS[-1]]
-        lines.append(f"| {name} | {r['rows']:,} x {r['classes']} | {r['model']} | {r['batch']:,} | "
+        cells = [fmt_ratio(tuple(r["ratios"][s])) if s in r["ratios"] else "—" for s in cols]
+        rv = r["rounds_vs_margin"].get(last)
+        wall = r["wall_s"] + sum(a["wall_s"] for a in r.get("added", {}).values())
+        lines.append(f"| {r['config']} | {r['rows']:,} x {r['classes']} | {r['model']} | {r['batch']:,} | "
                      f"{r['seed_metric']:.3f} -> {r['full_metric']:.3f}{flat} | {r['random_final']:.3f} | "
-                     + " | ".join(cells) + f" | {rv[0]}/{rv[1]}/{rv[2]} | {r['wall_s'] / 60:.1f} min |")
+                     + " | ".join(cells) + f" | {'—' if rv is None else '/'.join(map(str, rv))} | {wall / 60:.1f} min |")
     return "\n".join(lines)
 
 

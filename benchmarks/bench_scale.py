@@ -17,7 +17,7 @@ Usage::
     python benchmarks/bench_scale.py run --pools mnist1d --models mlp --shares 0.1 -- --training full
     python benchmarks/bench_scale.py table      # the scale table and the figure from results/scale/
     python benchmarks/bench_scale.py pairs      # the web-like pools under both test splits
-    python benchmarks/bench_scale.py between    # specs between margin and the recommended spec
+    python benchmarks/bench_scale.py between    # specs between margin and the walk (dup=0.01)
     python benchmarks/bench_scale.py propagated # the web-like pools with labels copied to near-exact copies
     python benchmarks/bench_scale.py converged  # recorded verdicts beside their replays at --tol 1e-6 (-tol6 runs)
 
@@ -251,11 +251,16 @@ def summarise(name: str) -> dict:
             "margin_labels": margin_labels, "seed_metric": float(np.nanmean(curves["margin"][1][0])),
             "full": meta["full_pool_score"], "diag": diag, "wall": meta["wall_seconds"],
             "peak": meta.get("peak_rss"), "config": meta["config"], "metric": meta["metric"],
-            "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}}
+            "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}, "walk_is_auto": _walk_is_auto(rows)}
 
 
 #: the recommended spec before issue 20's revision (near-duplicates judged on the predictions)
 EARLIER = "cluster-margin:order=margin:tol=0.1"
+#: the recommended spec from that revision until order=auto (2026-12-06): margin order, near-duplicates on the
+#: embedding deferred; the sections measured before order=auto (pairs, between, propagated, headroom) read it
+WALK = "cluster-margin:order=margin:dup=0.01"
+#: order=auto's threshold (the selector's default): the share of margin's batch that are near-duplicates
+AUTO_SHARE = 0.05
 
 
 def _short(spec: str) -> str:
@@ -265,7 +270,20 @@ def _short(spec: str) -> str:
         return "recommended"
     if spec == EARLIER:
         return "earlier rec. (tol=0.1)"
+    if spec == WALK:
+        return "walk (dup=0.01)"
     return re.sub(r":partitions=\d+", " (part.)", spec)
+
+
+def _walk_is_auto(rows) -> bool:
+    """True when ``order=auto`` would have taken the walk's batches at every round of the recorded run.
+
+    It decides on the share of margin's batch that are near-duplicates; while that share stays under its
+    threshold it takes the walk's batch, so along the walk's own rounds it never leaves them: when the
+    recorded walk's share is under the threshold at every (trial, round), the two runs are the same run.
+    """
+    v = [r.get("diag_margin_batch_near_duplicate_share") for r in rows if r["strategy"] == WALK and r["round"] > 0]
+    return bool(v) and all(x is not None and np.isfinite(x) and x < AUTO_SHARE for x in v)
 
 
 def table(args) -> int:
@@ -279,7 +297,7 @@ def table(args) -> int:
         return 1
     S = [summarise(n) for n in names]
     head = ["configuration", "seed set -> whole pool", "random's final", "margin's labels"]
-    others = ["cluster-margin", "recommended", "earlier rec. (tol=0.1)", "badge (part.)"]
+    others = ["cluster-margin", "recommended", "walk (dup=0.01)", "earlier rec. (tol=0.1)", "badge (part.)"]
     print("| " + " | ".join(head + [f"{o} / margin" for o in others]
                              + ["rounds vs margin (recommended)", "copies in margin's batch", "near-dup. share", "wall", "peak"]) + " |")
     print("|---|" + "---:|" * (len(head) - 1 + len(others)) + "---|---:|---:|---:|---:|")
@@ -288,12 +306,17 @@ def table(args) -> int:
         ml = np.asarray(s["margin_labels"], dtype=float)
         mlab = f"{np.nanmean(ml):,.0f}" if np.isfinite(ml).any() else "never"
         cells = [s["name"], f"{s['seed_metric']:.3f} -> {s['full']:.3f}", f"{s['target']:.3f}", mlab]
-        cells += [fmt_ratio(s["ratios"][by_short[o]]) if o in by_short else "—" for o in others]
+        mark = ""
+        if "recommended" not in by_short and WALK in s["strategies"] and s["walk_is_auto"]:
+            by_short["recommended"], mark = WALK, " ‡"  # the same run: _walk_is_auto
+        cells += [fmt_ratio(s["ratios"][by_short[o]]) + (mark if o == "recommended" else "") if o in by_short
+                  else "—" for o in others]
         rec = by_short.get("recommended")
         cells.append("/".join(map(str, s["rounds"][rec])) if rec else "—")
         d = s["diag"]
         cs = d.get("margin", {}).get("batch_copy_share")
-        nd = d.get(rec, {}).get("diag_margin_batch_near_duplicate_share") if rec else None
+        nd = next((d[x]["diag_margin_batch_near_duplicate_share"] for x in (rec, WALK)
+                   if x in d and "diag_margin_batch_near_duplicate_share" in d[x]), None)
         cells.append("—" if cs is None else f"{100 * cs:.0f}%")
         cells.append("—" if nd is None else f"{100 * nd:.0f}%")
         cells.append(f"{s['wall'] / 60:.1f} min")
@@ -324,7 +347,7 @@ def figure(S: list[dict]) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    colors = {"random": "tab:gray", "cluster-margin": "tab:orange", "recommended": "tab:green",
+    colors = {"random": "tab:gray", "cluster-margin": "tab:orange", "recommended": "tab:green", "walk (dup=0.01)": "tab:cyan",
               "earlier rec. (tol=0.1)": "tab:olive", "badge (part.)": "tab:red"}
     for ax, (g, items) in zip(axes.flat, sorted(groups.items())):
         items.sort(key=lambda x: x[0])
@@ -332,10 +355,16 @@ def figure(S: list[dict]) -> None:
         # one line per strategy: BADGE's spec text changes with the batch (its partitions), its short name does not
         # the table's specs only: the ablations of `between` would crowd the panels
         specs = list({_short(k): k for _, s in items for k in s["strategies"] if _short(k) in colors}.values())
+        if not any(_short(k) == "recommended" for k in specs) and any(s["walk_is_auto"] for _, s in items):
+            from batchal.selectors import RECOMMENDED
+
+            specs.append(RECOMMENDED)
         for spec in specs:
             xs, ys = [], []
             for share, s in items:
                 key = next((k for k in s["strategies"] if _short(k) == _short(spec)), None)
+                if key is None and _short(spec) == "recommended" and s["walk_is_auto"] and WALK in s["strategies"]:
+                    key = WALK  # the same run (_walk_is_auto)
                 if key is None:
                     continue
                 r, note = s["ratios"][key]
@@ -345,7 +374,7 @@ def figure(S: list[dict]) -> None:
             if xs:
                 ax.plot(xs, ys, marker="o", label=_short(spec), color=colors.get(_short(spec)),
                         lw=2 if _short(spec) == "recommended" else 1.2)
-        # the recommended workflow on the web-like pools: the spec, labels copied to near-exact duplicates
+        # the walk with labels copied to near-exact duplicates (measured before order=auto)
         xs, ys = [], []
         for share, s in items:
             P = propagation_ratios(s["name"] + "-prop") if s["name"].endswith("-whiten") else None
@@ -353,7 +382,7 @@ def figure(S: list[dict]) -> None:
                 xs.append(share)
                 ys.append(100 * (1 - P["ratios"]["rec+p"][0]))
         if xs:
-            ax.plot(xs, ys, marker="s", ls="--", lw=2, color="tab:green", label="recommended + propagation")
+            ax.plot(xs, ys, marker="s", ls="--", lw=1.5, color="tab:cyan", label="walk + propagation")
         ax.axhline(0, color="gray", lw=1, ls=":")
         ax.set_xscale("log")
         ax.set_xticks([1, 3, 10])
@@ -417,24 +446,23 @@ def pairs(args) -> int:
     return 0
 
 
-#: specs between margin and the recommended spec (`between`): more copies per near-duplicate group, or the
+#: specs between margin and the walk (`between`; the recommended spec when measured): more copies per near-duplicate group, or the
 #: clusters instead of the near-duplicate test
 BETWEEN = ("cluster-margin:order=margin", "cluster-margin:order=margin:dup=0.01:copies=2",
            "cluster-margin:order=margin:dup=0.01:copies=4", "cluster-margin:order=margin:dup=0.01:copies=8")
 
 
 def between(args) -> int:
-    """Specs between margin and the recommended spec on the web-like pools, under both test splits.
+    """Specs between margin and the walk (the recommended spec when measured) on the web-like pools, both test splits.
 
-    Margin takes every near-duplicate of an uncertain item, the recommended spec one per pass;
+    Margin takes every near-duplicate of an uncertain item, the walk one per pass;
     ``copies=c`` takes c per pass, and ``order=margin`` alone one per *cluster* per pass. Printed for
     the configurations whose recorded results hold at least one of them.
     """
-    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import fmt_ratio
 
-    specs = ["margin", RECOMMENDED, *BETWEEN, "cluster-margin"]
-    heads = ["margin (copies: all)", "recommended (copies=1)", "order=margin (one per cluster)", "copies=2",
+    specs = ["margin", WALK, *BETWEEN, "cluster-margin"]
+    heads = ["margin (copies: all)", "walk (dup=0.01, copies=1)", "order=margin (one per cluster)", "copies=2",
              "copies=4", "copies=8", "cluster-margin"]
     print("| pool | batch | test split | random's final | " + " | ".join(f"{h} / margin" for h in heads[1:])
           + " | rounds vs margin (copies=2 / 4 / 8) |")
@@ -459,7 +487,6 @@ def propagation_ratios(name: str) -> dict | None:
     One target for both runs: random's final metric *without* propagation (the scale table's). Labels are
     the ones bought; ``rec``/``margin`` are the recorded run's specs, ``rec+p``/``margin+p`` the propagating run's.
     """
-    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by, ratio_to_margin
 
     pair = _with_recorded(name, "-prop")
@@ -467,16 +494,16 @@ def propagation_ratios(name: str) -> dict | None:
         return None
     old, new, _ = pair
     target = _random_final(old)
-    short = {"margin": "margin", RECOMMENDED: "rec"}
+    short = {"margin": "margin", WALK: "rec"}
     rows = [dict(r, strategy=short[r["strategy"]]) for r in old if r["strategy"] in short]
     rows += [dict(r, strategy=short[r["strategy"]] + "+p") for r in new if r["strategy"] in short]
     ratios = ratio_to_margin(rows, ["margin", "rec", "margin+p", "rec+p"], target)
-    # the recommended spec against margin, both propagating: margin+p plays margin
+    # the walk against margin, both propagating: margin+p plays margin
     pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
             if r["strategy"] in ("margin+p", "rec+p")]
     ratios["rec+p vs margin+p"] = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
     final = max(r["round"] for r in new)
-    last = [r for r in new if r["strategy"] == RECOMMENDED and r["round"] == final]
+    last = [r for r in new if r["strategy"] == WALK and r["round"] == final]
     return {"target": target, "own_target": _random_final(new), "ratios": ratios,
             "rounds": rounds_vs(_by(pair, "rec+p")[1], _by(pair, "margin")[1]),
             "propagated": float(np.mean([r["n_propagated"] for r in last])),
@@ -488,16 +515,17 @@ def propagated(args) -> int:
 
     A ``-whiten-prop`` run replays a recorded ``-whiten`` configuration with propagation: every strategy
     buys its batch, then each bought label is copied to the item's near-duplicate group (cosine distance
-    at most 0.01 on the embedding the clustering reads, the recommended spec's own ``dup=0.01`` test).
+    at most 0.01 on the embedding the clustering reads, the walk's own ``dup=0.01`` test; measured with the walk,
+    the recommended spec before ``order=auto``).
     Labels are the ones bought, read at one target for both runs: random's final metric *without*
     propagation (the scale table's); the propagating run's own random is shown beside it.
     """
     from batchal.simulate.report import fmt_ratio
 
-    print("| pool | batch | test split | random's final (without / with propagation) | recommended / margin, "
-          "neither propagating | margin + prop. / margin | recommended + prop. / margin | recommended + prop. / "
-          "margin + prop. | rounds vs margin + prop. (recommended + prop.) | labels propagated by the last round "
-          "(recommended + prop.; wrong) |")
+    print("| pool | batch | test split | random's final (without / with propagation) | walk / margin, "
+          "neither propagating | margin + prop. / margin | walk + prop. / margin | walk + prop. / "
+          "margin + prop. | rounds vs margin + prop. (walk + prop.) | labels propagated by the last round "
+          "(walk + prop.; wrong) |")
     print("|---|---:|---|---|---:|---:|---:|---:|---|---:|")
     names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten-prop_results.csv"))
     for name in names:
@@ -567,7 +595,7 @@ def converged(args) -> int:
             else:
                 ro, rn = C["rounds"][s]
                 cells = [*(fmt_ratio(v) for v in C["ratio"][s]), f"{'/'.join(map(str, ro))} / {'/'.join(map(str, rn))}"]
-            print("| " + " | ".join(head + [{RECOMMENDED: "recommended"}.get(s, s), *cells, str(moved),
+            print("| " + " | ".join(head + [{RECOMMENDED: "recommended", WALK: "walk (dup=0.01)"}.get(s, s), *cells, str(moved),
                                             f"{100 * dmax:+.2f}"]) + " |")
     return 0
 
@@ -579,14 +607,13 @@ def headroom(args) -> int:
     model, no selection can save much after it: the saving of any spec is bounded by what is left, and
     its ratio to margin's labels reads differences inside the trials' spread.
     """
-    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by
 
     names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*_results.csv"))
     if args.only:
         names = [n for n in names if any(re.search(o, n) for o in args.only)]
     print("| configuration | seed set -> whole pool | random after batch 1: share of its rise | labels where "
-          "random is first within 0.002 of the whole pool | recommended - margin, rounds 1-6 (min .. max) "
+          "random is first within 0.002 of the whole pool | walk (dup=0.01) - margin, rounds 1-6 (min .. max) "
           "| cluster-margin - margin (min .. max) |")
     print("|---|---|---:|---:|---|---|")
     for name in names:
@@ -608,7 +635,7 @@ def headroom(args) -> int:
             return f"{d.min():+.4f} .. {d.max():+.4f}"
 
         print(f"| {name} | {r[0]:.3f} -> {full:.3f} | {(r[1] - r[0]) / rise:.0%} | "
-              f"{f'{int(lab[near[0]]):,}' if near.size else 'never'} | {gap(RECOMMENDED)} | {gap('cluster-margin')} |")
+              f"{f'{int(lab[near[0]]):,}' if near.size else 'never'} | {gap(WALK)} | {gap('cluster-margin')} |")
     return 0
 
 
@@ -629,7 +656,7 @@ def main(argv=None) -> int:
     h = sub.add_parser("headroom", help="what each configuration's curve leaves after its first batch (markdown)")
     h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
-    sub.add_parser("between", help="specs between margin and the recommended spec on the web-like pools (markdown)")
+    sub.add_parser("between", help="specs between margin and the walk on the web-like pools (markdown)")
     sub.add_parser("propagated", help="the web-like pools with labels copied to near-exact duplicates (markdown)")
     sub.add_parser("converged", help="recorded verdicts with converged logistic regression (--tol 1e-6) (markdown)")
     args = ap.parse_args(argv)

@@ -58,13 +58,17 @@ def test_embedding_near_duplicates_same_batch_as_local(engine, pool, tmp_path):
     E = r.normal(size=(pool["n"], 6)).astype(np.float32)
     E[1:4000:2] = E[0:3999:2] + 1e-4  # pairs of copies, so that the test defers rows
     np.save(tmp_path / "E.npy", E)
-    spec = "cluster-margin:order=margin:dup=0.01"
     kw = dict(clusters=pool["clusters"], labeled=pool["labeled"], seed=2)
-    local = batchal.select(spec, 300, probs=pool["P"], embeddings=E, **kw)
-    np.testing.assert_array_equal(local[:1], batchal.select("margin", 1, probs=pool["P"], labeled=pool["labeled"]))
-    ray_ = engine.select(spec, 300, probs=pool["dir"] / "probs", embeddings=np.load(tmp_path / "E.npy", mmap_mode="r"),
-                         **kw)
-    np.testing.assert_array_equal(ray_, local)
+    # the walk, and order=auto made to take the paper's round-robin (redundant=0: any share counts)
+    for spec in ("cluster-margin:order=margin:dup=0.01", "cluster-margin:order=auto:dup=0.01:redundant=0"):
+        local = batchal.select(spec, 300, probs=pool["P"], embeddings=E, **kw)
+        if "auto" in spec:
+            np.testing.assert_array_equal(local, batchal.select("cluster-margin", 300, probs=pool["P"], **kw))
+        else:
+            np.testing.assert_array_equal(local[:1], batchal.select("margin", 1, probs=pool["P"], labeled=pool["labeled"]))
+        ray_ = engine.select(spec, 300, probs=pool["dir"] / "probs",
+                             embeddings=np.load(tmp_path / "E.npy", mmap_mode="r"), **kw)
+        np.testing.assert_array_equal(ray_, local)
 
 
 def test_same_batch_from_npy_and_array_and_logits(engine, pool):

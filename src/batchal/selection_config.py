@@ -3,7 +3,7 @@
 ``batchal select --config selection.toml`` (and :func:`load_config` +
 :func:`apply_config` from Python) read::
 
-    strategy = "cluster-margin:order=margin:dup=0.01"   # a spec, as --strategy takes
+    strategy = "cluster-margin:order=auto:dup=0.01"   # a spec, as --strategy takes
     balance = "uniform"             # or "input", a JSON file of shares, or a table {"0" = 0.5, "3" = 0.5}
     balance_by = "source"           # balance over a metadata column's values instead of predicted classes
     max_margin = 0.3                # score thresholds: only rows at most this certain are candidates

@@ -594,8 +594,9 @@ def demo_conclusion(recommended: str) -> str:
     return (
         "On the plain pool margin's batches are already diverse: the paper's cluster-margin trades uncertainty "
         "for diversity it does not need. On the redundant pool margin spends labels on copies of the same "
-        f"uncertain items, and spreading the batch pays. The recommended spec ({recommended}) is margin's own "
-        "list in which a copy of a more uncertain candidate (same cluster, embeddings within cosine distance "
-        "dup) waits for a later pass: margin on a clean pool, one item per group of copies on a redundant one "
+        f"uncertain items, and spreading the batch pays. The recommended spec ({recommended}) measures, every "
+        "round, how many of margin's own batch are copies of a more uncertain candidate (same cluster, embeddings "
+        "within cosine distance dup): at 5% or more it takes the paper's round-robin, below it margin's list with "
+        "those copies deferred, which is margin's batch on a clean pool "
         "(BENCHMARKS.md, Label savings at scale)."
     )
