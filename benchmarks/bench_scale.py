@@ -417,11 +417,13 @@ def pairs(args) -> int:
     """
     from batchal.simulate.report import fmt_ratio
 
-    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*-views-*_results.csv"))
+    # the recorded runs only: the -tol6 and -prop replays have their own tables
+    names = sorted(n for p in RESULTS.glob("*-views-*_results.csv")
+                   for n in [p.name[: -len("_results.csv")]] if re.search(r"-b\d+-whiten$", n))
     print("| pool | batch | test split | seed set -> whole pool | random's final | cluster-margin / margin | "
-          "recommended / margin | badge (part.) / margin | rounds vs margin (recommended) | "
-          "rounds vs margin (cluster-margin) | same batches |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---|---|---|")
+          "recommended / margin | walk (dup=0.01) / margin | badge (part.) / margin | rounds vs margin (recommended) | "
+          "rounds vs margin (walk) | same batches |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---|---|---|")
     for views in names:
         clean = views.replace("-views", "")
         if not (RESULTS / f"{clean}_results.csv").exists():
@@ -438,9 +440,9 @@ def pairs(args) -> int:
             cells = [m.group(1), f"{int(m.group(2)) / 10:g}%", label, f"{S['seed_metric']:.3f} -> {S['full']:.3f}",
                      f"{S['target']:.3f}"]
             cells += [fmt_ratio(S["ratios"][by_short[o]]) if o in by_short else "—"
-                      for o in ("cluster-margin", "recommended", "badge (part.)")]
+                      for o in ("cluster-margin", "recommended", "walk (dup=0.01)", "badge (part.)")]
             cells += ["/".join(map(str, S["rounds"][by_short[o]])) if o in by_short else "—"
-                      for o in ("recommended", "cluster-margin")]
+                      for o in ("recommended", "walk (dup=0.01)")]
             cells.append(f"{'yes' if same else 'NO'} ({len(shared)} rows)" if label == "clean" else "")
             print("| " + " | ".join(cells) + " |")
     return 0

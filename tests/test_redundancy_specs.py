@@ -441,3 +441,19 @@ def test_auto_order_threshold_and_errors_named():
             select(f"cluster-margin:order=auto:dup=0.01:redundant={bad}", 5, **copied)
     with pytest.raises(BatchalInputError, match="'size' \\(the paper\\), 'margin' or 'auto'"):
         select("cluster-margin:order=sideways", 5, **copied)
+
+
+def test_select_cli_prints_the_choice_of_order_auto(tmp_path):
+    copied, _ = _copied_pool()
+    for k, v in copied.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    base = ["select", "-k", "40", "--probs", str(tmp_path / "probs.npy"), "--clusters", str(tmp_path / "clusters.npy"),
+            "--embeddings", str(tmp_path / "embeddings.npy")]
+    res = CliRunner().invoke(app, base + ["--strategy", RECOMMENDED, "--out", str(tmp_path / "b.npy")])
+    assert res.exit_code == 0, res.output
+    assert "order=auto: a redundant pool, so the paper's round-robin" in " ".join(res.output.split())
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"),
+                                  select("cluster-margin", 40, probs=copied["probs"], clusters=copied["clusters"], seed=0))
+    res = CliRunner().invoke(app, base + ["--strategy", RECOMMENDED + ":redundant=1", "--out", str(tmp_path / "c.npy")])
+    assert res.exit_code == 0, res.output
+    assert "order=auto: not redundant" in " ".join(res.output.split())

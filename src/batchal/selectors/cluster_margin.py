@@ -258,9 +258,13 @@ def describe_redundancy(diag: dict) -> str:
     if "margin_batch_near_duplicate_share" in diag:
         nd = diag["margin_batch_near_duplicate_share"]
         # the ranges measured on the benchmark pools (BENCHMARKS.md), not a verdict
-        ranges = ("0% on the plain benchmark pools, 66% on the web-like 1M pool" if diag.get("near_duplicate_test") == "dup"
+        ranges = ("at most 0.03% on the plain benchmark pools, 16-99% on the web-like 1M pools"
+                  if diag.get("near_duplicate_test") == "dup"
                   else "benchmark pools: 4-33% when plain, 38-70% when made redundant")
         text += f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate ({ranges})"
+    if "redundant_pool" in diag:
+        text += ("; order=auto: a redundant pool, so the paper's round-robin" if diag["redundant_pool"]
+                 else "; order=auto: not redundant, so margin's order with near-duplicates deferred")
     return text
 
 
