@@ -372,8 +372,10 @@ def figure(S: list[dict]) -> None:
                     xs.append(share)
                     ys.append(100 * (1 - r))
             if xs:
+                # cluster-margin dashed and on top: on the web-like pools the recommended spec's batches are its
+                cm = _short(spec) == "cluster-margin"
                 ax.plot(xs, ys, marker="o", label=_short(spec), color=colors.get(_short(spec)),
-                        lw=2 if _short(spec) == "recommended" else 1.2)
+                        lw=2 if _short(spec) == "recommended" else 1.2, ls="--" if cm else "-", zorder=3 if cm else 2)
         # the walk with labels copied to near-exact duplicates (measured before order=auto)
         xs, ys = [], []
         for share, s in items:
