@@ -311,8 +311,10 @@ class ClusterMarginSelector(Selector):
     redundant : float in [0, 1], default 0.05
         With ``order="auto"``: the share of margin's batch that are
         near-duplicates at which the pool counts as redundant. Measured per
-        round: 16-99% on the web-like pools, at most 0.03% on every pool without
-        copies (BENCHMARKS.md).
+        round: 16-99% on the web-like pools, 20-86% on small pools made
+        redundant, at most 0.03% on every 1M pool without copies; 5-39% on a
+        32-class pool without copies read through an MLP's ReLU embedding
+        (BENCHMARKS.md, *The recommendation, revised again*).
     balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
         Move the batch's share per predicted class toward a target (see
         :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole
@@ -453,7 +455,8 @@ class ClusterMarginSelector(Selector):
             self.diagnostics_["near_duplicate_test"] = key
             if self.order == "auto":
                 # margin's batch full of near-exact copies: the pool is redundant, and there the paper's
-                # round-robin saved the most labels under both test splits (BENCHMARKS.md, *order=auto*)
+                # round-robin saved the most labels under both test splits (BENCHMARKS.md, *The recommendation,
+                # revised again*); the walk's passes are computed either way, since its share decides
                 redundant = self.diagnostics_["margin_batch_near_duplicate_share"] >= self.redundant
                 self.diagnostics_["redundant_pool"] = bool(redundant)
                 if redundant:
