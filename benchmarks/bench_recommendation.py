@@ -64,7 +64,7 @@ CONFIGS = {
 
 def run(name: str, jobs: int | None) -> dict:
     from batchal.simulate import SimulationConfig, simulate
-    from batchal.simulate.report import _by, ratio_to_margin, verdict
+    from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     pool, model, share, trials, extra = CONFIGS[name]
     ds = _pool(pool)
@@ -78,11 +78,7 @@ def run(name: str, jobs: int | None) -> dict:
     target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
     ratios = ratio_to_margin(res.rows, SPECS, target)
     _, m_acc = _by(res.rows, "margin")
-    rounds = {}
-    for s in SPECS[2:]:
-        _, acc = _by(res.rows, s)
-        v = [verdict(acc[i] - m_acc[i])[2] for i in range(1, acc.shape[0])]
-        rounds[s] = [v.count("above"), v.count("within spread"), v.count("below")]
+    rounds = {s: list(rounds_vs(_by(res.rows, s)[1], m_acc)) for s in SPECS[2:]}
     _, r_acc = _by(res.rows, "random")
     out = {"config": name, "pool": pool, "rows": n, "classes": ds.n_classes, "model": model, "batch": b,
            "trials": trials, "seed_metric": float(np.nanmean(r_acc[0])), "full_metric": res.full_score,
@@ -99,12 +95,11 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
     The seeds are the recorded run's, so margin's curve must come out identical (checked on its
     final mean; ``training`` gives the MLP's rule of the recorded run, ``early-stop`` for the runs
     recorded before ``budget`` became the default); the ratio reads the recorded random's final metric.
-    Also records, per round, the
-    share of margin's batch that are near-duplicates and, for ``order=auto``, the rounds that took
-    the paper's round-robin.
+    Also records the share of margin's batch that are near-duplicates (min / median / max over rounds)
+    and, for ``order=auto``, the rounds that took the paper's round-robin.
     """
     from batchal.simulate import SimulationConfig, simulate
-    from batchal.simulate.report import _by, ratio_to_margin, verdict
+    from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     f = RESULTS / f"{name}.json"
     rec = json.loads(f.read_text())
@@ -122,14 +117,14 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
         raise SystemExit(f"{name}: margin's final {np.nanmean(m_acc[-1]):.6f} differs from the recorded "
                          f"{rec['final']['margin']:.6f}: not the recorded run's seeds")
     _, acc = _by(res.rows, spec)
-    v = [verdict(acc[i] - m_acc[i])[2] for i in range(1, acc.shape[0])]
     rows = [r for r in res.rows if r["strategy"] == spec and r["round"] > 0]
     nd = [r.get("diag_margin_batch_near_duplicate_share", np.nan) for r in rows]
     rec["ratios"][spec] = list(ratio_to_margin(res.rows, ["margin", spec], rec["random_final"])[spec])
-    rec["rounds_vs_margin"][spec] = [v.count("above"), v.count("within spread"), v.count("below")]
+    rec["rounds_vs_margin"][spec] = list(rounds_vs(acc, m_acc))
     rec["final"][spec] = float(np.nanmean(acc[-1]))
     rec.setdefault("added", {})[spec] = {
-        "wall_s": wall, "training": cfg.training if model == "mlp" else None, "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
+        "wall_s": wall, "training": cfg.training if model == "mlp" else None,
+        "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
         "paper_rounds": sum(bool(r.get("diag_redundant_pool", False)) for r in rows), "rounds": len(rows)}
     f.write_text(json.dumps(rec, indent=1))
     return rec

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from batchal.simulate.report import rounds_vs
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale"
 FIGURES = HERE / "figures"
@@ -213,14 +215,6 @@ def _with_recorded(name: str, suffix: str):
         return None
     old, _ = _load(base)
     return (old, *_load(name))
-
-
-def rounds_vs(acc: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
-    """Rounds 1.. where the (rounds, trials) curve ``acc`` is above / within spread / below ``ref``, paired by trial."""
-    from batchal.simulate.report import verdict
-
-    vs = [verdict(acc[i] - ref[i])[2] for i in range(1, ref.shape[0])]
-    return vs.count("above"), vs.count("within spread"), vs.count("below")
 
 
 def summarise(name: str) -> dict:

@@ -35,6 +35,12 @@ def verdict(diff: np.ndarray) -> tuple[float, float, str]:
     return m, s, v
 
 
+def rounds_vs(acc: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+    """Rounds 1.. where the (rounds, trials) curve ``acc`` is above / within spread / below ``ref``, paired by trial."""
+    vs = [verdict(acc[i] - ref[i])[2] for i in range(1, ref.shape[0])]
+    return vs.count("above"), vs.count("within spread"), vs.count("below")
+
+
 def ratio_to_margin(rows, strategies, target: float) -> dict:
     """Labels to reach ``target`` as a ratio to margin's (mean over trials of each; None if not comparable).
 
@@ -295,8 +301,8 @@ def summary_markdown(res) -> str:
         lines.append("")
         counts = []
         for s in others:
-            vs = [verdict(curves[s][1][i] - mg[i])[2] for i in range(1, mg.shape[0])]
-            counts.append(f"{s}: {vs.count('above')} above / {vs.count('within spread')} within / {vs.count('below')} below")
+            a, w, b = rounds_vs(curves[s][1], mg)
+            counts.append(f"{s}: {a} above / {w} within / {b} below")
         lines.append("Rounds vs margin: " + "; ".join(counts) + ".")
     lines += _versus_random(res, curves)
     lines += _extra_metrics(res)
