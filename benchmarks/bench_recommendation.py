@@ -62,19 +62,29 @@ CONFIGS = {
 }
 
 
-def run(name: str, jobs: int | None) -> dict:
+def _simulate(name: str, strategies: list[str], jobs: int | None, training: str | None = None):
+    """One configuration's simulation for ``strategies``: ``(dataset, config, result, wall seconds)``.
+
+    ``training`` sets the MLP's training rule (ignored for logistic regression)."""
     from batchal.simulate import SimulationConfig, simulate
-    from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     pool, model, share, trials, extra = CONFIGS[name]
     ds = _pool(pool)
-    n = ds.X.shape[0]
-    b = max(10, round(share * n))
-    cfg = SimulationConfig(strategies=SPECS, seed_size=b, batch_size=b, rounds=6, trials=trials, model=model,
+    b = max(10, round(share * ds.X.shape[0]))
+    extra = dict(extra, **({"training": training} if training and model == "mlp" else {}))
+    cfg = SimulationConfig(strategies=strategies, seed_size=b, batch_size=b, rounds=6, trials=trials, model=model,
                            progress=False, n_jobs=jobs, **extra)
     t0 = time.perf_counter()
     res = simulate(ds, cfg)
-    wall = time.perf_counter() - t0
+    return ds, cfg, res, time.perf_counter() - t0
+
+
+def run(name: str, jobs: int | None) -> dict:
+    from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
+
+    pool, model, _, trials, _ = CONFIGS[name]
+    ds, cfg, res, wall = _simulate(name, SPECS, jobs)
+    n, b = ds.X.shape[0], cfg.batch_size
     target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
     ratios = ratio_to_margin(res.rows, SPECS, target)
     _, m_acc = _by(res.rows, "margin")
@@ -98,20 +108,11 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
     Also records the share of margin's batch that are near-duplicates (min / median / max over rounds)
     and, for ``order=auto``, the rounds that took the paper's round-robin.
     """
-    from batchal.simulate import SimulationConfig, simulate
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     f = RESULTS / f"{name}.json"
     rec = json.loads(f.read_text())
-    pool, model, share, trials, extra = CONFIGS[name]
-    ds = _pool(pool)
-    b = max(10, round(share * ds.X.shape[0]))
-    extra = dict(extra, **({"training": training} if training and model == "mlp" else {}))
-    cfg = SimulationConfig(strategies=["margin", spec], seed_size=b, batch_size=b, rounds=6, trials=trials,
-                           model=model, progress=False, n_jobs=jobs, **extra)
-    t0 = time.perf_counter()
-    res = simulate(ds, cfg)
-    wall = time.perf_counter() - t0
+    _, cfg, res, wall = _simulate(name, ["margin", spec], jobs, training)
     _, m_acc = _by(res.rows, "margin")
     if not np.isclose(float(np.nanmean(m_acc[-1])), rec["final"]["margin"], rtol=0, atol=1e-9):
         raise SystemExit(f"{name}: margin's final {np.nanmean(m_acc[-1]):.6f} differs from the recorded "
@@ -123,7 +124,7 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
     rec["rounds_vs_margin"][spec] = list(rounds_vs(acc, m_acc))
     rec["final"][spec] = float(np.nanmean(acc[-1]))
     rec.setdefault("added", {})[spec] = {
-        "wall_s": wall, "training": cfg.training if model == "mlp" else None,
+        "wall_s": wall, "training": cfg.training if cfg.model == "mlp" else None,
         "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
         "paper_rounds": sum(bool(r.get("diag_redundant_pool", False)) for r in rows), "rounds": len(rows)}
     f.write_text(json.dumps(rec, indent=1))

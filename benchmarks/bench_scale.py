@@ -245,7 +245,7 @@ def summarise(name: str) -> dict:
             "margin_labels": margin_labels, "seed_metric": float(np.nanmean(curves["margin"][1][0])),
             "full": meta["full_pool_score"], "diag": diag, "wall": meta["wall_seconds"],
             "peak": meta.get("peak_rss"), "config": meta["config"], "metric": meta["metric"],
-            "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}, "walk_is_auto": _walk_is_auto(rows)}
+            "final": {s: float(np.nanmean(curves[s][1][-1])) for s in strategies_}, "recommended": _recommended(rows)}
 
 
 #: the recommended spec before issue 20's revision (near-duplicates judged on the predictions)
@@ -253,8 +253,6 @@ EARLIER = "cluster-margin:order=margin:tol=0.1"
 #: the recommended spec from that revision until order=auto (2026-12-06): margin order, near-duplicates on the
 #: embedding deferred; the sections measured before order=auto (pairs, between, propagated, headroom) read it
 WALK = "cluster-margin:order=margin:dup=0.01"
-#: order=auto's threshold (the selector's default): the share of margin's batch that are near-duplicates
-AUTO_SHARE = 0.05
 
 
 def _short(spec: str) -> str:
@@ -269,15 +267,22 @@ def _short(spec: str) -> str:
     return re.sub(r":partitions=\d+", " (part.)", spec)
 
 
-def _walk_is_auto(rows) -> bool:
-    """True when ``order=auto`` would have taken the walk's batches at every round of the recorded run.
+def _recommended(rows) -> str | None:
+    """The run's strategy that gives the recommended spec's curve: the spec itself, or the walk where it is the same run.
 
-    It decides on the share of margin's batch that are near-duplicates; while that share stays under its
-    threshold it takes the walk's batch, so along the walk's own rounds it never leaves them: when the
-    recorded walk's share is under the threshold at every (trial, round), the two runs are the same run.
+    ``order=auto`` decides on the share of margin's batch that are near-duplicates; while that share stays
+    under its threshold it takes the walk's batch, so along the walk's own rounds it never leaves them: when
+    the recorded walk's share is under the threshold at every (trial, round), the two runs are the same run.
+    None when neither is there.
     """
+    from batchal.selectors import RECOMMENDED, ClusterMarginSelector
+
+    have = {r["strategy"] for r in rows}
+    if RECOMMENDED in have:
+        return RECOMMENDED
+    threshold = ClusterMarginSelector().redundant  # order=auto's default
     v = [r.get("diag_margin_batch_near_duplicate_share") for r in rows if r["strategy"] == WALK and r["round"] > 0]
-    return bool(v) and all(x is not None and np.isfinite(x) and x < AUTO_SHARE for x in v)
+    return WALK if v and all(x is not None and np.isfinite(x) and x < threshold for x in v) else None
 
 
 def table(args) -> int:
@@ -300,12 +305,12 @@ def table(args) -> int:
         ml = np.asarray(s["margin_labels"], dtype=float)
         mlab = f"{np.nanmean(ml):,.0f}" if np.isfinite(ml).any() else "never"
         cells = [s["name"], f"{s['seed_metric']:.3f} -> {s['full']:.3f}", f"{s['target']:.3f}", mlab]
-        mark = ""
-        if "recommended" not in by_short and WALK in s["strategies"] and s["walk_is_auto"]:
-            by_short["recommended"], mark = WALK, " ‡"  # the same run: _walk_is_auto
+        rec = s["recommended"]
+        mark = " ‡" if rec == WALK else ""  # the walk's run read as the recommended spec's (_recommended)
+        if rec:
+            by_short["recommended"] = rec
         cells += [fmt_ratio(s["ratios"][by_short[o]]) + (mark if o == "recommended" else "") if o in by_short
                   else "—" for o in others]
-        rec = by_short.get("recommended")
         cells.append("/".join(map(str, s["rounds"][rec])) if rec else "—")
         d = s["diag"]
         cs = d.get("margin", {}).get("batch_copy_share")
@@ -348,17 +353,13 @@ def figure(S: list[dict]) -> None:
         flat = max(s["full"] - s["seed_metric"] for _, s in items) < 0.02
         # one line per strategy: BADGE's spec text changes with the batch (its partitions), its short name does not
         # the table's specs only: the ablations of `between` would crowd the panels
-        specs = list({_short(k): k for _, s in items for k in s["strategies"] if _short(k) in colors}.values())
-        if not any(_short(k) == "recommended" for k in specs) and any(s["walk_is_auto"] for _, s in items):
-            from batchal.selectors import RECOMMENDED
-
-            specs.append(RECOMMENDED)
-        for spec in specs:
+        names = list(dict.fromkeys([_short(k) for _, s in items for k in s["strategies"] if _short(k) in colors]
+                                    + ["recommended" for _, s in items if s["recommended"]]))
+        for spec in names:
             xs, ys = [], []
             for share, s in items:
-                key = next((k for k in s["strategies"] if _short(k) == _short(spec)), None)
-                if key is None and _short(spec) == "recommended" and s["walk_is_auto"] and WALK in s["strategies"]:
-                    key = WALK  # the same run (_walk_is_auto)
+                key = s["recommended"] if spec == "recommended" else next(
+                    (k for k in s["strategies"] if _short(k) == spec), None)
                 if key is None:
                     continue
                 r, note = s["ratios"][key]
@@ -367,9 +368,9 @@ def figure(S: list[dict]) -> None:
                     ys.append(100 * (1 - r))
             if xs:
                 # cluster-margin dashed and on top: on the web-like pools the recommended spec's batches are its
-                cm = _short(spec) == "cluster-margin"
-                ax.plot(xs, ys, marker="o", label=_short(spec), color=colors.get(_short(spec)),
-                        lw=2 if _short(spec) == "recommended" else 1.2, ls="--" if cm else "-", zorder=3 if cm else 2)
+                cm = spec == "cluster-margin"
+                ax.plot(xs, ys, marker="o", label=spec, color=colors.get(spec),
+                        lw=2 if spec == "recommended" else 1.2, ls="--" if cm else "-", zorder=3 if cm else 2)
         # the walk with labels copied to near-exact duplicates (measured before order=auto)
         xs, ys = [], []
         for share, s in items:
@@ -574,7 +575,6 @@ def converged_check(name: str) -> dict | None:
 
 def converged(args) -> int:
     """Recorded verdicts replayed with converged logistic regression (``--tol 1e-6``), beside the default's."""
-    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import fmt_ratio
 
     print("| configuration | random's final (default / converged) | spec | ratio to margin: default | converged | "
@@ -593,7 +593,7 @@ def converged(args) -> int:
             else:
                 ro, rn = C["rounds"][s]
                 cells = [*(fmt_ratio(v) for v in C["ratio"][s]), f"{'/'.join(map(str, ro))} / {'/'.join(map(str, rn))}"]
-            print("| " + " | ".join(head + [{RECOMMENDED: "recommended", WALK: "walk (dup=0.01)"}.get(s, s), *cells, str(moved),
+            print("| " + " | ".join(head + [_short(s), *cells, str(moved),
                                             f"{100 * dmax:+.2f}"]) + " |")
     return 0
 
