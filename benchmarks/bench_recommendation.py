@@ -62,13 +62,16 @@ CONFIGS = {
 }
 
 
-def _simulate(name: str, strategies: list[str], jobs: int | None, training: str | None = None):
+def _simulate(name: str, strategies: list[str], jobs: int | None, training: str | None = None,
+              trials: int | None = None):
     """One configuration's simulation for ``strategies``: ``(dataset, config, result, wall seconds)``.
 
-    ``training`` sets the MLP's training rule (ignored for logistic regression)."""
+    ``training`` sets the MLP's training rule (ignored for logistic regression); ``trials``
+    replaces the configuration's number of trials (trial ``t`` has the same seeds either way)."""
     from batchal.simulate import SimulationConfig, simulate
 
-    pool, model, share, trials, extra = CONFIGS[name]
+    pool, model, share, recorded_trials, extra = CONFIGS[name]
+    trials = trials or recorded_trials
     ds = _pool(pool)
     b = max(10, round(share * ds.X.shape[0]))
     extra = dict(extra, **({"training": training} if training and model == "mlp" else {}))
@@ -79,23 +82,35 @@ def _simulate(name: str, strategies: list[str], jobs: int | None, training: str 
     return ds, cfg, res, time.perf_counter() - t0
 
 
-def run(name: str, jobs: int | None) -> dict:
+def _result_name(name: str, trials: int | None) -> str:
+    """A configuration's result name; a run with another number of trials is recorded beside it."""
+    return name if trials is None or trials == CONFIGS[name][3] else f"{name}-t{trials}"
+
+
+def run(name: str, jobs: int | None, trials: int | None = None, training: str | None = None) -> dict:
+    """Every spec of :data:`SPECS` on one configuration; with ``trials`` (other than the recorded number)
+    the current recommended spec too, recorded as ``NAME-tTRIALS``; ``training`` as in :func:`_simulate`."""
+    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
-    pool, model, _, trials, _ = CONFIGS[name]
-    ds, cfg, res, wall = _simulate(name, SPECS, jobs)
+    pool, model, _, _, _ = CONFIGS[name]
+    out_name = _result_name(name, trials)
+    specs = SPECS + ([RECOMMENDED] if out_name != name and RECOMMENDED not in SPECS else [])
+    ds, cfg, res, wall = _simulate(name, specs, jobs, training, trials)
+    trials = cfg.trials
     n, b = ds.X.shape[0], cfg.batch_size
     target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
-    ratios = ratio_to_margin(res.rows, SPECS, target)
+    ratios = ratio_to_margin(res.rows, specs, target)
     _, m_acc = _by(res.rows, "margin")
-    rounds = {s: list(rounds_vs(_by(res.rows, s)[1], m_acc)) for s in SPECS[2:]}
+    rounds = {s: list(rounds_vs(_by(res.rows, s)[1], m_acc)) for s in specs[2:]}
     _, r_acc = _by(res.rows, "random")
-    out = {"config": name, "pool": pool, "rows": n, "classes": ds.n_classes, "model": model, "batch": b,
+    out = {"config": out_name, "pool": pool, "rows": n, "classes": ds.n_classes, "model": model, "batch": b,
            "trials": trials, "seed_metric": float(np.nanmean(r_acc[0])), "full_metric": res.full_score,
            "random_final": target, "ratios": {s: list(v) for s, v in ratios.items()}, "rounds_vs_margin": rounds,
-           "final": {s: float(np.nanmean(_by(res.rows, s)[1][-1])) for s in SPECS}, "wall_s": wall}
+           "final": {s: float(np.nanmean(_by(res.rows, s)[1][-1])) for s in specs}, "wall_s": wall,
+           "training": cfg.training if cfg.model == "mlp" else None}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{out_name}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -135,8 +150,11 @@ def table() -> str:
     """The markdown table; specs merged by ``--add`` get a column each, rounds vs margin read the last of them."""
     from batchal.simulate.report import fmt_ratio
 
-    recs = [json.loads(f.read_text()) for name in CONFIGS for f in [RESULTS / f"{name}.json"] if f.exists()]
-    added = list(dict.fromkeys(sp for r in recs for sp in r.get("added", {})))
+    recs = [json.loads(f.read_text()) for name in CONFIGS
+            for f in [RESULTS / f"{name}.json", *sorted(RESULTS.glob(f"{name}-t*.json"))] if f.exists()]
+    # a spec measured in a run of its own (not merged by --add) still gets its column
+    added = list(dict.fromkeys(sp for r in recs for sp in [*r.get("added", {}), *r["ratios"]]
+                               if sp not in SPECS))
     cols = SPECS[2:] + added
     last = added[-1] if added else SPECS[-1]
     lines = ["| configuration | rows x classes | model | batch | seed set -> whole pool | random's final | "
@@ -160,7 +178,10 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--add", metavar="SPEC", help="run SPEC beside margin on the recorded configurations and merge it")
-    ap.add_argument("--training", default=None, help="with --add: the MLP's training rule of the recorded runs")
+    ap.add_argument("--training", default=None, help="the MLP's training rule (with --add: the recorded runs')")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="run with this many trials instead of the configuration's (recorded as NAME-tN, "
+                         "with the recommended spec added)")
     ap.add_argument("--table", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
@@ -175,9 +196,14 @@ def main(argv=None) -> int:
             print(f"{name}: {a.add} {r['ratios'][a.add]}, rounds vs margin {r['rounds_vs_margin'][a.add]}, "
                   f"{r['added'][a.add]}", flush=True)
             continue
-        r = run(name, a.jobs)
-        print(f"{name}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
-              + ", ".join(f"{s}: {r['ratios'][s]}" for s in SPECS[2:]) + f"; {r['wall_s']:.0f} s", flush=True)
+        if a.trials is not None and (a.trials < 2 or a.trials == CONFIGS[name][3]):
+            print(f"--trials must be at least 2 and differ from {name}'s recorded {CONFIGS[name][3]} "
+                  "(a rerun of the recorded configuration would overwrite its merged specs)", file=sys.stderr)
+            return 2
+        r = run(name, a.jobs, a.trials, a.training)
+        print(f"{r['config']}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
+              + ", ".join(f"{s}: {v}" for s, v in r["ratios"].items() if s not in SPECS[:2])
+              + f"; {r['wall_s']:.0f} s", flush=True)
     if a.table or not a.configs:
         print(table())
     return 0
