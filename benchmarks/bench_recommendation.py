@@ -63,18 +63,20 @@ CONFIGS = {
 
 
 def _simulate(name: str, strategies: list[str], jobs: int | None, training: str | None = None,
-              trials: int | None = None):
+              trials: int | None = None, tol: float | None = None):
     """One configuration's simulation for ``strategies``: ``(dataset, config, result, wall seconds)``.
 
     ``training`` sets the MLP's training rule (ignored for logistic regression); ``trials``
-    replaces the configuration's number of trials (trial ``t`` has the same seeds either way)."""
+    replaces the configuration's number of trials (trial ``t`` has the same seeds either way); ``tol`` the
+    logistic regression's L-BFGS tolerance (the simulator's default otherwise)."""
     from batchal.simulate import SimulationConfig, simulate
 
     pool, model, share, recorded_trials, extra = CONFIGS[name]
     trials = trials or recorded_trials
     ds = _pool(pool)
     b = max(10, round(share * ds.X.shape[0]))
-    extra = dict(extra, **({"training": training} if training and model == "mlp" else {}))
+    extra = dict(extra, **({"training": training} if training and model == "mlp" else {}),
+                 **({"tol": tol} if tol is not None and model == "logreg" else {}))
     cfg = SimulationConfig(strategies=strategies, seed_size=b, batch_size=b, rounds=6, trials=trials, model=model,
                            progress=False, n_jobs=jobs, **extra)
     t0 = time.perf_counter()
@@ -82,21 +84,24 @@ def _simulate(name: str, strategies: list[str], jobs: int | None, training: str 
     return ds, cfg, res, time.perf_counter() - t0
 
 
-def _result_name(name: str, trials: int | None) -> str:
-    """A configuration's result name; a run with another number of trials is recorded beside it."""
-    return name if trials is None or trials == CONFIGS[name][3] else f"{name}-t{trials}"
+def _result_name(name: str, trials: int | None, tol: float | None = None) -> str:
+    """A configuration's result name; a run with another number of trials or tolerance is recorded beside it."""
+    out = name if trials is None or trials == CONFIGS[name][3] else f"{name}-t{trials}"
+    return out if tol is None else f"{out}-tol{-int(round(np.log10(tol)))}"
 
 
-def run(name: str, jobs: int | None, trials: int | None = None, training: str | None = None) -> dict:
+def run(name: str, jobs: int | None, trials: int | None = None, training: str | None = None,
+        tol: float | None = None) -> dict:
     """Every spec of :data:`SPECS` on one configuration; with ``trials`` (other than the recorded number)
-    the current recommended spec too, recorded as ``NAME-tTRIALS``; ``training`` as in :func:`_simulate`."""
+    or ``tol`` the current recommended spec too, recorded as ``NAME-tTRIALS`` / ``NAME[-tTRIALS]-tolN``
+    (``tol = 10^-N``); ``training`` as in :func:`_simulate`."""
     from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     pool, model, _, _, _ = CONFIGS[name]
-    out_name = _result_name(name, trials)
+    out_name = _result_name(name, trials, tol)
     specs = SPECS + ([RECOMMENDED] if out_name != name and RECOMMENDED not in SPECS else [])
-    ds, cfg, res, wall = _simulate(name, specs, jobs, training, trials)
+    ds, cfg, res, wall = _simulate(name, specs, jobs, training, trials, tol)
     trials = cfg.trials
     n, b = ds.X.shape[0], cfg.batch_size
     target = float(np.nanmean(_by(res.rows, "random")[1][-1]))
@@ -111,6 +116,8 @@ def run(name: str, jobs: int | None, trials: int | None = None, training: str | 
            "training": cfg.training if cfg.model == "mlp" else None}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{out_name}.json").write_text(json.dumps(out, indent=1))
+    # every (strategy, trial, round) row, so a ratio can be re-read against another target or subset of trials
+    res.to_frame().to_csv(RESULTS / f"{out_name}_results.csv", index=False)
     return out
 
 
@@ -182,6 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=None,
                     help="run with this many trials instead of the configuration's (recorded as NAME-tN, "
                          "with the recommended spec added)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="logistic regression's L-BFGS tolerance, a power of ten (recorded as NAME[-tN]-tolK, "
+                         "with the recommended spec added)")
     ap.add_argument("--table", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
@@ -192,15 +202,21 @@ def main(argv=None) -> int:
             print(f"unknown configuration {name!r}; --list shows them", file=sys.stderr)
             return 2
         if a.add:
+            if a.trials is not None or a.tol is not None:
+                print("--add replays the recorded run: no --trials or --tol with it", file=sys.stderr)
+                return 2
             r = add(name, a.add, a.jobs, a.training)
             print(f"{name}: {a.add} {r['ratios'][a.add]}, rounds vs margin {r['rounds_vs_margin'][a.add]}, "
                   f"{r['added'][a.add]}", flush=True)
             continue
-        if a.trials is not None and (a.trials < 2 or a.trials == CONFIGS[name][3]):
+        if a.tol is not None and not (0 < a.tol < 1 and float(np.log10(a.tol)).is_integer()):
+            print(f"--tol must be a power of ten below 1 (e.g. 1e-6); got {a.tol}", file=sys.stderr)
+            return 2
+        if a.trials is not None and (a.trials < 2 or (a.trials == CONFIGS[name][3] and a.tol is None)):
             print(f"--trials must be at least 2 and differ from {name}'s recorded {CONFIGS[name][3]} "
                   "(a rerun of the recorded configuration would overwrite its merged specs)", file=sys.stderr)
             return 2
-        r = run(name, a.jobs, a.trials, a.training)
+        r = run(name, a.jobs, a.trials, a.training, a.tol)
         print(f"{r['config']}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
               + ", ".join(f"{s}: {v}" for s, v in r["ratios"].items() if s not in SPECS[:2])
               + f"; {r['wall_s']:.0f} s", flush=True)
