@@ -524,3 +524,25 @@ def test_propagation_that_uses_up_the_pool_buys_what_is_left_then_stands(tmp_pat
                 assert r["n_labeled"] == rs[first - 1]["n_labeled"] and r["accuracy"] == rs[first - 1]["accuracy"]
     tab = savings_table(res.rows, ["random", "margin"], target=0.5)
     assert all(np.isfinite(tab[s]["labels"]).all() for s in ("random", "margin"))
+
+
+def test_serial_run_does_not_depend_on_the_callers_thread_count():
+    # A fit rounds differently with its BLAS thread count: at this size two threads moved accuracies
+    # before the serial path took the workers' one thread. The caller's setting is restored after.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    ds = load_dataset("manyclass", size=12000)
+    cfg = SimulationConfig(strategies=["margin", "random"], seed_size=300, batch_size=300, rounds=3, trials=1,
+                           n_jobs=1, progress=False)
+    with threadpool_limits(1):
+        a = [r["accuracy"] for r in simulate(ds, cfg).rows]
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        if before != {2}:
+            pytest.skip(f"this BLAS runs {before} threads, not 2")
+        b = [r["accuracy"] for r in simulate(ds, cfg).rows]
+        assert blas_threads() == before
+    assert a == b

@@ -65,7 +65,8 @@ def simulate(
     knn: int = typer.Option(50, "--knn", min=1, help="neighbours per row for the graph clustering"),
     partitions: int = typer.Option(1, "--badge-partitions", min=1, help="badge: split the pool into this many random parts"),
     target: Optional[float] = typer.Option(None, "--target", callback=finite(0, 1, lo_open=True), help="target metric (default: 98% of the whole-pool model)"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel processes (default: number of cores)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel processes (default: number of cores); each fits with one thread, "
+                                        "so the numbers do not depend on it"),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, help=SEED_HELP + "; trial t uses a seed derived from it"),
     propagate: Optional[float] = typer.Option(None, "--propagate", callback=finite(0), help="after each batch, copy each item's label to its near-duplicate group at this distance (1 - cos; on the seed model's embedding); results.csv records labels bought (n_labeled), propagated (n_propagated) and the propagated labels' error rate"),
     propagate_metric: DedupMetric = typer.Option(DedupMetric.cosine, "--propagate-metric", help="distance of --propagate"),
