@@ -158,7 +158,7 @@ def table() -> str:
     from batchal.simulate.report import fmt_ratio
 
     recs = [json.loads(f.read_text()) for name in CONFIGS
-            for f in [RESULTS / f"{name}.json", *sorted(RESULTS.glob(f"{name}-t*.json"))] if f.exists()]
+            for f in [RESULTS / f"{name}.json", *sorted(RESULTS.glob(f"{name}-t*.json"), key=lambda f: (len(f.stem), f.stem))] if f.exists()]
     # a spec measured in a run of its own (not merged by --add) still gets its column
     added = list(dict.fromkeys(sp for r in recs for sp in [*r.get("added", {}), *r["ratios"]]
                                if sp not in SPECS))
