@@ -196,8 +196,10 @@ def _limit_threads(n: int | None) -> None:
 
 
 @contextmanager
-def _single_threaded():
+def _single_threaded(torch_model: bool = False):
     """One BLAS / numba / torch thread inside, as in every worker process; the caller's settings after.
+
+    ``torch_model``: the run fits a torch model, so torch is imported first and its thread count restored.
 
     Why: a fit rounds differently with its thread count, so without this a serial run (``n_jobs=1``)
     gave other numbers than the same run in workers (measured on a 32-class pool of 12,000 rows: 25 of
@@ -208,7 +210,9 @@ def _single_threaded():
 
     numba = sys.modules.get("numba")
     numba_threads = numba.get_num_threads() if numba is not None else None
-    torch = sys.modules.get("torch")  # imported by the run (MLP) or not at all: restored only if already there
+    if torch_model:
+        import torch  # noqa: F401  (its default thread count is read before the run sets one)
+    torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
     with threadpool_limits(1):
         try:
@@ -554,7 +558,7 @@ def simulate(dataset: Dataset, cfg: SimulationConfig, *, out_dir=None) -> Simula
         progress.advance()
 
     if n_jobs <= 1:
-        with _single_threaded():  # the workers' one thread, so the numbers do not depend on n_jobs
+        with _single_threaded(cfg.model == "mlp"):  # the workers' one thread: the numbers do not depend on n_jobs
             full = full_pool_score(dataset, cfg, threads=1)
             progress.advance()
             done = {}
