@@ -154,16 +154,16 @@ def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> 
 
 
 def table() -> str:
-    """The markdown table; specs merged by ``--add`` get a column each, rounds vs margin read the last of them."""
+    """The markdown table; every spec beyond :data:`SPECS` (merged by ``--add`` or run with ``--trials`` /
+    ``--tol``) gets a column, rounds vs margin read the last of them."""
     from batchal.simulate.report import fmt_ratio
 
     recs = [json.loads(f.read_text()) for name in CONFIGS
             for f in [RESULTS / f"{name}.json", *sorted(RESULTS.glob(f"{name}-t*.json"), key=lambda f: (len(f.stem), f.stem))] if f.exists()]
-    # a spec measured in a run of its own (not merged by --add) still gets its column
-    added = list(dict.fromkeys(sp for r in recs for sp in [*r.get("added", {}), *r["ratios"]]
-                               if sp not in SPECS))
-    cols = SPECS[2:] + added
-    last = added[-1] if added else SPECS[-1]
+    # every measured spec is in its record's ratios, merged by --add or run in a record of its own
+    extra = list(dict.fromkeys(sp for r in recs for sp in r["ratios"] if sp not in SPECS))
+    cols = SPECS[2:] + extra
+    last = extra[-1] if extra else SPECS[-1]
     lines = ["| configuration | rows x classes | model | batch | seed set -> whole pool | random's final | "
              + " | ".join(f"`{s}` / margin" for s in cols) + f" | rounds vs margin (`{last}`) | wall |",
              "|---|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---|---:|"]
@@ -197,25 +197,28 @@ def main(argv=None) -> int:
     if a.list:
         print("\n".join(f"{k}: {v[0]}, {v[1]}, batches of {100 * v[2]:g}%, {v[3]} trials" for k, v in CONFIGS.items()))
         return 0
-    for name in a.configs:
-        if name not in CONFIGS:
-            print(f"unknown configuration {name!r}; --list shows them", file=sys.stderr)
+    # every refusal before the first run, so a bad argument never leaves half the configurations done
+    unknown = [name for name in a.configs if name not in CONFIGS]
+    if unknown:
+        print(f"unknown configuration {unknown[0]!r}; --list shows them", file=sys.stderr)
+        return 2
+    if a.add and (a.trials is not None or a.tol is not None):
+        print("--add replays the recorded run: no --trials or --tol with it", file=sys.stderr)
+        return 2
+    if a.tol is not None and not (0 < a.tol < 1 and float(np.log10(a.tol)).is_integer()):
+        print(f"--tol must be a power of ten below 1 (e.g. 1e-6); got {a.tol}", file=sys.stderr)
+        return 2
+    for name in a.configs if a.trials is not None else []:
+        if a.trials < 2 or (a.trials == CONFIGS[name][3] and a.tol is None):
+            print(f"--trials must be at least 2 and differ from {name}'s recorded {CONFIGS[name][3]} "
+                  "(a rerun of the recorded configuration would overwrite its merged specs)", file=sys.stderr)
             return 2
+    for name in a.configs:
         if a.add:
-            if a.trials is not None or a.tol is not None:
-                print("--add replays the recorded run: no --trials or --tol with it", file=sys.stderr)
-                return 2
             r = add(name, a.add, a.jobs, a.training)
             print(f"{name}: {a.add} {r['ratios'][a.add]}, rounds vs margin {r['rounds_vs_margin'][a.add]}, "
                   f"{r['added'][a.add]}", flush=True)
             continue
-        if a.tol is not None and not (0 < a.tol < 1 and float(np.log10(a.tol)).is_integer()):
-            print(f"--tol must be a power of ten below 1 (e.g. 1e-6); got {a.tol}", file=sys.stderr)
-            return 2
-        if a.trials is not None and (a.trials < 2 or (a.trials == CONFIGS[name][3] and a.tol is None)):
-            print(f"--trials must be at least 2 and differ from {name}'s recorded {CONFIGS[name][3]} "
-                  "(a rerun of the recorded configuration would overwrite its merged specs)", file=sys.stderr)
-            return 2
         r = run(name, a.jobs, a.trials, a.training, a.tol)
         print(f"{r['config']}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "
               + ", ".join(f"{s}: {v}" for s, v in r["ratios"].items() if s not in SPECS[:2])
