@@ -121,35 +121,38 @@ def run(name: str, jobs: int | None, trials: int | None = None, training: str | 
     return out
 
 
-def add(name: str, spec: str, jobs: int | None, training: str | None = None) -> dict:
-    """Run ``spec`` beside margin on a recorded configuration and merge it into its JSON.
+def add(name: str, specs: list[str], jobs: int | None, training: str | None = None) -> dict:
+    """Run ``specs`` beside margin on a recorded configuration and merge them into its JSON.
 
     The seeds are the recorded run's, so margin's curve must come out identical (checked on its
     final mean; ``training`` gives the MLP's rule of the recorded run, ``early-stop`` for the runs
     recorded before ``budget`` became the default); the ratio reads the recorded random's final metric.
-    Also records the share of margin's batch that are near-duplicates (min / median / max over rounds)
-    and, for ``order=auto``, the rounds that took the paper's round-robin.
+    A spec already in the record is replaced (its earlier figures were another rule's). Also records
+    the share of margin's batch that are near-duplicates (min / median / max over rounds) and, for
+    ``order=auto``, the rounds that took the paper's round-robin.
     """
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     f = RESULTS / f"{name}.json"
     rec = json.loads(f.read_text())
-    _, cfg, res, wall = _simulate(name, ["margin", spec], jobs, training)
+    _, cfg, res, wall = _simulate(name, ["margin", *specs], jobs, training)
     _, m_acc = _by(res.rows, "margin")
     if not np.isclose(float(np.nanmean(m_acc[-1])), rec["final"]["margin"], rtol=0, atol=1e-9):
         raise SystemExit(f"{name}: margin's final {np.nanmean(m_acc[-1]):.6f} differs from the recorded "
                          f"{rec['final']['margin']:.6f}: not the recorded run's seeds")
-    _, acc = _by(res.rows, spec)
-    rows = [r for r in res.rows if r["strategy"] == spec and r["round"] > 0]
-    nd = [r.get("diag_margin_batch_near_duplicate_share", np.nan) for r in rows]
-    rec["ratios"][spec] = list(ratio_to_margin(res.rows, ["margin", spec], rec["random_final"])[spec])
-    rec["rounds_vs_margin"][spec] = list(rounds_vs(acc, m_acc))
-    rec["final"][spec] = float(np.nanmean(acc[-1]))
-    rec.setdefault("added", {})[spec] = {
-        "wall_s": wall, "training": cfg.training if cfg.model == "mlp" else None,
-        "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
-        "paper_rounds": sum(bool(r.get("diag_redundant_pool", False)) for r in rows), "rounds": len(rows)}
+    for spec in specs:
+        _, acc = _by(res.rows, spec)
+        rows = [r for r in res.rows if r["strategy"] == spec and r["round"] > 0]
+        nd = [r.get("diag_margin_batch_near_duplicate_share", np.nan) for r in rows]
+        rec["ratios"][spec] = list(ratio_to_margin(res.rows, ["margin", spec], rec["random_final"])[spec])
+        rec["rounds_vs_margin"][spec] = list(rounds_vs(acc, m_acc))
+        rec["final"][spec] = float(np.nanmean(acc[-1]))
+        rec.setdefault("added", {})[spec] = {
+            "wall_s": wall / len(specs), "training": cfg.training if cfg.model == "mlp" else None,
+            "near_duplicate_share": [float(np.nanmin(nd)), float(np.nanmedian(nd)), float(np.nanmax(nd))],
+            "paper_rounds": sum(bool(r.get("diag_redundant_pool", False)) for r in rows), "rounds": len(rows)}
     f.write_text(json.dumps(rec, indent=1))
+    res.to_frame().to_csv(RESULTS / f"{name}_added_results.csv", index=False)
     return rec
 
 
@@ -184,7 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="*", default=[])
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--list", action="store_true")
-    ap.add_argument("--add", metavar="SPEC", help="run SPEC beside margin on the recorded configurations and merge it")
+    ap.add_argument("--add", metavar="SPEC[,SPEC...]",
+                    help="run these specs beside margin on the recorded configurations and merge them")
     ap.add_argument("--training", default=None, help="the MLP's training rule (with --add: the recorded runs')")
     ap.add_argument("--trials", type=int, default=None,
                     help="run with this many trials instead of the configuration's (recorded as NAME-tN, "
@@ -205,6 +209,16 @@ def main(argv=None) -> int:
     if a.add and (a.trials is not None or a.tol is not None):
         print("--add replays the recorded run: no --trials or --tol with it", file=sys.stderr)
         return 2
+    added = []
+    if a.add:
+        from batchal import BatchalInputError
+        from batchal.selectors import split_specs
+
+        try:
+            added = [sp.text for sp in split_specs(a.add)]
+        except BatchalInputError as exc:
+            print(f"--add: {exc}", file=sys.stderr)
+            return 2
     if a.tol is not None and not (0 < a.tol < 1 and float(np.log10(a.tol)).is_integer()):
         print(f"--tol must be a power of ten below 1 (e.g. 1e-6); got {a.tol}", file=sys.stderr)
         return 2
@@ -215,9 +229,10 @@ def main(argv=None) -> int:
             return 2
     for name in a.configs:
         if a.add:
-            r = add(name, a.add, a.jobs, a.training)
-            print(f"{name}: {a.add} {r['ratios'][a.add]}, rounds vs margin {r['rounds_vs_margin'][a.add]}, "
-                  f"{r['added'][a.add]}", flush=True)
+            r = add(name, added, a.jobs, a.training)
+            for spec in added:
+                print(f"{name}: {spec} {r['ratios'][spec]}, rounds vs margin {r['rounds_vs_margin'][spec]}, "
+                      f"{r['added'][spec]}", flush=True)
             continue
         r = run(name, a.jobs, a.trials, a.training, a.tol)
         print(f"{r['config']}: {r['seed_metric']:.3f} -> {r['full_metric']:.3f}; ratios "

@@ -457,3 +457,67 @@ def test_select_cli_prints_the_choice_of_order_auto(tmp_path):
     res = CliRunner().invoke(app, base + ["--strategy", RECOMMENDED + ":redundant=1", "--out", str(tmp_path / "c.npy")])
     assert res.exit_code == 0, res.output
     assert "order=auto: not redundant" in " ".join(res.output.split())
+
+
+# --- the unit of dup: the median distance of random rows, capped at orthogonal ----------------------
+
+def _cone_pool(n=600, d=32, seed=0):
+    """Distinct rows packed in a cone, as ReLU features are: random pairs within cosine distance ~0.003."""
+    r = np.random.default_rng(seed)
+    E = (4.0 + np.abs(r.normal(scale=0.3, size=(n, d)))).astype(np.float32)
+    arrays = make_pool(n=n, n_labeled=0, d=d, seed=seed)
+    return dict(probs=arrays["probs"], clusters=np.zeros(n, dtype=np.int64), embeddings=E)
+
+
+def test_cosine_distance_scale_is_the_median_of_its_pairs_capped_at_one():
+    from batchal.selectors import Pool
+    from batchal.selectors.cluster_margin import cosine_distance_scale
+
+    cone = _cone_pool()
+    E = cone["embeddings"].astype(np.float64)
+    # a plain reference: the same fixed-seed pairs of distinct rows, distances written out
+    r = np.random.default_rng(0)
+    a = r.integers(0, 600, 10_000)
+    b = r.integers(0, 599, 10_000)
+    b = np.where(b >= a, b + 1, b)
+    assert (a != b).all()
+    ref = np.median([1 - E[i] @ E[j] / np.linalg.norm(E[i]) / np.linalg.norm(E[j]) for i, j in zip(a, b)])
+    got = cosine_distance_scale(Pool(**cone))
+    assert 0 < got < 0.01 and got == pytest.approx(ref, rel=1e-4)
+    assert cosine_distance_scale(Pool(**cone)) == got  # a property of the embedding: the same every call
+    # a centred embedding: random rows about orthogonal, so dup is read as given
+    plain = make_pool(n=600, n_labeled=0, d=32)
+    assert cosine_distance_scale(Pool(probs=plain["probs"], embeddings=plain["embeddings"])) == pytest.approx(1, abs=0.02)
+
+
+def test_dup_scales_with_the_embedding_so_crowded_distinct_rows_are_not_copies():
+    from batchal.selectors import Pool
+    from batchal.selectors.cluster_margin import ClusterMarginSelector
+
+    cone = _cone_pool()
+    E = cone["embeddings"]
+    d = 1 - (E[:50] / np.linalg.norm(E[:50], axis=1, keepdims=True)) @ (E / np.linalg.norm(E, axis=1, keepdims=True)).T
+    np.fill_diagonal(d[:, :50], 1)
+    assert (d.min(1) < 0.01).all()  # every row has a distinct neighbour within the absolute cut
+    sel = ClusterMarginSelector(order="auto", dup=0.01, random_state=0)
+    batch = sel.select(Pool(**cone), 40)
+    # distinct rows: no near-duplicates in the embedding's own unit, so margin's batch, not the round-robin
+    assert not sel.diagnostics_["redundant_pool"] and sel.diagnostics_["margin_batch_near_duplicate_share"] == 0
+    assert 0 < sel.diagnostics_["dup_unit"] < 0.01
+    np.testing.assert_array_equal(batch, select("margin", 40, probs=cone["probs"]))
+    # read as an absolute cosine distance (the earlier rule), the same rows count as copies
+    sel = ClusterMarginSelector(order="auto", dup=0.01, dup_scale="absolute", random_state=0)
+    sel.select(Pool(**cone), 40)
+    assert sel.diagnostics_["redundant_pool"] and sel.diagnostics_["dup_unit"] == 1.0
+    with pytest.raises(BatchalInputError, match="dup_scale must be 'pool'"):
+        select("cluster-margin:order=auto:dup=0.01:dup_scale=median", 5, **cone)
+    # the same rows copied (copies within 1e-4 of the cone's own spread): redundant, the paper's round-robin
+    r = np.random.default_rng(1)
+    rep = np.repeat(np.arange(600), 3)
+    Ec = E[rep] * (1 + r.normal(scale=1e-6, size=(1800, 32))).astype(np.float32)
+    copied = dict(probs=cone["probs"][rep], clusters=np.repeat(np.arange(200), 9), embeddings=Ec)
+    sel = ClusterMarginSelector(order="auto", dup=0.01, random_state=0)
+    got = sel.select(Pool(**copied), 40)
+    assert sel.diagnostics_["redundant_pool"] and sel.diagnostics_["margin_batch_near_duplicate_share"] > 0.5
+    np.testing.assert_array_equal(got, select("cluster-margin", 40, seed=0, probs=copied["probs"],
+                                              clusters=copied["clusters"]))

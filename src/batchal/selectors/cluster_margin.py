@@ -216,6 +216,41 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     return candidates[part[np.argsort(keys[part], kind="stable")]].astype(np.int64), passes
 
 
+#: random row pairs whose median cosine distance sets the unit of ``dup`` (see :func:`cosine_distance_scale`)
+SCALE_PAIRS = 10_000
+
+
+def cosine_distance_scale(pool: Pool, pairs: int = SCALE_PAIRS, seed: int = 0) -> float:
+    """The unit of the embedding near-duplicate test: ``min(1, median cosine distance of random row pairs)``.
+
+    In a centred embedding two unrelated rows are orthogonal on average (cosine
+    distance 1), and ``dup`` is read as it is. An embedding that packs its rows
+    into a cone (ReLU features of a network, un-centred model outputs) brings
+    every distance down with the median, so a fixed cut would call distinct
+    rows near-duplicates: ``dup`` is multiplied by that median there. Measured on
+    the seed MLP's hidden layer of a clean 32-class pool: 79% of rows have a
+    distinct neighbour within 0.01 and the median is 0.30, while the copies of its
+    redundant version sit within 0.0002 (BENCHMARKS.md, *The near-duplicate test's
+    unit*).
+
+    ``pairs`` pairs of distinct rows drawn with a fixed ``seed``, apart from the
+    selector's random state: the scale is a property of the embedding (the same
+    every round), and the selector's own draws are left as they were. Reads
+    ``2 x pairs`` rows, in row order.
+    """
+    n = int(pool.n)
+    if n < 2:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, pairs)
+    b = rng.integers(0, n - 1, pairs)
+    b += b >= a  # distinct rows
+    E = pool.rows_embeddings(np.concatenate([a, b]).astype(np.int64))
+    E /= np.maximum(np.linalg.norm(E, axis=1, keepdims=True), np.float32(1e-12))
+    d = 1.0 - np.einsum("ij,ij->i", E[:pairs], E[pairs:], dtype=np.float64)
+    return float(min(1.0, max(0.0, np.median(d))))
+
+
 def redundancy_diagnostics(cand_cids: np.ndarray, k: int) -> dict:
     """How redundant the low-margin candidates are, measured on their clusters.
 
@@ -300,10 +335,18 @@ class ClusterMarginSelector(Selector):
         instead: candidates of one cluster whose embeddings are within cosine
         distance ``dup`` are spread over passes (see
         :func:`near_duplicate_round_robin`); needs the pool's embeddings (only the
-        candidates' rows are read). Copies of one item (re-uploads, bursts) sit at
-        cosine distances near 0 while distinct items of a pool rarely come within
-        0.01 (BENCHMARKS.md, *Label savings at scale*), so on a pool without copies
-        this is exactly margin. Exclusive with ``tol``.
+        candidates' rows and 20,000 random rows are read). ``dup`` is in units where
+        two random rows are orthogonal: it is multiplied by
+        :func:`cosine_distance_scale`, ``min(1, median cosine distance of random row
+        pairs)``, so it is read as given on a centred embedding and shrinks on one
+        that packs its rows into a cone (ReLU features), where distinct rows crowd
+        together. Copies of one item (re-uploads, bursts) sit at cosine distances
+        near 0 while distinct items of a pool rarely come within 0.01 of that unit
+        (BENCHMARKS.md, *Label savings at scale*), so on a pool without copies this
+        is exactly margin. Exclusive with ``tol``.
+    dup_scale : {"pool", "absolute"}, default "pool"
+        ``"absolute"`` reads ``dup`` as an absolute cosine distance (the rule before
+        2026-12-06; e.g. a cut taken over from a deduplication tool).
     copies : int, default 1
         With ``tol`` or ``dup``: members of one near-duplicate group taken per
         pass (1: one per group before any second copy; larger counts move the
@@ -344,6 +387,7 @@ class ClusterMarginSelector(Selector):
         Number of distinct clusters among ``M`` in the last call.
     diagnostics_ : dict
         ``k_m`` and the redundancy of the candidates (:func:`redundancy_diagnostics`);
+        with ``dup``: ``dup_unit``, the unit it was multiplied by;
         ``typical``: rows taken by ``typical=`` (0 once the labeled set is past it).
     balance_ : dict
         With ``balance``: ``target``, ``quota`` and ``batch_counts`` per class of the last call.
@@ -356,8 +400,9 @@ class ClusterMarginSelector(Selector):
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
                  balance_by: str | None = None, typical: int | None = None, copies: int = 1, redundant: float = 0.05,
-                 random_state=None):
+                 dup_scale: str = "pool", random_state=None):
         super().__init__(random_state=random_state)
+        self.dup_scale = dup_scale
         self.redundant = redundant
         self.copies = copies
         self.typical = typical
@@ -435,6 +480,9 @@ class ClusterMarginSelector(Selector):
         self.candidates_ = cand
         self.diagnostics_.update(redundancy_diagnostics(cids, k))
         self.n_candidate_clusters_ = self.diagnostics_["candidate_clusters"]
+        if self.dup_scale not in ("pool", "absolute"):
+            raise BatchalInputError(f"dup_scale must be 'pool' (dup in units of the pool's median distance, capped "
+                                    f"at 1) or 'absolute' (dup as a plain cosine distance); got {self.dup_scale!r}")
         if self.tol is not None or self.dup is not None:
             key, value = ("tol", self.tol) if self.dup is None else ("dup", self.dup)
             if self.tol is not None and self.dup is not None:
@@ -446,6 +494,10 @@ class ClusterMarginSelector(Selector):
             c = _whole_at_least_one(self.copies, "copies", "", "near-duplicates taken per pass")
             # (a missing embedding is refused by select(), through requires_for)
             probs, emb = (None, pool.rows_embeddings(cand)) if key == "dup" else (pool.rows_probs(cand), None)
+            if key == "dup":
+                scale = cosine_distance_scale(pool) if self.dup_scale == "pool" else 1.0
+                self.diagnostics_["dup_unit"] = scale
+                value = value * scale
             # balanced: the whole visiting order of M (its first k are the plain batch), scanned with quotas
             batch, passes = near_duplicate_round_robin(cand, cids, probs, cand.shape[0] if balanced else k,
                                                        value, multilabel=pool.multilabel, embeddings=emb,
