@@ -40,7 +40,12 @@ def _pool(name: str):
 
     base, _, red = name.partition("+")
     kind, _, size = base.partition("@")
-    ds = load_dataset(kind, size=int(size) if size else None)
+    if kind.startswith("manyclass") and kind != "manyclass":  # manyclassC: C classes instead of 32
+        from batchal.simulate.pools import load_manyclass
+
+        ds = load_manyclass(int(size), n_classes=int(kind[len("manyclass"):]))
+    else:
+        ds = load_dataset(kind, size=int(size) if size else None)
     if red:
         ds = make_redundant(ds, red, seed=0)
     return ds
@@ -59,6 +64,10 @@ CONFIGS = {
     "manyclass-mlp": ("manyclass@100000", "mlp", 0.03, 3, {}),
     "manyclass-redundant-mlp": ("manyclass@30000+zipf", "mlp", 0.03, 3, {}),
     "fmnist-web-logreg": ("fmnist-web@100000", "logreg", 0.03, 3, {}),
+    # a pool with more classes than any above, whose seed MLP's ReLU layer crowds distinct rows (*The
+    # near-duplicate test's unit*); the training rule of the other MLP configurations
+    "manyclass100-mlp": ("manyclass100@100000", "mlp", 0.03, 3, {"training": "early-stop"}),
+    "manyclass100-logreg": ("manyclass100@100000", "logreg", 0.03, 3, {}),
 }
 
 
@@ -92,15 +101,15 @@ def _result_name(name: str, trials: int | None, tol: float | None = None) -> str
 
 def run(name: str, jobs: int | None, trials: int | None = None, training: str | None = None,
         tol: float | None = None) -> dict:
-    """Every spec of :data:`SPECS` on one configuration; with ``trials`` (other than the recorded number)
-    or ``tol`` the current recommended spec too, recorded as ``NAME-tTRIALS`` / ``NAME[-tTRIALS]-tolN``
+    """Every spec of :data:`SPECS` and the current recommended spec on one configuration; with ``trials``
+    (other than the recorded number) or ``tol`` recorded as ``NAME-tTRIALS`` / ``NAME[-tTRIALS]-tolN``
     (``tol = 10^-N``); ``training`` as in :func:`_simulate`."""
     from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     pool, model, _, _, _ = CONFIGS[name]
     out_name = _result_name(name, trials, tol)
-    specs = SPECS + ([RECOMMENDED] if out_name != name and RECOMMENDED not in SPECS else [])
+    specs = SPECS + ([RECOMMENDED] if RECOMMENDED not in SPECS else [])
     ds, cfg, res, wall = _simulate(name, specs, jobs, training, trials, tol)
     trials = cfg.trials
     n, b = ds.X.shape[0], cfg.batch_size
@@ -156,9 +165,61 @@ def add(name: str, specs: list[str], jobs: int | None, training: str | None = No
     return rec
 
 
+def probe(name: str, pairs: int = 4000, queries: int = 1000) -> dict:
+    """How crowded a configuration's clustered embedding is, at trial 0's seed model (no rounds run).
+
+    The median cosine distance of ``pairs`` random row pairs, the exact nearest-neighbour distance of
+    ``queries`` random rows (a share of them within 0.01), and the share of margin's first batch that the
+    near-duplicate test defers with ``dup=0.01`` read plainly and in the embedding's unit (*The
+    near-duplicate test's unit*); on pools made redundant, the true share of margin's batch that repeats
+    a source item.
+    """
+    from batchal.selectors import Pool
+    from batchal.selectors.cluster_margin import ClusterMarginSelector
+    from batchal.simulate import SimulationConfig
+    from batchal.simulate.runner import _new_model, clustered_embedding, seed_set, trial_clusters, trial_seed
+
+    pool, model, share, _, extra = CONFIGS[name]
+    ds = _pool(pool)
+    b = max(10, round(share * ds.X.shape[0]))
+    cfg = SimulationConfig(strategies=["margin"], seed_size=b, batch_size=b, rounds=1, trials=1, model=model,
+                           progress=False, n_jobs=1, **dict({"training": "early-stop"} if model == "mlp" else {},
+                                                            **extra))
+    X, y = ds.X, ds.y
+    cl, _ = trial_clusters(ds, cfg, 0)
+    m = _new_model(ds, cfg, trial_seed(cfg.seed, 0), None)
+    m.set_pool(X)
+    lab = seed_set(X.shape[0], cfg, 0)
+    m.fit(X[lab], y[lab])
+    E = clustered_embedding(m, X, cfg)
+    En = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(0)
+    a, c = rng.integers(0, E.shape[0], pairs), rng.integers(0, E.shape[0], pairs)
+    q = rng.choice(E.shape[0], min(queries, E.shape[0]), replace=False)
+    nn = np.full(q.shape[0], 2.0)
+    for s0 in range(0, E.shape[0], 50_000):  # exact nearest neighbour, the query itself left out
+        S = En[q] @ En[s0:s0 + 50_000].T
+        own = (q >= s0) & (q < s0 + S.shape[1])
+        S[np.flatnonzero(own), q[own] - s0] = -2
+        nn = np.minimum(nn, 1 - S.max(1))
+    out = {"config": name, "median_pair_distance": float(np.median(1 - (En[a] * En[c]).sum(1))),
+           "nn_within_0.01": float((nn <= 0.01).mean()), "nn_median": float(np.median(nn))}
+    P = m.predict_proba(X)
+    for unit in ("absolute", "pool"):
+        sel = ClusterMarginSelector(order="margin", dup=0.01, dup_scale=unit, random_state=0)
+        sel.select(Pool(probs=P, embeddings=E, clusters=cl, labeled=lab), b)
+        out[f"share_{unit}"] = sel.diagnostics_["margin_batch_near_duplicate_share"]
+        out["unit"] = sel.diagnostics_["dup_unit"]
+    if ds.source is not None:
+        top = sel.candidates_[:b]
+        out["copies"] = 1 - np.unique(ds.source[top]).shape[0] / top.shape[0]
+    return out
+
+
 def table() -> str:
     """The markdown table; every spec beyond :data:`SPECS` (merged by ``--add`` or run with ``--trials`` /
-    ``--tol``) gets a column, rounds vs margin read the last of them."""
+    ``--tol``) gets a column; rounds vs margin are the recommended spec's."""
+    from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import fmt_ratio
 
     recs = [json.loads(f.read_text()) for name in CONFIGS
@@ -166,7 +227,7 @@ def table() -> str:
     # every measured spec is in its record's ratios, merged by --add or run in a record of its own
     extra = list(dict.fromkeys(sp for r in recs for sp in r["ratios"] if sp not in SPECS))
     cols = SPECS[2:] + extra
-    last = extra[-1] if extra else SPECS[-1]
+    last = RECOMMENDED
     lines = ["| configuration | rows x classes | model | batch | seed set -> whole pool | random's final | "
              + " | ".join(f"`{s}` / margin" for s in cols) + f" | rounds vs margin (`{last}`) | wall |",
              "|---|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---|---:|"]
@@ -197,6 +258,8 @@ def main(argv=None) -> int:
                     help="logistic regression's L-BFGS tolerance, a power of ten (recorded as NAME[-tN]-tolK, "
                          "with the recommended spec added)")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--probe", action="store_true",
+                    help="how crowded each configuration's seed embedding is (trial 0, no rounds): a table")
     a = ap.parse_args(argv)
     if a.list:
         print("\n".join(f"{k}: {v[0]}, {v[1]}, batches of {100 * v[2]:g}%, {v[3]} trials" for k, v in CONFIGS.items()))
@@ -227,6 +290,18 @@ def main(argv=None) -> int:
             print(f"--trials must be at least 2 and differ from {name}'s recorded {CONFIGS[name][3]} "
                   "(a rerun of the recorded configuration would overwrite its merged specs)", file=sys.stderr)
             return 2
+    if a.probe:
+        print("| configuration | median cosine distance of random pairs | rows with a neighbour within 0.01 | "
+              "median nearest-neighbour distance | near-dup. share of margin's batch, plain 0.01 | in the unit | "
+              "copies in margin's batch |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name in a.configs:
+            r = probe(name)
+            cp = f"{100 * r['copies']:.0f}%" if "copies" in r else "—"
+            print(f"| {name} | {r['median_pair_distance']:.2f} | {100 * r['nn_within_0.01']:.1f}% | "
+                  f"{r['nn_median']:.2g} | {100 * r['share_absolute']:.1f}% | {100 * r['share_pool']:.1f}% "
+                  f"(unit {r['unit']:.2f}) | {cp} |", flush=True)
+        return 0
     for name in a.configs:
         if a.add:
             r = add(name, added, a.jobs, a.training)

@@ -521,3 +521,19 @@ def test_dup_scales_with_the_embedding_so_crowded_distinct_rows_are_not_copies()
     assert sel.diagnostics_["redundant_pool"] and sel.diagnostics_["margin_batch_near_duplicate_share"] > 0.5
     np.testing.assert_array_equal(got, select("cluster-margin", 40, seed=0, probs=copied["probs"],
                                               clusters=copied["clusters"]))
+
+
+def test_select_cli_says_when_dup_was_scaled(tmp_path):
+    cone = _cone_pool()
+    for k, v in cone.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    base = ["select", "-k", "40", "--probs", str(tmp_path / "probs.npy"), "--clusters", str(tmp_path / "clusters.npy"),
+            "--embeddings", str(tmp_path / "embeddings.npy"), "--out", str(tmp_path / "b.npy")]
+    res = CliRunner().invoke(app, base + ["--strategy", RECOMMENDED])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "so dup was scaled by it" in out and "order=auto: not redundant" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), select("margin", 40, probs=cone["probs"]))
+    res = CliRunner().invoke(app, base + ["--strategy", RECOMMENDED + ":dup_scale=absolute"])
+    assert res.exit_code == 0, res.output
+    assert "scaled" not in res.output and "order=auto: a redundant pool" in " ".join(res.output.split())

@@ -13,7 +13,8 @@ from .typiclust import TypiclustSelector
 from .spec import StrategySpec, get_selector, parse_spec, split_specs
 
 #: The spec the README recommends when the pool's redundancy is unknown. Every round it measures how many
-#: of margin's own batch are near-duplicates (same cluster, embeddings within cosine distance 0.01) of a more
+#: of margin's own batch are near-duplicates (same cluster, embeddings within cosine distance 0.01 in the
+#: embedding's unit: times min(1, median distance of random row pairs), so a ReLU layer's cone counts) of a more
 #: uncertain candidate: at 5% or more (16-99% on the web-like pools) the pool is redundant and the batch is
 #: the paper's round-robin; below (at most 0.03% on every 1M pool without copies) it is margin's list with such
 #: copies deferred to a later pass, which without copies is margin's batch. Before (2026-12-05 to 12-06) it

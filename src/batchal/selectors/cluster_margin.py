@@ -297,6 +297,9 @@ def describe_redundancy(diag: dict) -> str:
                   if diag.get("near_duplicate_test") == "dup"
                   else "benchmark pools: 4-33% when plain, 38-70% when made redundant")
         text += f"; {100 * nd:.0f}% of margin's batch are near-duplicates of a more uncertain candidate ({ranges})"
+        if diag.get("dup_unit", 1.0) < 1.0:
+            text += (f"; the embedding's rows crowd together (median distance of random pairs "
+                     f"{diag['dup_unit']:.2f}), so dup was scaled by it")
     if "redundant_pool" in diag:
         text += ("; order=auto: a redundant pool, so the paper's round-robin" if diag["redundant_pool"]
                  else "; order=auto: not redundant, so margin's order with near-duplicates deferred")
@@ -355,9 +358,10 @@ class ClusterMarginSelector(Selector):
         With ``order="auto"``: the share of margin's batch that are
         near-duplicates at which the pool counts as redundant. Measured per
         round: 16-99% on the web-like pools, 20-86% on small pools made
-        redundant, at most 0.03% on every 1M pool without copies; 5-39% on a
-        32-class pool without copies read through an MLP's ReLU embedding
-        (BENCHMARKS.md, *The recommendation, revised again*).
+        redundant, at most 0.03% on every 1M pool without copies and at most
+        2.9% on the clean pools read through an MLP's ReLU embedding (5-39% on
+        one of them before ``dup`` took the embedding's unit; BENCHMARKS.md,
+        *The near-duplicate test's unit*).
     balance : {"uniform", "input"}, str path of a JSON file of shares, dict or None, default None
         Move the batch's share per predicted class toward a target (see
         :mod:`batchal.selectors.balance`). It acts on the round-robin: the whole

@@ -602,7 +602,7 @@ def demo_conclusion(recommended: str) -> str:
         "for diversity it does not need. On the redundant pool margin spends labels on copies of the same "
         f"uncertain items, and spreading the batch pays. The recommended spec ({recommended}) measures, every "
         "round, how many of margin's own batch are copies of a more uncertain candidate (same cluster, embeddings "
-        "within cosine distance dup): at 5% or more it takes the paper's round-robin, below it margin's list with "
+        "within cosine distance dup, in the embedding's own unit): at 5% or more it takes the paper's round-robin, below it margin's list with "
         "those copies deferred, which is margin's batch on a clean pool "
         "(BENCHMARKS.md, Label savings at scale)."
     )
