@@ -270,19 +270,18 @@ def _short(spec: str) -> str:
 def _recommended(rows) -> str | None:
     """The run's strategy that gives the recommended spec's curve: the spec itself, or the walk where it is the same run.
 
-    ``order=auto`` decides on the share of margin's batch that are near-duplicates; while that share stays
-    under its threshold it takes the walk's batch, so along the walk's own rounds it never leaves them: when
-    the recorded walk's share is under the threshold at every (trial, round), the two runs are the same run.
-    None when neither is there.
+    ``order=auto`` takes the walk's batch while the share of margin's batch that are near-duplicates stays
+    under its threshold. The walks recorded before ``dup`` took the embedding's unit (2026-12-06) used the
+    plain cut, so only a walk that deferred nothing at every (trial, round) is read as the recommended spec:
+    its batches were margin's, which the walk in any smaller unit also gives. None when neither is there.
     """
-    from batchal.selectors import RECOMMENDED, ClusterMarginSelector
+    from batchal.selectors import RECOMMENDED
 
     have = {r["strategy"] for r in rows}
     if RECOMMENDED in have:
         return RECOMMENDED
-    threshold = ClusterMarginSelector().redundant  # order=auto's default
     v = [r.get("diag_margin_batch_near_duplicate_share") for r in rows if r["strategy"] == WALK and r["round"] > 0]
-    return WALK if v and all(x is not None and np.isfinite(x) and x < threshold for x in v) else None
+    return WALK if v and all(x is not None and np.isfinite(x) and x == 0 for x in v) else None
 
 
 def table(args) -> int:
