@@ -492,7 +492,7 @@ def test_cosine_distance_scale_is_the_median_of_its_pairs_capped_at_one():
 
 def test_dup_scales_with_the_embedding_so_crowded_distinct_rows_are_not_copies():
     from batchal.selectors import Pool
-    from batchal.selectors.cluster_margin import ClusterMarginSelector
+    from batchal.selectors.cluster_margin import ClusterMarginSelector, cosine_distance_scale
 
     cone = _cone_pool()
     E = cone["embeddings"]
@@ -511,6 +511,17 @@ def test_dup_scales_with_the_embedding_so_crowded_distinct_rows_are_not_copies()
     assert sel.diagnostics_["redundant_pool"] and sel.diagnostics_["dup_unit"] == 1.0
     with pytest.raises(BatchalInputError, match="dup_scale must be 'pool'"):
         select("cluster-margin:order=auto:dup=0.01:dup_scale=median", 5, **cone)
+    with pytest.raises(BatchalInputError, match="dup_scale sets the unit of dup"):
+        select("cluster-margin:order=margin:tol=0.1:dup_scale=absolute", 5, **cone)
+    # a non-finite embedding row is named, whether the unit's sample or a candidate reads it
+    for row in (0, 599):
+        bad = dict(cone, embeddings=cone["embeddings"].copy())
+        bad["embeddings"][row, 3] = np.nan
+        with pytest.raises(BatchalInputError, match=f"embeddings row {row} holds NaN or inf"):
+            ClusterMarginSelector(order="auto", dup=0.01, max_candidate_share=1, margin_factor=1000,
+                                  random_state=0).select(Pool(**bad), 40)
+        with pytest.raises(BatchalInputError, match=f"embeddings row {row} holds NaN or inf"):
+            cosine_distance_scale(Pool(**bad))  # 20,000 draws of 600 rows: every row is in the sample
     # the same rows copied (copies within 1e-4 of the cone's own spread): redundant, the paper's round-robin
     r = np.random.default_rng(1)
     rep = np.repeat(np.arange(600), 3)

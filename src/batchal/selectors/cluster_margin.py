@@ -216,6 +216,18 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
     return candidates[part[np.argsort(keys[part], kind="stable")]].astype(np.int64), passes
 
 
+def _finite_rows(E: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``E`` (the embeddings of ``rows``), or an error naming the first row that holds NaN or inf.
+
+    Only the rows read are checked: the whole (n, d) matrix is never scanned for one round.
+    """
+    bad = ~np.isfinite(E).all(axis=1)
+    if bad.any():
+        raise BatchalInputError(f"embeddings row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or inf; "
+                                "give finite embeddings")
+    return E
+
+
 #: random row pairs whose median cosine distance sets the unit of ``dup`` (see :func:`cosine_distance_scale`)
 SCALE_PAIRS = 10_000
 
@@ -246,7 +258,8 @@ def cosine_distance_scale(pool: Pool, pairs: int = SCALE_PAIRS, seed: int = 0) -
     a = rng.integers(0, n, pairs)
     b = rng.integers(0, n - 1, pairs)
     b += b >= a  # distinct rows
-    E = pool.rows_embeddings(np.concatenate([a, b]).astype(np.int64))
+    rows = np.concatenate([a, b]).astype(np.int64)
+    E = _finite_rows(pool.rows_embeddings(rows), rows)
     E /= np.maximum(np.linalg.norm(E, axis=1, keepdims=True), np.float32(1e-12))
     d = 1.0 - np.einsum("ij,ij->i", E[:pairs], E[pairs:], dtype=np.float64)
     return float(min(1.0, max(0.0, np.median(d))))
@@ -474,6 +487,11 @@ class ClusterMarginSelector(Selector):
             raise BatchalInputError(f"max_candidate_share must be in (0, 1] or None; got {share}")
         if self.order not in ("size", "margin", "auto"):
             raise BatchalInputError(f"order must be 'size' (the paper), 'margin' or 'auto'; got {self.order!r}")
+        if self.dup_scale not in ("pool", "absolute"):
+            raise BatchalInputError(f"dup_scale must be 'pool' (dup in units of the pool's median distance, capped "
+                                    f"at 1) or 'absolute' (dup as a plain cosine distance); got {self.dup_scale!r}")
+        if self.dup_scale != "pool" and self.dup is None:
+            raise BatchalInputError("dup_scale sets the unit of dup: give dup (embeddings) with it")
         r = self.redundant
         if not (np.isfinite(r) and 0 <= r <= 1):
             raise BatchalInputError(f"redundant must be a share in [0, 1]; got {r}")
@@ -485,9 +503,6 @@ class ClusterMarginSelector(Selector):
         self.candidates_ = cand
         self.diagnostics_.update(redundancy_diagnostics(cids, k))
         self.n_candidate_clusters_ = self.diagnostics_["candidate_clusters"]
-        if self.dup_scale not in ("pool", "absolute"):
-            raise BatchalInputError(f"dup_scale must be 'pool' (dup in units of the pool's median distance, capped "
-                                    f"at 1) or 'absolute' (dup as a plain cosine distance); got {self.dup_scale!r}")
         if self.tol is not None or self.dup is not None:
             key, value = ("tol", self.tol) if self.dup is None else ("dup", self.dup)
             if self.tol is not None and self.dup is not None:
@@ -498,7 +513,8 @@ class ClusterMarginSelector(Selector):
                 raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
             c = _whole_at_least_one(self.copies, "copies", "", "near-duplicates taken per pass")
             # (a missing embedding is refused by select(), through requires_for)
-            probs, emb = (None, pool.rows_embeddings(cand)) if key == "dup" else (pool.rows_probs(cand), None)
+            probs, emb = ((None, _finite_rows(pool.rows_embeddings(cand), cand)) if key == "dup"
+                          else (pool.rows_probs(cand), None))
             if key == "dup":
                 scale = cosine_distance_scale(pool) if self.dup_scale == "pool" else 1.0
                 self.diagnostics_["dup_unit"] = scale
