@@ -138,7 +138,8 @@ def add(name: str, specs: list[str], jobs: int | None, training: str | None = No
     recorded before ``budget`` became the default); the ratio reads the recorded random's final metric.
     A spec already in the record is replaced (its earlier figures were another rule's). Also records
     the share of margin's batch that are near-duplicates (min / median / max over rounds) and, for
-    ``order=auto``, the rounds that took the paper's round-robin.
+    ``order=auto``, the rounds that took the paper's round-robin. The rows of this run (margin and
+    ``specs``) are saved as ``NAME_added_results.csv``, replacing an earlier ``--add``'s.
     """
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
