@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, first_nonfinite
 from . import _round_robin
 from .balance import balanced_order_fill, check_balance
 from .base import Pool, Selector, register
@@ -217,14 +217,13 @@ def near_duplicate_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, 
 
 
 def _finite_rows(E: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``E`` (the embeddings of ``rows``), or an error naming the first row that holds NaN or inf.
+    """``E`` (the embeddings of ``rows``), or an error naming a pool row that holds NaN or inf.
 
     Only the rows read are checked: the whole (n, d) matrix is never scanned for one round.
     """
-    bad = ~np.isfinite(E).all(axis=1)
-    if bad.any():
-        raise BatchalInputError(f"embeddings row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or inf; "
-                                "give finite embeddings")
+    bad = first_nonfinite(E)
+    if bad is not None:
+        raise BatchalInputError(f"embeddings contains {bad[1]} (at row {int(rows[bad[0]])})")
     return E
 
 
