@@ -12,7 +12,11 @@ if it costs at most 0.5 points of accuracy there too.
 Usage::
 
     python benchmarks/bench_balance.py --configs manyclass-lt-mlp-b01 manyclass-lt-mlp-b03
+    python benchmarks/bench_balance.py --configs manyclass-lt-mlp-b03 --training early-stop --tag early-stop
     python benchmarks/bench_balance.py --table      # markdown from benchmarks/results/balance/
+
+``--training`` is the simulator's MLP training rule (default: the simulator's own);
+``--tag`` keeps a run under another rule beside the recorded one.
 
 Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
 """
@@ -54,7 +58,7 @@ def _dataset(name: str, size: int, tail: float | None):
     return long_tail(ds, a=tail, seed=0) if tail else ds
 
 
-def run(name: str, jobs: int | None) -> dict:
+def run(name: str, jobs: int | None, training: str | None = None, tag: str | None = None) -> dict:
     from batchal.simulate import SimulationConfig, simulate
     from batchal.simulate.report import _sem
 
@@ -64,7 +68,7 @@ def run(name: str, jobs: int | None) -> dict:
     b = max(10, round(share * n))
     S = specs()
     cfg = SimulationConfig(strategies=S, seed_size=b, batch_size=b, rounds=6, trials=trials, model=model,
-                           progress=False, n_jobs=jobs)
+                           progress=False, n_jobs=jobs, **({} if training is None else {"training": training}))
     t0 = time.perf_counter()
     res = simulate(ds, cfg)
     wall = time.perf_counter() - t0
@@ -77,7 +81,7 @@ def run(name: str, jobs: int | None) -> dict:
         per[s] = {m: [[r[m] for r in sorted((x for x in rs if x["round"] == k), key=lambda x: x["trial"])]
                       for k in rounds] for m in metrics}
         per[s]["labels"] = [next(r["n_labeled"] for r in rs if r["round"] == k) for k in rounds]
-    out = {"config": name, "rows": n, "classes": ds.n_classes, "largest_class": int(counts.max()),
+    out = {"config": name + (f"-{tag}" if tag else ""), "training": cfg.training if model == "mlp" else None, "rows": n, "classes": ds.n_classes, "largest_class": int(counts.max()),
            "smallest_class": int(counts[counts > 0].min()), "model": model, "batch": b, "trials": trials,
            "full_metric": res.full_score, "curves": per, "wall_s": wall}
     base = S[2]
@@ -89,7 +93,7 @@ def run(name: str, jobs: int | None) -> dict:
             d[m] = [[float(x.mean()), float(_sem(x))] for x in diff]
         out["vs_unbalanced"][s] = d
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{out['config']}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -99,7 +103,8 @@ def table() -> str:
         r = json.loads(f.read_text())
         S = list(r["curves"])
         lines.append(f"\n**{r['config']}**: {r['rows']:,} rows, {r['classes']} classes (largest {r['largest_class']:,}, "
-                     f"smallest {r['smallest_class']:,}), {r['model']}, batches of {r['batch']:,}, {r['trials']} trials; "
+                     f"smallest {r['smallest_class']:,}), {r['model']}"
+                     f"{'' if not r.get('training') else ' (' + r['training'] + ' training)'}, batches of {r['batch']:,}, {r['trials']} trials; "
                      f"whole pool {r['full_metric']:.3f}; {r['wall_s'] / 60:.1f} min\n")
         lines.append("| labels | " + " | ".join(f"`{s}` acc / bal. acc / rare recall" for s in S) + " |")
         lines.append("|---:|" + "---|" * len(S))
@@ -123,12 +128,15 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="*", default=[])
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--training", choices=["budget", "early-stop", "full"], default=None,
+                    help="the MLP's training rule (default: the simulator's)")
+    ap.add_argument("--tag", default=None, help="suffix of the result's name (e.g. the training rule)")
     a = ap.parse_args(argv)
     for name in a.configs:
         if name not in CONFIGS:
             print(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
-        r = run(name, a.jobs)
+        r = run(name, a.jobs, a.training, a.tag)
         print(f"{name}: done in {r['wall_s']:.0f} s", flush=True)
     if a.table or not a.configs:
         print(table())
