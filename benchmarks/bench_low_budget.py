@@ -14,6 +14,10 @@ Usage::
     python benchmarks/bench_low_budget.py run [CONFIG ...]     # each into benchmarks/results/low_budget/CONFIG/
     python benchmarks/bench_low_budget.py table [CONFIG ...]   # the markdown tables from those results
     python benchmarks/bench_low_budget.py scale                # typiclust's time: 30,000 of 1,000,000 rows
+    python benchmarks/bench_low_budget.py run digits-s10-b10-mlp --training early-stop   # the MLP's rule
+
+``--training`` passes the MLP's training rule to ``batchal simulate`` (default: the
+simulator's own; the recorded MLP configuration states the rule it ran under).
 
 The way-out spec ``RECOMMENDED + ":typical=50"`` takes typiclust's picks while the
 labeled set holds fewer than 50 rows: 5 per class on these 10-class pools, the
@@ -47,11 +51,13 @@ CONFIGS = {
 }
 
 
-def run(names, trials: int = 5, jobs: int = 2) -> None:
+def run(names, trials: int = 5, jobs: int = 2, training: str | None = None) -> None:
     for name in names:
         out = RESULTS / name
         cmd = [sys.executable, "-c", "from batchal.cli import app; app()", "simulate", *CONFIGS[name],
                "--trials", str(trials), "--jobs", str(jobs), "--strategies", ",".join(SPECS), "--out", str(out)]
+        if training is not None:
+            cmd += ["--training", training]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -126,9 +132,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["run", "table", "scale"])
     ap.add_argument("configs", nargs="*", default=list(CONFIGS)[:4])
+    ap.add_argument("--training", choices=["budget", "early-stop", "full"], default=None,
+                    help="the MLP's training rule (default: the simulator's)")
     args = ap.parse_args()
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     if args.what == "run":
-        run(args.configs)
+        run(args.configs, training=args.training)
     elif args.what == "table":
         print("\n\n".join(table(c) for c in args.configs if (RESULTS / c / "results.csv").exists()))
     else:
