@@ -526,6 +526,29 @@ def test_propagation_that_uses_up_the_pool_buys_what_is_left_then_stands(tmp_pat
     assert all(np.isfinite(tab[s]["labels"]).all() for s in ("random", "margin"))
 
 
+def test_summary_names_each_strategys_labels_once_the_pool_is_used_up(tmp_path, monkeypatch):
+    """Where propagation used up the pool, strategies bought different counts: the tables say whose is whose."""
+    from batchal.simulate.report import _by, summary_markdown
+
+    monkeypatch.setenv("BATCHAL_CACHE", str(tmp_path / "cache"))
+    cfg = small_cfg(strategies=["random", "margin"], seed_size=30, batch_size=200, rounds=4, trials=2,
+                    propagate=0.2)
+    res = simulate(load_dataset("digits"), cfg)
+    md = summary_markdown(res)
+    lab = {s: _by(res.rows, s)[0] for s in ("random", "margin")}
+    differ = [i for i in range(len(lab["random"])) if lab["random"][i] != lab["margin"][i]]
+    assert differ, "this threshold should use the pool up at different counts"
+    for i in range(len(lab["random"])):
+        lo, hi = sorted(int(lab[s][i]) for s in ("random", "margin"))
+        rows = [line for line in md.splitlines() if line.startswith(f"| {lo:,}")]
+        if i in differ:
+            assert any(line.startswith(f"| {lo:,}-{hi:,} |") for line in rows), i
+            assert any(f"({int(lab['random'][i]):,} labels)" in line and f"({int(lab['margin'][i]):,} labels)" in line
+                       for line in rows), i
+        else:
+            assert any(line.startswith(f"| {lo:,} |") for line in rows), i
+
+
 def test_serial_run_does_not_depend_on_the_callers_thread_count():
     # A fit rounds differently with its BLAS thread count: at this size two threads moved accuracies
     # before the serial path took the workers' one thread. The caller's setting is restored after.

@@ -101,6 +101,17 @@ def _by(rows, strategy, per_trial: bool = False):
     return lab, acc
 
 
+def _round_labels(curves: dict, strategies, i: int) -> tuple[str, bool]:
+    """The labels cell of round ``i``: one count, or the range when strategies bought different counts.
+
+    Counts differ only where propagated labels used up the pool (a round buys what is left);
+    the second value says so, and each strategy's cell then names its own count.
+    """
+    labs = [curves[s][0][i] for s in strategies if i < len(curves[s][0])]
+    lo, hi = min(labs), max(labs)
+    return (f"{int(lo):,}", False) if lo == hi else (f"{int(lo):,}-{int(hi):,}", True)
+
+
 def _sem(a, axis=None):
     a = np.asarray(a, dtype=float)
     k = np.sum(np.isfinite(a), axis=axis)
@@ -265,12 +276,14 @@ def summary_markdown(res) -> str:
     lab0 = next(iter(curves.values()))[0]
     lines.append("| labels | " + " | ".join(strategies) + " |")
     lines.append("|---:|" + "---:|" * len(strategies))
-    for i, L in enumerate(lab0):
+    for i in range(len(lab0)):
+        head, differ = _round_labels(curves, strategies, i)
         cells = []
         for s in strategies:
             lab, acc = curves[s]
-            cells.append(f"{np.nanmean(acc[i]):.4f} ± {_sem(acc[i]):.4f}" if i < acc.shape[0] else "")
-        lines.append(f"| {int(L):,} | " + " | ".join(cells) + " |")
+            own = f" ({int(lab[i]):,} labels)" if differ and i < acc.shape[0] else ""
+            cells.append(f"{np.nanmean(acc[i]):.4f} ± {_sem(acc[i]):.4f}{own}" if i < acc.shape[0] else "")
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
     targets = [(f"{100 * (target / res.full_score):.0f}% of the full-pool {metric}" if cfg.target is None
                 else "the given target", target)]
     if "random" in strategies:
@@ -293,11 +306,12 @@ def summary_markdown(res) -> str:
         lines.append("| labels | " + " | ".join(others) + " |")
         lines.append("|---:|" + "---|" * len(others))
         for i in range(1, mg.shape[0]):
+            head, differ = _round_labels(curves, ["margin", *others], i)
             cells = []
             for s in others:
                 m, se, v = verdict(curves[s][1][i] - mg[i])
-                cells.append(f"{m:+.4f} ± {se:.4f} {v}")
-            lines.append(f"| {int(lab0[i]):,} | " + " | ".join(cells) + " |")
+                cells.append(f"{m:+.4f} ± {se:.4f} {v}" + (f" ({int(curves[s][0][i]):,} labels)" if differ else ""))
+            lines.append(f"| {head} | " + " | ".join(cells) + " |")
         lines.append("")
         counts = []
         for s in others:
@@ -414,16 +428,16 @@ def _versus_random(res, curves) -> list[str]:
     lines = ["", "## Minus random, per round (paired by trial; verdict at 2 standard errors)", ""]
     lines.append("| labels | " + " | ".join(others) + " |")
     lines.append("|---:|" + "---|" * len(others))
-    lab0 = curves["random"][0]
     below = {s: [] for s in others}
     for i in range(1, rnd.shape[0]):
+        head, differ = _round_labels(curves, strategies, i)
         cells = []
         for s in others:
             m, se, v = verdict(curves[s][1][i] - rnd[i])
-            cells.append(f"{m:+.4f} ± {se:.4f} {v}")
+            cells.append(f"{m:+.4f} ± {se:.4f} {v}" + (f" ({int(curves[s][0][i]):,} labels)" if differ else ""))
             if v == "below":
-                below[s].append(int(lab0[i]))
-        lines.append(f"| {int(lab0[i]):,} | " + " | ".join(cells) + " |")
+                below[s].append(int(curves[s][0][i]))
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
     flagged = {s: v for s, v in below.items() if v}
     lines.append("")
     if flagged:
