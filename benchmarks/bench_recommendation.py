@@ -102,9 +102,13 @@ def _simulate(name: str, strategies: list[str], jobs: int | None, training: str 
     return ds, cfg, res, time.perf_counter() - t0
 
 
-def _result_name(name: str, trials: int | None, tol: float | None = None) -> str:
-    """A configuration's result name; a run with another number of trials or tolerance is recorded beside it."""
+def _result_name(name: str, trials: int | None, tol: float | None = None, training: str | None = None) -> str:
+    """A configuration's result name; a run with another number of trials, tolerance or MLP training rule
+    (than the configuration's own) is recorded beside it."""
     out = name if trials is None or trials == CONFIGS[name][3] else f"{name}-t{trials}"
+    _, model, _, _, extra = CONFIGS[name]
+    if training and model == "mlp" and training != extra.get("training", "budget"):
+        out = f"{out}-{training}"
     return out if tol is None else f"{out}-tol{-int(round(np.log10(tol)))}"
 
 
@@ -117,7 +121,7 @@ def run(name: str, jobs: int | None, trials: int | None = None, training: str | 
     from batchal.simulate.report import _by, ratio_to_margin, rounds_vs
 
     pool, model, _, _, _ = CONFIGS[name]
-    out_name = _result_name(name, trials, tol)
+    out_name = _result_name(name, trials, tol, training)
     specs = SPECS + ([RECOMMENDED] if RECOMMENDED not in SPECS else [])
     ds, cfg, res, wall = _simulate(name, specs, jobs, training, trials, tol)
     trials = cfg.trials
@@ -260,7 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--add", metavar="SPEC[,SPEC...]",
                     help="run these specs beside margin on the recorded configurations and merge them")
-    ap.add_argument("--training", default=None, help="the MLP's training rule (with --add: the recorded runs')")
+    ap.add_argument("--training", default=None, help="the MLP's training rule (with --add: the recorded runs'; a run under another rule "
+                                                       "than the configuration's is recorded as NAME-RULE)")
     ap.add_argument("--trials", type=int, default=None,
                     help="run with this many trials instead of the configuration's (recorded as NAME-tN, "
                          "with the recommended spec added)")
