@@ -236,8 +236,11 @@ def table() -> str:
     from batchal.selectors import RECOMMENDED
     from batchal.simulate.report import fmt_ratio
 
+    # each configuration, then its runs with other trials / tolerances / MLP training rules (see _result_name)
+    variants = ("-t*.json", "-budget*.json", "-early-stop*.json", "-full*.json")
     recs = [json.loads(f.read_text()) for name in CONFIGS
-            for f in [RESULTS / f"{name}.json", *sorted(RESULTS.glob(f"{name}-t*.json"), key=lambda f: (len(f.stem), f.stem))] if f.exists()]
+            for f in [RESULTS / f"{name}.json", *sorted((g for v in variants for g in RESULTS.glob(name + v)),
+                                                       key=lambda f: (len(f.stem), f.stem))] if f.exists()]
     # every measured spec is in its record's ratios, merged by --add or run in a record of its own
     extra = list(dict.fromkeys(sp for r in recs for sp in r["ratios"] if sp not in SPECS))
     cols = SPECS[2:] + extra
@@ -251,7 +254,8 @@ def table() -> str:
         cells = [fmt_ratio(tuple(r["ratios"][s])) if s in r["ratios"] else "—" for s in cols]
         rv = r["rounds_vs_margin"].get(last)
         wall = r["wall_s"] + sum(a["wall_s"] for a in r.get("added", {}).values())
-        lines.append(f"| {r['config']} | {r['rows']:,} x {r['classes']} | {r['model']} | {r['batch']:,} | "
+        model = r["model"] + (f" ({r['training']})" if r.get("training") else "")
+        lines.append(f"| {r['config']} | {r['rows']:,} x {r['classes']} | {model} | {r['batch']:,} | "
                      f"{r['seed_metric']:.3f} -> {r['full_metric']:.3f}{flat} | {r['random_final']:.3f} | "
                      + " | ".join(cells) + f" | {'—' if rv is None else '/'.join(map(str, rv))} | {wall / 60:.1f} min |")
     return "\n".join(lines)
