@@ -104,10 +104,12 @@ def _simulate(name: str, strategies: list[str], jobs: int | None, training: str 
 
 def _result_name(name: str, trials: int | None, tol: float | None = None, training: str | None = None) -> str:
     """A configuration's result name; a run with another number of trials, tolerance or MLP training rule
-    (than the configuration's own) is recorded beside it."""
+    (than the one the configuration names) is recorded beside it."""
     out = name if trials is None or trials == CONFIGS[name][3] else f"{name}-t{trials}"
     _, model, _, _, extra = CONFIGS[name]
-    if training and model == "mlp" and training != extra.get("training", "budget"):
+    # a configuration that names no rule was recorded under the simulator's default of its day (early-stop
+    # before 2026-12-05 06:28 UTC, budget after), so an explicit rule is always recorded beside it
+    if training and model == "mlp" and training != extra.get("training"):
         out = f"{out}-{training}"
     return out if tol is None else f"{out}-tol{-int(round(np.log10(tol)))}"
 
