@@ -101,15 +101,18 @@ def _by(rows, strategy, per_trial: bool = False):
     return lab, acc
 
 
-def _round_labels(curves: dict, strategies, i: int) -> tuple[str, bool]:
-    """The labels cell of round ``i``: one count, or the range when strategies bought different counts.
+def _round_labels(curves: dict, strategies, i: int) -> tuple[str, dict]:
+    """The labels cell of round ``i`` and each strategy's suffix for its own cell.
 
-    Counts differ only where propagated labels used up the pool (a round buys what is left);
-    the second value says so, and each strategy's cell then names its own count.
+    One count when every strategy bought the same; where propagated labels used up the pool
+    (a round buys what is left) counts differ, and the cell gives the range while each
+    strategy's suffix names its own count (empty suffixes otherwise).
     """
-    labs = [curves[s][0][i] for s in strategies if i < len(curves[s][0])]
-    lo, hi = min(labs), max(labs)
-    return (f"{int(lo):,}", False) if lo == hi else (f"{int(lo):,}-{int(hi):,}", True)
+    labs = {s: curves[s][0][i] for s in strategies if i < len(curves[s][0])}
+    lo, hi = min(labs.values()), max(labs.values())
+    if lo == hi:
+        return f"{int(lo):,}", dict.fromkeys(labs, "")
+    return f"{int(lo):,}-{int(hi):,}", {s: f" ({int(v):,} labels)" for s, v in labs.items()}
 
 
 def _sem(a, axis=None):
@@ -277,12 +280,11 @@ def summary_markdown(res) -> str:
     lines.append("| labels | " + " | ".join(strategies) + " |")
     lines.append("|---:|" + "---:|" * len(strategies))
     for i in range(len(lab0)):
-        head, differ = _round_labels(curves, strategies, i)
+        head, own = _round_labels(curves, strategies, i)
         cells = []
         for s in strategies:
-            lab, acc = curves[s]
-            own = f" ({int(lab[i]):,} labels)" if differ and i < acc.shape[0] else ""
-            cells.append(f"{np.nanmean(acc[i]):.4f} ± {_sem(acc[i]):.4f}{own}" if i < acc.shape[0] else "")
+            acc = curves[s][1]
+            cells.append(f"{np.nanmean(acc[i]):.4f} ± {_sem(acc[i]):.4f}{own[s]}" if i < acc.shape[0] else "")
         lines.append(f"| {head} | " + " | ".join(cells) + " |")
     targets = [(f"{100 * (target / res.full_score):.0f}% of the full-pool {metric}" if cfg.target is None
                 else "the given target", target)]
@@ -306,11 +308,11 @@ def summary_markdown(res) -> str:
         lines.append("| labels | " + " | ".join(others) + " |")
         lines.append("|---:|" + "---|" * len(others))
         for i in range(1, mg.shape[0]):
-            head, differ = _round_labels(curves, ["margin", *others], i)
+            head, own = _round_labels(curves, ["margin", *others], i)
             cells = []
             for s in others:
                 m, se, v = verdict(curves[s][1][i] - mg[i])
-                cells.append(f"{m:+.4f} ± {se:.4f} {v}" + (f" ({int(curves[s][0][i]):,} labels)" if differ else ""))
+                cells.append(f"{m:+.4f} ± {se:.4f} {v}{own[s]}")
             lines.append(f"| {head} | " + " | ".join(cells) + " |")
         lines.append("")
         counts = []
@@ -430,11 +432,11 @@ def _versus_random(res, curves) -> list[str]:
     lines.append("|---:|" + "---|" * len(others))
     below = {s: [] for s in others}
     for i in range(1, rnd.shape[0]):
-        head, differ = _round_labels(curves, strategies, i)
+        head, own = _round_labels(curves, strategies, i)
         cells = []
         for s in others:
             m, se, v = verdict(curves[s][1][i] - rnd[i])
-            cells.append(f"{m:+.4f} ± {se:.4f} {v}" + (f" ({int(curves[s][0][i]):,} labels)" if differ else ""))
+            cells.append(f"{m:+.4f} ± {se:.4f} {v}{own[s]}")
             if v == "below":
                 below[s].append(int(curves[s][0][i]))
         lines.append(f"| {head} | " + " | ".join(cells) + " |")
