@@ -128,7 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="*", default=[])
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--table", action="store_true")
-    ap.add_argument("--training", choices=["budget", "early-stop", "full"], default=None,
+    from batchal.simulate.models import TRAINING
+
+    ap.add_argument("--training", choices=TRAINING, default=None,
                     help="the MLP's training rule (default: the simulator's)")
     ap.add_argument("--tag", default=None, help="suffix of the result's name (e.g. the training rule)")
     a = ap.parse_args(argv)

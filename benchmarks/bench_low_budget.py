@@ -132,7 +132,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["run", "table", "scale"])
     ap.add_argument("configs", nargs="*", default=list(CONFIGS)[:4])
-    ap.add_argument("--training", choices=["budget", "early-stop", "full"], default=None,
+    from batchal.simulate.models import TRAINING
+
+    ap.add_argument("--training", choices=TRAINING, default=None,
                     help="the MLP's training rule (default: the simulator's)")
     args = ap.parse_args()
     unknown = [c for c in args.configs if c not in CONFIGS]

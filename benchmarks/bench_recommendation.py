@@ -239,7 +239,9 @@ def table() -> str:
     from batchal.simulate.report import fmt_ratio
 
     # each configuration, then its runs with other trials / tolerances / MLP training rules (see _result_name)
-    variants = ("-t*.json", "-budget*.json", "-early-stop*.json", "-full*.json")
+    from batchal.simulate.models import TRAINING
+
+    variants = ("-t*.json", *(f"-{rule}*.json" for rule in TRAINING))
     recs = [json.loads(f.read_text()) for name in CONFIGS
             for f in [RESULTS / f"{name}.json", *sorted((g for v in variants for g in RESULTS.glob(name + v)),
                                                        key=lambda f: (len(f.stem), f.stem))] if f.exists()]
@@ -270,7 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--add", metavar="SPEC[,SPEC...]",
                     help="run these specs beside margin on the recorded configurations and merge them")
-    ap.add_argument("--training", default=None, help="the MLP's training rule (with --add: the recorded runs'; a run under another rule "
+    from batchal.simulate.models import TRAINING
+
+    ap.add_argument("--training", choices=TRAINING, default=None, help="the MLP's training rule (with --add: the recorded runs'; a run under another rule "
                                                        "than the configuration's is recorded as NAME-RULE)")
     ap.add_argument("--trials", type=int, default=None,
                     help="run with this many trials instead of the configuration's (recorded as NAME-tN, "
