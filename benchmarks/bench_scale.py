@@ -284,6 +284,12 @@ def _recommended(rows) -> str | None:
     return WALK if v and all(x is not None and np.isfinite(x) and x == 0 for x in v) else None
 
 
+def _margin_labels(S: dict) -> str:
+    """Margin's labels to reach the target, mean over the trials that reached it ("never": none did)."""
+    ml = np.asarray(S["margin_labels"], dtype=float)
+    return f"{np.nanmean(ml):,.0f}" if np.isfinite(ml).any() else "never"
+
+
 def table(args) -> int:
     from batchal.simulate.report import fmt_ratio
 
@@ -301,9 +307,7 @@ def table(args) -> int:
     print("|---|" + "---:|" * (len(head) - 1 + len(others)) + "---|---:|---:|---:|---:|")
     for s in S:
         by_short = {_short(k): k for k in s["strategies"]}
-        ml = np.asarray(s["margin_labels"], dtype=float)
-        mlab = f"{np.nanmean(ml):,.0f}" if np.isfinite(ml).any() else "never"
-        cells = [s["name"], f"{s['seed_metric']:.3f} -> {s['full']:.3f}", f"{s['target']:.3f}", mlab]
+        cells = [s["name"], f"{s['seed_metric']:.3f} -> {s['full']:.3f}", f"{s['target']:.3f}", _margin_labels(s)]
         rec = s["recommended"]
         mark = " ‡" if rec == WALK else ""  # the walk's run read as the recommended spec's (_recommended)
         if rec:
@@ -475,6 +479,45 @@ def between(args) -> int:
                  f"{S['target']:.3f}"]
         cells += [fmt_ratio(S["ratios"][sp]) if sp in S["ratios"] else "—" for sp in specs[1:]]
         cells.append(", ".join("/".join(map(str, S["rounds"][sp])) if sp in S["rounds"] else "—" for sp in BETWEEN[1:]))
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+#: the recommended spec's round-robin with a power allocation (`powers`): a cluster of s candidates visited
+#: in proportion to s**q, from the paper's equal visits (q = 0, the recommended spec) to the candidates' own mix (1)
+POWERS = (0.5, 0.75, 1.0)
+
+
+def powers(args) -> int:
+    """The recommended spec with ``power=q`` on the web-like pools, both test splits (markdown).
+
+    On a redundant pool the recommended spec is the paper's round-robin (q = 0); q = 1 keeps the
+    candidates' mix of clusters. Printed for the configurations whose recorded results hold at least
+    one ``power=`` run.
+    """
+    from batchal.selectors import RECOMMENDED
+    from batchal.simulate.report import fmt_ratio
+
+    specs = [RECOMMENDED] + [f"{RECOMMENDED}:power={q:g}" for q in POWERS]
+    heads = ["0 (recommended)"] + [f"{q:g}" for q in POWERS]
+    print("| pool | batch | test split | random's final | margin's labels | "
+          + " | ".join(f"power {h} / margin" for h in heads)
+          + " | rounds vs margin (power " + " / ".join(heads) + ") | final - margin's, points (power "
+          + " / ".join(heads) + ") |")
+    print("|---|---:|---|---:|---:|" + "---:|" * len(heads) + "---|---|")
+    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten_results.csv"))
+    for name in names:
+        S = summarise(name)
+        if not any(sp in S["strategies"] for sp in specs[1:]):
+            continue
+        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
+        have = [sp for sp in specs if sp in S["strategies"]]
+        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
+                 f"{S['target']:.3f}", _margin_labels(S)]
+        cells += [fmt_ratio(S["ratios"][sp]) if sp in have else "—" for sp in specs]
+        cells.append(", ".join("/".join(map(str, S["rounds"][sp])) if sp in have else "—" for sp in specs))
+        cells.append(" / ".join(f"{100 * (S['final'][sp] - S['final']['margin']):+.2f}" if sp in have else "—"
+                                for sp in specs))
         print("| " + " | ".join(cells) + " |")
     return 0
 
@@ -654,11 +697,12 @@ def main(argv=None) -> int:
     h.add_argument("--only", nargs="*", default=None, help="regular expressions on configuration names")
     sub.add_parser("pairs", help="the web-like pools on both test splits, side by side (markdown)")
     sub.add_parser("between", help="specs between margin and the walk on the web-like pools (markdown)")
+    sub.add_parser("powers", help="the recommended spec's round-robin with power= on the web-like pools (markdown)")
     sub.add_parser("propagated", help="the web-like pools with labels copied to near-exact duplicates (markdown)")
     sub.add_parser("converged", help="recorded verdicts with converged logistic regression (--tol 1e-6) (markdown)")
     args = ap.parse_args(argv)
     return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between,
-            "propagated": propagated, "converged": converged}[args.cmd](args)
+            "powers": powers, "propagated": propagated, "converged": converged}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,75 @@ def test_bad_margin_factor_and_clusters():
             select("cluster-margin", 10, max_candidate_share=bad, **arrays)
     with pytest.raises(BatchalInputError, match="integer cluster ids"):
         select("cluster-margin", 10, **{**arrays, "clusters": arrays["clusters"].astype(float)})
+
+
+def reference_power_round_robin(candidates, clusters, k, seed, power):
+    """Visits in proportion to size**power, with lists: the r-th member (random order) of a cluster of s
+    candidates has the key (r + 1/2) / s**power; ties by size, then cluster id."""
+    perm = np.random.default_rng(seed).permutation(len(candidates))
+    groups = {}
+    for j in perm:
+        groups.setdefault(int(clusters[j]), []).append(int(j))
+    keyed = [((r + 0.5) / len(m) ** power, len(m), c, j) for c, m in groups.items() for r, j in enumerate(m)]
+    return [int(candidates[j]) for *_, j in sorted(keyed)[:k]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("power", [0.0, 0.5, 0.75, 1.0])
+def test_power_round_robin_matches_reference(seed, power):
+    from batchal.selectors.cluster_margin import power_round_robin
+
+    r = np.random.default_rng(100 + seed)
+    m = 300
+    clusters = r.zipf(1.6, m) % 41  # heavy-tailed cluster sizes
+    cand = r.permutation(5000)[:m]
+    for k in (1, 17, 150, m):
+        got = power_round_robin(cand, clusters, k, np.random.default_rng(seed), power)
+        np.testing.assert_array_equal(got, reference_power_round_robin(cand, clusters, k, seed, power))
+        assert np.unique(got).shape[0] == k
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_power_zero_is_the_papers_round_robin(seed):
+    from batchal.selectors.cluster_margin import power_round_robin
+
+    r = np.random.default_rng(seed)
+    clusters = r.zipf(1.4, 500) % 60
+    cand = np.arange(500)
+    for k in (5, 60, 333):
+        want = round_robin(cand, clusters, k, np.random.default_rng(seed))
+        np.testing.assert_array_equal(power_round_robin(cand, clusters, k, np.random.default_rng(seed), 0.0), want)
+    arrays = make_pool(n=600, n_clusters=40, n_labeled=40, seed=seed)
+    np.testing.assert_array_equal(select("cluster-margin:power=0", 50, seed=seed, **arrays),
+                                  select("cluster-margin", 50, seed=seed, **arrays))
+
+
+def test_power_one_keeps_each_clusters_share_and_one_half_follows_the_square_root():
+    sizes = [10, 20, 40, 80]
+    clusters = np.repeat(np.arange(4), sizes)
+    cand = np.arange(clusters.shape[0])
+    got = round_robin(cand, clusters, 75, np.random.default_rng(0), power=1.0)
+    np.testing.assert_array_equal(np.bincount(clusters[got]), [5, 10, 20, 40])  # half of each
+    got = round_robin(cand, clusters, 4, np.random.default_rng(0), power=0.0)
+    np.testing.assert_array_equal(np.bincount(clusters[got]), [1, 1, 1, 1])  # the paper: one each
+    # power 1/2: visits in proportion to sqrt(size); 4 passes' worth of the smallest cluster's rate
+    got = round_robin(cand, clusters, 30, np.random.default_rng(0), power=0.5)
+    counts = np.bincount(clusters[got])
+    assert counts.sum() == 30 and np.all(np.diff(counts) > 0)
+    np.testing.assert_allclose(counts / np.sqrt(sizes), (counts / np.sqrt(sizes)).mean(), rtol=0.25)
+    # a batch smaller than the number of clusters: the paper takes the singletons, power 1 the big cluster
+    clusters = np.repeat(np.arange(21), [1] * 20 + [100])
+    cand = np.arange(clusters.shape[0])
+    assert set(clusters[round_robin(cand, clusters, 10, np.random.default_rng(0))]) <= set(range(20))
+    assert set(clusters[round_robin(cand, clusters, 10, np.random.default_rng(0), power=1.0)]) == {20}
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "half"])
+def test_bad_power_rejected(bad):
+    with pytest.raises(BatchalInputError, match="power must be a number in"):
+        select("cluster-margin", 5, seed=0, power=bad, **make_pool())
+
+
+def test_power_needs_the_papers_round_robin():
+    with pytest.raises(BatchalInputError, match="power shares the visits.*not order=margin"):
+        select("cluster-margin:order=margin:power=0.5", 5, seed=0, **make_pool())

@@ -421,6 +421,25 @@ def test_auto_order_is_the_paper_on_a_redundant_pool_and_the_dup_walk_elsewhere(
     assert not sel.diagnostics_["redundant_pool"] and sel.diagnostics_["margin_batch_near_duplicate_share"] == 0
 
 
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_auto_order_shares_the_visits_by_power_on_a_redundant_pool(power):
+    from batchal.selectors.cluster_margin import ClusterMarginSelector, round_robin
+    from batchal.selectors import Pool
+
+    copied, plain = _copied_pool(seed=3)
+    sel = ClusterMarginSelector(order="auto", dup=0.01, power=power, random_state=3)
+    got = sel.select(Pool(**copied), 40)
+    assert sel.diagnostics_["redundant_pool"]
+    cand = sel.candidates_
+    np.testing.assert_array_equal(got, round_robin(cand, copied["clusters"][cand], 40, np.random.default_rng(3),
+                                                   power=power))
+    assert not np.array_equal(got, select("cluster-margin:order=auto:dup=0.01", 40, seed=3, **copied))
+    # no copies: the walk, margin's batch, whatever the power
+    kw = dict(probs=plain["probs"], clusters=plain["clusters"], embeddings=plain["embeddings"])
+    np.testing.assert_array_equal(select(f"cluster-margin:order=auto:dup=0.01:power={power}", 40, seed=3, **kw),
+                                  select("margin", 40, probs=plain["probs"]))
+
+
 def test_auto_order_threshold_and_errors_named():
     copied, _ = _copied_pool()
     from batchal.selectors import Pool

@@ -153,6 +153,10 @@ class TestClusterMargin(SelectorContract):
     strategy = "cluster-margin"
 
 
+class TestClusterMarginPower(SelectorContract):
+    strategy = "cluster-margin:power=0.5"
+
+
 class TestClusterMarginFactor2(SelectorContract):
     strategy = "cluster-margin"
     params = {"margin_factor": 2.0}

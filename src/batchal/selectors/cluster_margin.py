@@ -60,7 +60,8 @@ def candidate_count(k: int, n_unlabeled: int, margin_factor: float = 10.0,
     return int(min(np.ceil(km), n_unlabeled))
 
 
-def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np.random.Generator,
+                power: float = 0.0) -> np.ndarray:
     """Smallest-cluster-first round-robin over ``candidates``.
 
     Parameters
@@ -72,6 +73,13 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     k : int
         How many to take (``k <= m``).
     rng : numpy Generator
+    power : float in [0, 1], default 0
+        How the visits are shared between clusters (a *power allocation*, as in
+        stratified sampling: Bankier 1988). 0 is the paper's round-robin, every
+        cluster one member per pass; with ``power = q`` a cluster holding ``s``
+        candidates is visited ``s**q`` times as often, so 1 is a sample of ``M``
+        stratified by cluster in proportion to the clusters' sizes. See
+        :func:`power_round_robin`.
 
     Returns
     -------
@@ -86,6 +94,8 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     only the ``k`` winners are sorted. Extra memory: O(m) int64 for the
     permutation plus O(number of cluster ids) int32.
     """
+    if power != 0:
+        return power_round_robin(candidates, cluster_ids, k, rng, power)
     m = candidates.shape[0]
     perm = rng.permutation(m)
     cids, n_ids = _round_robin.dense_cluster_ids(np.asarray(cluster_ids))
@@ -115,6 +125,45 @@ def round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np
     last_pos = alive + (k - taken_before(last_pass))
     idx, keys = _round_robin.take_in_passes(cids, perm, pos, order.shape[0], last_pass, last_pos, k)
     return candidates[idx[np.argsort(keys)]].astype(np.int64)
+
+
+def power_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, rng: np.random.Generator,
+                      power: float) -> np.ndarray:
+    """The round-robin with a cluster of ``s`` candidates visited in proportion to ``s**power``.
+
+    The ``r``-th member of a cluster (``r = 0, 1, ...`` in a uniformly random
+    order, as in :func:`round_robin`) gets the key ``(r + 1/2) / s**power``; the
+    batch is the ``k`` smallest keys, ties (the same key in several clusters) by
+    cluster size, smallest first, then by cluster id. So a cluster gets about
+    ``t * s**power`` members, rounded to the nearest whole number, for the ``t``
+    that fills the batch: Webster's (Sainte-Lague) apportionment of the batch to
+    the clusters by weight ``s**power``. ``power = 0`` gives the paper's passes:
+    :func:`round_robin`'s batch, in its order (it is the faster path for that
+    case); ``power = 1`` gives every cluster ``~ k * s / m`` members, the
+    candidates' own mix of clusters, as a uniform sample of ``M`` would, but
+    stratified, and a cluster too small for half a member gets none. (The key
+    ``r / s**power`` would give every cluster its first member at key 0, so any
+    batch no larger than the number of clusters would be the paper's at every
+    power.)
+
+    Why: on a pool of copies, clusters of one image's near-exact re-encodes hold
+    dozens of candidates while its augmented copies fall into many small clusters,
+    so the paper's equal visits fill the batch with augmented copies; a power
+    between 0 and 1 moves the batch's mix back toward the candidates' own
+    (BENCHMARKS.md, *Between margin and the walk*, where it is measured).
+
+    Extra memory: O(m) float64 keys plus two O(m) int64 index arrays.
+    """
+    m = candidates.shape[0]
+    perm = rng.permutation(m)
+    cids, n_ids = _round_robin.dense_cluster_ids(np.asarray(cluster_ids))
+    c = cids[perm]
+    size = np.bincount(c, minlength=n_ids)[c].astype(np.float64)
+    by_cluster = np.argsort(c, kind="stable")  # each cluster's members in the random order
+    rank = np.empty(m, dtype=np.float64)
+    rank[by_cluster] = np.arange(m) - np.searchsorted(c[by_cluster], c[by_cluster], side="left")
+    take = np.lexsort((c, size, (rank + 0.5) / size ** float(power)))[:k]
+    return candidates[perm[take]].astype(np.int64)
 
 
 def margin_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int) -> np.ndarray:
@@ -367,6 +416,14 @@ class ClusterMarginSelector(Selector):
         With ``tol`` or ``dup``: members of one near-duplicate group taken per
         pass (1: one per group before any second copy; larger counts move the
         batch toward margin's, which takes every copy in margin order).
+    power : float in [0, 1], default 0
+        How the paper's round-robin (``order="size"``, or ``"auto"`` on a
+        redundant pool) shares its visits: a cluster holding ``s`` candidates is
+        visited in proportion to ``s**power`` (:func:`power_round_robin`). 0 is the
+        paper (one member per cluster per pass); 1 keeps the candidates' own mix of
+        clusters, a stratified sample of ``M``. Between them it trades the spread
+        for the mix; measured on the web-like pools in BENCHMARKS.md (*Between
+        margin and the walk*).
     redundant : float in [0, 1], default 0.05
         With ``order="auto"``: the share of margin's batch that are
         near-duplicates at which the pool counts as redundant. Measured per
@@ -417,8 +474,9 @@ class ClusterMarginSelector(Selector):
     def __init__(self, margin_factor: float = 10.0, max_candidate_share: float | None = 0.1, order: str = "size",
                  tol: float | None = None, dup: float | None = None, balance: str | dict | None = None,
                  balance_by: str | None = None, typical: int | None = None, copies: int = 1, redundant: float = 0.05,
-                 dup_scale: str = "pool", random_state=None):
+                 dup_scale: str = "pool", power: float = 0.0, random_state=None):
         super().__init__(random_state=random_state)
+        self.power = power
         self.dup_scale = dup_scale
         self.redundant = redundant
         self.copies = copies
@@ -494,6 +552,14 @@ class ClusterMarginSelector(Selector):
         r = self.redundant
         if not (np.isfinite(r) and 0 <= r <= 1):
             raise BatchalInputError(f"redundant must be a share in [0, 1]; got {r}")
+        power = self.power
+        if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(power) and 0 <= power <= 1):
+            raise BatchalInputError(f"power must be a number in [0, 1] (0: the paper's equal visits per cluster, "
+                                    f"1: visits in proportion to the cluster's candidates); got {power!r}")
+        if power != 0 and self.order == "margin":
+            raise BatchalInputError("power shares the visits of the paper's round-robin: give it with order=size "
+                                    "or order=auto, not order=margin")
         balanced = self.balance is not None or self.balance_by is not None
         check_balance(self.balance, self.balance_by)  # before any work
         k_m = candidate_count(k, pool.n_unlabeled, self.margin_factor, share)
@@ -532,7 +598,7 @@ class ClusterMarginSelector(Selector):
                 redundant = self.diagnostics_["margin_batch_near_duplicate_share"] >= self.redundant
                 self.diagnostics_["redundant_pool"] = bool(redundant)
                 if redundant:
-                    batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng)
+                    batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng, power=power)
         elif self.order == "auto":
             raise BatchalInputError("order=auto chooses by the share of near-duplicates in margin's batch: "
                                     "give dup (embeddings) or tol (probabilities)")
@@ -541,7 +607,7 @@ class ClusterMarginSelector(Selector):
         elif self.order == "margin":
             batch = margin_round_robin(cand, cids, cand.shape[0] if balanced else k)
         else:
-            batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng)
+            batch = round_robin(cand, cids, cand.shape[0] if balanced else k, rng, power=power)
         if not balanced:
             return batch
         pos, self.balance_ = balanced_order_fill(pool, self.balance, batch, k, whole=False, by=self.balance_by)
