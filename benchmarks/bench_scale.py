@@ -485,7 +485,7 @@ def between(args) -> int:
 
 #: the recommended spec's round-robin with a power allocation (`powers`): a cluster of s candidates visited
 #: in proportion to s**q, from the paper's equal visits (q = 0, the recommended spec) to the candidates' own mix (1)
-POWERS = (0.5, 0.75, 1.0)
+POWERS = (0.5, 0.75, 0.875, 1.0)
 
 
 def powers(args) -> int:
