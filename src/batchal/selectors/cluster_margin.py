@@ -150,7 +150,9 @@ def power_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, r
     dozens of candidates while its augmented copies fall into many small clusters,
     so the paper's equal visits fill the batch with augmented copies; a power
     between 0 and 1 moves the batch's mix back toward the candidates' own
-    (BENCHMARKS.md, *Between margin and the walk*, where it is measured).
+    (BENCHMARKS.md, *The round-robin's visits shared by cluster size*, where it
+    is measured: a clean test of originals asks for a power near 1, a test drawn
+    as the pool's rows are for one of at most 0.75).
 
     Extra memory: O(m) float64 keys plus two O(m) int64 index arrays.
     """
@@ -422,8 +424,8 @@ class ClusterMarginSelector(Selector):
         visited in proportion to ``s**power`` (:func:`power_round_robin`). 0 is the
         paper (one member per cluster per pass); 1 keeps the candidates' own mix of
         clusters, a stratified sample of ``M``. Between them it trades the spread
-        for the mix; measured on the web-like pools in BENCHMARKS.md (*Between
-        margin and the walk*).
+        for the mix; measured on the web-like pools in BENCHMARKS.md (*The
+        round-robin's visits shared by cluster size*).
     redundant : float in [0, 1], default 0.05
         With ``order="auto"``: the share of margin's batch that are
         near-duplicates at which the pool counts as redundant. Measured per
