@@ -454,6 +454,17 @@ BETWEEN = ("cluster-margin:order=margin", "cluster-margin:order=margin:dup=0.01:
            "cluster-margin:order=margin:dup=0.01:copies=4", "cluster-margin:order=margin:dup=0.01:copies=8")
 
 
+def _web_runs(suffix: str = "-whiten") -> list[str]:
+    """The recorded web-like logistic-regression runs whose names end in ``suffix``, sorted."""
+    return sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob(f"logreg-fmnist-web*{suffix}_results.csv"))
+
+
+def _web_cells(name: str) -> list[str]:
+    """Pool, batch share and test split of a web-like run's name, as table cells."""
+    m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
+    return [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean"]
+
+
 def between(args) -> int:
     """Specs between margin and the walk (the recommended spec when measured) on the web-like pools, both test splits.
 
@@ -469,14 +480,11 @@ def between(args) -> int:
     print("| pool | batch | test split | random's final | " + " | ".join(f"{h} / margin" for h in heads[1:])
           + " | rounds vs margin (copies=2 / 4 / 8) |")
     print("|---|---:|---|---:|" + "---:|" * (len(heads) - 1) + "---|")
-    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten_results.csv"))
-    for name in names:
+    for name in _web_runs():
         S = summarise(name)
         if not any(b in S["strategies"] for b in BETWEEN):
             continue
-        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
-        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
-                 f"{S['target']:.3f}"]
+        cells = [*_web_cells(name), f"{S['target']:.3f}"]
         cells += [fmt_ratio(S["ratios"][sp]) if sp in S["ratios"] else "—" for sp in specs[1:]]
         cells.append(", ".join("/".join(map(str, S["rounds"][sp])) if sp in S["rounds"] else "—" for sp in BETWEEN[1:]))
         print("| " + " | ".join(cells) + " |")
@@ -505,15 +513,12 @@ def powers(args) -> int:
           + " | rounds vs margin (power " + " / ".join(heads) + ") | final - margin's, points (power "
           + " / ".join(heads) + ") |")
     print("|---|---:|---|---:|---:|" + "---:|" * len(heads) + "---|---|")
-    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten_results.csv"))
-    for name in names:
+    for name in _web_runs():
         S = summarise(name)
         if not any(sp in S["strategies"] for sp in specs[1:]):
             continue
-        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
         have = [sp for sp in specs if sp in S["strategies"]]
-        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
-                 f"{S['target']:.3f}", _margin_labels(S)]
+        cells = [*_web_cells(name), f"{S['target']:.3f}", _margin_labels(S)]
         cells += [fmt_ratio(S["ratios"][sp]) if sp in have else "—" for sp in specs]
         cells.append(", ".join("/".join(map(str, S["rounds"][sp])) if sp in have else "—" for sp in specs))
         cells.append(" / ".join(f"{100 * (S['final'][sp] - S['final']['margin']):+.2f}" if sp in have else "—"
@@ -568,15 +573,12 @@ def propagated(args) -> int:
           "margin + prop. | rounds vs margin + prop. (walk + prop.) | labels propagated by the last round "
           "(walk + prop.; wrong) |")
     print("|---|---:|---|---|---:|---:|---:|---:|---|---:|")
-    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("logreg-fmnist-web*-whiten-prop_results.csv"))
-    for name in names:
+    for name in _web_runs("-whiten-prop"):
         P = propagation_ratios(name)
         if P is None:
             continue
         r = P["ratios"]
-        m = re.match(r"logreg-(fmnist-web(?:-lt)?)(-views)?-b(\d+)", name)
-        cells = [m.group(1), f"{int(m.group(3)) / 10:g}%", "drawn as pool rows" if m.group(2) else "clean",
-                 f"{P['target']:.3f} / {P['own_target']:.3f}", fmt_ratio(r["rec"]), fmt_ratio(r["margin+p"]),
+        cells = [*_web_cells(name), f"{P['target']:.3f} / {P['own_target']:.3f}", fmt_ratio(r["rec"]), fmt_ratio(r["margin+p"]),
                  fmt_ratio(r["rec+p"]), fmt_ratio(r["rec+p vs margin+p"]), "/".join(map(str, P["rounds"])),
                  f"{P['propagated']:,.0f} ({P['wrong']:.2%})"]
         print("| " + " | ".join(cells) + " |")

@@ -162,8 +162,9 @@ def power_round_robin(candidates: np.ndarray, cluster_ids: np.ndarray, k: int, r
     c = cids[perm]
     size = np.bincount(c, minlength=n_ids)[c].astype(np.float64)
     by_cluster = np.argsort(c, kind="stable")  # each cluster's members in the random order
+    grouped = c[by_cluster]
     rank = np.empty(m, dtype=np.float64)
-    rank[by_cluster] = np.arange(m) - np.searchsorted(c[by_cluster], c[by_cluster], side="left")
+    rank[by_cluster] = np.arange(m) - np.searchsorted(grouped, grouped, side="left")
     take = np.lexsort((c, size, (rank + 0.5) / size ** float(power)))[:k]
     return candidates[perm[take]].astype(np.int64)
 
