@@ -277,7 +277,7 @@ def test_cluster_margin_typical_refusals():
     P = np.full((E.shape[0], 2), 0.5, dtype=np.float32)
     with pytest.raises(BatchalInputError, match="typical=5 scores how typical"):
         select("cluster-margin:typical=5", 5, probs=P, clusters=clusters, labeled=labeled)
-    with pytest.raises(BatchalInputError, match="typical must be a whole number"):
+    with pytest.raises(BatchalInputError, match="typical must be an integer >= 1"):
         select("cluster-margin:typical=0", 5, probs=P, embeddings=E, clusters=clusters, labeled=labeled)
     with pytest.raises(BatchalInputError, match="drop one of them"):
         select("cluster-margin:typical=50:candidates=neighbours:5", 5, probs=P, embeddings=E, clusters=clusters,

@@ -199,3 +199,46 @@ def test_api_warns_about_unread_non_finite_inputs_and_refuses_negative_seeds():
     np.testing.assert_array_equal(a, batchal.select("margin", 5, probs=P, seed=0))  # the batch is unaffected
     with pytest.raises(BatchalInputError, match="seed"):
         batchal.select("random", 5, probs=P, seed=-1)
+
+
+def _numeric_params():
+    """(strategy, parameter) for every constructor parameter whose default is a number (not a flag)."""
+    import inspect
+
+    from batchal.selectors.base import REGISTRY
+
+    out = []
+    for name, cls in sorted(REGISTRY.items()):
+        for p, par in inspect.signature(cls.__init__).parameters.items():
+            if p not in ("self", "random_state") and isinstance(par.default, (int, float)) \
+                    and not isinstance(par.default, bool):
+                out.append((name, p))
+    return out
+
+
+@pytest.mark.parametrize("strategy, param", _numeric_params())
+@pytest.mark.parametrize("bad", ["x", None, float("nan"), True, -1])
+def test_strategy_parameters_refuse_bad_values_by_name(strategy, param, bad):
+    """A wrong value for a strategy's numeric parameter through the Python API is a BatchalInputError that
+    names it (not a TypeError from deep inside), or a value the strategy documents as allowed."""
+    rng = np.random.default_rng(0)
+    n = 300
+    arrays = dict(probs=rng.dirichlet(np.ones(3), n), clusters=rng.integers(0, 20, n),
+                  embeddings=rng.normal(size=(n, 4)))
+    order = {"tol": "margin", "dup": "margin", "copies": "margin"}.get(param)
+    extra = {"order": order, "dup": 0.01} if order and param != "tol" else ({"order": order} if order else {})
+    if param == "dup":
+        extra.pop("dup")
+    try:
+        batchal.select(strategy, 10, seed=0, **arrays, **extra, **{param: bad})
+    except BatchalInputError as exc:
+        assert param in str(exc)
+        return
+    # accepted: only where the value is one the parameter documents (None turns an optional rule off)
+    assert bad is None and param in ("max_candidate_share",), (strategy, param, bad)
+
+
+def test_select_refuses_random_state_for_seed():
+    p = np.random.default_rng(0).dirichlet(np.ones(3), 50)
+    with pytest.raises(BatchalInputError, match="seed="):
+        batchal.select("margin", 5, probs=p, random_state=3)

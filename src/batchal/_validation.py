@@ -192,6 +192,37 @@ def check_batch_size(batch_size, n_unlabeled: int) -> int:
     return k
 
 
+def check_count(value, name: str, low: int = 1, high: int | None = None, *, note: str = "") -> int:
+    """``value`` as an int, refused unless a whole number in ``[low, high]`` (a bool is not a count)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if not ok or value < low or (high is not None and value > high):
+        bound = f">= {low}" + (f" and <= {high}" if high is not None else "")
+        raise BatchalInputError(f"{name} must be an integer {bound}" + (f" ({note})" if note else "")
+                                + f"; got {value!r}")
+    return int(value)
+
+
+def check_number(value, name: str, low: float = -np.inf, high: float = np.inf, *,
+                 open_low: bool = False, note: str = "") -> float:
+    """``value`` as a float, refused unless a finite real number in its range.
+
+    The range is ``[low, high]`` (``(low, high]`` with ``open_low``). A bool is
+    refused too: ``True`` is not a share or a factor. ``note`` says what the
+    parameter does, for the message.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    v = float(value) if ok else np.nan
+    if not (np.isfinite(v) and (v > low if open_low else v >= low) and v <= high):
+        lo = "(" if open_low else "["
+        if np.isfinite(high):
+            bound = f"in {lo}{low:g}, {high:g}]"
+        else:
+            bound = f"> {low:g}" if open_low else f">= {low:g}"
+        raise BatchalInputError(f"{name} must be a number {bound}" + (f" ({note})" if note else "")
+                                + f"; got {value!r}")
+    return v
+
+
 def check_ids(ids) -> np.ndarray:
     """Return item ids as an array, raising on duplicates."""
     arr = np.asarray(ids)

@@ -68,6 +68,9 @@ def select(
     """
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed < 0:
         raise BatchalInputError(f"seed must be a non-negative integer (or None); got {seed}")
+    if "random_state" in params:
+        raise BatchalInputError("select takes its seed as seed=, not random_state= (that is the selector "
+                                "classes' name for it)")
     spec = parse_spec(strategy)
     selector = spec.make(random_state=seed, **params)
     arrays = dict(probs=probs, logits=logits, embeddings=embeddings, clusters=clusters)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import iter_chunks
+from .._validation import BatchalInputError, check_count, iter_chunks
 from . import _kernels
 from .base import Pool, Selector, progress_blocks, register
 from .. import scores as _scores
@@ -64,17 +64,13 @@ class BadgeSelector(Selector):
         self.progress = progress
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
-        from .._validation import BatchalInputError
-
         if not pool.has_dense_predictions:
             # BADGE's gradient embedding (p - onehot(argmax p)) x h reads every class's probability; a top-k
             # row drops the rest and a score drops all of them, so the k-means++ geometry would be another one
             raise BatchalInputError("strategy 'badge' needs dense probabilities or logits (its gradient embeddings "
                                     "read every class); top-k predictions and precomputed scores are refused: use "
                                     "margin or cluster-margin with them")
-        m = int(self.partitions)
-        if m < 1 or m > k:
-            raise BatchalInputError(f"partitions must be between 1 and the batch size ({k}); got {self.partitions}")
+        m = check_count(self.partitions, "partitions", 1, k, note="at most the batch size")
         pool.checked_embeddings()
         pool.uncertainty("margin")  # validates probabilities/logits in one streamed pass
         unlabeled = np.flatnonzero(~pool.labeled_mask)

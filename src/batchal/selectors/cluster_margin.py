@@ -23,17 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import BatchalInputError, first_nonfinite
+from .._validation import BatchalInputError, check_count, check_number, first_nonfinite
 from . import _round_robin
 from .balance import balanced_order_fill, check_balance
 from .base import Pool, Selector, register
-
-
-def _whole_at_least_one(value, name: str, unit: str, note: str) -> int:
-    """``value`` as an int, refused unless a whole number >= 1 (bools too: ``True`` is not a count)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BatchalInputError(f"{name} must be a whole number{unit} >= 1 ({note}); got {value!r}")
-    return int(value)
 
 
 def candidate_count(k: int, n_unlabeled: int, margin_factor: float = 10.0,
@@ -513,7 +506,7 @@ class ClusterMarginSelector(Selector):
         self.diagnostics_ = {}
         t = 0
         if self.typical is not None:
-            v = _whole_at_least_one(self.typical, "typical", " of labeled rows", "advice: 5 x classes")
+            v = check_count(self.typical, "typical", note="labeled rows; advice: 5 x classes")
             t = int(min(k, max(0, v - (pool.n - pool.n_unlabeled))))
         if t == 0:
             batch = self._select_rule(pool, k, rng)
@@ -540,11 +533,10 @@ class ClusterMarginSelector(Selector):
         return batch
 
     def _select_rule(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
-        if not np.isfinite(self.margin_factor) or self.margin_factor < 1:
-            raise BatchalInputError(f"margin_factor must be >= 1; got {self.margin_factor}")
+        check_number(self.margin_factor, "margin_factor", 1, note="candidates per batch row")
         share = self.max_candidate_share
-        if share is not None and not (np.isfinite(share) and 0 < share <= 1):
-            raise BatchalInputError(f"max_candidate_share must be in (0, 1] or None; got {share}")
+        if share is not None:
+            check_number(share, "max_candidate_share", 0, 1, open_low=True, note="or None")
         if self.order not in ("size", "margin", "auto"):
             raise BatchalInputError(f"order must be 'size' (the paper), 'margin' or 'auto'; got {self.order!r}")
         if self.dup_scale not in ("pool", "absolute"):
@@ -552,14 +544,9 @@ class ClusterMarginSelector(Selector):
                                     f"at 1) or 'absolute' (dup as a plain cosine distance); got {self.dup_scale!r}")
         if self.dup_scale != "pool" and self.dup is None:
             raise BatchalInputError("dup_scale sets the unit of dup: give dup (embeddings) with it")
-        r = self.redundant
-        if not (np.isfinite(r) and 0 <= r <= 1):
-            raise BatchalInputError(f"redundant must be a share in [0, 1]; got {r}")
-        power = self.power
-        if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) \
-                or not (np.isfinite(power) and 0 <= power <= 1):
-            raise BatchalInputError(f"power must be a number in [0, 1] (0: the paper's equal visits per cluster, "
-                                    f"1: visits in proportion to the cluster's candidates); got {power!r}")
+        check_number(self.redundant, "redundant", 0, 1, note="the share of margin's batch that makes a pool redundant")
+        power = check_number(self.power, "power", 0, 1, note="0: the paper's equal visits per cluster, "
+                                                            "1: visits in proportion to the cluster's candidates")
         if power != 0 and self.order == "margin":
             raise BatchalInputError("power shares the visits of the paper's round-robin: give it with order=size "
                                     "or order=auto, not order=margin")
@@ -577,9 +564,8 @@ class ClusterMarginSelector(Selector):
                 raise BatchalInputError("give one near-duplicate test: tol (probabilities) or dup (embeddings)")
             if self.order == "size":
                 raise BatchalInputError(f"{key} applies with order=margin or order=auto only")
-            if not (np.isfinite(value) and 0 <= value <= (1 if key == "tol" else 2)):
-                raise BatchalInputError(f"{key} must be in [0, {1 if key == 'tol' else 2}]; got {value}")
-            c = _whole_at_least_one(self.copies, "copies", "", "near-duplicates taken per pass")
+            value = check_number(value, key, 0, 1 if key == "tol" else 2)
+            c = check_count(self.copies, "copies", note="near-duplicates taken per pass")
             # (a missing embedding is refused by select(), through requires_for)
             probs, emb = ((None, _finite_rows(pool.rows_embeddings(cand), cand)) if key == "dup"
                           else (pool.rows_probs(cand), None))

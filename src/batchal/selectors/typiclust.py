@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count
 from .base import Pool, Selector, register
 from ._round_robin import dense_cluster_ids
 
@@ -253,9 +253,7 @@ class TypiclustSelector(Selector):
 
     def _select(self, pool: Pool, k: int, rng: np.random.Generator) -> np.ndarray:
         for key, low in (("knn", 1), ("max_sample", 2)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise BatchalInputError(f"typiclust: {key} must be an integer >= {low}; got {v!r}")
+            check_count(getattr(self, key), f"typiclust: {key}", low)
         if self.max_sample <= self.knn:
             raise BatchalInputError(f"typiclust: max_sample ({self.max_sample}) must exceed knn ({self.knn}): a sampled "
                                     f"cluster needs knn neighbours in its sample")

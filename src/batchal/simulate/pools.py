@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .._progress import progress as _progress
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count, check_number
 from . import datasets as _datasets
 from .datasets import Dataset, cache_dir
 
@@ -67,25 +67,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
     np.save(tmp, arr)
     os.replace(tmp, path)
-
-
-def _check_int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise BatchalInputError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-def _check_float(value, name: str, low: float, high: float = np.inf, *, open_low: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BatchalInputError(f"{name} must be a number; got {value!r}") from None
-    ok = np.isfinite(v) and (v > low if open_low else v >= low) and v <= high
-    if not ok:
-        bound = f"> {low}" if open_low else f">= {low}"
-        raise BatchalInputError(f"{name} must be {bound}" + (f" and <= {high}" if np.isfinite(high) else "")
-                                + f"; got {value!r}")
-    return v
 
 
 def _seed(seed) -> int:
@@ -189,11 +170,11 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
     random stream, the package's own scalar normalisation, which per-feature
     standardisation undoes). Each chunk's classes are balanced to within one row.
     """
-    n = _check_int(n, "n", 1)
-    n_test = _check_int(n_test, "n_test", 1)
+    n = check_count(n, "n", 1)
+    n_test = check_count(n_test, "n_test", 1)
     seed = _seed(seed)
-    chunk = _check_int(chunk, "chunk", 10)
-    workers = _check_int(workers, "workers", 1)
+    chunk = check_count(chunk, "chunk", 10)
+    workers = check_count(workers, "workers", 1)
     path = cache_dir() / f"mnist1d_{n}_{n_test}_{seed}_c{chunk}"
     names = ("X", "y", "X_test", "y_test")
     got = _cached(path, names)
@@ -481,23 +462,23 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
         ``redundancy`` the parameters, multiplicity statistics and the rows of
         each kind (original, near-exact, augmented).
     """
-    size = _check_int(size, "size", 1)
-    a = _check_float(a, "a", 1.0, open_low=True)
-    augmented = _check_float(augmented, "augmented", 0.0, 1.0)
-    feature_size = _check_int(feature_size, "feature_size", 20)
+    size = check_count(size, "size", 1)
+    a = check_number(a, "a", 1.0, open_low=True)
+    augmented = check_number(augmented, "augmented", 0.0, 1.0)
+    feature_size = check_count(feature_size, "feature_size", 20)
     if feature_size > 50_000:
         raise BatchalInputError(f"feature_size must be <= 50000 (the rest are the sources); got {feature_size}")
-    hidden = _check_int(hidden, "hidden", 1)
+    hidden = check_count(hidden, "hidden", 1)
     if tail is not None:
-        tail = _check_float(tail, "tail", 0.0, open_low=True)
+        tail = check_number(tail, "tail", 0.0, open_low=True)
     seed = _seed(seed)
     tail_seed = seed if tail_seed is None else _seed(tail_seed)
     if n_sources is not None:
-        n_sources = _check_int(n_sources, "n_sources", 10)
+        n_sources = check_count(n_sources, "n_sources", 10)
         if n_sources > 60_000 - feature_size:
             raise BatchalInputError(f"n_sources must be <= {60_000 - feature_size} (60K minus feature_size); "
                                     f"got {n_sources}")
-    block = _check_int(block, "block", 1)
+    block = check_count(block, "block", 1)
     if test not in ("clean", "views"):
         raise BatchalInputError(f"test must be 'clean' or 'views'; got {test!r}")
     net_key = {"f": feature_size, "h": hidden, "c": int(bool(coarse)), "s": seed}
@@ -691,15 +672,15 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     Dataset
         ``manyclass``, memory-mapped from the cache.
     """
-    size = _check_int(size, "size", 1)
-    n_test = _check_int(n_test, "n_test", 1)
-    n_classes = _check_int(n_classes, "n_classes", 2)
-    length = _check_int(length, "length", 8)
-    shift = _check_int(shift, "shift", 1)
+    size = check_count(size, "size", 1)
+    n_test = check_count(n_test, "n_test", 1)
+    n_classes = check_count(n_classes, "n_classes", 2)
+    length = check_count(length, "length", 8)
+    shift = check_count(shift, "shift", 1)
     if shift > 72:
         raise BatchalInputError(f"shift must be <= 72 (the dilated signal's length); got {shift}")
     seed = _seed(seed)
-    template_seed = _check_int(template_seed, "template_seed", 0)
+    template_seed = check_count(template_seed, "template_seed", 0)
     path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift,
                                                "s": seed, "ts": template_seed})
     names = ("X", "y", "X_test", "y_test")
@@ -794,16 +775,16 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
         ``multilabel-vocab``: X float32 (size, dim), y int8 (size, n_classes),
         memory-mapped.
     """
-    size = _check_int(size, "size", 1)
-    n_test = _check_int(n_test, "n_test", 1)
-    n_classes = _check_int(n_classes, "n_classes", 2)
+    size = check_count(size, "size", 1)
+    n_test = check_count(n_test, "n_test", 1)
+    n_classes = check_count(n_classes, "n_classes", 2)
     if n_classes > size:
         raise BatchalInputError(f"n_classes ({n_classes}) must be <= size ({size}): every class needs a pool row")
-    a = _check_float(a, "a", 0.0)
-    dim = _check_int(dim, "dim", 1)
-    max_labels = _check_int(max_labels, "max_labels", 1)
-    noise = _check_float(noise, "noise", 0.0)
-    label_noise = _check_float(label_noise, "label_noise", 0.0, 1.0)
+    a = check_number(a, "a", 0.0)
+    dim = check_count(dim, "dim", 1)
+    max_labels = check_count(max_labels, "max_labels", 1)
+    noise = check_number(noise, "noise", 0.0)
+    label_noise = check_number(label_noise, "label_noise", 0.0, 1.0)
     if label_noise >= 1:
         raise BatchalInputError(f"label_noise must be < 1; got {label_noise}")
     seed = _seed(seed)
@@ -869,7 +850,7 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
     """
     import dataclasses
 
-    a = _check_float(a, "a", 0.0, open_low=True)
+    a = check_number(a, "a", 0.0, open_low=True)
     seed = _seed(seed)
     if dataset.multilabel:
         raise BatchalInputError("dataset: long_tail needs a multi-class dataset (1-d y); "
