@@ -80,7 +80,7 @@ def test_query_rows_are_queries_and_never_returned():
     (dict(query=np.ones((2, 5))), "query has dimension 5 but the embeddings have 16"),
     (dict(query=None), "give the queries once"),
     (dict(k=1999), "larger than the rows that can be returned"),
-    (dict(k=0), "k must be a positive integer"),
+    (dict(k=0), "k must be an integer >= 1"),
     (dict(metric="manhattan"), "unknown metric"),
     (dict(method="hnsw"), "unknown search method"),
     (dict(query=np.full((1, 16), np.nan)), "query contains NaN"),

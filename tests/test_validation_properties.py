@@ -242,3 +242,32 @@ def test_select_refuses_random_state_for_seed():
     p = np.random.default_rng(0).dirichlet(np.ones(3), 50)
     with pytest.raises(BatchalInputError, match="seed="):
         batchal.select("margin", 5, probs=p, random_state=3)
+
+
+_X = np.random.default_rng(1).normal(size=(120, 6)).astype(np.float32)
+_P = np.random.default_rng(1).dirichlet(np.ones(4), 120)
+
+
+@pytest.mark.parametrize("call, param", [
+    (lambda v: batchal.cluster(_X, threshold=v), "threshold"),
+    (lambda v: batchal.cluster(_X, mean_cluster_size=v), "mean_cluster_size"),
+    (lambda v: batchal.cluster(_X, knn=v), "knn"),  # read by the graph method only; checked on the exact path too
+    (lambda v: batchal.cluster(_X, random_state=v), "random_state"),
+    (lambda v: batchal.AverageLinkage(knn_out=v).fit(_X), "knn_out"),
+    (lambda v: batchal.AverageLinkage().fit(_X).recut(threshold=v), "threshold"),
+    (lambda v: batchal.similar(_X, k=5, query_rows=[0], nprobe=v), "nprobe"),  # a flat search ignores nprobe
+    (lambda v: batchal.similar(_X, k=5, query_rows=[0], chunk_rows=v), "chunk_rows"),
+    (lambda v: batchal.similar(_X, k=5, query_rows=[0], exact_max_rows=v), "exact_max_rows"),
+    (lambda v: batchal.similar(_X, k=5, query_rows=[0], seed=v), "seed"),
+    (lambda v: batchal.uncertainty("margin", _P, chunk_rows=v), "chunk_rows"),
+    (lambda v: batchal.uncertainty("margin", _P, row_offset=v), "row_offset"),
+    (lambda v: batchal.uncertainty("margin", _P, aggregate=v), "aggregate"),
+])
+@pytest.mark.parametrize("bad", ["x", float("nan"), True, -1])
+def test_public_functions_refuse_bad_scalars_by_name(call, param, bad):
+    """Each public function's scalar parameters: a wrong type or range is a BatchalInputError naming the parameter,
+    before any work, whether or not the path taken reads it (no TypeError from deep inside, no silent acceptance)."""
+    if param == "aggregate" and bad is True:
+        bad = "max"
+    with pytest.raises(BatchalInputError, match=param):
+        call(bad)

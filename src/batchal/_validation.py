@@ -202,6 +202,13 @@ def check_count(value, name: str, low: int = 1, high: int | None = None, *, note
     return int(value)
 
 
+def check_seed(value, name: str = "seed"):
+    """``value`` unchanged if it can seed ``np.random.default_rng``: None, an integer >= 0 or a Generator."""
+    if value is None or isinstance(value, np.random.Generator):
+        return value
+    return check_count(value, name, 0)
+
+
 def check_number(value, name: str, low: float = -np.inf, high: float = np.inf, *,
                  open_low: bool = False, note: str = "") -> float:
     """``value`` as a float, refused unless a finite real number in its range.

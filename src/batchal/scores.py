@@ -32,6 +32,7 @@ from ._validation import (
     CHUNK_ROWS,
     BatchalInputError,
     check_2d,
+    check_count,
     check_finite_block,
     check_proba_block,
     iter_chunks,
@@ -90,6 +91,8 @@ def _stream(
     """
     if (probs is None) == (logits is None):
         raise BatchalInputError("give exactly one of probs or logits")
+    check_count(chunk_rows, "chunk_rows", 1)
+    check_count(row_offset, "row_offset", 0)
     name = "probs" if probs is not None else "logits"
     x = check_2d(probs if probs is not None else logits, name)
     if not multilabel and x.shape[1] < 2:
@@ -213,10 +216,11 @@ def uncertainty(
     ``row_offset`` numbers the rows in error messages from there (one block of a
     larger pool, as the distributed engine scores it); the scores do not depend on it.
     """
+    agg_fn = _multilabel_fn(aggregate)  # checked even where multi-class scores do not read it
     if multilabel:
         if kind != "margin":
             raise BatchalInputError(f"only the margin score is defined for multi-label input, not {kind!r}")
-        s = _stream(_multilabel_fn(aggregate), probs, logits, multilabel=True, chunk_rows=chunk_rows, row_offset=row_offset)
+        s = _stream(agg_fn, probs, logits, multilabel=True, chunk_rows=chunk_rows, row_offset=row_offset)
         np.negative(s, out=s)
         return s
     if kind not in SCORES:

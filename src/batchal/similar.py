@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import BatchalInputError, check_finite, first_nonfinite, iter_chunks, labeled_mask
+from ._validation import (BatchalInputError, check_count, check_finite, check_seed, first_nonfinite, iter_chunks,
+                          labeled_mask)
 
 __all__ = ["similar", "SimilarIndex", "nearest_query_similarity", "SIMILAR_METRICS", "DEFAULT_NPROBE"]
 
@@ -218,10 +219,11 @@ class SimilarIndex:
             raise BatchalInputError(f"embeddings must be a non-empty 2-d array (n, d); got shape "
                                     f"{getattr(X, 'shape', None)}")
         check_finite(X, "embeddings")
-        self.metric, self.chunk_rows = metric, int(chunk_rows)
+        self.metric, self.chunk_rows = metric, check_count(chunk_rows, "chunk_rows", 1)
+        check_seed(seed)
         self.n, self.dim = X.shape
         self._X = X
-        limit = EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
+        limit = EXACT_MAX_ROWS if exact_max_rows is None else check_count(exact_max_rows, "exact_max_rows", 0)
         self.method = method if method != "auto" else ("flat" if self.n <= limit else "ivf")
         if self.method == "ivf":
             self._Xp, self._order, self._cell_ptr, self._C, _ = prepare_rows(X, metric, method="ivf",
@@ -229,10 +231,9 @@ class SimilarIndex:
 
     def _search(self, Qp: np.ndarray, allowed: np.ndarray, k: int, nprobe: int):
         """Per prepared query, its ``k`` nearest allowed rows: ``(D, I)`` (q, k), ``-1`` where fewer exist."""
+        check_count(nprobe, "nprobe", 1, note="IVF cells searched per query")  # also where a flat search ignores it
         if self.method == "flat":
             return _search_flat(self._X, Qp, allowed, k, self.metric, self.chunk_rows)
-        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-            raise BatchalInputError(f"nprobe must be a positive integer; got {nprobe!r}")
         return _search_ivf(self, Qp, allowed, k, nprobe)
 
     def neighbourhood(self, rows: np.ndarray, k: int, *, allowed: np.ndarray, nprobe: int = DEFAULT_NPROBE,
@@ -279,8 +280,7 @@ class SimilarIndex:
         if not np.issubdtype(Q.dtype, np.number):
             raise BatchalInputError(f"query must hold numbers; got dtype {Q.dtype}")
         check_finite(Q, "query")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise BatchalInputError(f"k must be a positive integer; got {k!r}")
+        check_count(k, "k", 1)
         left = int(n - excluded.sum())
         if k > left:
             raise BatchalInputError(f"k = {k:,} is larger than the rows that can be returned ({left:,}: the pool "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster.hierarchy import fcluster
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_number
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -18,8 +18,7 @@ def threshold_for_mean_size(Z: np.ndarray, n: int, mean_cluster_size: float) -> 
     ``Z`` may be a forest written in scipy format with the top merges at
     ``+inf`` height; those are never crossed.
     """
-    if not mean_cluster_size or mean_cluster_size < 1:
-        raise BatchalInputError(f"mean_cluster_size must be >= 1; got {mean_cluster_size}")
+    mean_cluster_size = check_number(mean_cluster_size, "mean_cluster_size", 1)
     n_clusters = max(1, int(round(n / mean_cluster_size)))
     n_merges = n - n_clusters
     if n_merges <= 0:
@@ -57,10 +56,10 @@ def cut(Z: np.ndarray, n: int, *, threshold: float | None = None, mean_cluster_s
     if n == 1:
         return np.zeros(1, dtype=np.int64), 0.0 if threshold is None else float(threshold)
     if threshold is not None:
-        if not np.isfinite(threshold) or threshold < 0:
-            raise BatchalInputError(f"threshold must be a finite number >= 0; got {threshold}")
+        threshold = check_number(threshold, "threshold", 0)
         labels = fcluster(Z, t=threshold, criterion="distance")
         return _relabel(labels), float(threshold)
+    mean_cluster_size = check_number(mean_cluster_size, "mean_cluster_size", 1)
     n_clusters = max(1, int(round(n / mean_cluster_size)))
     t = threshold_for_mean_size(Z, n, mean_cluster_size)
     finite = np.isfinite(Z[:, 2])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import BatchalInputError, check_2d, check_finite
+from .._validation import BatchalInputError, check_2d, check_count, check_finite, check_number, check_seed
 from . import flat as _cut
 from .exact import check_exact_fits, exact_linkage
 
@@ -98,10 +98,15 @@ class AverageLinkage:
             raise BatchalInputError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
         if self.threshold is None and self.mean_cluster_size is None:
             raise BatchalInputError("give a threshold or a mean_cluster_size")
-        if self.threshold is not None and (not np.isfinite(self.threshold) or self.threshold < 0):
-            raise BatchalInputError(f"threshold must be a finite number >= 0; got {self.threshold}")
-        if self.mean_cluster_size is not None and self.threshold is None and self.mean_cluster_size < 1:
-            raise BatchalInputError(f"mean_cluster_size must be >= 1; got {self.mean_cluster_size}")
+        # every parameter checked before any work, including those the chosen method will not read
+        if self.threshold is not None:
+            check_number(self.threshold, "threshold", 0)
+        if self.mean_cluster_size is not None:
+            check_number(self.mean_cluster_size, "mean_cluster_size", 1)
+        check_count(self.knn, "knn", 1, note="neighbours per row of the graph method")
+        check_seed(self.random_state, "random_state")
+        if self.knn_out is not None and not callable(self.knn_out):
+            raise BatchalInputError(f"knn_out must be a callable knn_out(n, k) -> (n, k) int32 array; got {self.knn_out!r}")
         check_finite(X, "embeddings")
         n = X.shape[0]
         self.method_, self.method_reason_ = choose_method(n, self.method)
