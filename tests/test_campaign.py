@@ -374,3 +374,29 @@ def test_select_with_the_embedding_duplicate_test_reads_the_campaigns_embeddings
     group = {i: g for i, g in zip(ids, cl)}
     plain = batchal.select("margin", 40, probs=P.reshape(len(ids), -1))
     assert len({group[i] for i in batch.ids}) >= len({cl[i] for i in plain})
+
+
+@pytest.mark.parametrize("bad", ["x", float("nan"), True, -1])
+def test_campaign_api_scalars_refused_by_name_and_nothing_written(tmp_path, bad):
+    """The Python API's scalar arguments (the CLI's typed options already refuse these): a clear error naming the
+    argument, and the campaign store unchanged (each check runs before the command's transaction)."""
+    from campaign_util import make_pool, make_predictions
+
+    ids, _ = make_pool(tmp_path / "pool.parquet", n=120)
+    make_predictions(tmp_path / "preds.parquet", ids)
+    c = Campaign.init(tmp_path / "c", tmp_path / "pool.parquet")
+    c.select(5, tmp_path / "preds.parquet", strategy="margin", seed=0)
+    before = c.status()
+    calls = {
+        "--knn": lambda: c.dedup(0.01, knn=bad),
+        "--seed": lambda: c.dedup(0.01, seed=bad),
+        "round": lambda: c.batch(bad),
+        "--round": lambda: c.undo(bad),
+    }
+    for name, call in calls.items():
+        with pytest.raises(BatchalInputError, match=name):
+            call()
+    with pytest.raises(BatchalInputError, match="--seed"):
+        c.select(5, tmp_path / "preds.parquet", strategy="margin", seed=bad)
+    assert c.status() == before
+    c.close()

@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count
 from .store import has_table, now
 
 __all__ = ["dedup", "representatives", "latest_dedup"]
@@ -60,6 +60,8 @@ def dedup(campaign, threshold: float | None = None, *, metric: str | None = None
     from ..dedup import (check_dedup_args, default_threshold, edge_distances, groups_from_knn, groups_table,
                          near_duplicate_groups)
 
+    check_count(knn, "--knn", 1)  # before the lock: nothing is touched
+    check_count(seed, "--seed", 0)
     with campaign._store.write("dedup") as conn:
         index = campaign._index(conn)
         n = index.n

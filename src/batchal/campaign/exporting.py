@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count
 from .pool import format_ids
 
 __all__ = ["batch", "export", "labels", "write_labels"]
@@ -16,6 +16,7 @@ __all__ = ["batch", "export", "labels", "write_labels"]
 
 def batch(campaign, round: int, *, labels: bool = True) -> dict:
     """The recorded batch of a round: ids, scores, predictions, whether returned, labels (if asked)."""
+    check_count(round, "round", 0)
     with campaign._store.read() as conn:
         if conn.execute("SELECT 1 FROM rounds WHERE round=?", (round,)).fetchone() is None:
             known = [r[0] for r in conn.execute("SELECT round FROM rounds ORDER BY round")]

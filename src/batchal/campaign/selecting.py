@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count
 from .core import engine_arg
 from .pool import format_ids, read_predictions
 from .stop import record_round
@@ -112,6 +112,8 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise BatchalInputError(f"--batch-size must be a positive integer; got {batch_size!r}")
+    if seed is not None:
+        check_count(seed, "--seed", 0)
     cfg, resolved = _config(config, strategy)
     if cfg is not None:
         from ..selection_config import config_spec

@@ -2,7 +2,7 @@
 """
 from __future__ import annotations
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count
 from .store import crash_point
 
 __all__ = ["undo"]
@@ -27,6 +27,8 @@ def undo(campaign, round: int | None = None) -> dict:
     -------
     dict : ``round``, ``selected``, ``labels`` (bought) and ``propagated`` removed.
     """
+    if round is not None:
+        check_count(round, "--round", 0)
     with campaign._store.write("undo") as conn:
         last = conn.execute("SELECT max(round) FROM rounds").fetchone()[0]
         if last is None:
