@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import BatchalInputError
+from .._validation import BatchalInputError, check_count, check_number
 from ..io import atomic_write
 from ..selectors import Pool
 from ..selectors.spec import parse_spec, split_specs
@@ -82,15 +82,22 @@ class SimulationConfig:
             raise BatchalInputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.training not in TRAINING:
             raise BatchalInputError(f"training must be one of {', '.join(TRAINING)}; got {self.training!r}")
-        if self.max_steps is not None and int(self.max_steps) < 1:
-            raise BatchalInputError(f"max_steps must be >= 1 (or None for no cap); got {self.max_steps}")
-        if not (np.isfinite(self.tol) and self.tol > 0):
-            raise BatchalInputError(f"tol must be a positive number; got {self.tol}")
-        if int(self.min_steps) < 0:
-            raise BatchalInputError(f"min_steps must be >= 0; got {self.min_steps}")
-        for name in ("seed_size", "batch_size", "rounds", "trials", "epochs"):
-            if int(getattr(self, name)) < 1:
-                raise BatchalInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.max_steps is not None:
+            check_count(self.max_steps, "max_steps", 1, note="or None for no cap")
+        check_number(self.tol, "tol", 0, open_low=True)
+        check_count(self.min_steps, "min_steps", 0)
+        for name in ("seed_size", "batch_size", "rounds", "trials", "epochs", "knn", "badge_partitions"):
+            check_count(getattr(self, name), name, 1)
+        check_count(self.seed, "seed", 0)
+        if self.n_jobs is not None:
+            check_count(self.n_jobs, "n_jobs", 1)
+        # read by the specs that cluster or select by cluster-margin only, but checked for every run, before any work
+        check_number(self.margin_factor, "margin_factor", 1)
+        if self.max_candidate_share is not None:
+            check_number(self.max_candidate_share, "max_candidate_share", 0, 1, open_low=True)
+        check_number(self.mean_cluster_size, "mean_cluster_size", 1)
+        if self.target is not None:
+            check_number(self.target, "target", 0, 1, note="a test metric to reach")
         if self.propagate is not None:
             from ..dedup import check_dedup_args
 
