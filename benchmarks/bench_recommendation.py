@@ -77,6 +77,10 @@ CONFIGS = {
     "manyclass100-logreg": ("manyclass100@100000", "logreg", 0.03, 3, {}),
     # many classes, a long tail and copies at once (a pool of the kind the benchmarks were not chosen on)
     "manyclass100-lt-redundant-mlp": ("manyclass100@600000+lt+zipf", "mlp", 0.03, 3, {"training": "early-stop"}),
+    # the same kind at the scale issue's size with a linear head (~1M rows after the tail and the copies; batches
+    # of 1%): a pool of the kind a reviewer checks on, not one the rule was chosen on
+    "manyclass100-lt-redundant-logreg-1m": ("manyclass100@6000000+lt+zipf", "logreg", 0.01, 3, {}),
+    "manyclass100-lt-redundant-logreg-1m-b3": ("manyclass100@6000000+lt+zipf", "logreg", 0.03, 3, {}),
 }
 
 
