@@ -110,8 +110,7 @@ def select(campaign, batch_size: int, predictions=None, *, strategy: str | None 
     from ..selectors import RECOMMENDED, Pool
     from ..selectors.spec import parse_spec
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise BatchalInputError(f"--batch-size must be a positive integer; got {batch_size!r}")
+    check_count(batch_size, "--batch-size", 1)
     if seed is not None:
         check_count(seed, "--seed", 0)
     cfg, resolved = _config(config, strategy)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import BatchalInputError, iter_chunks
+from .._validation import BatchalInputError, check_count, iter_chunks
 
 #: Below this many rows the exact (flat) search is used by ``method="auto"``.
 EXACT_MAX_ROWS = 20_000
@@ -104,8 +104,7 @@ def _check(X, k: int, metric: str) -> int:
         raise BatchalInputError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise BatchalInputError(f"embeddings must be a non-empty 2-d array; got shape {X.shape}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise BatchalInputError(f"knn must be a positive integer; got {k!r}")
+    check_count(k, "knn", 1)
     n = X.shape[0]
     if n < 2:
         raise BatchalInputError("a kNN graph needs at least 2 rows")
@@ -410,8 +409,7 @@ def choose_nprobe(rec: np.ndarray, target: float = AUTO_TARGET_RECALL, min_gain:
 def _check_nprobe(nprobe) -> None:
     if nprobe == "auto":
         return
-    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-        raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
+    check_count(nprobe, "nprobe", 1, note="or 'auto'")
 
 
 def sample_queries(X, metric: str, rng, n_queries: int = AUTO_QUERIES):

@@ -69,14 +69,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BatchalInputError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
-
-
-# ----------------------------------------------------------------------------- MNIST-1D at 1M
-
 def _mnist1d_chunk_seed(seed: int, index) -> int:
     """A 32-bit seed for chunk ``index`` (an int, or ``"test<rows>"``) of the pool generated with ``seed``."""
     tag = 1 << 20 if str(index).startswith("test") else int(index)
@@ -172,7 +164,7 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
     """
     n = check_count(n, "n", 1)
     n_test = check_count(n_test, "n_test", 1)
-    seed = _seed(seed)
+    seed = check_count(seed, "seed", 0)
     chunk = check_count(chunk, "chunk", 10)
     workers = check_count(workers, "workers", 1)
     path = cache_dir() / f"mnist1d_{n}_{n_test}_{seed}_c{chunk}"
@@ -471,8 +463,8 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     hidden = check_count(hidden, "hidden", 1)
     if tail is not None:
         tail = check_number(tail, "tail", 0.0, open_low=True)
-    seed = _seed(seed)
-    tail_seed = seed if tail_seed is None else _seed(tail_seed)
+    seed = check_count(seed, "seed", 0)
+    tail_seed = seed if tail_seed is None else check_count(tail_seed, "tail_seed", 0)
     if n_sources is not None:
         n_sources = check_count(n_sources, "n_sources", 10)
         if n_sources > 60_000 - feature_size:
@@ -679,7 +671,7 @@ def load_manyclass(size: int = 1_000_000, *, n_classes: int = 32, length: int = 
     shift = check_count(shift, "shift", 1)
     if shift > 72:
         raise BatchalInputError(f"shift must be <= 72 (the dilated signal's length); got {shift}")
-    seed = _seed(seed)
+    seed = check_count(seed, "seed", 0)
     template_seed = check_count(template_seed, "template_seed", 0)
     path = cache_dir() / _key("manyclass-v1", {"n": size, "t": n_test, "c": n_classes, "l": length, "sh": shift,
                                                "s": seed, "ts": template_seed})
@@ -787,7 +779,7 @@ def load_multilabel_vocab(size: int = 200_000, *, n_classes: int = 1000, a: floa
     label_noise = check_number(label_noise, "label_noise", 0.0, 1.0)
     if label_noise >= 1:
         raise BatchalInputError(f"label_noise must be < 1; got {label_noise}")
-    seed = _seed(seed)
+    seed = check_count(seed, "seed", 0)
     params = {"n": size, "t": n_test, "c": n_classes, "a": a, "d": dim, "k": max_labels, "noise": noise,
               "ln": label_noise, "s": seed}
     path = cache_dir() / _key("multilabel-vocab-v1", params)
@@ -851,7 +843,7 @@ def long_tail(dataset: Dataset, a: float = 1.0, seed: int = 0) -> Dataset:
     import dataclasses
 
     a = check_number(a, "a", 0.0, open_low=True)
-    seed = _seed(seed)
+    seed = check_count(seed, "seed", 0)
     if dataset.multilabel:
         raise BatchalInputError("dataset: long_tail needs a multi-class dataset (1-d y); "
                                 "load_multilabel_vocab has long-tailed labels already")

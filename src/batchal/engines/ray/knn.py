@@ -711,8 +711,7 @@ def ray_knn(source, k: int = 50, *, metric: str = "cosine", method: str = "auto"
     if method not in ("flat", "ivf"):
         raise BatchalInputError(f"unknown kNN method {method!r}; use auto, flat or ivf")
     if method == "ivf":
-        if nprobe != "auto" and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
-            raise BatchalInputError(f"nprobe must be a positive integer or 'auto'; got {nprobe!r}")
+        L._check_nprobe(nprobe)  # the local engine's check: the same contract on both engines
         if centroids is not None:
             centroids = np.ascontiguousarray(centroids, dtype=np.float32)
             if centroids.ndim != 2 or centroids.shape[1] != d or centroids.shape[0] == 0:
