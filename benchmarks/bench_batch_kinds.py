@@ -37,10 +37,11 @@ def main(argv=None) -> int:
     from batchal.simulate import SimulationConfig, load_dataset
     from batchal.simulate import runner as R
     from batchal.simulate.datasets import cache_dir
+    from batchal.simulate.pools import WEB_KEY
 
     ds = load_dataset(args.pool)
     want = "t1" if args.pool.endswith("-lt") else "tnone"
-    path = next(p for p in sorted(Path(cache_dir()).glob("fmnist-web-v1_*")) if f"_{want}_" in p.name)
+    path = next(p for p in sorted(Path(cache_dir()).glob(f"{WEB_KEY}_*")) if f"_{want}_" in p.name)
     kind, source = np.load(path / "kind.npy"), np.load(path / "source.npy")
     specs = [RECOMMENDED if s == "recommended" else s for s in args.specs.split(",")]
     cfg = SimulationConfig(model="logreg", seed_size=args.seed_size, batch_size=args.batch, rounds=1, trials=1,

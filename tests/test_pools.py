@@ -84,7 +84,7 @@ def test_web_pool_sizes_sources_and_determinism():
     red = d.redundancy
     assert red["pool_rows"] == 3000 and red["original_rows"] == np.unique(d.source).shape[0] == 300
     assert red["rows_original"] == 300 and red["rows_near_exact"] + red["rows_augmented"] == 2700
-    kind = np.load(pools.cache_dir() / pools._key("fmnist-web-v1", red["params"]) / "kind.npy")
+    kind = np.load(pools.cache_dir() / pools._key(pools.WEB_KEY, red["params"]) / "kind.npy")
     # a source's original row is its image's embedding, exactly
     orig = np.flatnonzero(kind == 0)[:20]
     net = pools._feature_net(None, None, None, 0, 0, pools.cache_dir() / pools._key(
@@ -96,13 +96,28 @@ def test_web_pool_sizes_sources_and_determinism():
     np.testing.assert_array_equal(d.source, again.source)
 
 
+def test_embedding_does_not_depend_on_the_callers_thread_count():
+    # OpenBLAS splits a float32 product's sums by thread: with two threads 1.2% of such a block's
+    # entries differed from one thread's, so a pool's bytes depended on the machine that made it
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    layers = [(rng.standard_normal((784, 256)).astype(np.float32) / 28, np.zeros(256, np.float32))]
+    X = rng.random((4096, 784), dtype=np.float32)
+    with threadpool_limits(1):
+        one = pools._embed(layers, X)
+    with threadpool_limits(4):
+        many = pools._embed(layers, X)
+    np.testing.assert_array_equal(one, many)
+
+
 @needs_fmnist
 def test_near_exact_copies_closer_than_augmented():
     dist = {}
     for aug in (0.0, 1.0):
         d = pools.load_fmnist_web(2000, augmented=aug, **WEB)
         fm = pools._fashion_mnist()
-        kind = np.load(pools.cache_dir() / pools._key("fmnist-web-v1", d.redundancy["params"]) / "kind.npy")
+        kind = np.load(pools.cache_dir() / pools._key(pools.WEB_KEY, d.redundancy["params"]) / "kind.npy")
         assert (kind == (2 if aug else 1)).sum() == 2000 - 300
         net = pools._feature_net(None, None, None, 0, 0, pools.cache_dir() / pools._key(
             "fmnist-web-net-v1", {"f": 200, "h": 16, "c": 0, "s": 0}))
@@ -215,7 +230,7 @@ def test_web_test_views_are_drawn_as_pool_rows():
     assert views.name == "fmnist-web-views"
     np.testing.assert_array_equal(views.X, clean.X)  # the pool does not depend on the test split
     np.testing.assert_array_equal(views.y_test, clean.y_test)
-    path = pools.cache_dir() / pools._key("fmnist-web-v1", clean.redundancy["params"])
+    path = pools.cache_dir() / pools._key(pools.WEB_KEY, clean.redundancy["params"])
     kind = np.load(path / "kind_test_views.npy")
     red = clean.redundancy
     share = red["rows_augmented"] / red["pool_rows"]

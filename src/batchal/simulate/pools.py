@@ -212,6 +212,9 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
 
 # ----------------------------------------------------------------------------- the web-like Fashion-MNIST pool
 
+#: cache folder prefix of the web-like pools; v2: embedded with one BLAS thread (v1's bytes depended on the count)
+WEB_KEY = "fmnist-web-v2"
+
 def _key(prefix: str, params: dict) -> str:
     """A cache directory name holding every generation parameter (``g`` format keeps floats short)."""
     def fmt(v):
@@ -305,10 +308,20 @@ def _feature_net(X, y, hidden: tuple, seed: int, max_iter: int, path: Path) -> l
 
 
 def _embed(layers, X: np.ndarray) -> np.ndarray:
-    """The last hidden layer (ReLU) of the feature network, by hand from its weights."""
+    """The last hidden layer (ReLU) of the feature network, by hand from its weights.
+
+    With one BLAS thread: OpenBLAS's float32 products split their sums by thread, so with two threads
+    1.2% of a block's entries differed in the last bits from one thread's, and the pool (its clusters,
+    every score read on it) with them: a pool must not depend on the thread count of the machine that
+    made it. (Another CPU's kernels may still round differently; the simulator's merges check the
+    whole-pool reference for that.)
+    """
+    from threadpoolctl import threadpool_limits
+
     h = np.asarray(X, dtype=np.float32)
-    for W, b in layers:
-        h = np.maximum(h @ W + b, 0.0)
+    with threadpool_limits(1):
+        for W, b in layers:
+            h = np.maximum(h @ W + b, 0.0)
     return h
 
 
@@ -477,7 +490,7 @@ def load_fmnist_web(size: int = 1_000_000, *, a: float = 1.5, augmented: float =
     params = {"n": size, "a": a, "aug": augmented, **net_key, "ns": "all" if n_sources is None else n_sources,
               "t": "none" if tail is None else tail,
               "ts": tail_seed, "b": block}
-    path = cache_dir() / _key("fmnist-web-v1", params)
+    path = cache_dir() / _key(WEB_KEY, params)
     name = "fmnist-web" if tail is None else "fmnist-web-lt"
     names = ("X", "y", "source", "X_test", "y_test")
     got = _cached(path, names)
