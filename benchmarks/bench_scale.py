@@ -539,16 +539,24 @@ def propagation_ratios(name: str) -> dict | None:
     pair = _with_recorded(name, "-prop")
     if pair is None:
         return None
+    from batchal.selectors import RECOMMENDED
+
     old, new, _ = pair
     target = _random_final(old)
-    short = {"margin": "margin", WALK: "rec"}
+    short = {"margin": "margin", WALK: "rec", RECOMMENDED: "auto"}
     rows = [dict(r, strategy=short[r["strategy"]]) for r in old if r["strategy"] in short]
     rows += [dict(r, strategy=short[r["strategy"]] + "+p") for r in new if r["strategy"] in short]
-    ratios = ratio_to_margin(rows, ["margin", "rec", "margin+p", "rec+p"], target)
-    # the walk against margin, both propagating: margin+p plays margin
+    have = {r["strategy"] for r in rows}
+    ratios = ratio_to_margin(rows, [s for s in ("margin", "rec", "margin+p", "rec+p", "auto", "auto+p") if s in have],
+                             target)
+    # against margin, both propagating: margin+p plays margin
+    for s in ("rec+p", "auto+p"):
+        if s in have:
+            both = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
+                    if r["strategy"] in ("margin+p", s)]
+            ratios[f"{s} vs margin+p"] = ratio_to_margin(both, ["margin", s], target)[s]
     pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
             if r["strategy"] in ("margin+p", "rec+p")]
-    ratios["rec+p vs margin+p"] = ratio_to_margin(pair, ["margin", "rec+p"], target)["rec+p"]
     final = max(r["round"] for r in new)
     last = [r for r in new if r["strategy"] == WALK and r["round"] == final]
     return {"target": target, "own_target": _random_final(new), "ratios": ratios,
@@ -572,8 +580,9 @@ def propagated(args) -> int:
     print("| pool | batch | test split | random's final (without / with propagation) | walk / margin, "
           "neither propagating | margin + prop. / margin | walk + prop. / margin | walk + prop. / "
           "margin + prop. | rounds vs margin + prop. (walk + prop.) | labels propagated by the last round "
-          "(walk + prop.; wrong) |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---|---:|")
+          "(walk + prop.; wrong) | recommended / margin | recommended + prop. / margin | recommended + prop. / "
+          "margin + prop. |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for name in _web_runs("-whiten-prop"):
         P = propagation_ratios(name)
         if P is None:
@@ -582,6 +591,7 @@ def propagated(args) -> int:
         cells = [*_web_cells(name), f"{P['target']:.3f} / {P['own_target']:.3f}", fmt_ratio(r["rec"]), fmt_ratio(r["margin+p"]),
                  fmt_ratio(r["rec+p"]), fmt_ratio(r["rec+p vs margin+p"]), "/".join(map(str, P["rounds"])),
                  f"{P['propagated']:,.0f} ({P['wrong']:.2%})"]
+        cells += [fmt_ratio(r[k]) if k in r else "—" for k in ("auto", "auto+p", "auto+p vs margin+p")]
         print("| " + " | ".join(cells) + " |")
     return 0
 
