@@ -294,7 +294,9 @@ def _margin_labels(S: dict) -> str:
 def table(args) -> int:
     from batchal.simulate.report import fmt_ratio
 
-    names = sorted(p.name[: -len("_results.csv")] for p in RESULTS.glob("*_results.csv"))
+    # the replays with propagation and with converged training have their own tables (propagated, converged)
+    names = sorted(n for p in RESULTS.glob("*_results.csv") for n in [p.name[: -len("_results.csv")]]
+                   if not re.search(r"-(prop|tol6)$", n))
     if args.only:
         names = [n for n in names if any(re.search(o, n) for o in args.only)]
     if not names:
