@@ -174,6 +174,21 @@ def test_manyclass_deterministic_balanced():
     assert not np.array_equal(np.asarray(d.X), np.asarray(other.X))
 
 
+def test_multilabel_features_do_not_depend_on_the_callers_thread_count():
+    # the concepts' float32 sum rounded by how OpenBLAS split it between threads: 0.5% of such a block's
+    # entries differed between one and two threads, so the pool depended on the machine that made it
+    from threadpoolctl import threadpool_limits
+
+    concepts = np.random.default_rng(1).standard_normal((1000, 64)).astype(np.float32)
+    p = np.full(1000, 1e-3)
+    out = []
+    for threads in (1, 4):
+        with threadpool_limits(threads):
+            out.append(pools._multilabel_rows(2000, concepts, p, 5, 0.25, 0.05, np.random.default_rng(0)))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
 def test_multilabel_vocab_covers_every_class_with_a_long_tail():
     d = pools.load_multilabel_vocab(20_000, n_classes=1000, n_test=1000, a=1.0)
     y = check_labels(d.X, d.y, "pool")

@@ -215,6 +215,7 @@ def load_mnist1d_chunked(n: int = 1_000_000, n_test: int = 10_000, seed: int = 0
 #: cache folder prefix of the web-like pools; v2: embedded with one BLAS thread (v1's bytes depended on the count)
 WEB_KEY = "fmnist-web-v2"
 
+
 def _key(prefix: str, params: dict) -> str:
     """A cache directory name holding every generation parameter (``g`` format keeps floats short)."""
     def fmt(v):
@@ -724,7 +725,15 @@ def _multilabel_rows(n: int, concepts: np.ndarray, p: np.ndarray, max_labels: in
     Y = np.zeros((n, n_classes), dtype=np.int8)
     r, j = np.nonzero(used)
     Y[r, draws[r, j]] = 1
-    X = (Y.astype(np.float32) @ concepts + noise * rng.standard_normal((n, d))).astype(np.float32)
+    from threadpoolctl import threadpool_limits
+
+    # OpenBLAS's float32 product rounds by how it splits the work between threads (0.19% of the entries
+    # differed by one unit in the last place between one and two threads), so the pool would depend on
+    # the thread count of the machine that made it; pinned to two, the split every recorded run's pool
+    # was made with (the fewer threads a machine has, the more they share a core; the result stays)
+    with threadpool_limits(2):
+        X = Y.astype(np.float32) @ concepts
+    X = (X + noise * rng.standard_normal((n, d))).astype(np.float32)
     if label_noise > 0:  # tags as annotators give them: some missed, some spurious
         rr, cc = np.nonzero(Y)
         miss = rng.random(rr.shape[0]) < label_noise
