@@ -20,7 +20,7 @@ Usage::
     python benchmarks/bench_scale.py between    # specs between margin and the walk (dup=0.01)
     python benchmarks/bench_scale.py propagated # the web-like pools with labels copied to near-exact copies
     python benchmarks/bench_scale.py converged  # recorded verdicts beside their replays at --tol 1e-6 (-tol6 runs)
-    python benchmarks/bench_scale.py bounds     # every spec on the web-like pools: both tests, every share, the bounds met
+    python benchmarks/bench_scale.py bounds     # every spec on the web-like pools against the issue's bounds
 
 Pools are generated locally and cached (``$BATCHAL_CACHE``), never committed.
 """
@@ -597,7 +597,8 @@ def propagated(args) -> int:
         if name.endswith("-v2-prop"):  # the pool regenerated with one BLAS thread (pools.WEB_KEY)
             where[0] += " (v2)"
         walk = P["spec"] == "rec+p"
-        cells = [*where, f"{P['target']:.3f} / " + (f"{P['own_target']:.3f}" if np.isfinite(P["own_target"]) else "—"),
+        own = f"{P['own_target']:.3f}" if np.isfinite(P["own_target"]) else "—"
+        cells = [*where, f"{P['target']:.3f} / {own}",
                  *(fmt_ratio(r[k]) if k in r else "—" for k in ("rec", "margin+p", "rec+p", "rec+p vs margin+p")),
                  "/".join(map(str, P["rounds"])) + ("" if walk else " (rec.)"),
                  f"{P['propagated']:,.0f} ({P['wrong']:.2%})" + ("" if walk else " (rec.)")]
@@ -685,8 +686,8 @@ def bounds(args) -> int:
     One row per (pool, spec, training): its ratio to margin's labels in each of the six configurations
     (clean test and test drawn as the pool's rows are, batches of 1%, 3%, 10%), then how many of them
     meet the issue's 1.1x bound and, at 3% and 10%, its 0.8x ("neither": neither the spec nor margin reaches
-    random's final metric, which meets the 1.1x, "or margin never gets there", and shows no saving). ``default`` reads the recorded runs (``-whiten``),
-    ``converged`` the ``-whiten-tol6`` replays, ``pool regenerated (v2)`` the ``-whiten-v2`` runs on the pool
+    random's final metric, which meets the 1.1x, "or margin never gets there", and shows no saving).
+    ``default`` reads the recorded runs (``-whiten``), ``converged`` the ``-whiten-tol6`` replays, ``pool regenerated (v2)`` the ``-whiten-v2`` runs on the pool
     as :data:`batchal.simulate.pools.WEB_KEY` makes it now, each against its own random's final metric.
     """
     from batchal.simulate.report import fmt_ratio
@@ -788,7 +789,8 @@ def main(argv=None) -> int:
     sub.add_parser("powers", help="the recommended spec's round-robin with power= on the web-like pools (markdown)")
     sub.add_parser("propagated", help="the web-like pools with labels copied to near-exact duplicates (markdown)")
     sub.add_parser("converged", help="recorded verdicts with converged logistic regression (--tol 1e-6) (markdown)")
-    sub.add_parser("bounds", help="every spec on the web-like pools: both test splits, every share, the bounds met (markdown)")
+    sub.add_parser("bounds", help="every spec on the web-like pools against the issue's bounds, both test splits "
+                   "(markdown)")
     args = ap.parse_args(argv)
     return {"run": run, "table": table, "headroom": headroom, "pairs": pairs, "between": between,
             "powers": powers, "propagated": propagated, "converged": converged, "bounds": bounds}[args.cmd](args)
