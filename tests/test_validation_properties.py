@@ -152,6 +152,20 @@ def test_npz_datasets_load_or_are_refused(tmp_path_factory, X, y):
     assert set(np.unique(ds.y_test)) <= set(np.unique(ds.y))  # every test class can be learned
 
 
+def test_features_beyond_float32_are_refused_by_name(tmp_path):
+    from batchal.simulate import load_npz
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    X[7, 1] = 1e39  # finite in the file, inf once read as float32
+    np.savez(tmp_path / "big.npz", X=X, y=np.arange(40) % 2)
+    with pytest.raises(BatchalInputError, match=r"beyond float32's range.*row 7"):
+        load_npz(tmp_path / "big.npz")
+    X[7, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.arange(40) % 2)
+    with pytest.raises(BatchalInputError, match=r"NaN or infinite values \(first at row 7\)"):
+        load_npz(tmp_path / "nan.npz")
+
+
 def test_string_labels_become_codes_with_their_names(tmp_path):
     from batchal.simulate import load_npz
 

@@ -127,9 +127,13 @@ def _features(a, key: str, name: str) -> np.ndarray:
         raise BatchalInputError(f"{name}: {key} must be 2-d (n, d); got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise BatchalInputError(f"{name}: {key} is empty (shape {a.shape})")
-    X = np.asarray(a, dtype=np.float32)
-    if not np.isfinite(X).all():  # float32 overflow turns huge values into inf: caught here too
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below by name
+        X = np.asarray(a, dtype=np.float32)
+    if not np.isfinite(X).all():
         row = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        if np.isfinite(np.asarray(a[row], dtype=np.float64)).all():
+            raise BatchalInputError(f"{name}: {key} holds values beyond float32's range (|x| > 3.4e38; first at "
+                                    f"row {row}): rescale the features")
         raise BatchalInputError(f"{name}: {key} contains NaN or infinite values (first at row {row})")
     return X
 
