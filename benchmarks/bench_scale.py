@@ -551,16 +551,16 @@ def propagation_ratios(name: str) -> dict | None:
     have = {r["strategy"] for r in rows}
     ratios = ratio_to_margin(rows, [s for s in ("margin", "rec", "margin+p", "rec+p", "auto", "auto+p") if s in have],
                              target)
-    # against margin, both propagating: margin+p plays margin
+    def against_margin_p(s):  # s and margin, both propagating: margin+p plays margin
+        return [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
+                if r["strategy"] in ("margin+p", s)]
+
     for s in ("rec+p", "auto+p"):
         if s in have:
-            both = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
-                    if r["strategy"] in ("margin+p", s)]
-            ratios[f"{s} vs margin+p"] = ratio_to_margin(both, ["margin", s], target)[s]
+            ratios[f"{s} vs margin+p"] = ratio_to_margin(against_margin_p(s), ["margin", s], target)[s]
     # the rounds and the labels propagated: the walk's (measured first), else the recommended spec's
     spec, full = ("rec+p", WALK) if "rec+p" in have else ("auto+p", RECOMMENDED)
-    pair = [dict(r, strategy="margin") if r["strategy"] == "margin+p" else r for r in rows
-            if r["strategy"] in ("margin+p", spec)]
+    pair = against_margin_p(spec)
     final = max(r["round"] for r in new)
     last = [r for r in new if r["strategy"] == full and r["round"] == final]
     own = _random_final(new) if any(r["strategy"] == "random" for r in new) else float("nan")

@@ -69,6 +69,8 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- MNIST-1D at 1M
+
 def _mnist1d_chunk_seed(seed: int, index) -> int:
     """A 32-bit seed for chunk ``index`` (an int, or ``"test<rows>"``) of the pool generated with ``seed``."""
     tag = 1 << 20 if str(index).startswith("test") else int(index)
